@@ -1,0 +1,3 @@
+from nodecache.cli import main
+
+main()
