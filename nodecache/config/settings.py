@@ -1,0 +1,175 @@
+"""The effective configuration: frozen, typed settings built from a Corefile.
+
+Everything downstream (core, aio, hostnet) takes these objects; nothing else
+reads the Corefile. Durations are in seconds (float), capacities in entries.
+Zone names are lower-case, absolute, in text form with a trailing dot
+(``"cluster.local."``, ``"."``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting came from, for error messages and ``check-config``."""
+
+    file: str
+    line: int
+    column: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``cache`` plugin, with CoreDNS's defaults (NODELOCAL.md section 3)."""
+
+    success_capacity: int = 9984
+    #: Largest TTL stored for a positive answer, s (``cache TTL`` or ``success CAP TTL``).
+    success_max_ttl: int = 3600
+    #: Smallest TTL stored for a positive answer, s.
+    success_min_ttl: int = 5
+    denial_capacity: int = 9984
+    #: Largest TTL stored for NXDOMAIN/NODATA, s (RFC 2308).
+    denial_max_ttl: int = 1800
+    denial_min_ttl: int = 5
+    #: How long an upstream SERVFAIL is cached, s; 0 disables (RFC 2308 section 7.1: at most 5 min).
+    servfail_ttl: int = 5
+    #: Prefetch when an item was hit this many times within ``prefetch_duration``; 0 disables.
+    prefetch_amount: int = 0
+    #: Window in which the hits for prefetch are counted, s.
+    prefetch_duration: float = 60.0
+    #: Prefetch once the remaining TTL is at most this percentage of the original TTL.
+    prefetch_percentage: int = 10
+    #: How long past expiry an entry may be served, s; 0 disables serve_stale.
+    serve_stale: float = 0.0
+    #: ``immediate`` answers stale at once (TTL 0) and refreshes in the background;
+    #: ``verify`` asks upstream first and serves stale only if that fails.
+    serve_stale_mode: str = "immediate"
+    #: Zones for which positive answers are not stored (``disable success ZONES``).
+    disable_success: tuple[str, ...] = ()
+    #: Zones for which negative answers are not stored (``disable denial ZONES``).
+    disable_denial: tuple[str, ...] = ()
+    #: Report the original TTL on hits (expiry is unchanged).
+    keepttl: bool = False
+    #: ``cache [TTL] [ZONES...]``: only names under these zones are cached; empty means the block's zones.
+    zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One forward target."""
+
+    host: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """The ``forward`` plugin (NODELOCAL.md section 4), plus ``max_age`` and timeouts."""
+
+    #: The FROM zone.
+    zone: str
+    upstreams: tuple[Upstream, ...]
+    #: Names under these zones are not forwarded (REFUSED, as no other plugin follows).
+    except_zones: tuple[str, ...] = ()
+    #: Always use TCP to the upstreams.
+    force_tcp: bool = False
+    #: Use UDP even for TCP clients; retry over TCP when the answer is truncated.
+    prefer_udp: bool = False
+    #: Close pooled connections idle for longer than this, s.
+    expire: float = 10.0
+    #: Close pooled connections older than this, s; 0 means no limit. Rotation keeps
+    #: a pool to a ClusterIP from staying pinned to one backend (coredns#7903).
+    max_age: float = 0.0
+    #: An upstream is down after this many failed health checks; 0 never marks it down.
+    max_fails: int = 2
+    #: Interval between health checks of an upstream that failed, s.
+    health_check: float = 0.5
+    health_check_no_rec: bool = False
+    health_check_domain: str = "."
+    #: ``random``, ``round_robin`` or ``sequential``.
+    policy: str = "random"
+    #: Upstream queries in flight at most; beyond it clients get REFUSED. 0 means no limit.
+    max_concurrent: int = 0
+    #: Timeout of one try against one upstream, s.
+    try_timeout: float = 2.0
+    #: Overall budget for one client query, s; then SERVFAIL (or stale).
+    budget: float = 5.0
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    address: str = ":8080"
+    #: Keep serving (with /health failing) this long after SIGTERM, s.
+    lameduck: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    #: How often the Corefile is checked for changes, s.
+    interval: float = 30.0
+    #: Random extra delay added to each interval, s.
+    jitter: float = 15.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    #: Which answers are logged: a subset of {"success", "denial", "error"}.
+    classes: frozenset[str] = frozenset({"success", "denial", "error"})
+    #: A CoreDNS log format string; None is the default Common Log Format.
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerBlock:
+    """One Corefile server block: the zones it serves and its plugins."""
+
+    zones: tuple[str, ...]
+    port: int
+    #: Addresses to listen on; empty means every address (0.0.0.0 and ::).
+    bind: tuple[str, ...] = ()
+    cache: CacheSettings | None = None
+    forward: ForwardSettings | None = None
+    errors: bool = False
+    log: LogSettings | None = None
+    loop: bool = False
+    loadbalance: bool = False
+    #: ``prometheus`` address (host:port) or None.
+    prometheus: str | None = None
+    health: HealthSettings | None = None
+    #: ``ready`` address (host:port) or None.
+    ready: str | None = None
+    reload: ReloadSettings | None = None
+    source: Source | None = None
+
+    @property
+    def server(self) -> str:
+        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``."""
+        return f"dns://:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole Corefile."""
+
+    blocks: tuple[ServerBlock, ...]
+    #: The file it was read from.
+    path: str = "<string>"
+    #: SHA-512 of the Corefile text (as CoreDNS's reload plugin uses), hex.
+    digest: str = ""
+    #: Every file read, including imports (for reload).
+    files: tuple[str, ...] = field(default=())
+
+    def listeners(self) -> dict[tuple[str, int], tuple[ServerBlock, ...]]:
+        """Each (address, port) to listen on, with the blocks served there."""
+        out: dict[tuple[str, int], list[ServerBlock]] = {}
+        for block in self.blocks:
+            for addr in block.bind or ("0.0.0.0", "::"):
+                out.setdefault((addr, block.port), []).append(block)
+        return {k: tuple(v) for k, v in out.items()}
