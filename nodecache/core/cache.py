@@ -1,0 +1,296 @@
+"""The answer cache: stored wire bytes, ready to patch and send.
+
+Theory of operation
+-------------------
+An upstream answer is stored once as *segments*: the message body after the
+question, cut at every record's 4-byte TTL field. A hit joins the segments
+with the remaining TTL (all records carry one TTL, as CoreDNS does, so clients
+see no jarring per-record TTLs), and prepends the client's ID, a pre-built
+header and the client's own question bytes (exact case, RFC 4343). Compression
+pointers stay valid because the client's question has the same length as the
+stored one. Nothing on the hit path builds message objects.
+
+Entries are not swept when they expire: an expired entry stays until evicted
+or refreshed, which is what lets serve_stale answer with it (RFC 8767).
+Capacity is bounded per class (success/denial) with cachetools; eviction is
+first-in-first-out, and a refreshed entry moves to the back.
+
+TTL rules (RFC 2308, CoreDNS ``cache``):
+
+* positive answers: the minimum TTL over all records (OPT excluded), clamped
+  to [success MINTTL, success TTL];
+* NXDOMAIN / NODATA with an SOA in authority: min(SOA TTL, SOA MINIMUM)
+  (RFC 2308 section 5), clamped to [denial MINTTL, denial TTL]; without an SOA
+  they are not cached (RFC 2308 section 5, "SHOULD NOT");
+* SERVFAIL / NOTIMP from upstream: ``servfail`` seconds (RFC 2308 section 7.1);
+* never cached: TC=1 answers, other RCODEs, a TTL of 0 after clamping, and
+  (with DO) answers carrying an expired RRSIG.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from enum import Enum
+
+import cachetools
+
+from nodecache.config.settings import CacheSettings
+from nodecache.core import wire
+from nodecache.core.stats import CacheStats
+
+#: TTL used when a message has no records to take one from, s (CoreDNS).
+FALLBACK_TTL = 5
+_U32 = struct.Struct("!I")
+_COUNTS = struct.Struct("!HHHH")
+
+
+class Kind(Enum):
+    SUCCESS = "success"
+    DENIAL = "denial"
+    SERVFAIL = "servfail"  # stored with the denials, as CoreDNS does
+
+
+class Entry:
+    """One cached answer. ``headers[rd | has_opt << 1]`` is bytes 2..12 of the reply."""
+
+    __slots__ = ("key", "kind", "rcode", "tag", "headers", "variants", "turn", "ttl", "stored",
+                 "expires", "prefetch_at", "refresh_at", "hits", "window_start", "refreshing",
+                 "keep", "owner")
+
+    def __init__(self, key: bytes, kind: Kind, rcode: int, headers: tuple[bytes, ...],
+                 variants: list[list[bytes]], ttl: int, stored: float) -> None:
+        self.key = key
+        self.kind = kind
+        self.rcode = rcode
+        #: (rcode, positive): how a hit is tallied for metrics.
+        self.tag = (rcode, kind is Kind.SUCCESS)
+        self.headers = headers
+        #: One or more segment lists; more than one when loadbalance rotates A/AAAA.
+        self.variants = variants
+        self.turn = 0
+        #: The stored (clamped) TTL, s.
+        self.ttl = ttl
+        #: Loop time when stored, s.
+        self.stored = stored
+        self.expires = stored + ttl
+        #: Loop time from which hits are counted for prefetch; inf when prefetch is off.
+        self.prefetch_at = math.inf
+        #: Loop time from which a counted hit triggers the prefetch.
+        self.refresh_at = math.inf
+        self.hits = 0
+        self.window_start = stored
+        #: True while a prefetch or stale refresh is in flight (one at a time).
+        self.refreshing = False
+        #: keepttl: hits report the stored TTL.
+        self.keep = False
+        #: The zone (handler.Zone) the entry belongs to.
+        self.owner: object = None
+
+    def remaining(self, now: float) -> int:
+        """Whole seconds left, as clients see them (never negative)."""
+        left = self.ttl - int(now - self.stored)
+        return left if left > 0 else 0
+
+    def body(self, ttl: int) -> bytes:
+        """The records after the question, every TTL set to ``ttl``."""
+        variants = self.variants
+        if len(variants) == 1:
+            return _U32.pack(ttl).join(variants[0])
+        self.turn = (self.turn + 1) % len(variants)
+        return _U32.pack(ttl).join(variants[self.turn])
+
+
+def _in_zones(name: str, zones: tuple[str, ...]) -> bool:
+    return any(zone == "." or name == zone or name.endswith("." + zone) for zone in zones)
+
+
+def classify(resp: wire.Response, data: bytes) -> tuple[Kind | None, int | None]:
+    """Decide how an upstream answer is cached: (kind, unclamped TTL) or (None, None)."""
+    if resp.flags & wire.TC:
+        return None, None  # truncated answers are never stored
+    rcode = resp.rcode
+    if rcode in (wire.SERVFAIL, wire.NOTIMP):
+        return Kind.SERVFAIL, None
+    if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+        return None, None
+    soa = next((r for r in resp.authority if r.rtype == wire.TYPE_SOA), None)
+    if rcode == wire.NXDOMAIN or not resp.answers:
+        if soa is None:
+            if rcode == wire.NXDOMAIN:
+                return None, None
+            # NOERROR, no answer, no SOA: a referral or an odd reply. Keep it briefly.
+            return Kind.SUCCESS, FALLBACK_TTL
+        minimum = _U32.unpack_from(data, soa.end - 4)[0]  # SOA MINIMUM, the last field
+        return Kind.DENIAL, min(soa.ttl, minimum)
+    records = resp.answers + resp.authority + resp.additional
+    return Kind.SUCCESS, min(r.ttl for r in records)
+
+
+def has_expired_rrsig(resp: wire.Response, data: bytes, wall: float) -> bool:
+    """True if an answer RRSIG's expiration (RFC 4034 section 3.1.5) is in the past."""
+    now = int(wall) & 0xFFFFFFFF
+    for record in resp.answers:
+        if record.rtype == wire.TYPE_RRSIG and record.end - record.ttl_offset >= 18:
+            expiration = _U32.unpack_from(data, record.ttl_offset + 6 + 8)[0]
+            # Serial number arithmetic (RFC 1982): expired if now is "after" it.
+            if 0 < ((now - expiration) & 0xFFFFFFFF) < 0x80000000:
+                return True
+    return False
+
+
+def _rotations(data: bytes, resp: wire.Response) -> list[list[wire.Record]]:
+    """Record orders for loadbalance: the A/AAAA run of the answer section rotated.
+
+    Only runs whose owner names are compression pointers to bytes before the
+    run are rotated, so that moving records cannot break a pointer.
+    """
+    answers = resp.answers
+    addresses = [i for i, r in enumerate(answers) if r.rtype in (wire.TYPE_A, wire.TYPE_AAAA)]
+    rest = resp.authority + resp.additional
+    if len(addresses) < 2 or addresses != list(range(addresses[0], addresses[-1] + 1)):
+        return [answers + rest]
+    first, last = addresses[0], addresses[-1] + 1
+    run = answers[first:last]
+    for record in run:
+        if record.ttl_offset - record.start != 6 or data[record.start] & 0xC0 != 0xC0 \
+                or wire.read_u16(data, record.start) & 0x3FFF >= run[0].start:
+            return [answers + rest]
+    head, tail = answers[:first], answers[last:]
+    return [head + run[i:] + run[:i] + tail + rest for i in range(len(run))]
+
+
+def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: int,
+                now: float, *, do: bool, loadbalance: bool = False) -> Entry:
+    """Make an Entry from an upstream answer already classified as cacheable."""
+    flags = (resp.flags | wire.AA) & ~(wire.TC | wire.RD)
+    if not do:
+        flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
+    an, ns, ar = len(resp.answers), len(resp.authority), len(resp.additional)
+    headers = tuple(
+        struct.pack("!H", flags | (wire.RD if rd else 0)) + _COUNTS.pack(1, an, ns, ar + opt)
+        for opt in (0, 1) for rd in (0, 1))
+    if loadbalance:
+        orders = _rotations(data, resp)
+    else:
+        orders = [resp.answers + resp.authority + resp.additional]
+    variants = [_segments(data, order) for order in orders]
+    return Entry(key, kind, resp.rcode, headers, variants, ttl, now)
+
+
+def _segments(data: bytes, records: list[wire.Record]) -> list[bytes]:
+    """Cut the records (in the given order, OPT left out) at each TTL field.
+
+    Reordering is safe for the loadbalance rotation: answers to A/AAAA queries
+    compress against the question (offset 12), which never moves.
+    """
+    cuts: list[bytes] = []
+    pending = b""
+    for record in records:
+        cuts.append(pending + data[record.start:record.ttl_offset])
+        pending = data[record.ttl_offset + 4:record.end]
+    cuts.append(pending)
+    return cuts
+
+
+class _Store(cachetools.FIFOCache):  # type: ignore[misc]
+    """A capacity-bounded store that reports evictions."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        key, entry = super().popitem()
+        self._on_evict(key, entry)
+        return key, entry
+
+
+class BlockCache:
+    """The cache of one server block: TTL policy plus capacity.
+
+    Lookups on the hit path do not come here: the handler keeps one flat
+    ``index`` dict of every block's entries. This class keeps that index in
+    step (``index_add``/``index_remove`` callbacks) as entries come and go.
+    """
+
+    def __init__(self, settings: CacheSettings, stats: CacheStats, block_zones: tuple[str, ...],
+                 index_add: Callable[[Entry], None],
+                 index_remove: Callable[[Entry], None]) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.zones = settings.zones or block_zones
+        self._index_add = index_add
+        self._index_remove = index_remove
+        self.success = _Store(settings.success_capacity, self._evicted)
+        self.denial = _Store(settings.denial_capacity, self._evicted)
+
+    def _evicted(self, key: bytes, entry: Entry) -> None:
+        if entry.kind is Kind.SUCCESS:
+            self.stats.evictions_success += 1
+        else:
+            self.stats.evictions_denial += 1
+        self._index_remove(entry)
+
+    def get(self, key: bytes) -> Entry | None:
+        entry: Entry | None = self.denial.get(key)
+        if entry is None:
+            entry = self.success.get(key)
+        return entry
+
+    def ttl_for(self, kind: Kind, ttl: int | None) -> int:
+        """Clamp a TTL to the configured bounds for its kind, s."""
+        s = self.settings
+        if kind is Kind.SERVFAIL:
+            return s.servfail_ttl
+        if ttl is None:
+            ttl = FALLBACK_TTL
+        if kind is Kind.SUCCESS:
+            return max(s.success_min_ttl, min(ttl, s.success_max_ttl))
+        return max(s.denial_min_ttl, min(ttl, s.denial_max_ttl))
+
+    def may_store(self, name: str, kind: Kind) -> bool:
+        s = self.settings
+        if not _in_zones(name, self.zones):
+            return False
+        if kind is Kind.SUCCESS:
+            return not (s.disable_success and _in_zones(name, s.disable_success))
+        return not (s.disable_denial and _in_zones(name, s.disable_denial))
+
+    def put(self, entry: Entry, now: float) -> None:
+        """Store ``entry``, replacing any entry with its key."""
+        s = self.settings
+        if s.prefetch_amount:
+            # Prefetch when at most PERCENTAGE of the TTL is left (rounded up,
+            # so it happens at the latest 1 s before expiry).
+            left = math.ceil(entry.ttl * s.prefetch_percentage / 100)
+            entry.refresh_at = entry.expires - left
+            entry.prefetch_at = entry.stored  # every hit is counted
+        self.remove(entry.key)
+        store = self.success if entry.kind is Kind.SUCCESS else self.denial
+        store[entry.key] = entry
+        self._index_add(entry)
+        self.stats.entries_success = len(self.success)
+        self.stats.entries_denial = len(self.denial)
+
+    def remove(self, key: bytes) -> None:
+        for store in (self.success, self.denial):
+            entry = store.pop(key, None)
+            if entry is not None:
+                self._index_remove(entry)
+        self.stats.entries_success = len(self.success)
+        self.stats.entries_denial = len(self.denial)
+
+    def entries(self) -> list[Entry]:
+        return list(self.success.values()) + list(self.denial.values())
+
+    def note_hit(self, entry: Entry, now: float) -> bool:
+        """Count a hit for prefetch; True when this hit should trigger one."""
+        s = self.settings
+        if now - entry.window_start > s.prefetch_duration:
+            entry.window_start = now
+            entry.hits = 1
+        else:
+            entry.hits += 1
+        return entry.hits >= s.prefetch_amount and now >= entry.refresh_at \
+            and not entry.refreshing

@@ -1,0 +1,463 @@
+"""The per-query decision, written once for UDP, TCP and tests (sans I/O).
+
+Drive it like this (``nodecache.aio.server`` does):
+
+1. ``handle(data, now, slot, addr)`` returns the reply bytes (a cache hit or an
+   error), ``None`` (drop), or a :class:`Miss` to resolve upstream;
+2. for a Miss, send ``upstream_query(miss)`` through the block's forwarder,
+   then ``absorb(miss, answer, now)`` once per upstream answer (it stores it)
+   and ``reply(miss, outcome, now)`` once per waiting client;
+3. on an upstream failure, ``fail(miss, error, now)`` gives a stale answer,
+   SERVFAIL or REFUSED.
+
+Rules of the hit path (``handle``'s first branch): it slices bytes, does one
+dict look-up and joins pre-cut segments; no message objects, no logging, no
+Prometheus calls. Anything unusual falls through to the strict slow path, so
+a shortcut can never answer a query the slow path would refuse.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nodecache.config.settings import ServerBlock
+from nodecache.core import wire
+from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
+from nodecache.core.stats import CacheStats, Histogram, ServerStats
+from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
+
+#: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
+SLOT_UDP4, SLOT_UDP6, SLOT_TCP4, SLOT_TCP6 = 0, 1, 2, 3
+SLOT_PROTO = ("udp", "udp", "tcp", "tcp")
+SLOT_FAMILY = ("1", "2", "1", "2")
+
+_TTL = struct.Struct("!I").pack
+_perf = time.perf_counter
+_OPT_PLAIN = wire.opt_record(False)
+_OPT_DO = wire.opt_record(True)
+_QTYPE_AXFR, _QTYPE_IXFR = 252, 251
+#: A stale answer's TTL, s (CoreDNS answers 0; RFC 8767 section 4 suggests 30).
+STALE_TTL = 0
+
+
+def zone_wire(zone: str) -> bytes:
+    """Lower-case wire form of a text zone name (``"cluster.local."``)."""
+    if zone == ".":
+        return b"\x00"
+    labels = zone.rstrip(".").split(".")
+    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+
+
+def name_text(qname: bytes) -> str:
+    """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
+    labels = []
+    offset = 0
+    while qname[offset]:
+        length = qname[offset]
+        raw = qname[offset + 1:offset + 1 + length]
+        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}"
+                              for b in raw))
+        offset += 1 + length
+    return ".".join(labels) + "."
+
+
+@dataclass(eq=False)
+class Zone:
+    """One zone of one server block, with its runtime state."""
+
+    name: str
+    block: ServerBlock
+    stats: ServerStats
+    cache: BlockCache | None
+    cache_stats: CacheStats | None
+    #: Hit path tally: (slot, qtype bytes, rcode) -> answers from cache; folded into stats.
+    tally: dict[tuple[int, bytes, int], int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class Miss:
+    """A query that needs the upstream; carries what the reply must echo."""
+
+    zone: Zone
+    key: bytes
+    query: bytes
+    qname: bytes
+    qtype: int
+    qclass: int
+    question_end: int
+    edns: tuple[int, int, bool] | None
+    cd: bool
+    #: Largest reply the client accepts, bytes.
+    limit: int
+    slot: int
+    started: float
+    #: An expired entry that may be served if the upstream fails (serve_stale).
+    stale: Entry | None = None
+    #: A background refresh (prefetch or stale refresh): no client waits.
+    background: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one upstream answer became; shared by every coalesced waiter."""
+
+    data: bytes
+    response: wire.Response | None
+    entry: Entry | None
+
+
+class QueryHandler:
+    """Answers queries for one set of server blocks (those on one listener set)."""
+
+    def __init__(self, zones: Sequence[Zone]) -> None:
+        #: key -> Entry for every block: the hit path's only look-up.
+        self.index: dict[bytes, Entry] = {}
+        self.zones = {zone_wire(z.name): z for z in zones}
+        #: Called with a background Miss to refresh (prefetch, stale refresh).
+        self.refresh: Callable[[Miss], None] = lambda miss: None
+        #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
+        self.on_log: Callable[[Zone, object, bytes, bytes, int, float], None] | None = None
+        #: Loop-detection probe names (lower wire) -> times seen.
+        self.loop_probes: dict[bytes, int] = {}
+        self._logging = any(z.block.log is not None for z in zones)
+
+    # -- cache bookkeeping ---------------------------------------------------
+
+    def index_add(self, entry: Entry) -> None:
+        self.index[entry.key] = entry
+
+    def index_remove(self, entry: Entry) -> None:
+        if self.index.get(entry.key) is entry:
+            del self.index[entry.key]
+
+    def route(self, qname_lower: bytes) -> Zone | None:
+        """The zone whose name is the longest suffix of ``qname_lower``."""
+        zones = self.zones
+        offset = 0
+        while True:
+            zone = zones.get(qname_lower[offset:])
+            if zone is not None:
+                return zone
+            length = qname_lower[offset]
+            if length == 0:
+                return None
+            offset += 1 + length
+
+    # -- the query path ------------------------------------------------------
+
+    def handle(self, data: bytes, now: float, slot: int, addr: object = None) -> bytes | Miss | None:
+        """Answer ``data`` from the cache, or say what to do instead."""
+        started = _perf()
+        size = len(data)
+        # Hit path: a plain QUERY with one question, nothing else but maybe an OPT.
+        if size > 16 and not data[2] & 0xF8 and data[4:10] == b"\x00\x01\x00\x00\x00\x00" \
+                and not data[10] and not self._logging:
+            end = data.find(0, 12) + 5
+            arcount = data[11]
+            if arcount == 0 and size == end:
+                limit = wire.MAX_UDP_PLAIN if slot < 2 else wire.MAX_MESSAGE
+                opt = b""
+                header = data[2] & 1
+                do = 0
+            elif arcount == 1 and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
+                    and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
+                limit = max(data[end + 3] << 8 | data[end + 4], wire.MAX_UDP_PLAIN) \
+                    if slot < 2 else wire.MAX_MESSAGE
+                do = data[end + 7] & 0x80
+                opt = _OPT_DO if do else _OPT_PLAIN
+                header = (data[2] & 1) | 2
+            else:
+                return self._slow(data, now, slot, addr, started)
+            key = data[12:end - 4].lower() + data[end - 4:end]
+            if do or data[3] & 0x10:
+                key += b"\x02" if not data[3] & 0x10 else (b"\x03" if do else b"\x01")
+            entry = self.index.get(key)
+            if entry is not None and now < entry.expires:
+                ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
+                variants = entry.variants
+                body = _TTL(ttl).join(variants[0]) if len(variants) == 1 else entry.body(ttl)
+                reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
+                if len(reply) > limit:
+                    reply = _truncated(data, end, opt)
+                zone = entry.owner
+                tally = zone.tally
+                mark = (slot, data[end - 4:end - 2], entry.tag)
+                tally[mark] = tally.get(mark, 0) + 1
+                if now >= entry.prefetch_at:
+                    self._prefetch(entry, data, end, now, slot)
+                elapsed = _perf() - started
+                zone.stats.duration.observe(elapsed)
+                return reply
+        return self._slow(data, now, slot, addr, started)
+
+    def _slow(self, data: bytes, now: float, slot: int, addr: object,
+              started: float) -> bytes | Miss | None:
+        """Everything that is not a plain hit: strict parsing, errors, misses, stale."""
+        if len(data) < wire.HEADER_LEN or data[2] & 0x80:
+            return None  # no header to answer, or a response: never reply (no loops)
+        try:
+            question = wire.parse_query(data)
+        except ClientProtocolError:
+            # RFC 1035 section 4.1.1: FORMERR; without a readable question, none is echoed.
+            return wire.error_response(data, wire.FORMERR, None, None)
+        edns = question.edns
+        if data[2] & 0x78:
+            return wire.error_response(data, wire.NOTIMP, question.end, edns)
+        if edns is not None and edns[1] != 0:
+            # RFC 6891 section 6.1.3: an unknown EDNS version gets BADVERS.
+            return wire.error_response(data, wire.BADVERS, question.end, (0, 0, edns[2]))
+        if question.qclass != wire.CLASS_IN or question.qtype in (_QTYPE_AXFR, _QTYPE_IXFR):
+            return wire.error_response(data, wire.REFUSED, question.end, edns)
+        lower = question.key_name
+        zone = self.route(lower)
+        if zone is None:
+            return wire.error_response(data, wire.REFUSED, question.end, edns)
+        if lower in self.loop_probes:
+            self.loop_probes[lower] += 1
+        key = lower + data[question.end - 4:question.end]
+        do = bool(edns and edns[2])
+        cd = bool(question.flags & wire.CD)
+        if do or cd:
+            key += bytes(((2 if do else 0) | (1 if cd else 0),))
+        limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
+        miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
+                    question.end, edns, cd, limit, slot, started)
+        entry = self.index.get(key)
+        if entry is not None:
+            if now < entry.expires:
+                return self._finish(miss, self._from_entry(miss, entry, now), addr, entry.rcode,
+                                    "cache", hit=entry)
+            cache = zone.cache
+            if cache is not None and cache.settings.serve_stale \
+                    and now < entry.expires + cache.settings.serve_stale:
+                if cache.settings.serve_stale_mode == "immediate":
+                    assert zone.cache_stats is not None
+                    zone.cache_stats.served_stale += 1
+                    reply = self._from_entry(miss, entry, now, stale=True)
+                    if not entry.refreshing:
+                        entry.refreshing = True
+                        self.refresh(_background(miss, entry))
+                    return self._finish(miss, reply, addr, entry.rcode, "cache")
+                miss.stale = entry
+        if zone.cache_stats is not None:
+            zone.cache_stats.misses += 1
+        forward = zone.block.forward
+        if forward is None or not _under(lower, forward.zone) or any(
+                _under(lower, z) for z in forward.except_zones):
+            return self._finish(miss, wire.error_response(data, wire.REFUSED, question.end, edns),
+                                addr, wire.REFUSED, "")
+        return miss
+
+    def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
+        zone = entry.owner
+        cache = zone.cache
+        if cache is None or not cache.note_hit(entry, now):
+            return
+        try:
+            question = wire.parse_query(data)
+        except ClientProtocolError:
+            return
+        entry.refreshing = True
+        assert zone.cache_stats is not None
+        zone.cache_stats.prefetch += 1
+        miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
+                    question.end, question.edns, bool(question.flags & wire.CD),
+                    wire.MAX_MESSAGE, slot, _perf())
+        self.refresh(_background(miss, entry))
+
+    # -- after the upstream --------------------------------------------------
+
+    def upstream_query(self, miss: Miss) -> bytes:
+        """The query to send upstream (ID 0: the forwarder picks one)."""
+        return wire.build_query(miss.qname, miss.qtype, miss.qclass,
+                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
+
+    def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
+        """Index (and, when cacheable, store) one upstream answer."""
+        zone = miss.zone
+        try:
+            response = wire.index_response(data)
+        except (ValueError, struct.error):
+            return Outcome(data, None, None)
+        cache = zone.cache
+        entry = None
+        if cache is not None:
+            kind, ttl = classify(response, data)
+            do = bool(miss.edns and miss.edns[2])
+            if kind is not None and cache.may_store(name_text(miss.key[:miss.question_end - 16]),
+                                                      kind):
+                stored_ttl = cache.ttl_for(kind, ttl)
+                expired_sig = do and has_expired_rrsig(response, data,
+                                                       time.time() if wall is None else wall)
+                keep_stale = kind is Kind.SERVFAIL and miss.stale is not None
+                if stored_ttl > 0 and not expired_sig and not keep_stale:
+                    entry = build_entry(miss.key, data, response, kind, stored_ttl, now, do=do,
+                                        loadbalance=zone.block.loadbalance)
+                    entry.owner = zone
+                    entry.keep = cache.settings.keepttl
+                    cache.put(entry, now)
+        if miss.stale is not None:
+            miss.stale.refreshing = False
+        return Outcome(data, response, entry)
+
+    def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None) -> bytes:
+        """The reply to one waiting client from an upstream outcome."""
+        response = outcome.response
+        if response is None:
+            return self.fail(miss, ValueError("malformed upstream answer"), now, addr)
+        if outcome.entry is not None:
+            reply = self._from_entry(miss, outcome.entry, now)
+        elif response.rcode == wire.SERVFAIL and miss.stale is not None:
+            return self.fail(miss, ValueError("upstream SERVFAIL"), now, addr)
+        else:
+            reply = self._passthrough(miss, outcome.data, response)
+        return self._finish(miss, reply, addr, response.rcode, "forward")
+
+    def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
+        """The reply when the upstream did not answer usefully."""
+        if miss.background:
+            if miss.stale is not None:
+                miss.stale.refreshing = False
+            return b""
+        if isinstance(error, ConcurrencyLimitError):
+            rcode = wire.REFUSED
+        else:
+            stale = miss.stale
+            zone = miss.zone
+            if stale is not None and zone.cache is not None \
+                    and now < stale.expires + zone.cache.settings.serve_stale:
+                stale.refreshing = False
+                assert zone.cache_stats is not None
+                zone.cache_stats.served_stale += 1
+                return self._finish(miss, self._from_entry(miss, stale, now, stale=True), addr,
+                                    stale.rcode, "cache")
+            rcode = wire.SERVFAIL
+        reply = wire.error_response(miss.query, rcode, miss.question_end, miss.edns)
+        return self._finish(miss, reply, addr, rcode, "")
+
+    # -- building replies ----------------------------------------------------
+
+    def _from_entry(self, miss: Miss, entry: Entry, now: float, stale: bool = False) -> bytes:
+        data = miss.query
+        header = (data[2] & 1) | (2 if miss.edns else 0)
+        if stale:
+            ttl = STALE_TTL
+        else:
+            ttl = entry.ttl if entry.keep else entry.remaining(now)
+        opt = b""
+        if miss.edns:
+            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+        reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
+        if len(reply) > miss.limit:
+            reply = _truncated(data, miss.question_end, opt)
+        return reply
+
+    def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
+        """An uncached upstream answer, re-headed for this client (own ID, case, OPT)."""
+        query = miss.query
+        records = response.answers + response.authority + response.additional
+        flags = (response.flags & ~(wire.RD | wire.AD)) | (struct.unpack_from("!H", query, 2)[0]
+                                                         & wire.RD)
+        if miss.edns and miss.edns[2]:
+            flags |= response.flags & wire.AD
+        opt = b""
+        if miss.edns:
+            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+        header = struct.pack("!HHHHH", flags & 0xFFFF, 1, len(response.answers),
+                             len(response.authority), len(response.additional) + (1 if opt else 0))
+        body = b"".join(data[r.start:r.end] for r in records)
+        reply = query[:2] + header + query[12:miss.question_end] + body + opt
+        if len(reply) > miss.limit:
+            reply = _truncated(query, miss.question_end, opt)
+        return reply
+
+    def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
+                hit: Entry | None = None) -> bytes:
+        """Count and log one reply from the slow path (``plugin`` labels the response)."""
+        zone = miss.zone
+        stats = zone.stats
+        qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
+        if hit is not None:
+            mark = (miss.slot, qtype, hit.tag)
+            zone.tally[mark] = zone.tally.get(mark, 0) + 1
+        else:
+            stats.requests[(SLOT_PROTO[miss.slot], SLOT_FAMILY[miss.slot],
+                            _type_name(qtype))] += 1
+            stats.responses[(_rcode_name(rcode), plugin)] += 1
+        if miss.edns and miss.edns[2]:
+            stats.do_requests += 1
+        elapsed = _perf() - miss.started
+        stats.duration.observe(elapsed)
+        if self.on_log is not None and zone.block.log is not None and not miss.background:
+            self.on_log(zone, addr, miss.query, reply, miss.slot, elapsed)
+        return reply
+
+    def sync_stats(self) -> None:
+        """Fold the hit path's tallies into the exported counters (at scrape time)."""
+        for zone in {id(z): z for z in self.zones.values()}.values():
+            tally, zone.tally = zone.tally, {}
+            stats = zone.stats
+            for (slot, qtype, (rcode, positive)), count in tally.items():
+                stats.requests[(SLOT_PROTO[slot], SLOT_FAMILY[slot], _type_name(qtype))] += count
+                stats.responses[(_rcode_name(rcode), "cache")] += count
+                if zone.cache_stats is not None:
+                    if positive:
+                        zone.cache_stats.hits_success += count
+                    else:
+                        zone.cache_stats.hits_denial += count
+
+
+def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
+    """An empty reply with TC=1 (RFC 2181 section 9): the client retries over TCP."""
+    flags = wire.QR | wire.AA | wire.TC | wire.RA | (struct.unpack_from("!H", data, 2)[0]
+                                                    & (wire.RD | wire.CD))
+    return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
+        + data[12:question_end] + opt
+
+
+def _background(miss: Miss, origin: Entry) -> Miss:
+    miss.background = True
+    miss.stale = origin
+    miss.limit = wire.MAX_MESSAGE
+    return miss
+
+
+def _under(name_lower: bytes, zone: str) -> bool:
+    suffix = zone_wire(zone)
+    if suffix == b"\x00" or name_lower == suffix:
+        return True
+    if not name_lower.endswith(suffix):
+        return False
+    # The suffix must start on a label boundary.
+    offset = 0
+    cut = len(name_lower) - len(suffix)
+    while offset < cut:
+        offset += 1 + name_lower[offset]
+    return offset == cut
+
+
+_TYPE_NAMES: dict[bytes, str] = {}
+_RCODE_NAMES: dict[int, str] = {}
+
+
+def _type_name(qtype: bytes) -> str:
+    name = _TYPE_NAMES.get(qtype)
+    if name is None:
+        import dns.rdatatype
+        name = _TYPE_NAMES[qtype] = dns.rdatatype.to_text(int.from_bytes(qtype, "big"))
+    return name
+
+
+def _rcode_name(rcode: int) -> str:
+    name = _RCODE_NAMES.get(rcode)
+    if name is None:
+        import dns.rcode
+        name = _RCODE_NAMES[rcode] = dns.rcode.to_text(dns.rcode.Rcode.make(rcode)) \
+            if rcode < 4096 else str(rcode)
+    return name
+
+
+INF = math.inf
