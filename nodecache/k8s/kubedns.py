@@ -119,6 +119,13 @@ def _load_json(key: str, text: str) -> object:
         raise KubeDNSConfigError(f"{key}: invalid JSON: {exc}") from None
 
 
+def _servers(where: str, values: list[str]) -> tuple[str, ...]:
+    try:
+        return tuple(parse_server(v) for v in values)
+    except KubeDNSConfigError as exc:
+        raise KubeDNSConfigError(f"{where}: {exc.message}") from None
+
+
 def parse_files(files: Mapping[str, str], *, version: str = "") -> KubeDNSConfig:
     """Build a :class:`KubeDNSConfig` from the ConfigMap's keys (file name -> text).
 
@@ -142,7 +149,7 @@ def parse_files(files: Mapping[str, str], *, version: str = "") -> KubeDNSConfig
                     or not all(isinstance(s, str) for s in servers)):
                 raise KubeDNSConfigError(
                     f"{STUB_DOMAINS_KEY}: {key!r}: expected a non-empty list of servers")
-            stubs[domain] = tuple(parse_server(s) for s in servers)
+            stubs[domain] = _servers(f"{STUB_DOMAINS_KEY}: {domain}", servers)
 
     upstreams: tuple[str, ...] = ()
     text = files.get(UPSTREAM_NAMESERVERS_KEY, "")
@@ -153,7 +160,7 @@ def parse_files(files: Mapping[str, str], *, version: str = "") -> KubeDNSConfig
         if len(data) > MAX_UPSTREAM_NAMESERVERS:
             raise KubeDNSConfigError(
                 f"{UPSTREAM_NAMESERVERS_KEY}: {len(data)} given, at most {MAX_UPSTREAM_NAMESERVERS} allowed")
-        upstreams = tuple(parse_server(s) for s in data)
+        upstreams = _servers(UPSTREAM_NAMESERVERS_KEY, data)
 
     return KubeDNSConfig(
         stub_domains=tuple(StubDomain(d, stubs[d]) for d in sorted(stubs)),
