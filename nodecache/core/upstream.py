@@ -1,0 +1,609 @@
+"""Talking to upstream servers, without sockets: wire helpers, DNS-over-TCP
+framing, the in-flight table and the pooled-connection state machine.
+
+Theory of operation
+-------------------
+
+Rule 1: nothing here reads a clock, opens a socket or imports asyncio. Callers
+pass ``now`` (seconds, same clock as ``loop.time()``) and bytes in, and take
+bytes, events and timers out. ``nodecache.aio.forwarder`` pumps them.
+
+Rule 2: every state change of a pooled TCP connection goes through
+``TRANSITIONS`` (``UpstreamConnection._apply``); nothing sets ``state`` directly.
+
+Rule 3: whatever the upstream sends, it is a peer's fault and never an
+exception that reaches a client. Garbage and truncated frames close the
+connection with a :class:`ConnectionTerminated` event that lists the queries
+that were in flight, so the caller can retry them elsewhere.
+
+Queries on one connection are pipelined (RFC 7766 section 6.2.1.1): each gets an
+ID unique on that connection, and answers are matched by ID *and* question
+(RFC 5452 section 9.1: name case-insensitively, type, class), in whatever
+order they arrive (RFC 7766 section 7).
+"""
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+__all__ = [
+    "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
+    "question_key", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
+    "rcode_name", "IdSource", "InFlight",
+    "ConnState", "ConnEvent", "TRANSITIONS", "UpstreamConnection",
+    "AnswerReceived", "ConnectionTerminated", "Backoff", "ConnectionPool",
+]
+
+#: Size of the DNS header, bytes (RFC 1035 section 4.1.1).
+HEADER_SIZE = 12
+
+_U16 = struct.Struct("!H")
+_U16U16 = struct.Struct("!HH")
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: ``FrameDecoder.next_frame()``: no complete frame buffered; feed more bytes.
+NEED_DATA = _Sentinel("NEED_DATA")
+#: ``FrameDecoder.next_frame()``: the peer closed the stream cleanly between frames.
+EOF = _Sentinel("EOF")
+
+
+# -- wire helpers -----------------------------------------------------------
+
+def question_key(wire: bytes) -> bytes | None:
+    """The question of a message as comparable bytes, or None if it has none.
+
+    The key is the QNAME in wire form, lower-cased (RFC 4343: names compare
+    case-insensitively; label lengths are at most 63 so ``lower()`` leaves them
+    alone), followed by QTYPE and QCLASS. Only messages with exactly one
+    question count (RFC 9619). A compression pointer is refused: nothing
+    precedes the first question for it to point at.
+    """
+    n = len(wire)
+    if n < HEADER_SIZE + 5 or wire[4] != 0 or wire[5] != 1:
+        return None
+    i = HEADER_SIZE
+    while True:
+        length = wire[i]
+        if length == 0:
+            break
+        if length > 63:
+            return None
+        i += length + 1
+        if i >= n:
+            return None
+    end = i + 5
+    if end > n:
+        return None
+    return wire[HEADER_SIZE:i + 1].lower() + wire[i + 1:end]
+
+
+def get_id(wire: bytes) -> int:
+    return (wire[0] << 8) | wire[1]
+
+
+def set_id(wire: bytes, qid: int) -> bytes:
+    """``wire`` with its message ID replaced."""
+    return _U16.pack(qid) + wire[2:]
+
+
+def is_response(wire: bytes) -> bool:
+    """QR is set (RFC 1035 section 4.1.1)."""
+    return bool(wire[2] & 0x80)
+
+
+def is_truncated(wire: bytes) -> bool:
+    """TC is set: the answer did not fit (RFC 1035 section 4.1.1, RFC 7766 section 5)."""
+    return bool(wire[2] & 0x02)
+
+
+def rcode_of(wire: bytes) -> int:
+    """The 4-bit header RCODE (extended RCODEs in OPT are not looked at)."""
+    return wire[3] & 0x0F
+
+
+_RCODE_NAMES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+                "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "11", "12", "13", "14", "15")
+
+
+def rcode_name(rcode: int) -> str:
+    """Same text as ``dns.rcode.to_text`` for header RCODEs, without the enum lookup."""
+    return _RCODE_NAMES[rcode & 0x0F]
+
+
+def frame(wire: bytes) -> bytes:
+    """``wire`` with its 2-byte TCP length prefix (RFC 1035 section 4.2.2)."""
+    return _U16.pack(len(wire)) + wire
+
+
+def health_probe(domain: str = ".", *, recursion_desired: bool = True, qid: int = 0) -> bytes:
+    """A ``DOMAIN IN NS`` query in wire form, as CoreDNS's health check sends."""
+    out = bytearray(_U16.pack(qid))
+    out += b"\x01\x00" if recursion_desired else b"\x00\x00"
+    out += b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    for label in domain.rstrip(".").split(".") if domain.strip(".") else ():
+        raw = label.encode("idna") if not label.isascii() else label.encode()
+        out.append(len(raw))
+        out += raw
+    out += b"\x00\x00\x02\x00\x01"  # root, NS, IN
+    return bytes(out)
+
+
+class IdSource:
+    """Random 16-bit message IDs (RFC 5452 section 4.3: IDs must be unpredictable).
+
+    Draws from ``os.urandom`` in blocks, so one ID costs a slice, not a syscall.
+    """
+
+    __slots__ = ("_pool", "_pos", "_random")
+
+    #: IDs fetched per ``os.urandom`` call.
+    BLOCK = 2048
+
+    def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self._random = random_bytes
+        self._pool = b""
+        self._pos = 0
+
+    def __call__(self) -> int:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = self._random(2 * self.BLOCK)
+            pos = 0
+        self._pos = pos + 2
+        return (self._pool[pos] << 8) | self._pool[pos + 1]
+
+
+# -- framing ----------------------------------------------------------------
+
+class FrameError(Exception):
+    """The upstream sent bytes that are not DNS-over-TCP (its fault)."""
+
+
+class FrameDecoder:
+    """Splits a DNS-over-TCP byte stream into messages.
+
+    ``feed(data)`` buffers bytes (``b""`` means the peer closed);
+    ``next_frame()`` returns one message, ``NEED_DATA`` or ``EOF``, and raises
+    :class:`FrameError` for a frame too short to hold a header or a stream
+    that ends inside a frame.
+    """
+
+    __slots__ = ("_buf", "_pos", "_eof")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+            return
+        if self._pos:
+            # drop what was consumed once per feed, not per frame
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_frame(self) -> bytes | _Sentinel:
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length < HEADER_SIZE:
+                raise FrameError(f"frame of {length} bytes is shorter than a DNS header")
+            if avail >= 2 + length:
+                self._pos = pos + 2 + length
+                return bytes(buf[pos + 2:pos + 2 + length])
+        if self._eof:
+            if avail:
+                raise FrameError(f"stream ended inside a frame ({avail} bytes left)")
+            return EOF
+        return NEED_DATA
+
+
+# -- in-flight table ----------------------------------------------------------
+
+class InFlight:
+    """Queries sent on one connection and not yet answered, keyed by message ID.
+
+    Each query gets a random ID unused on this connection; an answer is
+    delivered only if its ID and question both match (RFC 5452 section 9.1).
+    """
+
+    __slots__ = ("_by_id", "_ids")
+
+    def __init__(self, ids: Callable[[], int]) -> None:
+        self._by_id: dict[int, tuple[bytes, Hashable]] = {}
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, question: bytes, token: Hashable) -> int:
+        """Register a query; returns the ID to send it with."""
+        by_id = self._by_id
+        assert len(by_id) < 0x10000, "every ID is in use on this connection"
+        for _ in range(64):  # bounded; with far fewer than 65536 in flight this ends at once
+            qid = self._ids()
+            if qid not in by_id:
+                break
+        else:
+            qid = next(i for i in range(0x10000) if i not in by_id)
+        by_id[qid] = (question, token)
+        return qid
+
+    def match(self, answer: bytes) -> Hashable | None:
+        """The token of the query ``answer`` answers (removing it), or None."""
+        if len(answer) < HEADER_SIZE or not answer[2] & 0x80:
+            return None
+        qid = (answer[0] << 8) | answer[1]
+        entry = self._by_id.get(qid)
+        if entry is None or question_key(answer) != entry[0]:
+            return None
+        del self._by_id[qid]
+        return entry[1]
+
+    def discard(self, qid: int) -> Hashable | None:
+        entry = self._by_id.pop(qid, None)
+        return None if entry is None else entry[1]
+
+    def drain(self) -> list[Hashable]:
+        """Remove and return every token (the connection is gone)."""
+        tokens = [token for _, token in self._by_id.values()]
+        self._by_id.clear()
+        return tokens
+
+
+# -- pooled connection state machine ----------------------------------------------
+
+class ConnState(enum.Enum):
+    #: Dialling; queries may be queued and are written once connected.
+    CONNECTING = "connecting"
+    #: Takes new queries.
+    OPEN = "open"
+    #: Takes no new queries; closes once the in-flight ones are answered or given up.
+    DRAINING = "draining"
+    #: Gone; the transport must be closed.
+    CLOSED = "closed"
+
+
+class ConnEvent(enum.Enum):
+    CONNECTED = "connected"
+    CONNECT_FAILED = "connect_failed"
+    #: Older than ``max_age``: rotate (coredns#7903).
+    MAX_AGE = "max_age"
+    #: A query on it timed out; the upstream may answer in order and be stuck.
+    QUERY_TIMEOUT = "query_timeout"
+    #: Unused for longer than ``expire``.
+    IDLE = "idle"
+    #: The last in-flight query of a draining connection finished.
+    DRAINED = "drained"
+    #: EOF or reset from the peer.
+    PEER_CLOSED = "peer_closed"
+    #: Garbage or truncated frame from the peer.
+    PROTOCOL_ERROR = "protocol_error"
+    #: Closed by us (shutdown).
+    CLOSE = "close"
+
+
+_S, _E = ConnState, ConnEvent
+#: (state, event) -> next state. Pairs not listed leave the state unchanged
+#: (a late event for a connection already on its way out), except from
+#: CONNECTING, where everything but CONNECTED ends the connection.
+TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
+    (_S.CONNECTING, _E.CONNECTED): _S.OPEN,
+    (_S.CONNECTING, _E.CONNECT_FAILED): _S.CLOSED,
+    (_S.CONNECTING, _E.QUERY_TIMEOUT): _S.CLOSED,
+    (_S.CONNECTING, _E.PEER_CLOSED): _S.CLOSED,
+    (_S.CONNECTING, _E.CLOSE): _S.CLOSED,
+    (_S.OPEN, _E.MAX_AGE): _S.DRAINING,
+    (_S.OPEN, _E.QUERY_TIMEOUT): _S.DRAINING,
+    (_S.OPEN, _E.IDLE): _S.CLOSED,
+    (_S.OPEN, _E.PEER_CLOSED): _S.CLOSED,
+    (_S.OPEN, _E.PROTOCOL_ERROR): _S.CLOSED,
+    (_S.OPEN, _E.CLOSE): _S.CLOSED,
+    (_S.DRAINING, _E.DRAINED): _S.CLOSED,
+    (_S.DRAINING, _E.IDLE): _S.CLOSED,
+    (_S.DRAINING, _E.PEER_CLOSED): _S.CLOSED,
+    (_S.DRAINING, _E.PROTOCOL_ERROR): _S.CLOSED,
+    (_S.DRAINING, _E.CLOSE): _S.CLOSED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerReceived:
+    """An answer matched a query in flight."""
+
+    #: The token the query was sent with.
+    token: Hashable
+    #: The answer, with the upstream-side ID still in it.
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The connection ended; the queries still in flight on it failed."""
+
+    #: Why (the ``ConnEvent`` that closed it).
+    reason: ConnEvent
+    #: Tokens of the queries that were in flight, to retry elsewhere.
+    failed: tuple[Hashable, ...]
+    #: Human-readable detail, for logs.
+    detail: str = ""
+
+
+class UpstreamConnection:
+    """One pooled, pipelined DNS-over-TCP connection to an upstream, without I/O.
+
+    Driven by the adapter: ``connected(now)`` once dialled (or
+    ``terminate(ConnEvent.CONNECT_FAILED)``), ``send(...)`` per query,
+    ``receive_data(data, now)`` for every read (``b""`` at EOF), and
+    ``handle_timer(now)`` at ``get_timer()``. After each call the adapter writes
+    ``data_to_send()`` and closes its transport once ``state`` is CLOSED.
+    """
+
+    __slots__ = ("state", "created", "last_used", "max_in_flight", "max_age", "expire",
+                 "in_flight", "_decoder", "_out", "queries")
+
+    def __init__(self, *, now: float, max_in_flight: int, max_age: float, expire: float,
+                 ids: Callable[[], int]) -> None:
+        self.state = ConnState.CONNECTING
+        #: When dialling started, s.
+        self.created = now
+        #: Last time a query was sent or answered, s.
+        self.last_used = now
+        #: Queries in flight at most (pipelining depth).
+        self.max_in_flight = max_in_flight
+        #: Lifetime, s; 0 means unlimited.
+        self.max_age = max_age
+        #: Idle time before closing, s.
+        self.expire = expire
+        self.in_flight = InFlight(ids)
+        #: Queries sent on it so far.
+        self.queries = 0
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.state.name} in_flight={len(self.in_flight)}>"
+
+    # -- transitions --------------------------------------------------------
+
+    def _apply(self, event: ConnEvent) -> ConnState:
+        new = TRANSITIONS.get((self.state, event))
+        if new is None and self.state is ConnState.CONNECTING:
+            new = ConnState.CLOSED
+        if new is not None:
+            self.state = new
+            if new is ConnState.DRAINING and not self.in_flight:
+                self.state = ConnState.CLOSED
+            if self.state is ConnState.CLOSED:
+                self._out.clear()
+        return self.state
+
+    def terminate(self, reason: ConnEvent, detail: str = "") -> ConnectionTerminated | None:
+        """Close for ``reason``; returns the event listing failed queries, if it closed."""
+        if self.state is ConnState.CLOSED:
+            return None
+        self._apply(reason)
+        assert self.state is ConnState.CLOSED, f"{reason} does not end a {self!r}"
+        return ConnectionTerminated(reason, tuple(self.in_flight.drain()), detail)
+
+    # -- driving ------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """Takes a new query now."""
+        return (self.state is ConnState.OPEN or self.state is ConnState.CONNECTING) \
+            and len(self.in_flight) < self.max_in_flight
+
+    def connected(self, now: float) -> None:
+        self._apply(ConnEvent.CONNECTED)
+        self.last_used = now
+
+    def send(self, wire: bytes, question: bytes, token: Hashable, now: float) -> int:
+        """Queue ``wire`` (a query) with a fresh ID; returns that ID."""
+        assert self.accepting, f"send on a connection that takes no queries: {self!r}"
+        qid = self.in_flight.add(question, token)
+        self._out.append(_U16U16.pack(len(wire), qid) + wire[2:])
+        self.last_used = now
+        self.queries += 1
+        return qid
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write now (nothing while CONNECTING)."""
+        if not self._out or self.state is ConnState.CONNECTING:
+            return b""
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def give_up(self, qid: int, now: float, *, timed_out: bool) -> None:
+        """A query is no longer wanted (its try timed out or was cancelled)."""
+        if self.in_flight.discard(qid) is None:
+            return
+        if timed_out:
+            self._apply(ConnEvent.QUERY_TIMEOUT)
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self.state is ConnState.DRAINING and not self.in_flight:
+            self._apply(ConnEvent.DRAINED)
+
+    def receive_data(self, data: bytes, now: float) -> list[AnswerReceived | ConnectionTerminated]:
+        """Feed bytes read from the upstream (``b""`` = EOF); returns the events."""
+        if self.state is ConnState.CLOSED:
+            return []
+        events: list[AnswerReceived | ConnectionTerminated] = []
+        decoder = self._decoder
+        decoder.feed(data)
+        while True:
+            try:
+                msg = decoder.next_frame()
+            except FrameError as exc:
+                term = self.terminate(ConnEvent.PROTOCOL_ERROR, str(exc))
+                if term is not None:
+                    events.append(term)
+                return events
+            if msg is NEED_DATA:
+                break
+            if msg is EOF:
+                term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
+                if term is not None:
+                    events.append(term)
+                return events
+            token = self.in_flight.match(msg)  # type: ignore[arg-type]
+            if token is not None:
+                self.last_used = now
+                events.append(AnswerReceived(token, msg))  # type: ignore[arg-type]
+            # else: a late answer to a query given up on, or a stray: ignore it
+        self._maybe_drained()
+        return events
+
+    def connection_lost(self, detail: str = "") -> ConnectionTerminated | None:
+        return self.terminate(ConnEvent.PEER_CLOSED, detail or "connection lost")
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next run, s, or None."""
+        if self.state is ConnState.OPEN:
+            when = self.last_used + self.expire if not self.in_flight else None
+            if self.max_age:
+                end = self.created + self.max_age
+                when = end if when is None else min(when, end)
+            return when
+        return None
+
+    def handle_timer(self, now: float) -> ConnectionTerminated | None:
+        """Rotate at ``max_age``, close when idle past ``expire``."""
+        if self.state is not ConnState.OPEN:
+            return None
+        if self.max_age and now >= self.created + self.max_age:
+            self._apply(ConnEvent.MAX_AGE)  # drains; closes at once when nothing is in flight
+            return None
+        if not self.in_flight and now >= self.last_used + self.expire:
+            return self.terminate(ConnEvent.IDLE, "idle")
+        return None
+
+
+# -- pool -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """``ConnectionPool.choose``: no connection usable; dialling resumes at ``until``."""
+
+    until: float
+
+
+class ConnectionPool:
+    """The pooled TCP connections to one upstream, and when to dial another.
+
+    ``choose(now)`` returns ``(connection, is_new)``: an open connection with
+    room, or a new one the adapter must dial, or ``Backoff`` after failed dials,
+    or None when every connection is full and no more may be opened.
+    """
+
+    #: Connections per upstream at most. CoreDNS opens one per query in flight;
+    #: with pipelining a few carry thousands of queries per second, and a few
+    #: (not one) spread the load over the backends of a ClusterIP (conntrack
+    #: pins each connection to one pod).
+    MAX_CONNECTIONS = 8
+    #: Queries in flight per connection at most. Servers built on miekg/dns
+    #: (CoreDNS, kube-dns) answer a connection's queries one after another, so
+    #: a deep pipeline means head-of-line blocking behind one slow query.
+    MAX_IN_FLIGHT = 32
+    #: Open another connection (below MAX_CONNECTIONS) once the least busy one
+    #: has this many queries in flight: spreads load, bounds queueing.
+    SPREAD = 4
+    #: First delay before redialling after a failed connect, s; doubles per failure.
+    BACKOFF_MIN = 0.05
+    #: Longest delay between dials, s.
+    BACKOFF_MAX = 2.0
+
+    def __init__(self, *, max_age: float, expire: float, ids: Callable[[], int],
+                 max_connections: int = MAX_CONNECTIONS, max_in_flight: int = MAX_IN_FLIGHT,
+                 spread: int = SPREAD, backoff_min: float = BACKOFF_MIN,
+                 backoff_max: float = BACKOFF_MAX) -> None:
+        self.max_age = max_age
+        self.expire = expire
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.spread = spread
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.connections: list[UpstreamConnection] = []
+        self._ids = ids
+        self._backoff = 0.0
+        self._dial_after = 0.0
+
+    def choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
+        best: UpstreamConnection | None = None
+        best_load = 1 << 30
+        live = 0
+        for conn in self.connections:
+            if conn.state is ConnState.OPEN and conn.max_age and now >= conn.created + conn.max_age:
+                conn.handle_timer(now)
+            if conn.state is ConnState.CLOSED:
+                continue
+            live += 1
+            if conn.accepting:
+                load = len(conn.in_flight)
+                if load < best_load:
+                    best, best_load = conn, load
+        if best is not None and (best_load < self.spread or live >= self.max_connections):
+            return best, False
+        if live < self.max_connections:
+            if now < self._dial_after:
+                return (best, False) if best is not None else Backoff(self._dial_after)
+            conn = UpstreamConnection(now=now, max_in_flight=self.max_in_flight,
+                                      max_age=self.max_age, expire=self.expire, ids=self._ids)
+            self.connections.append(conn)
+            return conn, True
+        return None
+
+    def connect_succeeded(self) -> None:
+        self._backoff = 0.0
+        self._dial_after = 0.0
+
+    def connect_failed(self, conn: UpstreamConnection, now: float,
+                       detail: str = "") -> ConnectionTerminated | None:
+        """A dial failed: close ``conn`` and hold off the next dial."""
+        self._backoff = min(self.backoff_max, max(self.backoff_min, self._backoff * 2))
+        self._dial_after = now + self._backoff
+        return conn.terminate(ConnEvent.CONNECT_FAILED, detail)
+
+    def reap(self, now: float) -> list[tuple[UpstreamConnection, ConnectionTerminated | None]]:
+        """Run the timers; forget closed connections, returning them for the adapter to close."""
+        closed = []
+        keep = []
+        for conn in self.connections:
+            term = conn.handle_timer(now)
+            if conn.state is ConnState.CLOSED:
+                closed.append((conn, term))
+            else:
+                keep.append(conn)
+        self.connections = keep
+        return closed
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.connections.remove(conn)
+        except ValueError:
+            pass
