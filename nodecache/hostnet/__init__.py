@@ -1,0 +1,9 @@
+"""The host layer: the local-IP link (netlink) and the NOTRACK/ACCEPT rules.
+
+``HostNetwork`` is what the agent uses; ``rules.notrack_rules`` is the rule
+set as data; ``firewall`` holds the iptables-legacy, iptables-nft and
+nftables backends; ``commands`` the one-shot ``setup``/``teardown`` commands.
+"""
+from nodecache.hostnet.host import HostNetwork
+
+__all__ = ["HostNetwork"]

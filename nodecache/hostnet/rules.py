@@ -1,0 +1,153 @@
+"""The NOTRACK/ACCEPT rules as data, built by one pure function.
+
+Why these rules exist (NODELOCAL.md section 1.3, the node-local DNS KEP):
+
+* ``raw`` NOTRACK on the way in (PREROUTING) and out (OUTPUT) keeps DNS packets
+  to and from the local IPs out of conntrack. That is the whole point: no
+  conntrack insert races (the 5 s timeouts), no full conntrack table, and for
+  the kube-dns ClusterIP it is also *the switch*: an untracked packet never
+  reaches kube-proxy's DNAT, so it lands on the node cache instead of kube-dns.
+* ``filter`` ACCEPT in INPUT and OUTPUT, because the node's filter rules usually
+  accept only tracked (``ESTABLISHED``) traffic, which untracked packets are not.
+* OUTPUT NOTRACK with ``--dport`` covers locally generated queries (hostNetwork
+  pods, kubernetes/dns#318); the health-port pair covers the kubelet's probe.
+
+Each rule carries a comment that names nodecache and says exactly which rule
+it is, so the comment alone identifies the rule in ``iptables-save`` or
+``nft list`` output: that is how the backends find, count and delete ours.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: Every comment starts with this; rules carrying it belong to nodecache.
+COMMENT_PREFIX = "nodecache:"
+
+#: nftables: the one table we own (family ``inet`` holds IPv4 and IPv6 rules together).
+NFT_TABLE = "nodecache"
+
+#: nftables chain for each (iptables table, chain), with its hook and priority:
+#: the iptables ``raw`` table sits at priority -300 ("raw"), ``filter`` at 0 ("filter").
+NFT_CHAINS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("raw", "PREROUTING"): ("prerouting", "prerouting", "raw"),
+    ("raw", "OUTPUT"): ("output_raw", "output", "raw"),
+    ("filter", "INPUT"): ("input", "input", "filter"),
+    ("filter", "OUTPUT"): ("output", "output", "filter"),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One firewall rule for one local IP."""
+
+    #: ``raw`` or ``filter``.
+    table: str
+    #: ``PREROUTING``, ``INPUT`` or ``OUTPUT``.
+    chain: str
+    #: ``udp`` or ``tcp``.
+    proto: str
+    #: The local IP, as text (compressed form for IPv6).
+    ip: str
+    port: int
+    #: True: match destination IP and port (``-d``/``--dport``); False: source (replies).
+    to_ip: bool
+    #: ``NOTRACK`` or ``ACCEPT``.
+    target: str
+    #: What the rule is for, in a few words (goes into the comment).
+    why: str
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return 6 if ":" in self.ip else 4
+
+    @property
+    def comment(self) -> str:
+        """Unique per rule: prefix, purpose and the rule's own match, e.g.
+        ``nodecache: skip conntrack: PREROUTING udp to 169.254.20.10 port 53``."""
+        way = "to" if self.to_ip else "from"
+        return (f"{COMMENT_PREFIX} {self.why}: {self.chain} {self.proto} {way} {self.ip}"
+                f" port {self.port}")
+
+    def iptables_spec(self) -> list[str]:
+        """Arguments after ``-I CHAIN`` / ``-C CHAIN`` / ``-D CHAIN``."""
+        plen = 128 if self.family == 6 else 32
+        addr, port = ("-d", "--dport") if self.to_ip else ("-s", "--sport")
+        return ["-p", self.proto, addr, f"{self.ip}/{plen}", port, str(self.port),
+                "-m", "comment", "--comment", self.comment, "-j", self.target]
+
+    def iptables_restore_line(self, op: str = "-I") -> str:
+        """The rule as an ``iptables-restore`` line; ``-I`` inserts at the top of the chain."""
+        words = [op, self.chain, *(["1"] if op == "-I" else []), *self.iptables_spec()]
+        return " ".join(f'"{w}"' if " " in w else w for w in words)
+
+    @property
+    def nft_chain(self) -> str:
+        return NFT_CHAINS[(self.table, self.chain)][0]
+
+    def nft_rule(self) -> str:
+        """The rule as an nftables rule body for a chain of the ``inet`` table."""
+        l3 = "ip6" if self.family == 6 else "ip"
+        way = "daddr" if self.to_ip else "saddr"
+        pway = "dport" if self.to_ip else "sport"
+        verdict = "notrack" if self.target == "NOTRACK" else "accept"
+        return (f"{l3} {way} {self.ip} {self.proto} {pway} {self.port} {verdict}"
+                f' comment "{self.comment}"')
+
+
+def parse_local_ips(ips: Iterable[str]) -> tuple[str, ...]:
+    """Validate and normalise local IPs (compressed text, order kept, duplicates dropped).
+
+    IPv4 and IPv6 may be mixed (node-cache refuses that).
+
+    :raises ValueError: an entry is empty or not an IP address.
+    """
+    out: list[str] = []
+    for raw in ips:
+        text = raw.strip()
+        try:
+            ip = str(ipaddress.ip_address(text))
+        except ValueError:
+            raise ValueError(f"invalid localip {raw!r}") from None
+        if ip not in out:
+            out.append(ip)
+    return tuple(out)
+
+
+def notrack_rules(local_ips: Sequence[str], dns_port: int = 53,
+                  health_port: int = 8080) -> tuple[Rule, ...]:
+    """The 12 rules node-cache installs, for each local IP (NODELOCAL.md section 1.3).
+
+    Pure: no I/O. The order is node-cache's; backends insert each at the top
+    of its chain.
+    """
+    rules: list[Rule] = []
+    for ip in parse_local_ips(local_ips):
+        for proto in ("tcp", "udp"):
+            # 1-2: queries arriving from pods skip conntrack (and so kube-proxy's DNAT).
+            rules.append(Rule("raw", "PREROUTING", proto, ip, dns_port, True, "NOTRACK",
+                              "skip conntrack"))
+        for proto in ("tcp", "udp"):
+            # 3-4: let untracked queries in past "accept ESTABLISHED only" filters.
+            rules.append(Rule("filter", "INPUT", proto, ip, dns_port, True, "ACCEPT",
+                              "allow DNS traffic"))
+        for proto in ("tcp", "udp"):
+            # 5-6: our replies skip conntrack.
+            rules.append(Rule("raw", "OUTPUT", proto, ip, dns_port, False, "NOTRACK",
+                              "skip conntrack"))
+        for proto in ("tcp", "udp"):
+            # 7-8: and are let out.
+            rules.append(Rule("filter", "OUTPUT", proto, ip, dns_port, False, "ACCEPT",
+                              "allow DNS traffic"))
+        for proto in ("tcp", "udp"):
+            # 9-10: queries from the node itself (hostNetwork pods), kubernetes/dns#318.
+            rules.append(Rule("raw", "OUTPUT", proto, ip, dns_port, True, "NOTRACK",
+                              "skip conntrack"))
+        # 11-12: the kubelet's liveness probe to the health port, and its replies.
+        rules.append(Rule("raw", "OUTPUT", "tcp", ip, health_port, True, "NOTRACK",
+                          "skip conntrack for health"))
+        rules.append(Rule("raw", "OUTPUT", "tcp", ip, health_port, False, "NOTRACK",
+                          "skip conntrack for health"))
+    return tuple(rules)
