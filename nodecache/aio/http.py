@@ -1,0 +1,261 @@
+"""A small HTTP/1.1 server for ``/metrics``, ``/health`` and ``/ready``.
+
+Only what a Prometheus scraper and a kubelet probe need: one request per
+connection (``Connection: close``), GET and HEAD, no request bodies. Requests
+are bounded in size (the whole head must fit in ``max_request_size`` bytes) and
+in time (it must arrive within ``header_timeout``), so a slow or hostile client
+cannot hold memory or a connection for long.
+
+Listeners set SO_REUSEADDR and SO_REUSEPORT: during an upgrade the old and the
+new agent both serve the same port for a while, as CoreDNS's ``health`` does.
+Several route sets may share one address (``health`` and ``prometheus`` on the
+same ``host:port``): :meth:`HttpEndpoints.start` merges them.
+
+A route is a plain callable returning ``(status, content type, body)``; it runs
+on the event loop, so it must be quick (generating the exposition is).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+#: status, Content-Type, body
+Response = tuple[int, str, bytes]
+Route = Callable[[], Response]
+
+#: The request line and headers must fit in this many bytes.
+MAX_REQUEST_SIZE = 8192  # bytes
+#: The whole request head must arrive within this time; writing the answer too.
+HEADER_TIMEOUT = 5.0  # s
+#: Connections served at once per endpoint set; more are closed at once.
+MAX_CONNECTIONS = 64
+
+TEXT = "text/plain; charset=utf-8"
+#: The classic text format: every name we export is a legacy (ASCII) name, so the
+#: output is the same, and Prometheus 2 scrapers know this version.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_address(address: str) -> tuple[str | None, int]:
+    """Split a CoreDNS-style listen address into (host, port).
+
+    ``":8080"`` is every address (host ``None``); ``"127.0.0.1:8080"``,
+    ``"[::1]:9153"`` and ``"localhost:9153"`` name one. A bare host without a
+    port is rejected.
+
+    :raises ValueError: The address cannot be parsed.
+    """
+    text = address.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"invalid address {address!r}: want [host]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"invalid address {address!r}: want host:port or [v6]:port")
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        raise ValueError(f"invalid port in address {address!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in address {address!r}")
+    return (host or None), port
+
+
+def metrics_route(registry: CollectorRegistry) -> Route:
+    """``/metrics``: the Prometheus text exposition of ``registry``."""
+
+    def route() -> Response:
+        return 200, METRICS_CONTENT_TYPE, generate_latest(registry)
+
+    return route
+
+
+def health_route(healthy: Callable[[], bool]) -> Route:
+    """``/health``: 200 ``OK`` while ``healthy()`` is true, else 503 (lameduck)."""
+
+    def route() -> Response:
+        if healthy():
+            return 200, TEXT, b"OK"
+        return 503, TEXT, b"Shutting down"
+
+    return route
+
+
+def ready_route(ready: Callable[[], bool]) -> Route:
+    """``/ready``: 200 ``OK`` once ``ready()`` is true, else 503."""
+
+    def route() -> Response:
+        if ready():
+            return 200, TEXT, b"OK"
+        return 503, TEXT, b"Not ready"
+
+    return route
+
+
+class _Endpoint:
+    """One listening address and the routes served on it."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class HttpEndpoints:
+    """The agent's HTTP listeners.
+
+    :param max_request_size: Largest request head accepted, bytes; larger gets 431.
+    :param header_timeout: Time allowed for the request head to arrive (and the
+        answer to be written), s.
+    :param max_connections: Connections served at once per address.
+    """
+
+    def __init__(self, *, max_request_size: int = MAX_REQUEST_SIZE,
+                 header_timeout: float = HEADER_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self.max_request_size = max_request_size
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self._endpoints: dict[tuple[str | None, int], _Endpoint] = {}
+
+    async def start(self, address: str, routes: Mapping[str, Route]) -> list[tuple[str, int]]:
+        """Serve ``routes`` (path -> route) on ``address``.
+
+        If the address is already served, the routes are added to it (a path
+        given again replaces the old route). Port 0 always binds afresh.
+
+        :returns: The (host, port) pairs actually bound.
+        :raises ValueError: The address cannot be parsed.
+        :raises OSError: Binding failed.
+        """
+        host, port = parse_address(address)
+        for path in routes:
+            assert path.startswith("/"), f"route path must start with '/': {path!r}"
+        existing = self._endpoints.get((host, port)) if port else None
+        if existing is not None:
+            existing.routes.update(routes)
+            return self._bound(existing)
+        endpoint = _Endpoint(dict(routes))
+        endpoint.server = await asyncio.start_server(
+            lambda r, w: self._accept(endpoint, r, w), host, port,
+            limit=self.max_request_size, reuse_address=True, reuse_port=True)
+        bound = self._bound(endpoint)
+        self._endpoints[(host, bound[0][1] if bound else port)] = endpoint
+        return bound
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every (host, port) currently listening."""
+        return [a for endpoint in self._endpoints.values() for a in self._bound(endpoint)]
+
+    async def stop(self, address: str) -> None:
+        """Stop serving ``address`` (as given to :meth:`start`, or with the bound port)."""
+        endpoint = self._endpoints.pop(parse_address(address), None)
+        if endpoint is not None:
+            await self._close(endpoint)
+
+    async def close(self) -> None:
+        """Stop every listener and drop open connections."""
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        await asyncio.gather(*(self._close(e) for e in endpoints))
+
+    @staticmethod
+    def _bound(endpoint: _Endpoint) -> list[tuple[str, int]]:
+        assert endpoint.server is not None
+        return [sock.getsockname()[:2] for sock in endpoint.server.sockets]
+
+    @staticmethod
+    async def _close(endpoint: _Endpoint) -> None:
+        if endpoint.server is None:
+            return
+        endpoint.server.close()
+        for task in list(endpoint.tasks):
+            task.cancel()
+        await asyncio.gather(*endpoint.tasks, return_exceptions=True)
+        await endpoint.server.wait_closed()
+        endpoint.server = None
+
+    async def _accept(self, endpoint: _Endpoint, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(endpoint.tasks) >= self.max_connections:
+            writer.close()
+            return
+        endpoint.tasks.add(task)
+        try:
+            await asyncio.wait_for(self._serve(endpoint, reader, writer), self.header_timeout)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            endpoint.tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, endpoint: _Endpoint, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return  # the client went away before finishing its request
+        except asyncio.LimitOverrunError:
+            await self._respond(writer, False, *_error(431))
+            return
+        request = _request_line(head)
+        if request is None:
+            await self._respond(writer, False, *_error(400))
+            return
+        method, path = request
+        route = endpoint.routes.get(path)
+        if route is None:
+            await self._respond(writer, method == "HEAD", *_error(404))
+            return
+        if method not in ("GET", "HEAD"):
+            await self._respond(writer, False, *_error(405), "Allow: GET, HEAD\r\n")
+            return
+        try:
+            status, ctype, body = route()
+        except Exception:
+            log.exception("HTTP route %s failed", path)
+            status, ctype, body = _error(500)
+        await self._respond(writer, method == "HEAD", status, ctype, body)
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, head_only: bool, status: int, ctype: str,
+                       body: bytes, extra: str = "") -> None:
+        reason = http.HTTPStatus(status).phrase
+        header = (f"HTTP/1.1 {status} {reason}\r\n"
+                  f"Content-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\n"
+                  f"{extra}"
+                  "Connection: close\r\n\r\n").encode("latin-1")
+        writer.write(header if head_only else header + body)
+        await writer.drain()
+
+
+def _request_line(head: bytes) -> tuple[str, str] | None:
+    """(method, path) of a request head (RFC 9112 section 3), or None if malformed."""
+    line = head.split(b"\r\n", 1)[0]
+    try:
+        method, target, version = line.decode("ascii").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not version.startswith("HTTP/1.") or not method.isalpha() or not target:
+        return None
+    # origin-form "/metrics?x" or absolute-form "http://host/metrics"
+    return method, urlsplit(target).path or "/"
+
+
+def _error(status: int) -> Response:
+    return status, TEXT, http.HTTPStatus(status).phrase.encode() + b"\n"
