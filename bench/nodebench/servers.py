@@ -1,0 +1,303 @@
+"""Configurations and start-up of every server in the bench.
+
+The cluster DNS is Knot (``knotd``) behind the delaying relay. The node caches
+are nodecache and, as references, unbound and dnsmasq, each configured as the
+official node-local Corefile configures node-cache:
+
+* ``cluster.local`` and ``in-addr.arpa`` forwarded to the cluster DNS over TCP
+  (``force_tcp``), everything else (``.``) over UDP;
+* positive answers kept at most 30 s, negative answers 5 s in the cluster
+  domain (unbound and dnsmasq have one negative TTL for all zones, so 5 s);
+* about 10,000 cached names;
+* no recursion and no root hints: every query goes to the cluster DNS address.
+
+dnsmasq cannot forward over TCP, so its cluster-domain misses go over UDP; the
+report says so next to its miss figures.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import topology as T
+from .host import BenchError, Cleanup, Daemon, in_ns, log, sh, start_daemon
+
+REPO = Path(__file__).resolve().parents[2]
+#: The load generator's core; servers under test get the other one.
+LOADGEN_CPU = 0
+SERVER_CPU = 1
+
+
+def python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def dig_ok(ns: str, server: str, name: str, qtype: str = "A", *, tcp: bool = False) -> bool:
+    """One query with ``dig`` from namespace *ns*; true when it is answered NOERROR."""
+    argv = ["dig", "+time=1", "+tries=1", f"@{server}", name, qtype]
+    if tcp:
+        argv.append("+tcp")
+    cp = sh(argv, ns=ns, check=False, timeout=10)
+    return cp.returncode == 0 and "status: NOERROR" in cp.stdout
+
+
+def wait_answer(ns: str, server: str, name: str, daemon: Daemon, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise BenchError(f"{daemon.name} exited during start-up:\n{daemon.tail()}")
+        if dig_ok(ns, server, name):
+            return
+        time.sleep(0.2)
+    raise BenchError(f"{daemon.name} did not answer {name} within {seconds:.0f} s:\n{daemon.tail()}")
+
+
+# --- cluster DNS -------------------------------------------------------------
+
+def start_knot(cleanup: Cleanup, topo: T.Topology, work: Path, zone_files: dict[str, Path]) -> Daemon:
+    d = work / "knot"
+    (d / "db").mkdir(parents=True, exist_ok=True)
+    zones = "\n".join(f"  - domain: {z}.\n    file: \"{p}\"" for z, p in zone_files.items())
+    (d / "knot.conf").write_text(f"""\
+server:
+  rundir: "{d}"
+  listen: {T.AUTH_DNS}@53
+  udp-workers: 1
+  tcp-workers: 1
+  background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+  storage: "{d / 'db'}"
+template:
+  - id: default
+    storage: "{d}"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+{zones}
+""")
+    daemon = start_daemon(cleanup, "knotd", ["knotd", "-c", str(d / "knot.conf")], ns=topo.dns, log_dir=work)
+    wait_answer(topo.pod, T.AUTH_DNS, "kube-dns.kube-system.svc.cluster.local", daemon, 60)
+    return daemon
+
+
+def start_relay(cleanup: Cleanup, topo: T.Topology, work: Path, *, listen: str, delay_ms: float,
+                name: str) -> tuple[Daemon, Path]:
+    stats = work / f"{name}.json"
+    daemon = start_daemon(
+        cleanup, name,
+        [python(), "-m", "nodebench.relay", "--listen", listen, "--upstream", T.AUTH_DNS,
+         "--delay-ms", str(delay_ms), "--stats", str(stats), "--max-seconds", "3600"],
+        ns=topo.dns, log_dir=work, env=_env(),
+    )
+    wait_answer(topo.pod, listen, "kube-dns.kube-system.svc.cluster.local", daemon)
+    return daemon, stats
+
+
+def _env() -> dict[str, str]:
+    import os
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{REPO / 'bench'}:{REPO}"
+    return env
+
+
+def relay_counters(daemon: Daemon, stats: Path) -> dict[str, int]:
+    """Ask the relay to dump its counters (SIGUSR1) and read them."""
+    import json
+    import signal
+    before = json.loads(stats.read_text())["seq"] if stats.exists() else 0
+    daemon.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(stats.read_text())
+            if data["seq"] > before:
+                return data
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise BenchError("the relay did not report its counters")
+
+
+# --- node caches -------------------------------------------------------------
+
+@dataclass
+class Cache:
+    """One node cache under test."""
+
+    name: str
+    ip: str
+    #: nodecache installs its own NOTRACK rules; the bench adds them for the others.
+    own_notrack: bool
+    #: Upstream transport for cluster-domain misses.
+    cluster_transport: str
+    daemon: Daemon | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def unbound_conf(work: Path) -> Path:
+    d = work / "unbound"
+    d.mkdir(parents=True, exist_ok=True)
+    conf = d / "unbound.conf"
+    fwd = ""
+    for zone, tcp in (("cluster.local.", "yes"), ("in-addr.arpa.", "yes"), (".", "no")):
+        fwd += f"forward-zone:\n  name: \"{zone}\"\n  forward-addr: {T.CLUSTER_DNS}\n  forward-tcp-upstream: {tcp}\n"
+    conf.write_text(f"""\
+server:
+  interface: {T.UNBOUND_IP}
+  port: 53
+  do-daemonize: no
+  use-systemd: no
+  username: ""
+  chroot: ""
+  directory: "{d}"
+  pidfile: ""
+  logfile: ""
+  use-syslog: no
+  verbosity: 0
+  num-threads: 1
+  do-ip6: no
+  access-control: 0.0.0.0/0 allow
+  module-config: "iterator"
+  root-hints: ""
+  do-not-query-localhost: yes
+  qname-minimisation: no
+  prefetch: no
+  minimal-responses: yes
+  cache-min-ttl: 5
+  cache-max-ttl: 30
+  cache-max-negative-ttl: 5
+  # 9984 entries of about 200 bytes in each cache, as node-cache's two caches
+  msg-cache-size: 4m
+  rrset-cache-size: 4m
+  # serve 10.in-addr.arpa and friends from upstream, not as local empty zones
+  unblock-lan-zones: yes
+  insecure-lan-zones: yes
+  local-zone: "10.in-addr.arpa." nodefault
+  local-zone: "254.169.in-addr.arpa." nodefault
+{fwd}""")
+    return conf
+
+
+def dnsmasq_conf(work: Path) -> Path:
+    d = work / "dnsmasq"
+    d.mkdir(parents=True, exist_ok=True)
+    conf = d / "dnsmasq.conf"
+    conf.write_text(f"""\
+keep-in-foreground
+no-resolv
+no-hosts
+no-poll
+bind-interfaces
+listen-address={T.DNSMASQ_IP}
+port=53
+user=root
+pid-file=
+log-facility=-
+cache-size=10000
+max-cache-ttl=30
+min-cache-ttl=5
+neg-ttl=5
+dns-forward-max=1000
+server=/cluster.local/{T.CLUSTER_DNS}
+server=/in-addr.arpa/{T.CLUSTER_DNS}
+server={T.CLUSTER_DNS}
+""")
+    return conf
+
+
+def corefile(work: Path) -> tuple[Path, str]:
+    """The repo's ``Corefile.nodelocal`` rendered for the bench (IPVS mode: only the
+    link-local address is bound), or the bench's own copy of the official one when
+    the repo has none yet. Returns the path and where it came from."""
+    src = REPO / "Corefile.nodelocal"
+    origin = "Corefile.nodelocal"
+    if not src.exists():
+        src = Path(__file__).with_name("Corefile.bench")
+        origin = "bench/nodebench/Corefile.bench"
+    template = src.read_text()
+    try:
+        sys.path.insert(0, str(REPO))
+        from nodecache.k8s.template import render_corefile  # type: ignore[import-not-found]
+
+        text = render_corefile(
+            template, local_ips=[T.NODECACHE_IP], dns_server_ips=[], cluster_dns=T.CLUSTER_DNS,
+            upstream_servers=[T.CLUSTER_DNS], domain="cluster.local", kubedns=None,
+        )
+        origin += " rendered by nodecache.k8s.template"
+    except Exception:  # the renderer is missing or changed: do what the installer's sed does
+        text = (template.replace(" __PILLAR__DNS__SERVER__", "").replace(",__PILLAR__DNS__SERVER__", "")
+                .replace("__PILLAR__LOCAL__DNS__", T.NODECACHE_IP)
+                .replace("__PILLAR__DNS__DOMAIN__", "cluster.local")
+                .replace("__PILLAR__CLUSTER__DNS__", T.CLUSTER_DNS)
+                .replace("__PILLAR__UPSTREAM__SERVERS__", T.CLUSTER_DNS))
+        origin += " with the installer's substitutions"
+    path = work / "Corefile"
+    path.write_text(text)
+    return path, origin
+
+
+def nodecache_runnable() -> tuple[bool, str, str]:
+    """(runnable, why not, ``run --help`` text)."""
+    try:
+        cp = subprocess.run([python(), "-m", "nodecache", "run", "--help"], capture_output=True,
+                            text=True, timeout=30, cwd=REPO, env=_env())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc), ""
+    if cp.returncode != 0:
+        last = (cp.stderr.strip().splitlines() or ["no output"])[-1]
+        return False, f"`python -m nodecache run --help` failed: {last}", ""
+    return True, "", cp.stdout
+
+
+def nodecache_argv(corefile_path: Path, help_text: str) -> list[str]:
+    argv = [python(), "-m", "nodecache", "run", "--conf", str(corefile_path), "--localip", T.NODECACHE_IP]
+    if re.search(r"--interface-name\b", help_text):
+        argv += ["--interface-name", "nodelocaldns"]
+    return argv
+
+
+def start_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache,
+                nodecache_help: str = "") -> Daemon:
+    """Start *cache* pinned to the server core and wait until it answers."""
+    if cache.name == "unbound":
+        argv = ["unbound", "-d", "-p", "-c", str(unbound_conf(work))]
+    elif cache.name == "dnsmasq":
+        argv = ["dnsmasq", "-C", str(dnsmasq_conf(work))]
+    else:
+        path, _ = corefile(work)
+        argv = nodecache_argv(path, nodecache_help)
+    daemon = start_daemon(cleanup, cache.name, argv, ns=topo.node, log_dir=work, cpu=SERVER_CPU,
+                          env=_env())
+    cache.daemon = daemon
+    wait_answer(topo.pod, cache.ip, "kube-dns.kube-system.svc.cluster.local", daemon, 60)
+    if not cache.own_notrack:
+        T.add_notrack(topo, cache.ip)
+        cleanup.push(f"remove NOTRACK rules for {cache.ip}", lambda: T.del_notrack(topo, cache.ip))
+    return daemon
+
+
+def stop_cache(topo: T.Topology, cache: Cache) -> None:
+    if cache.daemon is not None:
+        cache.daemon.stop()
+        cache.daemon = None
+    if not cache.own_notrack:
+        T.del_notrack(topo, cache.ip)
+
+
+def restart_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache, nodecache_help: str) -> Daemon:
+    """A fresh process: an empty cache."""
+    stop_cache(topo, cache)
+    return start_cache(cleanup, topo, work, cache, nodecache_help)
+
+
+def dnsperf_argv(ns: str, server: str, datafile: Path, *args: str) -> list[str]:
+    return in_ns(ns, ["taskset", "-c", str(LOADGEN_CPU), "dnsperf", "-s", server, "-d", str(datafile), *args])
