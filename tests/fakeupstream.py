@@ -26,7 +26,9 @@ What it does:
   - :class:`RawTCP` ``(data)``: written to the TCP stream with no framing, for
     truncated or bogus frames (on UDP the bytes are sent as a datagram);
   - :data:`RESET`: the TCP connection is aborted with an RST (on UDP: dropped);
-  - ``None``: no answer (the query is dropped).
+  - :data:`CLOSE`: the TCP connection is closed cleanly (FIN; on UDP: dropped);
+  - ``None``: no answer (the query is dropped);
+  - a list of the above: each is sent in turn (stray answers before the real one).
 
   The default handler answers from ``records`` (see :func:`answer_from`).
 * ``delay`` (s) is waited before each answer; ``delays={"udp": .., "tcp": ..}``
@@ -41,7 +43,10 @@ What it does:
   aborts every open TCP connection (connection reset mid-stream).
 
 Helpers: :func:`answer_from` builds a handler from a small dict of records,
-:func:`make_answer` builds one answer, :func:`truncated` an empty TC=1 reply.
+:func:`make_answer` builds one answer, :func:`truncated` an empty TC=1 reply,
+:func:`query_wire` a query in wire form, and the ``loop_errors`` fixture
+(import it into a test module) fails a test when anything reaches the event
+loop's exception handler.
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 
 from nodecache.config.settings import Upstream
 
@@ -76,10 +82,17 @@ class _Reset:
         return "RESET"
 
 
+class _Close:
+    def __repr__(self) -> str:
+        return "CLOSE"
+
+
 #: Handler result: abort the TCP connection with an RST.
 RESET = _Reset()
+#: Handler result: close the TCP connection cleanly.
+CLOSE = _Close()
 
-Answer = Union[dns.message.Message, bytes, RawTCP, _Reset, None]
+Answer = Union[dns.message.Message, bytes, RawTCP, _Reset, _Close, None, list]
 Handler = Callable[[dns.message.Message, str], Union[Answer, Awaitable[Answer]]]
 
 
@@ -120,6 +133,13 @@ def _normalise_records(records: Mapping[Any, Any]) -> dict[tuple[str, int], list
         values = [value] if isinstance(value, str) else list(value)
         out[(name, dns.rdatatype.from_text(rdtype) if isinstance(rdtype, str) else rdtype)] = values
     return out
+
+
+def query_wire(name: str, rdtype: str = "A", *, qid: int = 0x4242) -> bytes:
+    """A query (RD set) in wire form."""
+    q = dns.message.make_query(name, rdtype)
+    q.id = qid
+    return q.to_wire()
 
 
 def make_answer(query: dns.message.Message, rdatas: Iterable[str] = (), *,
@@ -311,16 +331,17 @@ class FakeUpstream:
         if msg is None:
             return
         result = await self._answer(msg, "udp")
-        if result is None or result is RESET or proto.transport is None:
-            return
-        if isinstance(result, dns.message.Message):
-            out = result.to_wire()
-        elif isinstance(result, RawTCP):
-            out = result.data
-        else:
-            out = bytes(result)  # type: ignore[arg-type]
-        if not proto.transport.is_closing():
-            proto.transport.sendto(out, addr)
+        for item in result if isinstance(result, list) else [result]:
+            if item is None or item is RESET or item is CLOSE or proto.transport is None:
+                continue
+            if isinstance(item, dns.message.Message):
+                out = item.to_wire()
+            elif isinstance(item, RawTCP):
+                out = item.data
+            else:
+                out = bytes(item)
+            if not proto.transport.is_closing():
+                proto.transport.sendto(out, addr)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.tcp_connections += 1
@@ -348,21 +369,27 @@ class FakeUpstream:
     async def _reply_tcp(self, msg: dns.message.Message, conn_id: int,
                          writer: asyncio.StreamWriter) -> None:
         result = await self._answer(msg, "tcp")
-        if result is None or writer.is_closing():
-            return
-        if result is RESET:
-            self._writers.pop(conn_id, None)
-            _abort(writer, True)
-            return
-        if isinstance(result, RawTCP):
-            out = result.data
-        else:
-            data = result.to_wire() if isinstance(result, dns.message.Message) else bytes(result)  # type: ignore[arg-type]
-            out = struct.pack("!H", len(data)) + data
-        try:
-            writer.write(out)
-        except (ConnectionError, OSError):
-            pass
+        for item in result if isinstance(result, list) else [result]:
+            if item is None:
+                continue
+            if writer.is_closing():
+                return
+            if item is RESET or item is CLOSE:
+                self._writers.pop(conn_id, None)
+                if item is RESET:
+                    _abort(writer, True)
+                else:
+                    writer.close()
+                return
+            if isinstance(item, RawTCP):
+                out = item.data
+            else:
+                data = item.to_wire() if isinstance(item, dns.message.Message) else bytes(item)
+                out = struct.pack("!H", len(data)) + data
+            try:
+                writer.write(out)
+            except (ConnectionError, OSError):
+                return
 
 
 def _abort(writer: asyncio.StreamWriter, rst: bool) -> None:
@@ -373,3 +400,15 @@ def _abort(writer: asyncio.StreamWriter, rst: bool) -> None:
         except OSError:
             pass
     writer.transport.abort()
+
+
+@pytest.fixture
+async def loop_errors() -> Any:
+    """Fails the test if anything reached the event loop's exception handler."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    yield seen
+    loop.set_exception_handler(old)
+    assert not seen, f"exceptions reached the event loop: {seen}"

@@ -119,7 +119,8 @@ class _UpstreamState:
         self.family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
         self.health = _policy.UpstreamHealth()
         s = fwd.settings
-        self.pool = ConnectionPool(max_age=s.max_age, expire=s.expire, ids=fwd._ids)
+        self.pool = ConnectionPool(max_age=s.max_age, expire=s.expire, ids=fwd._ids,
+                                   **fwd._pool_limits)
         self.protocols: dict[UpstreamConnection, _TCPProtocol] = {}
 
     def handle_events(self, proto: _TCPProtocol,
@@ -190,12 +191,19 @@ class Forwarder:
 
     :param settings: The ``forward`` settings (upstreams, policy, timeouts).
     :param stats: Counters to fill (``coredns_forward_*``, ``coredns_proxy_*``).
+    :param max_connections: TCP connections per upstream at most
+        (default ``ConnectionPool.MAX_CONNECTIONS``).
+    :param max_in_flight: Queries in flight per TCP connection at most
+        (default ``ConnectionPool.MAX_IN_FLIGHT``).
     """
 
-    def __init__(self, settings: ForwardSettings, stats: ForwardStats) -> None:
+    def __init__(self, settings: ForwardSettings, stats: ForwardStats, *,
+                 max_connections: int = ConnectionPool.MAX_CONNECTIONS,
+                 max_in_flight: int = ConnectionPool.MAX_IN_FLIGHT) -> None:
         assert settings.upstreams, "forward needs at least one upstream"
         self.settings = settings
         self.stats = stats
+        self._pool_limits = {"max_connections": max_connections, "max_in_flight": max_in_flight}
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._ids = IdSource()
         self._rng = random.Random()

@@ -29,6 +29,8 @@ import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+import dns.rcode
+
 __all__ = [
     "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
     "question_key", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
@@ -114,8 +116,8 @@ def rcode_of(wire: bytes) -> int:
     return wire[3] & 0x0F
 
 
-_RCODE_NAMES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
-                "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "11", "12", "13", "14", "15")
+#: Header RCODE -> the text ``dns.rcode.to_text`` gives, looked up once.
+_RCODE_NAMES = tuple(dns.rcode.to_text(i) for i in range(16))
 
 
 def rcode_name(rcode: int) -> str:
@@ -567,7 +569,10 @@ class ConnectionPool:
                 load = len(conn.in_flight)
                 if load < best_load:
                     best, best_load = conn, load
-        if best is not None and (best_load < self.spread or live >= self.max_connections):
+        if best is not None and (best_load < self.spread or live >= self.max_connections
+                                 or best.state is ConnState.CONNECTING):
+            # a connection still dialling takes the whole burst: dialling more
+            # for one burst would only add handshakes
             return best, False
         if live < self.max_connections:
             if now < self._dial_after:
