@@ -28,6 +28,7 @@ import ctypes.util
 import itertools
 import os
 import pickle
+import re
 import select
 import signal
 import subprocess
@@ -318,3 +319,85 @@ def conntrack_entries(ns: str, *match: str) -> list[str]:
         res = run(ns, "conntrack", "-L", "-f", family, *match, check=False)
         lines += [ln for ln in res.stdout.splitlines() if ln.strip()]
     return lines
+
+
+def _normalize_save(text: str) -> list[str]:
+    """``iptables-save`` text without comments, counters, and tables holding no rules."""
+    out: list[str] = []
+    table: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        line = re.sub(r"\[\d+:\d+\]", "[0:0]", line)
+        if line.startswith("*"):
+            table = [line]
+        elif line == "COMMIT":
+            # a table with only built-in chains at ACCEPT and no rules is "nothing"
+            if any(not (ln.startswith(":") and ln.endswith("ACCEPT [0:0]")) for ln in table[1:]):
+                out += table + [line]
+            table = []
+        else:
+            table.append(line)
+    return out
+
+
+def _zero_counters(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ({} if k == "counter" else _zero_counters(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_zero_counters(v) for v in value]
+    return value
+
+
+def _normalize_nft(text: str) -> list[Any]:
+    """``nft -j list ruleset`` without handles, empty accept base chains and empty tables."""
+    import json
+    objs = json.loads(text or '{"nftables": []}').get("nftables", [])
+    used_chains = set()
+    nonempty_tables = set()
+    for o in objs:
+        for kind in ("rule", "set", "map", "flowtable", "counter", "ct helper", "limit", "quota"):
+            if kind in o:
+                used_chains.add((o[kind]["family"], o[kind]["table"], o[kind].get("chain")))
+                nonempty_tables.add((o[kind]["family"], o[kind]["table"]))
+    out = []
+    for o in objs:
+        if "metainfo" in o:
+            continue
+        (kind, body), = o.items()
+        body = _zero_counters({k: v for k, v in body.items() if k != "handle"})
+        if kind == "chain":
+            key = (body["family"], body["table"], body["name"])
+            if key not in used_chains and body.get("policy", "accept") == "accept":
+                continue
+            nonempty_tables.add(key[:2])
+        out.append((kind, body))
+    return [(k, b) for k, b in out
+            if k != "table" or (b["family"], b["name"]) in nonempty_tables]
+
+
+def ruleset_snapshot(ns: str) -> dict[str, Any]:
+    """Every firewall rule in ``ns``: legacy (v4, v6) and nf_tables (which holds iptables-nft).
+
+    Normalised so that what the kernel cannot take back does not count: legacy
+    tables, once looked at, exist for good; an iptables-nft table keeps its
+    empty built-in chains. Comments, counters and handles are dropped.
+    Legacy tables are read only when already loaded, so reading never changes
+    what is read.
+    """
+    snap: dict[str, Any] = {}
+    for fam in ("ip", "ip6"):
+        names = run(ns, "cat", f"/proc/net/{fam}_tables_names", check=False).stdout.split()
+        lines: list[str] = []
+        for table in sorted(names):
+            lines += _normalize_save(run(ns, f"{fam}tables-legacy-save", "-t", table).stdout)
+        snap[f"{fam}tables-legacy"] = lines
+    snap["nft"] = _normalize_nft(run(ns, "nft", "-j", "list", "ruleset").stdout)
+    return snap
+
+
+def link_snapshot(ns: str) -> str:
+    """``ip -d addr`` in ``ns`` with timers and lifetimes (which tick) removed."""
+    text = run(ns, "ip", "-d", "addr").stdout
+    text = re.sub(r"(\w+_timer)\s+[\d.]+", r"\1", text)
+    return re.sub(r"valid_lft \S+ preferred_lft \S+", "", text)
