@@ -1,0 +1,271 @@
+"""The kustomize manifests: they build, validate against the Kubernetes schemas, and say what we mean.
+
+The overlays are built with ``kubectl kustomize`` (or ``kustomize build``)
+when one is on PATH. Otherwise :func:`build` below does the same for the few
+kustomize features we use (resources, namespace, JSON 6902 patches) and
+refuses any other, so it cannot silently disagree; when both are available
+the test checks that they agree.
+"""
+from __future__ import annotations
+
+import copy
+import pathlib
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+OVERLAYS = ["iptables", "ipvs"]
+#: Current Kubernetes release whose OpenAPI schemas the objects must satisfy.
+KUBERNETES_VERSION = "1.37.0"
+
+Obj = dict[str, Any]
+
+
+# --- a minimal kustomize ---------------------------------------------------------------
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _json_patch(doc: Obj, ops: list[Obj]) -> None:
+    """RFC 6902 add/replace/remove (what our overlays use)."""
+    for op in ops:
+        *parents, last = _pointer(op["path"])
+        node: Any = doc
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if op["op"] in ("add", "replace"):
+            if isinstance(node, list):
+                index = len(node) if last == "-" else int(last)
+                if op["op"] == "add":
+                    node.insert(index, copy.deepcopy(op["value"]))
+                else:
+                    node[index] = copy.deepcopy(op["value"])
+            else:
+                if op["op"] == "replace":
+                    assert last in node, op
+                node[last] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        else:
+            raise AssertionError(f"unsupported patch op {op['op']}")
+
+
+def build(directory: pathlib.Path) -> list[Obj]:
+    """``kustomize build`` for resources, namespace and JSON 6902 patches."""
+    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kust) - {"apiVersion", "kind", "resources", "namespace", "patches"}
+    assert not unknown, f"the test's kustomize does not handle {unknown}: extend it"
+    objects: list[Obj] = []
+    for res in kust.get("resources", []):
+        path = directory / res
+        if path.is_dir():
+            objects.extend(build(path))
+        else:
+            objects.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    if "namespace" in kust:
+        for obj in objects:
+            obj["metadata"]["namespace"] = kust["namespace"]
+    for patch in kust.get("patches", []):
+        target = patch["target"]
+        assert set(target) <= {"kind", "name"}, target
+        ops = yaml.safe_load(patch["patch"] if "patch" in patch else (directory / patch["path"]).read_text())
+        matched = [o for o in objects
+                   if o["kind"] == target.get("kind", o["kind"])
+                   and o["metadata"]["name"] == target.get("name", o["metadata"]["name"])]
+        assert matched, f"patch target {target} matches nothing"
+        for obj in matched:
+            _json_patch(obj, ops)
+    return objects
+
+
+def _kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, dict[tuple[str, str], Obj]]:
+    name: str = request.param
+    objects = build(MANIFESTS / name)
+    cmd = _kustomize_command()
+    if cmd is not None:
+        try:
+            out = subprocess.run([*cmd, str(MANIFESTS / name)], capture_output=True, text=True,
+                                 check=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.fail(f"{' '.join(cmd)} failed: {exc}")
+        real = sorted((d for d in yaml.safe_load_all(out) if d), key=_key)
+        assert real == sorted(objects, key=_key), "the test's kustomize disagrees with the real one"
+    return name, {_key(o): o for o in objects}
+
+
+def _daemonset(objs: dict[tuple[str, str], Obj]) -> Obj:
+    return objs["DaemonSet", "node-local-dns"]
+
+
+def _container(objs: dict[tuple[str, str], Obj]) -> Obj:
+    containers = _daemonset(objs)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_objects(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+    _, objs = overlay
+    assert set(objs) == {("ServiceAccount", "node-local-dns"), ("Service", "kube-dns-upstream"),
+                         ("ConfigMap", "node-local-dns"), ("Service", "node-local-dns"),
+                         ("DaemonSet", "node-local-dns")}
+    assert {o["metadata"]["namespace"] for o in objs.values()} == {"kube-system"}
+
+
+def test_validates_against_kubernetes_schemas(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    _, objs = overlay
+    for obj in objs.values():
+        # strict: unknown fields (a typo'd key) fail too.
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_daemonset(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+    _, objs = overlay
+    ds = _daemonset(objs)
+    pod = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "Default"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["serviceAccountName"] == "node-local-dns"
+    assert {"operator": "Exists"} in pod["tolerations"]
+    # Lameduck (5 s in the Corefile) plus teardown fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 10
+
+    c = _container(objs)
+    sc = c["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "NET_ADMIN" in sc["capabilities"]["add"]
+    assert set(sc["capabilities"]["add"]) <= {"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}
+    assert sc["allowPrivilegeEscalation"] is False and not sc.get("privileged")
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["resources"]["limits"]["memory"]
+
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    probe_ports = {c["livenessProbe"]["httpGet"]["port"], c["readinessProbe"]["httpGet"]["port"]}
+    assert 8080 not in probe_ports and len(probe_ports) == 2
+
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["xtables-lock"] == "/run/xtables.lock"
+    assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+    assert mounts["kube-dns-config"] == "/etc/kube-dns"
+    assert volumes["kube-dns-config"]["configMap"] == {"name": "kube-dns", "optional": True}
+    assert mounts["config-volume"] == "/etc/coredns"
+    assert volumes["config-volume"]["configMap"]["items"] == [{"key": "Corefile", "path": "Corefile.base"}]
+
+
+def _flag(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, (name, args)
+    return args[args.index(name) + 1]
+
+
+def test_args_per_mode(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+    name, objs = overlay
+    args = _container(objs)["args"]
+    assert all(isinstance(a, str) for a in args)
+    # node-cache's single-dash flags, each followed by its value.
+    assert [a for a in args[::2]] == ["-localip", "-conf", "-upstreamsvc", "-pidfile", "-health-port"]
+    assert not any(a.startswith("--") for a in args)
+    expected_ips = {"iptables": "169.254.20.10,10.96.0.10", "ipvs": "169.254.20.10"}[name]
+    assert _flag(args, "-localip") == expected_ips
+    assert _flag(args, "-conf") == "/etc/Corefile"
+    assert _flag(args, "-upstreamsvc") == "kube-dns-upstream"
+    # The NOTRACK rules for the probe and the probe itself use the same port.
+    assert int(_flag(args, "-health-port")) == _container(objs)["livenessProbe"]["httpGet"]["port"]
+
+
+def test_args_accepted_by_the_cli(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+    try:
+        from nodecache.hostnet.flags import normalize_nodecache_argv
+    except ImportError:
+        pytest.skip("nodecache.hostnet.flags.normalize_nodecache_argv is not there yet")
+    _, objs = overlay
+    args = list(_container(objs)["args"])
+    normalized = normalize_nodecache_argv(args)
+    # Every flag is one node-cache knows (rewritten to click's "--name"), every value kept.
+    assert normalized[::2] == ["-" + a for a in args[::2]]
+    assert normalized[1::2] == args[1::2]
+    try:
+        from nodecache.cli import main
+    except ImportError:
+        return  # the click command is not there yet: the rewrite is what can be checked
+    import click
+
+    run = main.commands["run"] if isinstance(main, click.Group) else main
+    # Parse only (option callbacks run; the command does not).
+    run.make_context("run", normalized)
+
+
+def test_probes_match_corefile(overlay: tuple[str, dict[tuple[str, str], Obj]], tmp_path: pathlib.Path) -> None:
+    """Render the ConfigMap's Corefile with the DaemonSet's args: probes hit what it listens on."""
+    from nodecache.k8s.template import render_corefile, split_localip
+
+    _, objs = overlay
+    c = _container(objs)
+    local_ips = split_localip(_flag(c["args"], "-localip"))
+    rendered = render_corefile(objs["ConfigMap", "node-local-dns"]["data"]["Corefile"],
+                               local_ips=local_ips, dns_server_ips=[], cluster_dns="10.96.0.11",
+                               upstream_servers=["10.0.0.2"], domain=None, kubedns=None)
+    for probe, plugin in (("livenessProbe", "health"), ("readinessProbe", "ready")):
+        get = c[probe]["httpGet"]
+        assert get["host"] == local_ips[0]
+        assert f"    {plugin} {get['host']}:{get['port']}" in rendered
+    assert f"    prometheus :{c['ports'][2]['containerPort']}" in rendered
+    assert "    bind " + " ".join(local_ips) + "\n" in rendered
+
+
+def test_configmap_is_the_template() -> None:
+    objs = {_key(o): o for o in build(MANIFESTS / "base")}
+    corefile = objs["ConfigMap", "node-local-dns"]["data"]["Corefile"]
+    template = (ROOT / "Corefile.nodelocal").read_text()
+    assert corefile == template.replace("__PILLAR__DNS__DOMAIN__", "cluster.local")
+
+
+def test_template_uses_only_supported_plugins() -> None:
+    supported = {"bind", "cache", "forward", "errors", "log", "loop", "loadbalance", "prometheus",
+                 "health", "ready", "reload"}
+    subdirectives = {"success", "denial", "force_tcp", "lameduck"}
+    depth = 0
+    for line in (ROOT / "Corefile.nodelocal").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if depth == 1 and words[0] != "}":
+            assert words[0] in supported, line
+        elif depth == 2 and words[0] != "}":
+            assert words[0] in subdirectives, line
+        depth += line.count("{") - line.count("}")
+    assert depth == 0
+
+
+def test_services() -> None:
+    objs = {_key(o): o for o in build(MANIFESTS / "base")}
+    upstream = objs["Service", "kube-dns-upstream"]["spec"]
+    assert upstream["selector"] == {"k8s-app": "kube-dns"}
+    assert {(p["port"], p["protocol"]) for p in upstream["ports"]} == {(53, "UDP"), (53, "TCP")}
+    metrics = objs["Service", "node-local-dns"]
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert metrics["spec"]["ports"][0]["port"] == 9253
+    assert metrics["metadata"]["annotations"]["prometheus.io/port"] == "9253"
