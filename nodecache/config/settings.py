@@ -124,6 +124,8 @@ class LogSettings:
     classes: frozenset[str] = frozenset({"success", "denial", "error"})
     #: A CoreDNS log format string; None is the default Common Log Format.
     format: str | None = None
+    #: Only names under these zones are logged; empty means every name.
+    zones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

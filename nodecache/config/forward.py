@@ -1,0 +1,153 @@
+"""The ``forward`` directive -> :class:`ForwardSettings` (NODELOCAL.md section 4)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from nodecache.config import values
+from nodecache.config.args import Args, options
+from nodecache.config.context import BlockContext
+from nodecache.config.lexer import Token
+from nodecache.config.parser import Directive
+from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.errors import ConfigError
+
+#: CoreDNS refuses more upstreams than this in one forward.
+MAX_UPSTREAMS = 15
+DNS_PORT = 53
+POLICIES = ("random", "round_robin", "sequential")
+
+_OPTIONS = ("except", "force_tcp", "prefer_udp", "expire", "max_fails", "health_check",
+            "policy", "max_concurrent", "max_age")
+_NO_TLS = "nodecache forwards over plain DNS (UDP/TCP) only"
+_UNSUPPORTED = {
+    "tls": _NO_TLS,
+    "tls_servername": _NO_TLS,
+    "max_idle_conns": "the pool size follows the load",
+    "failfast_all_unhealthy_upstreams": "not implemented",
+    "failover": "not implemented",
+    "next": "there is no plugin after forward",
+    "max_connect_attempts": "not implemented",
+}
+_TO_WHAT = "an upstream (IP, IP:PORT, [IPv6]:PORT, dns://IP[:PORT]) or a resolv.conf file"
+
+
+def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
+    # forward FROM TO... {
+    #     except ZONES...
+    #     force_tcp
+    #     prefer_udp
+    #     expire DURATION
+    #     max_fails INTEGER
+    #     health_check DURATION [no_rec] [domain FQDN]
+    #     policy random|round_robin|sequential
+    #     max_concurrent INTEGER
+    #     max_age DURATION
+    # }
+    # Defaults are ForwardSettings's own.
+    args = Args("forward", line)
+    from_zones = args.value("a FROM zone", values.zone, lambda z: len(z) == 1,
+                            hint="a CIDR here must map to exactly one reverse zone")
+    upstreams: list[Upstream] = []
+    if not len(args):
+        raise args.error(f"at least one TO: {_TO_WHAT}")
+    for tok in args.rest():
+        upstreams.extend(_upstreams(tok, ctx))
+        if len(upstreams) > MAX_UPSTREAMS:
+            raise tok.error(f"forward: at most {MAX_UPSTREAMS} upstreams are allowed,"
+                            f" found {len(upstreams)} with {tok.text!r}")
+
+    out: dict[str, Any] = {}
+    for name, opt in options("forward", line, _OPTIONS, unsupported=_UNSUPPORTED):
+        if name == "except":
+            zones = list(opt.zones("a zone"))
+            while len(opt):
+                zones.extend(opt.zones())
+            out["except_zones"] = tuple(dict.fromkeys(zones))
+        elif name in ("force_tcp", "prefer_udp"):
+            out[name] = True
+        elif name in ("expire", "max_age"):
+            out[name] = opt.duration("a DURATION")
+        elif name == "max_fails":
+            out[name] = opt.integer("a non-negative integer")
+        elif name == "max_concurrent":
+            out[name] = opt.integer("a non-negative integer (0: no limit)")
+        elif name == "health_check":
+            out["health_check"] = opt.duration("a DURATION")
+            _health_check_flags(opt, out)
+        elif name == "policy":
+            out["policy"] = opt.value(" or ".join(POLICIES), str, lambda p: p in POLICIES)
+        opt.end()
+    return dataclasses.replace(ForwardSettings(zone=from_zones[0], upstreams=tuple(upstreams)),
+                               **out)
+
+
+def _health_check_flags(opt: Args, out: dict[str, Any]) -> None:
+    """``[no_rec] [domain FQDN]``, in either order."""
+    seen: set[str] = set()
+    while (tok := opt.peek()) is not None:
+        if tok.text in seen or tok.text not in ("no_rec", "domain"):
+            raise opt.error("end of line, 'no_rec' or 'domain FQDN' (each at most once)")
+        opt.take("a flag")
+        seen.add(tok.text)
+        if tok.text == "no_rec":
+            out["health_check_no_rec"] = True
+        else:
+            out["health_check_domain"] = opt.zones("a domain name FQDN")[0]
+
+
+def _upstreams(tok: Token, ctx: BlockContext) -> list[Upstream]:
+    """One TO: an address, or a resolv.conf file whose nameservers are the upstreams."""
+    text = tok.text
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() == "tls":
+            raise tok.error(f"forward: tls:// upstreams are not supported ({_NO_TLS}), found {text!r}")
+        if scheme.lower() != "dns":
+            raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r}"
+                            f" (transport {scheme!r} is not supported)")
+        try:
+            return [_address(rest)]
+        except ValueError as exc:
+            raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r} ({exc})") from None
+    try:
+        return [_address(text)]
+    except ValueError as exc:
+        reason = str(exc)
+    path = text if os.path.isabs(text) else os.path.join(os.path.dirname(tok.file), text)
+    if not os.path.isfile(path):
+        raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r} ({reason};"
+                        " host names are not resolved)")
+    return _resolv_conf(tok, path, ctx)
+
+
+def _address(text: str) -> Upstream:
+    host, port_text = values.split_host_port(text)
+    return Upstream(values.ip(host), DNS_PORT if port_text is None else values.port(port_text))
+
+
+def _resolv_conf(tok: Token, path: str, ctx: BlockContext) -> list[Upstream]:
+    """The ``nameserver`` lines of a resolv.conf file, read now (as CoreDNS does)."""
+    try:
+        text = ctx.read_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise tok.error(f"forward: cannot read {path!r}: {exc}") from None
+    if path not in ctx.files:
+        ctx.files.append(path)
+    found: list[Upstream] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split()
+        if not words or words[0] != "nameserver":
+            continue
+        if len(words) < 2:
+            raise ConfigError("expected an IP address after 'nameserver', found end of line",
+                              path, number, raw.index("nameserver") + 1)
+        try:
+            found.append(Upstream(values.ip(words[1]), DNS_PORT))
+        except ValueError:
+            raise ConfigError(f"expected an IP address after 'nameserver', found {words[1]!r}",
+                              path, number, raw.index(words[1], raw.index("nameserver") + 10) + 1) from None
+    if not found:
+        raise tok.error(f"forward: no 'nameserver' line in {path!r}")
+    return found

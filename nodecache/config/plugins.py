@@ -1,0 +1,161 @@
+"""Directive name -> parser, and the parsers of the small plugins.
+
+Each parser takes the directive's line and its block's context and returns
+the value of one :class:`ServerBlock` field. Anything not listed in
+:data:`PLUGINS` is refused: a Corefile that asks for ``rewrite`` must not
+silently run without it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nodecache.config import values
+from nodecache.config.args import Args, no_block, options
+from nodecache.config.cache import parse_cache
+from nodecache.config.context import BlockContext
+from nodecache.config.forward import parse_forward
+from nodecache.config.parser import Directive
+from nodecache.config.settings import HealthSettings, LogSettings, ReloadSettings
+
+DEFAULT_PROMETHEUS = "localhost:9153"
+DEFAULT_HEALTH = ":8080"
+DEFAULT_READY = ":8181"
+MIN_RELOAD_INTERVAL = 2.0  # s
+MIN_RELOAD_JITTER = 1.0  # s
+
+# CoreDNS's log formats; None stands for {common}, the default.
+COMMON_LOG_FORMAT = ('{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do}'
+                     ' {>bufsize}" {rcode} {>rflags} {rsize} {duration}')
+COMBINED_LOG_FORMAT = COMMON_LOG_FORMAT + ' "{>opcode}"'
+LOG_CLASSES = ("success", "denial", "error", "all")
+
+
+def parse_bind(line: Directive, ctx: BlockContext) -> tuple[str, ...]:
+    # bind ADDRESS...
+    # Interface names are refused rather than resolved: the addresses an
+    # interface has depend on when the agent starts, and check-config on
+    # another machine would disagree with the node. List the addresses.
+    no_block("bind", line)
+    args = Args("bind", line)
+    addresses = [args.value("an IP ADDRESS", values.ip,
+                            hint="binding to an interface by name is not supported")]
+    while len(args):
+        addresses.append(args.value("an IP ADDRESS", values.ip,
+                                    hint="binding to an interface by name is not supported"))
+    return tuple(dict.fromkeys(addresses))
+
+
+def parse_flag(plugin: str) -> Callable[[Directive, BlockContext], bool]:
+    """Parser for a plugin that takes no arguments and no block (errors, loop)."""
+
+    def parse(line: Directive, ctx: BlockContext) -> bool:
+        # PLUGIN
+        no_block(plugin, line)
+        Args(plugin, line).end()
+        return True
+
+    return parse
+
+
+def parse_loadbalance(line: Directive, ctx: BlockContext) -> bool:
+    # loadbalance [round_robin]
+    no_block("loadbalance", line)
+    args = Args("loadbalance", line)
+    if len(args):
+        args.value("'round_robin' (the only policy supported)", str, lambda p: p == "round_robin")
+    args.end()
+    return True
+
+
+def parse_log(line: Directive, ctx: BlockContext) -> LogSettings:
+    # log [NAMES...] [FORMAT] {
+    #     class success|denial|error|all...
+    # }
+    # The last argument is the FORMAT when it has a placeholder such as {common};
+    # the others are the zones to log.
+    args = Args("log", line)
+    words = list(line.args)
+    fmt_tok = words.pop() if words and "{" in words[-1].text else None
+    zones: list[str] = []
+    for _ in words:
+        zones.extend(args.zones("a zone NAME"))
+    fmt: str | None = None
+    if fmt_tok is not None:
+        args.take("a FORMAT")
+        if fmt_tok.text != "{common}":
+            fmt = (fmt_tok.text.replace("{combined}", COMBINED_LOG_FORMAT)
+                   .replace("{common}", COMMON_LOG_FORMAT))
+    classes = LogSettings().classes
+    for _name, opt in options("log", line, ("class",)):
+        chosen: set[str] = set()
+        chosen.add(opt.value("a CLASS (success, denial, error or all)", str,
+                             lambda c: c in LOG_CLASSES))
+        while len(opt):
+            chosen.add(opt.value("a CLASS (success, denial, error or all)", str,
+                                 lambda c: c in LOG_CLASSES))
+        classes = frozenset({"success", "denial", "error"}) if "all" in chosen else frozenset(chosen)
+    return LogSettings(classes=classes, format=fmt, zones=tuple(dict.fromkeys(zones)))
+
+
+def parse_address_plugin(plugin: str, default: str) -> Callable[[Directive, BlockContext], str]:
+    """Parser for ``PLUGIN [ADDRESS]`` (prometheus, ready)."""
+
+    def parse(line: Directive, ctx: BlockContext) -> str:
+        # PLUGIN [ADDRESS]
+        no_block(plugin, line)
+        args = Args(plugin, line)
+        address = default
+        if len(args):
+            address = args.value("an ADDRESS as HOST:PORT", values.listen_address)
+        args.end()
+        return address
+
+    return parse
+
+
+def parse_health(line: Directive, ctx: BlockContext) -> HealthSettings:
+    # health [ADDRESS] {
+    #     lameduck DURATION
+    # }
+    args = Args("health", line)
+    address = DEFAULT_HEALTH
+    if len(args):
+        address = args.value("an ADDRESS as HOST:PORT", values.listen_address)
+    args.end()
+    lameduck = 0.0
+    for _name, opt in options("health", line, ("lameduck",)):
+        lameduck = opt.duration("a DURATION")
+        opt.end()
+    return HealthSettings(address=address, lameduck=lameduck)
+
+
+def parse_reload(line: Directive, ctx: BlockContext) -> ReloadSettings:
+    # reload [INTERVAL [JITTER]]
+    no_block("reload", line)
+    args = Args("reload", line)
+    defaults = ReloadSettings()
+    interval, jitter = defaults.interval, defaults.jitter
+    if len(args):
+        interval = args.duration("an INTERVAL of at least 2s", minimum=MIN_RELOAD_INTERVAL)
+    if len(args):
+        jitter = args.duration("a JITTER of at least 1s", minimum=MIN_RELOAD_JITTER)
+    args.end()
+    # CoreDNS caps the jitter at half the interval, so checks never bunch up.
+    return ReloadSettings(interval=interval, jitter=min(jitter, interval / 2))
+
+
+#: Directive name -> (ServerBlock field, parser).
+PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
+    "bind": ("bind", parse_bind),
+    "cache": ("cache", parse_cache),
+    "errors": ("errors", parse_flag("errors")),
+    "forward": ("forward", parse_forward),
+    "health": ("health", parse_health),
+    "loadbalance": ("loadbalance", parse_loadbalance),
+    "log": ("log", parse_log),
+    "loop": ("loop", parse_flag("loop")),
+    "prometheus": ("prometheus", parse_address_plugin("prometheus", DEFAULT_PROMETHEUS)),
+    "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
+    "reload": ("reload", parse_reload),
+}
