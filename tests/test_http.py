@@ -182,3 +182,20 @@ async def test_close_drops_idle_connections() -> None:
     await asyncio.wait_for(eps.close(), 2)
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+
+
+async def test_overlapping_addresses_rejected(endpoints: HttpEndpoints) -> None:
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    with pytest.raises(ValueError, match="overlaps"):
+        await endpoints.start(f"0.0.0.0:{port}", {"/metrics": metrics_route(CollectorRegistry())})
+    assert (await request(port, get("/health")))[0] == 200
+
+
+async def test_localhost_and_wildcard_bind(endpoints: HttpEndpoints) -> None:
+    bound = await endpoints.start("localhost:0", {"/health": health_route(lambda: True)})
+    assert {port for _, port in bound} == {bound[0][1]}  # one port for every address
+    assert "127.0.0.1" in {host for host, _ in bound}
+    assert (await request(bound[0][1], get("/health")))[0] == 200
+    bound = await endpoints.start(":0", {"/health": health_route(lambda: True)})
+    assert "0.0.0.0" in {host for host, _ in bound}
+    assert (await request(bound[0][1], get("/health")))[0] == 200

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http
+import socket
 import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -108,7 +110,8 @@ class _Endpoint:
 
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes
-        self.server: asyncio.Server | None = None
+        #: One server per local address the host name resolved to.
+        self.servers: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
 
@@ -146,10 +149,19 @@ class HttpEndpoints:
         if existing is not None:
             existing.routes.update(routes)
             return self._bound(existing)
+        for other_host, other_port in self._endpoints:
+            # With SO_REUSEPORT both binds would succeed and the kernel would spread
+            # connections between two route sets; make the operator pick one address.
+            if port and other_port == port and (_wildcard(host) or _wildcard(other_host)):
+                shown = f"[{other_host}]" if other_host and ":" in other_host else other_host
+                raise ValueError(f"address {address!r} overlaps {shown or ''}:{port}, which "
+                                 "is already served; use the same address for both")
         endpoint = _Endpoint(dict(routes))
-        endpoint.server = await asyncio.start_server(
-            lambda r, w: self._accept(endpoint, r, w), host, port,
-            limit=self.max_request_size, reuse_address=True, reuse_port=True)
+        try:
+            await self._listen(endpoint, host, port)
+        except BaseException:
+            await self._close(endpoint)
+            raise
         bound = self._bound(endpoint)
         self._endpoints[(host, bound[0][1] if bound else port)] = endpoint
         return bound
@@ -169,21 +181,48 @@ class HttpEndpoints:
         endpoints, self._endpoints = list(self._endpoints.values()), {}
         await asyncio.gather(*(self._close(e) for e in endpoints))
 
+    async def _listen(self, endpoint: _Endpoint, host: str | None, port: int) -> None:
+        """Bind every address ``host`` resolves to (both wildcards for ``None``).
+
+        An address the host does not have (``localhost`` -> ``::1`` in an
+        IPv4-only pod) is skipped as long as one other address binds.
+        """
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        errors: list[OSError] = []
+        for ip in addresses:
+            if endpoint.servers and port == 0:
+                port = endpoint.servers[0].sockets[0].getsockname()[1]  # same port for all
+            try:
+                server = await asyncio.start_server(
+                    lambda r, w: self._accept(endpoint, r, w), ip, port,
+                    limit=self.max_request_size, reuse_address=True, reuse_port=True)
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    raise
+                errors.append(exc)
+                continue
+            endpoint.servers.append(server)
+        if not endpoint.servers:
+            raise errors[0] if errors else OSError(f"{host!r} resolved to no address")
+
     @staticmethod
     def _bound(endpoint: _Endpoint) -> list[tuple[str, int]]:
-        assert endpoint.server is not None
-        return [sock.getsockname()[:2] for sock in endpoint.server.sockets]
+        return [sock.getsockname()[:2] for server in endpoint.servers
+                for sock in server.sockets]
 
     @staticmethod
     async def _close(endpoint: _Endpoint) -> None:
-        if endpoint.server is None:
-            return
-        endpoint.server.close()
+        for server in endpoint.servers:
+            server.close()
         for task in list(endpoint.tasks):
             task.cancel()
         await asyncio.gather(*endpoint.tasks, return_exceptions=True)
-        await endpoint.server.wait_closed()
-        endpoint.server = None
+        for server in endpoint.servers:
+            await server.wait_closed()
+        endpoint.servers = []
 
     async def _accept(self, endpoint: _Endpoint, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
@@ -242,6 +281,10 @@ class HttpEndpoints:
                   "Connection: close\r\n\r\n").encode("latin-1")
         writer.write(header if head_only else header + body)
         await writer.drain()
+
+
+def _wildcard(host: str | None) -> bool:
+    return host in (None, "", "0.0.0.0", "::")
 
 
 def _request_line(head: bytes) -> tuple[str, str] | None:
