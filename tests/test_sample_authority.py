@@ -7,7 +7,7 @@ import struct
 import dns.asyncquery
 import dns.flags
 import dns.message
-import dns.name
+import dns.rdataset
 import dns.rcode
 import dns.rdatatype
 import dns.reversename

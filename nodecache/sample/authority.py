@@ -27,6 +27,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataset
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.SOA
