@@ -131,6 +131,12 @@ CASES = [
                                  host="[fd00::10]", dot_forward="forward . 2001:db8::53"),
     ),
     Case(
+        id="dual-stack-local-ips",
+        localip="169.254.20.10,fd00::10",
+        expected=_cluster_blocks(bind="169.254.20.10 fd00::10", cluster="10.96.0.11",
+                                 host="169.254.20.10", dot_forward="forward . 10.0.0.2"),
+    ),
+    Case(
         id="upstream-nameservers-replace-resolv-conf",
         configmap={"upstreamNameservers": '["8.8.8.8", "8.8.4.4:5353"]'},
         expected=_cluster_blocks(bind="169.254.20.10 10.96.0.10", cluster="10.96.0.11",
@@ -265,7 +271,6 @@ ERRORS = [
     ("no-upstreams", dict(upstream_servers=[]), "__PILLAR__UPSTREAM__SERVERS__"),
     ("no-local-ip", dict(local_ips=[]), "at least one"),
     ("bad-local-ip", dict(local_ips=["169.254.20.300"]), "not an IP"),
-    ("mixed-families", dict(local_ips=["169.254.20.10", "fd00::10"]), "one IP family"),
     ("stub-is-cluster-domain",
      dict(kubedns=parse_files({"stubDomains": '{"cluster.local": ["10.1.0.1"]}'})), "already served"),
 ]

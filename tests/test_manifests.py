@@ -208,14 +208,42 @@ def test_args_accepted_by_the_cli(overlay: tuple[str, dict[tuple[str, str], Obj]
     assert normalized[::2] == ["-" + a for a in args[::2]]
     assert normalized[1::2] == args[1::2]
     try:
-        from nodecache.cli import main
+        from nodecache.cli import cli
     except ImportError:
         return  # the click command is not there yet: the rewrite is what can be checked
-    import click
+    # Parse only: option callbacks run, the command does not.
+    cli.commands["run"].make_context("run", normalized)
 
-    run = main.commands["run"] if isinstance(main, click.Group) else main
-    # Parse only (option callbacks run; the command does not).
-    run.make_context("run", normalized)
+
+def test_agent_renders_and_accepts_the_deployment(overlay: tuple[str, dict[tuple[str, str], Obj]],
+                                                  tmp_path: pathlib.Path) -> None:
+    """``nodecache run --dry-run`` with the DaemonSet's args and the pod's files, paths moved to tmp."""
+    try:
+        from nodecache.cli import cli
+    except ImportError:
+        pytest.skip("nodecache.cli is not there yet")
+    from click.testing import CliRunner
+
+    _, objs = overlay
+    args = list(_container(objs)["args"])
+    base = tmp_path / "Corefile.base"
+    base.write_text(objs["ConfigMap", "node-local-dns"]["data"]["Corefile"])
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 10.0.0.2\n")
+    kube_dns = tmp_path / "kube-dns"
+    kube_dns.mkdir()
+    (kube_dns / "stubDomains").write_text('{"corp.example": ["10.1.0.1"]}')
+    args[args.index("-conf") + 1] = str(tmp_path / "Corefile")
+    args[args.index("-pidfile") + 1] = str(tmp_path / "node-cache.pid")
+    args += ["-basecorefile", str(base), "-kubednscm", str(kube_dns), "--resolv-conf", str(resolv),
+             "-setupinterface=false", "-setupiptables=false", "--dry-run"]
+    from nodecache.hostnet.flags import normalize_nodecache_argv
+
+    result = CliRunner().invoke(cli, ["run", *normalize_nodecache_argv(args)],
+                                env={"KUBE_DNS_UPSTREAM_SERVICE_HOST": "10.96.0.11"})
+    assert result.exit_code == 0, result.output
+    rendered = (tmp_path / "Corefile").read_text()
+    assert "forward . 10.96.0.11 {" in rendered and "corp.example:53 {" in rendered
 
 
 def test_probes_match_corefile(overlay: tuple[str, dict[tuple[str, str], Obj]], tmp_path: pathlib.Path) -> None:

@@ -120,7 +120,8 @@ def render_corefile(template: str, *, local_ips: Sequence[str], dns_server_ips: 
 
     :param template: The template text (``-basecorefile``).
     :param local_ips: The ``-localip`` addresses; the first one is where
-        ``health`` and ``ready`` listen. All must be of one IP family.
+        ``health`` and ``ready`` listen. IPv4 and IPv6 may be mixed (``bind``
+        takes both; node-cache itself needs one agent per family).
     :param dns_server_ips: More addresses to bind, for ``__PILLAR__DNS__SERVER__``; may be empty.
     :param cluster_dns: The cluster DNS address (:func:`cluster_dns_ip`); may be
         ``""`` if the template does not use it.
@@ -135,8 +136,6 @@ def render_corefile(template: str, *, local_ips: Sequence[str], dns_server_ips: 
     local = _ips("-localip", local_ips)
     if not local:
         raise ConfigError("-localip: at least one local IP is needed")
-    if len({ipaddress.ip_address(ip).version for ip in local}) > 1:
-        raise ConfigError("-localip: all local IPs must be of one IP family (run one agent per family)")
     extra = [ip for ip in _ips("dns server IP", dns_server_ips) if ip not in local]
     bind_all = local + extra
     kubedns = kubedns or KubeDNSConfig()
