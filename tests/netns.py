@@ -397,7 +397,14 @@ def ruleset_snapshot(ns: str) -> dict[str, Any]:
 
 
 def link_snapshot(ns: str) -> str:
-    """``ip -d addr`` in ``ns`` with timers and lifetimes (which tick) removed."""
+    """``ip -d addr`` in ``ns`` without what changes on its own.
+
+    Removed: timers and lifetimes (they tick), IPv6 ``tentative`` (duplicate
+    address detection finishing) and the qdisc (the kernel attaches one the
+    first time a link goes UP and keeps it after it goes DOWN again).
+    """
     text = run(ns, "ip", "-d", "addr").stdout
     text = re.sub(r"(\w+_timer)\s+[\d.]+", r"\1", text)
+    text = re.sub(r" qdisc \S+", "", text)
+    text = re.sub(r" tentative", "", text)
     return re.sub(r"valid_lft \S+ preferred_lft \S+", "", text)

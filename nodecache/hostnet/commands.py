@@ -57,8 +57,8 @@ def _host(localip: str, interfacename: str, firewall: str, health_port: int, dns
 @_options
 def setup(**kwargs: Any) -> None:
     """Create/adopt the interface and install the rules, then exit."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     host = _host(**kwargs)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         host.adopt_leftovers()
         host.ensure_interface()
@@ -75,8 +75,8 @@ def setup(**kwargs: Any) -> None:
 @_options
 def teardown(**kwargs: Any) -> None:
     """Remove the rules, then the interface (only what nodecache installed)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     host = _host(**kwargs)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         host.adopt_leftovers()
         host.teardown()
