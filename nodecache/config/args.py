@@ -62,28 +62,37 @@ class Args:
         return tok
 
     def value(self, what: str, parse: Callable[[str], T], check: Callable[[T], bool] | None = None,
-              hint: str = "") -> T:
-        """The next argument parsed by ``parse``; it must be there, parse and pass ``check``."""
+              hint: str = "", *, check_hint: str = "", explain: bool = False) -> T:
+        """The next argument parsed by ``parse``; it must be there, parse and pass ``check``.
+
+        :param hint: Added to the error in parentheses.
+        :param check_hint: Replaces ``hint`` when the value parsed but failed ``check``.
+        :param explain: Use the ``ValueError`` from ``parse`` as the hint.
+        """
         tok = self.peek()
         if tok is None:
             raise self.error(what)
         try:
             result = parse(tok.text)
-        except ValueError:
-            raise self.error(what, tok) from None
+        except ValueError as exc:
+            raise self.error(what, tok, str(exc) if explain else hint) from None
         if check is not None and not check(result):
-            raise self.error(what, tok, hint)
+            raise self.error(what, tok, check_hint or hint)
         self._pos += 1
         return result
 
-    def integer(self, what: str, minimum: int = 0, maximum: int | None = None, hint: str = "") -> int:
+    def integer(self, what: str, minimum: int = 0, maximum: int | None = None,
+                check_hint: str = "") -> int:
         return self.value(what, values.integer,
-                          lambda v: v >= minimum and (maximum is None or v <= maximum), hint)
+                          lambda v: v >= minimum and (maximum is None or v <= maximum),
+                          check_hint=check_hint)
 
     def duration(self, what: str, minimum: float = 0.0, maximum: float | None = None,
-                 hint: str = "") -> float:
+                 check_hint: str = "") -> float:
+        """A Go-style duration in seconds; a bare integer gets a "missing unit" hint."""
         return self.value(what, values.duration,
-                          lambda v: v >= minimum and (maximum is None or v <= maximum), hint)
+                          lambda v: v >= minimum and (maximum is None or v <= maximum),
+                          check_hint=check_hint, explain=True)
 
     def zones(self, what: str = "a zone") -> tuple[str, ...]:
         """The next argument as a zone (a CIDR may give several)."""
@@ -105,9 +114,9 @@ class Args:
 def no_block(plugin: str, line: Directive) -> None:
     """Refuse an options block on a line that takes none."""
     if line.open_brace is not None:
-        raise line.open_brace.error(f"{plugin}: expected end of line after"
-                                    f" {line.name.text!r}, found '{{' ({line.name.text!r}"
-                                    " takes no options block)")
+        words = " ".join(t.text for t in (line.name, *line.args))
+        raise line.open_brace.error(f"{plugin}: expected end of line after {words!r},"
+                                    f" found '{{' ({line.name.text!r} takes no options block)")
 
 
 def options(plugin: str, line: Directive, known: Sequence[str], *,

@@ -62,8 +62,9 @@ def _plugins(node: BlockNode, ctx: BlockContext) -> dict[str, Any]:
     for line in node.directives:
         name = line.name.text
         if line.name.quoted or name not in PLUGINS:
+            quoted = " (quoted, so not a plugin name)" if line.name.quoted else ""
             raise line.name.error(f"expected a plugin ({', '.join(sorted(PLUGINS))}),"
-                                  f" found {name!r}")
+                                  f" found {name!r}{quoted}")
         if name in seen:
             first = seen[name]
             raise line.name.error(f"{name}: plugin used twice in one server block"

@@ -86,7 +86,7 @@ def parse_cache(line: Directive, ctx: BlockContext) -> CacheSettings:
                     "'immediate' or 'verify'", str, lambda m: m in ("immediate", "verify"))
         elif name == "servfail":
             seconds = opt.duration("a DURATION of at most 5m", maximum=MAX_SERVFAIL_TTL,
-                                   hint="RFC 2308 forbids caching SERVFAIL for longer than 5 minutes")
+                                   check_hint="RFC 2308 forbids caching SERVFAIL for longer than 5 minutes")
             if seconds != int(seconds):
                 # The TTL is stored and reported in whole seconds.
                 raise opt.error("a whole number of seconds", opt.line.args[0])

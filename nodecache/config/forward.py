@@ -48,7 +48,7 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
     # Defaults are ForwardSettings's own.
     args = Args("forward", line)
     from_zones = args.value("a FROM zone", values.zone, lambda z: len(z) == 1,
-                            hint="a CIDR here must map to exactly one reverse zone")
+                            check_hint="a CIDR here must map to exactly one reverse zone")
     upstreams: list[Upstream] = []
     if not len(args):
         raise args.error(f"at least one TO: {_TO_WHAT}")
@@ -77,7 +77,7 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
             out["health_check"] = opt.duration("a DURATION")
             _health_check_flags(opt, out)
         elif name == "policy":
-            out["policy"] = opt.value(" or ".join(POLICIES), str, lambda p: p in POLICIES)
+            out["policy"] = opt.value("'random', 'round_robin' or 'sequential'", str, lambda p: p in POLICIES)
         opt.end()
     return dataclasses.replace(ForwardSettings(zone=from_zones[0], upstreams=tuple(upstreams)),
                                **out)
@@ -117,8 +117,9 @@ def _upstreams(tok: Token, ctx: BlockContext) -> list[Upstream]:
         reason = str(exc)
     path = text if os.path.isabs(text) else os.path.join(os.path.dirname(tok.file), text)
     if not os.path.isfile(path):
-        raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r} ({reason};"
-                        " host names are not resolved)")
+        if reason == values.NOT_AN_IP:
+            reason += "; host names are not resolved"
+        raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r} ({reason})")
     return _resolv_conf(tok, path, ctx)
 
 

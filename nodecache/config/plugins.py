@@ -38,9 +38,8 @@ def parse_bind(line: Directive, ctx: BlockContext) -> tuple[str, ...]:
     # another machine would disagree with the node. List the addresses.
     no_block("bind", line)
     args = Args("bind", line)
-    addresses = [args.value("an IP ADDRESS", values.ip,
-                            hint="binding to an interface by name is not supported")]
-    while len(args):
+    addresses: list[str] = []
+    while not addresses or len(args):
         addresses.append(args.value("an IP ADDRESS", values.ip,
                                     hint="binding to an interface by name is not supported"))
     return tuple(dict.fromkeys(addresses))
@@ -107,7 +106,7 @@ def parse_address_plugin(plugin: str, default: str) -> Callable[[Directive, Bloc
         args = Args(plugin, line)
         address = default
         if len(args):
-            address = args.value("an ADDRESS as HOST:PORT", values.listen_address)
+            address = args.value("an ADDRESS as HOST:PORT", values.listen_address, explain=True)
         args.end()
         return address
 
@@ -121,7 +120,7 @@ def parse_health(line: Directive, ctx: BlockContext) -> HealthSettings:
     args = Args("health", line)
     address = DEFAULT_HEALTH
     if len(args):
-        address = args.value("an ADDRESS as HOST:PORT", values.listen_address)
+        address = args.value("an ADDRESS as HOST:PORT", values.listen_address, explain=True)
     args.end()
     lameduck = 0.0
     for _name, opt in options("health", line, ("lameduck",)):

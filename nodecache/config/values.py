@@ -1,8 +1,8 @@
 """Parsers for the values that appear in Corefile arguments.
 
-Each returns the parsed value or raises ``ValueError`` with a short
-description of what was expected; callers add the file position and the
-plugin context (see :mod:`nodecache.config.args`).
+Each returns the parsed value or raises ``ValueError`` saying briefly why
+the text is not one; callers add the file position, the plugin context and
+what was expected (see :mod:`nodecache.config.args`).
 """
 from __future__ import annotations
 
@@ -38,32 +38,33 @@ def parse_duration(text: str) -> float:
     try:
         return duration(text)
     except ValueError as exc:
-        raise ConfigError(f"{exc}, found {text!r}") from None
+        raise ConfigError(f"expected a duration, found {text!r} ({exc})") from None
 
 
 def duration(text: str) -> float:
-    """:func:`parse_duration`, raising ``ValueError``."""
+    """:func:`parse_duration`, raising ``ValueError`` with the reason."""
     if text == "0":
         return 0.0
     pos, total = 0, 0.0
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
         if match is None:
-            hint = " (missing unit)" if _INT_RE.fullmatch(text) else ""
-            raise ValueError(f"expected a duration such as 500ms, 5s or 1m30s{hint}")
+            if _INT_RE.fullmatch(text):
+                raise ValueError("missing unit, as in 5s")
+            raise ValueError("durations look like 500ms, 5s or 1m30s")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos == 0:
-        raise ValueError("expected a duration such as 500ms, 5s or 1m30s")
+        raise ValueError("durations look like 500ms, 5s or 1m30s")
     if not math.isfinite(total) or total > _MAX_DURATION:
-        raise ValueError("expected a duration of at most 2562047h")
+        raise ValueError("longer than 2562047h")
     return total
 
 
 def integer(text: str) -> int:
     """A non-negative decimal integer (ASCII digits only, unlike ``int()``)."""
     if not _INT_RE.fullmatch(text):
-        raise ValueError("expected an integer")
+        raise ValueError("not a decimal integer")
     return int(text)
 
 
@@ -78,18 +79,21 @@ def zone(text: str) -> tuple[str, ...]:
         return _reverse_zones(text)
     if text in ("", "."):
         return (".",)
+    if ":" in text:
+        # Legal in a DNS label, but here it is a misplaced port or address.
+        raise ValueError("a zone name has no ':'")
     try:
         name = dns.name.from_text(text, origin=dns.name.root)
         return (name.to_text().lower(),)
     except (dns.exception.DNSException, ValueError, UnicodeError):
-        raise ValueError("expected a domain name") from None
+        raise ValueError("not a valid domain name") from None
 
 
 def _reverse_zones(text: str) -> tuple[str, ...]:
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError("expected a domain name or a CIDR such as 10.0.0.0/8") from None
+        raise ValueError("not a domain name nor a CIDR such as 10.0.0.0/8") from None
     # Reverse zones have one label per octet (IPv4) or per nibble (IPv6).
     step = 8 if net.version == 4 else 4
     prefix = -(-net.prefixlen // step) * step
@@ -106,7 +110,7 @@ def _reverse_zones(text: str) -> tuple[str, ...]:
 def port(text: str) -> int:
     """A TCP/UDP port, 1-65535."""
     if not _INT_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise ValueError("expected a port number between 1 and 65535")
+        raise ValueError("a port is a number from 1 to 65535")
     return int(text)
 
 
@@ -115,7 +119,10 @@ def ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError("expected an IP address") from None
+        raise ValueError(NOT_AN_IP) from None
+
+
+NOT_AN_IP = "not an IP address"
 
 
 def split_host_port(text: str) -> tuple[str, str | None]:
@@ -123,12 +130,12 @@ def split_host_port(text: str) -> tuple[str, str | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise ValueError("expected ']' after an IPv6 address")
+            raise ValueError("missing ']' after the IPv6 address")
         host, rest = text[1:end], text[end + 1:]
         if not rest:
             return host, None
         if not rest.startswith(":"):
-            raise ValueError("expected ':PORT' after ']'")
+            raise ValueError("only ':PORT' may follow ']'")
         return host, rest[1:]
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")
@@ -143,17 +150,17 @@ def listen_address(text: str) -> str:
     name such as ``localhost``. The text is returned unchanged.
     """
     if not text.startswith("[") and text.count(":") > 1:
-        raise ValueError("expected HOST:PORT (an IPv6 address must be in brackets)")
+        raise ValueError("an IPv6 address must be in brackets")
     host, port_text = split_host_port(text)
     if port_text is None:
-        raise ValueError("expected HOST:PORT (the port is required)")
+        raise ValueError("the port is required")
     port(port_text)
     if text.startswith("["):
         try:
             if ipaddress.ip_address(host).version != 6:
                 raise ValueError
         except ValueError:
-            raise ValueError("expected an IPv6 address in brackets") from None
+            raise ValueError("only an IPv6 address goes in brackets") from None
     elif host and not _HOSTNAME_RE.fullmatch(host):
-        raise ValueError("expected HOST:PORT with HOST an IP address or a host name")
+        raise ValueError("HOST must be an IP address or a host name")
     return text
