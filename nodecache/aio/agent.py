@@ -1,0 +1,478 @@
+"""The agent's lifecycle: build from a Config, serve, reload, shut down.
+
+Order matters on a node (NODELOCAL.md 1.2, 1.5):
+
+* start: interface first (so the local IPs can be bound), then every
+  listener, then the firewall rules, then the pidfile: rules never point at a
+  socket that is not there, and there is no 60 s window without them;
+* reload: a new Config is built beside the running one and swapped in only
+  when complete; listeners that stay are re-pointed, never closed; caches whose
+  settings did not change keep their entries; any failure keeps the old one;
+* shutdown: /health fails for ``lameduck`` while queries are still answered,
+  then the rules go (kube-dns takes over the ClusterIP), then the listeners.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from nodecache.aio.forwarder import Forwarder
+from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
+from nodecache.aio.resolver import Resolver
+from nodecache.aio.server import Listener
+from nodecache.config.settings import Config, ServerBlock
+from nodecache.core import wire
+from nodecache.core.cache import BlockCache
+from nodecache.core.handler import QueryHandler, Zone, zone_wire
+from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
+from nodecache.errors import ConfigError, NodecacheError
+from nodecache.metrics import StatsCollector
+
+log = logging.getLogger(__name__)
+
+#: How long the loop check waits for its probe to come back, s.
+LOOP_PROBE_WAIT = 2.0
+#: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
+SHUTDOWN_GRACE = 5.0
+
+
+class LoopDetected(NodecacheError):
+    """A forwarding loop was detected (the upstream sends our queries back to us)."""
+
+
+@dataclass
+class Runtime:
+    """Everything built from one Config."""
+
+    config: Config
+    zones: list[Zone]
+    #: listener (address, port) -> handler
+    handlers: dict[tuple[str, int], QueryHandler]
+    resolvers: dict[int, Resolver] = field(default_factory=dict)
+    forwarders: dict[Zone, Forwarder] = field(default_factory=dict)
+    forward_stats: list[ForwardStats] = field(default_factory=list)
+
+    def unique_handlers(self) -> list[QueryHandler]:
+        return list({id(h): h for h in self.handlers.values()}.values())
+
+
+def _cache_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
+    """What must be equal for a zone's cache to survive a reload."""
+    return (zone, block.port, block.cache)
+
+
+def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
+    return (zone, block.port, block.cache, block.forward, block.loadbalance)
+
+
+class Agent:
+    """Serves one Config at a time."""
+
+    def __init__(self, load_config: Callable[[], Config], *, hostnet: object | None = None,
+                 stats: AgentStats | None = None, syncinterval: float = 60.0,
+                 skipteardown: bool = False, pidfile: str | None = None,
+                 extra_metrics_address: str | None = None) -> None:
+        #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
+        self.load_config = load_config
+        self.hostnet = hostnet
+        self.stats = stats or AgentStats()
+        self.syncinterval = syncinterval
+        self.skipteardown = skipteardown
+        self.pidfile = pidfile
+        self.extra_metrics_address = extra_metrics_address
+        self.runtime: Runtime | None = None
+        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.http = HttpEndpoints()
+        self.collector = _SyncingCollector(self)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.healthy = True
+        self.ready = False
+        self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http_config: tuple[object, ...] | None = None
+
+    # -- building ------------------------------------------------------------
+
+    def _build(self, config: Config, previous: Runtime | None) -> Runtime:
+        old_zones: dict[tuple[object, ...], Zone] = {}
+        old_caches: dict[tuple[object, ...], Zone] = {}
+        if previous is not None:
+            for zone in previous.zones:
+                old_zones[_zone_identity(zone.block, zone.name)] = zone
+                old_caches[_cache_identity(zone.block, zone.name)] = zone
+        zones_by_block: dict[int, list[Zone]] = {}
+        all_zones: list[Zone] = []
+        for block in config.blocks:
+            for name in block.zones:
+                reused = old_zones.get(_zone_identity(block, name))
+                if reused is not None and reused.block == block:
+                    zone = reused
+                else:
+                    zone = Zone(name, block, ServerStats(block.server, name), None, None)
+                    if block.cache is not None:
+                        donor = old_caches.get(_cache_identity(block, name))
+                        if donor is not None and donor.cache is not None:
+                            zone.cache, zone.cache_stats = donor.cache, donor.cache_stats
+                            for entry in zone.cache.entries():
+                                entry.owner = zone
+                        else:
+                            zone.cache_stats = CacheStats(block.server, name)
+                            zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
+                                                    self._index_add(zone), self._index_remove(zone))
+                zones_by_block.setdefault(id(block), []).append(zone)
+                all_zones.append(zone)
+        handlers: dict[tuple[str, int], QueryHandler] = {}
+        by_blockset: dict[tuple[int, ...], QueryHandler] = {}
+        for address, blocks in config.listeners().items():
+            ident = tuple(id(b) for b in blocks)
+            handler = by_blockset.get(ident)
+            if handler is None:
+                zones = [z for b in blocks for z in zones_by_block[id(b)]]
+                handler = by_blockset[ident] = QueryHandler(zones)
+            handlers[address] = handler
+        runtime = Runtime(config, all_zones, handlers)
+        for handler in runtime.unique_handlers():
+            for zone in {id(z): z for z in handler.zones.values()}.values():
+                if zone.cache is not None:
+                    for entry in zone.cache.entries():
+                        if handler.route(entry.key[:-4].rstrip(b"\x01\x02\x03")) is zone:
+                            handler.index_add(entry)
+        return runtime
+
+    def _index_add(self, zone: Zone) -> Callable[[object], None]:
+        def add(entry: object) -> None:
+            if self.runtime is None:
+                return
+            for handler in self._handlers_with(zone):
+                handler.index_add(entry)  # type: ignore[arg-type]
+        return add
+
+    def _index_remove(self, zone: Zone) -> Callable[[object], None]:
+        def remove(entry: object) -> None:
+            for runtime in (self.runtime, self._pending):
+                if runtime is not None:
+                    for handler in runtime.unique_handlers():
+                        handler.index_remove(entry)  # type: ignore[arg-type]
+        return remove
+
+    _pending: Runtime | None = None
+
+    def _handlers_with(self, zone: Zone) -> Iterator[QueryHandler]:
+        for runtime in (self.runtime, self._pending):
+            if runtime is None:
+                continue
+            for handler in runtime.unique_handlers():
+                if zone in handler.zones.values():
+                    yield handler
+
+    async def _wire(self, runtime: Runtime, previous: Runtime | None) -> None:
+        """Create forwarders (reusing unchanged ones) and resolvers."""
+        old = previous.forwarders if previous is not None else {}
+        for zone in runtime.zones:
+            forward = zone.block.forward
+            if forward is None:
+                continue
+            reuse = next((f for z, f in old.items() if z is zone), None)
+            if reuse is None:
+                stats = ForwardStats(zone.block.server, zone.name)
+                reuse = Forwarder(forward, stats)
+                await reuse.start()
+            runtime.forwarders[zone] = reuse
+            runtime.forward_stats.append(reuse.stats)
+        for handler in runtime.unique_handlers():
+            resolver = Resolver(handler, runtime.forwarders)  # type: ignore[arg-type]
+            runtime.resolvers[id(handler)] = resolver
+            if any(z.block.log is not None for z in handler.zones.values()):
+                handler.on_log = _log_query
+
+    # -- start ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.load_config()
+        if self.hostnet is not None:
+            await asyncio.to_thread(self.hostnet.check_prerequisites)  # type: ignore[attr-defined]
+            await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
+            await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
+        runtime = self._build(config, None)
+        self._pending = runtime
+        await self._wire(runtime, None)
+        try:
+            await self._open_listeners(runtime)
+        except OSError as exc:
+            await self._close_forwarders(runtime, None)
+            raise NodecacheError(f"cannot listen: {exc}") from exc
+        self.runtime, self._pending = runtime, None
+        self._export(runtime)
+        await self._start_http(runtime.config)
+        await self._check_loops(runtime)
+        if self.hostnet is not None:
+            added = await asyncio.to_thread(self.hostnet.ensure_rules)  # type: ignore[attr-defined]
+            log.info("firewall rules in place (%s added)", added)
+        if self.pidfile:
+            with open(self.pidfile, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        self.ready = True
+        self._spawn(self._resync_loop())
+        self._spawn(self._reload_loop())
+        for (address, port), listener in self.listeners.items():
+            log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
+
+    async def _open_listeners(self, runtime: Runtime) -> None:
+        opened: list[tuple[tuple[str, int], Listener]] = []
+        try:
+            for address, handler in runtime.handlers.items():
+                listener = self.listeners.get(address)
+                resolver = runtime.resolvers[id(handler)]
+                if listener is None:
+                    listener = Listener(*address)
+                    await listener.start(handler, resolver.submit, self.stats)
+                    opened.append((address, listener))
+        except BaseException:
+            for _, listener in opened:
+                await listener.close()
+            raise
+        # Everything bound: switch over.
+        for address, listener in opened:
+            self.listeners[address] = listener
+        for address, handler in runtime.handlers.items():
+            self.listeners[address].swap(handler, runtime.resolvers[id(handler)].submit)
+        for address in [a for a in self.listeners if a not in runtime.handlers]:
+            await self.listeners.pop(address).close()
+
+    def _export(self, runtime: Runtime) -> None:
+        self.collector.set_sources(
+            servers=[z.stats for z in runtime.zones],
+            caches=[z.cache_stats for z in runtime.zones if z.cache_stats is not None],
+            forwards=runtime.forward_stats, agent=self.stats)
+
+    async def _start_http(self, config: Config) -> None:
+        prometheus = sorted({b.prometheus for b in config.blocks if b.prometheus})
+        health = sorted({b.health.address for b in config.blocks if b.health})
+        ready = sorted({b.ready for b in config.blocks if b.ready})
+        extra = [self.extra_metrics_address] if self.extra_metrics_address else []
+        wanted = (tuple(prometheus + extra), tuple(health), tuple(ready))
+        if wanted == self._http_config:
+            return
+        await self.http.close()
+        self.http = HttpEndpoints()
+        for address in prometheus + extra:
+            await self.http.start(address, {"/metrics": metrics_route(self.registry)})
+        for address in health:
+            await self.http.start(address, {"/health": health_route(lambda: self.healthy)})
+        for address in ready:
+            await self.http.start(address, {"/ready": ready_route(lambda: self.ready)})
+        self._http_config = wanted
+
+    async def _check_loops(self, runtime: Runtime) -> None:
+        """The ``loop`` plugin: send a probe to ourselves; seeing it again means a loop."""
+        probes: list[tuple[QueryHandler, bytes, tuple[str, int]]] = []
+        for zone in runtime.zones:
+            if not zone.block.loop or zone.block.forward is None:
+                continue
+            address = next((a for a, h in runtime.handlers.items()
+                            if zone in h.zones.values()), None)
+            if address is None:
+                continue
+            handler = runtime.handlers[address]
+            label = f"{random.getrandbits(63)}.{random.getrandbits(63)}"
+            name = zone_wire(f"{label}.{zone.name}" if zone.name != "." else f"{label}.")
+            handler.loop_probes[name] = 0
+            probes.append((handler, name, (address[0], self.listeners[address].port)))
+        if not probes:
+            return
+        loop = asyncio.get_running_loop()
+        for handler, name, (host, port) in probes:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            query = struct.pack("!HHHHHH", random.getrandbits(16), wire.RD, 1, 0, 0, 0) + name \
+                + struct.pack("!HH", 13, wire.CLASS_IN)  # HINFO, as CoreDNS's loop plugin
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                try:
+                    sock.connect((host, port))
+                    sock.send(query)  # a datagram never blocks here
+                    await asyncio.wait_for(loop.sock_recv(sock, 512), LOOP_PROBE_WAIT)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+            seen = handler.loop_probes.pop(name, 0)
+            # Once from us; a second time means the upstream sent it back.
+            if seen >= 2:
+                raise LoopDetected(
+                    f"Loop ({host}:{port} -> upstream) detected for zone "
+                    f"{handler.route(name).name if handler.route(name) else '?'}: the upstream "
+                    f"forwards our queries back to us; see the node's resolv.conf "
+                    f"(a systemd-resolved stub such as 127.0.0.53 is the usual cause)")
+
+    # -- running -------------------------------------------------------------
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync_loop(self) -> None:
+        if self.hostnet is None:
+            return
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.syncinterval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(self.hostnet.resync)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("re-checking the interface and rules failed")
+
+    async def _reload_loop(self) -> None:
+        """The ``reload`` plugin: poll the Corefile's digest."""
+        while not self.stopping.is_set():
+            runtime = self.runtime
+            settings = next((b.reload for b in runtime.config.blocks if b.reload), None) \
+                if runtime else None
+            delay = (settings.interval + random.uniform(0, settings.jitter)) if settings else 5.0
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if settings is not None:
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Load the config again and apply it if it changed; False if it was rejected."""
+        if self.stopping.is_set():
+            return False
+        async with self._reload_lock:
+            previous = self.runtime
+            assert previous is not None
+            try:
+                config = self.load_config()
+            except (ConfigError, OSError) as exc:
+                self.stats.reload_failed += 1
+                log.error("reload: keeping the running configuration: %s", exc)
+                return False
+            if config.digest and config.digest == previous.config.digest:
+                return True
+            runtime = self._build(config, previous)
+            self._pending = runtime
+            try:
+                await self._wire(runtime, previous)
+                await self._open_listeners(runtime)
+                await self._start_http(config)
+            except (OSError, NodecacheError) as exc:
+                self._pending = None
+                await self._close_forwarders(runtime, previous)
+                for listener in self.listeners.values():
+                    key = (listener.address, listener.port)
+                    if key in previous.handlers:
+                        handler = previous.handlers[key]
+                        listener.swap(handler, previous.resolvers[id(handler)].submit)
+                self.stats.reload_failed += 1
+                log.error("reload: keeping the running configuration: %s", exc)
+                return False
+            self.runtime, self._pending = runtime, None
+            self._export(runtime)
+            await self._close_forwarders(previous, runtime)
+            log.info("reload: now serving %s (%s)", config.path, config.digest[:12])
+            return True
+
+    async def _close_forwarders(self, runtime: Runtime, keep: Runtime | None) -> None:
+        kept = set(map(id, keep.forwarders.values())) if keep else set()
+        for forwarder in runtime.forwarders.values():
+            if id(forwarder) not in kept:
+                await forwarder.close()
+
+    # -- stopping ------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Lameduck, teardown, close; bounded in time."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.healthy = False
+        runtime = self.runtime
+        lameduck = max((b.health.lameduck for b in runtime.config.blocks if b.health),
+                       default=0.0) if runtime else 0.0
+        if lameduck:
+            log.info("lameduck: still answering for %.1fs", lameduck)
+            await asyncio.sleep(lameduck)
+        if self.hostnet is not None and not self.skipteardown:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.hostnet.teardown),  # type: ignore
+                                       SHUTDOWN_GRACE * 2)
+            except Exception:
+                log.exception("teardown failed")
+        self.ready = False
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await asyncio.wait_for(self._close_all(), SHUTDOWN_GRACE)
+        except asyncio.TimeoutError:
+            log.warning("shutdown: gave up waiting for connections to close")
+        if self.pidfile:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+
+    async def _close_all(self) -> None:
+        for listener in self.listeners.values():
+            await listener.close()
+        self.listeners.clear()
+        runtime = self.runtime
+        if runtime is not None:
+            for resolver in runtime.resolvers.values():
+                await resolver.close()
+            await self._close_forwarders(runtime, None)
+        await self.http.close()
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT; SIGUSR1 reloads."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, done.set)
+        loop.add_signal_handler(signal.SIGINT, done.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: self._spawn(self.reload()))
+        try:
+            await self.start()
+            await done.wait()
+            log.info("signal received: shutting down")
+        finally:
+            await self.shutdown()
+
+
+class _SyncingCollector(StatsCollector):
+    """Folds the hit path's tallies into the counters before each scrape."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self._agent = agent
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        runtime = self._agent.runtime
+        if runtime is not None:
+            for handler in runtime.unique_handlers():
+                handler.sync_stats()
+        return super().collect()
+
+
+def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
+               duration: float) -> None:
+    from nodecache.core.querylog import format_query_line  # noqa: PLC0415
+    try:
+        line = format_query_line(addr, query, reply, slot, duration)
+    except Exception:  # a log line must never cost the answer
+        return
+    logging.getLogger("nodecache.query").info("%s", line)

@@ -1,0 +1,242 @@
+"""asyncio listeners: feed datagrams and TCP frames to the handler, send what it returns.
+
+They make no DNS decision. A cache hit is answered inside ``datagram_received``
+(one call into the handler, one ``sendto``); a miss goes to the
+:class:`~nodecache.aio.resolver.Resolver`, which calls back with the reply.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from nodecache.core.handler import QueryHandler
+from nodecache.core.stats import AgentStats
+
+log = logging.getLogger(__name__)
+
+#: Kernel receive buffer asked for on UDP listeners, bytes: absorbs bursts
+#: (a pod start-up fires dozens of queries at once) while the loop is busy.
+UDP_RCVBUF = 4 * 1024 * 1024
+#: Close a TCP connection with no complete query for this long, s (CoreDNS: 10 s idle).
+TCP_IDLE_TIMEOUT = 10.0
+#: TCP connections per listener; beyond it new ones are closed at once (RFC 7766 section 6.2.2).
+TCP_MAX_CONNECTIONS = 1024
+#: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
+TCP_MAX_INFLIGHT = 64
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def bound_socket(address: str, port: int, kind: int) -> socket.socket:
+    """A socket bound with SO_REUSEPORT, so that a new agent can bind beside the old one."""
+    family = _family(address)
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            except OSError:
+                pass
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, handler: QueryHandler, slot: int, submit: Callable[..., None],
+                 stats: AgentStats) -> None:
+        self.handler = handler
+        self.slot = slot
+        self.submit = submit
+        self.stats = stats
+        self.transport: asyncio.DatagramTransport | None = None
+        self._time = asyncio.get_running_loop().time
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            result = self.handler.handle(data, self._time(), self.slot, addr)
+        except Exception:  # a bug must cost one query, never the listener
+            self.stats.panics += 1
+            log.exception("handler failed on a %d-byte query from %s", len(data), addr)
+            return
+        if result.__class__ is bytes:
+            self.transport.sendto(result, addr)  # type: ignore[union-attr]
+        elif result is not None:
+            self.submit(result, lambda reply: self._send(reply, addr), addr)
+
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (client gone); nothing to do.
+        log.debug("UDP error: %s", exc)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client connection: length-prefixed queries in, replies out as each completes."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.inflight = 0
+        self.paused = False
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.addr: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        listener = self.listener
+        if len(listener.connections) >= TCP_MAX_CONNECTIONS:
+            transport.close()  # type: ignore[attr-defined]
+            return
+        listener.connections.add(self)
+        self.addr = transport.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        self.timer = loop.call_later(TCP_IDLE_TIMEOUT, self._check_idle)
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self.last_activity
+        if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        listener = self.listener
+        now = listener.time()
+        while len(buffer) >= 2:
+            length = buffer[0] << 8 | buffer[1]
+            if len(buffer) < 2 + length:
+                break
+            message = bytes(buffer[2:2 + length])
+            del buffer[:2 + length]
+            self.last_activity = now
+            try:
+                result = listener.handler.handle(message, now, listener.slot, self.addr)
+            except Exception:
+                listener.stats.panics += 1
+                log.exception("handler failed on a TCP query from %s", self.addr)
+                continue
+            if result.__class__ is bytes:
+                self._send(result)  # type: ignore[arg-type]
+            elif result is None:
+                # No header to answer: the stream cannot be trusted any more.
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            else:
+                self.inflight += 1
+                listener.submit(result, self._deliver, self.addr)
+                if self.inflight >= TCP_MAX_INFLIGHT and self.transport is not None:
+                    self.transport.pause_reading()
+                    self.paused = True
+
+    def _deliver(self, reply: bytes) -> None:
+        self.inflight -= 1
+        self.last_activity = self.listener.time()
+        self._send(reply)
+        if self.paused and self.inflight < TCP_MAX_INFLIGHT // 2 and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+
+    def _send(self, reply: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and reply:
+            transport.write(len(reply).to_bytes(2, "big") + reply)
+
+    def eof_received(self) -> bool | None:
+        # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).
+        return self.inflight > 0 or None
+
+
+class TcpListener:
+    def __init__(self, handler: QueryHandler, slot: int, submit: Callable[..., None],
+                 stats: AgentStats) -> None:
+        self.handler = handler
+        self.slot = slot
+        self.submit = submit
+        self.stats = stats
+        self.connections: set[TcpConnection] = set()
+        self.time = asyncio.get_running_loop().time
+
+    def protocol(self) -> TcpConnection:
+        return TcpConnection(self)
+
+
+class Listener:
+    """A UDP and a TCP socket on one address and port, sharing one handler."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        self.udp: UdpListener | None = None
+        self.udp_transport: asyncio.DatagramTransport | None = None
+        self.tcp: TcpListener | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    @property
+    def slot(self) -> int:
+        return 1 if _family(self.address) == socket.AF_INET6 else 0
+
+    async def start(self, handler: QueryHandler, submit: Callable[..., None],
+                    stats: AgentStats) -> None:
+        loop = asyncio.get_running_loop()
+        udp_sock = bound_socket(self.address, self.port, socket.SOCK_DGRAM)
+        port = udp_sock.getsockname()[1]
+        try:
+            tcp_sock = bound_socket(self.address, port, socket.SOCK_STREAM)
+        except BaseException:
+            udp_sock.close()
+            raise
+        self.port = port
+        self.udp = UdpListener(handler, self.slot, submit, stats)
+        self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: self.udp,
+                                                                    sock=udp_sock)
+        self.tcp = TcpListener(handler, self.slot | 2, submit, stats)
+        self.server = await loop.create_server(self.tcp.protocol, sock=tcp_sock, backlog=1024)
+
+    def swap(self, handler: QueryHandler, submit: Callable[..., None]) -> None:
+        """Point the open sockets at a new handler (config reload without closing)."""
+        for part in (self.udp, self.tcp):
+            if part is not None:
+                part.handler = handler
+                part.submit = submit
+
+    async def close(self) -> None:
+        if self.udp_transport is not None:
+            self.udp_transport.close()
+        if self.server is not None:
+            self.server.close()
+            for connection in list(self.tcp.connections if self.tcp else ()):
+                if connection.transport is not None:
+                    connection.transport.close()
+            await self.server.wait_closed()

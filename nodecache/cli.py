@@ -1,0 +1,280 @@
+"""Command line: ``nodecache run | check-config | demo | setup | teardown``.
+
+node-cache's Go-style arguments (``-localip a,b -setupiptables=false``) are
+accepted as they are, so the image can be swapped without editing a DaemonSet.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from nodecache import __version__
+from nodecache.config.settings import Config
+from nodecache.errors import ConfigError, NodecacheError
+from nodecache.hostnet.commands import setup as setup_command
+from nodecache.hostnet.commands import teardown as teardown_command
+from nodecache.hostnet.flags import normalize_nodecache_argv
+
+log = logging.getLogger("nodecache")
+
+#: node-cache's default template path (the ConfigMap key mounted as Corefile.base).
+DEFAULT_BASECOREFILE = "/etc/coredns/Corefile.base"
+#: node-cache's default kube-dns ConfigMap mount.
+DEFAULT_KUBEDNSCM = "/etc/kube-dns"
+
+
+def _event_loop_policy() -> None:
+    """uvloop where installed: its datagram path is several times faster (bench/)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        log.info("uvloop not installed; using the standard asyncio loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _split_ips(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _health_port(config: Config, flag: int | None) -> int:
+    """The health port from the Corefile's ``health`` line; the flag must agree with it."""
+    from nodecache.aio.http import parse_address  # noqa: PLC0415
+    ports = {parse_address(b.health.address)[1] for b in config.blocks if b.health}
+    if len(ports) > 1:
+        raise ConfigError(f"health is configured on several ports: {sorted(ports)}")
+    if ports:
+        port = ports.pop()
+        if flag is not None and flag != port:
+            raise click.BadParameter(
+                f"{flag} disagrees with the Corefile's health port {port}; drop the flag or "
+                f"change the Corefile", param_hint="--health-port")
+        return port
+    return flag if flag is not None else 8080
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="nodecache")
+def cli() -> None:
+    """nodecache: a node-local DNS cache agent for Kubernetes."""
+
+
+@cli.command("run")
+@click.option("--conf", "-conf", "conf", default="/etc/Corefile", show_default=True,
+              help="Corefile to serve; in template mode the rendered Corefile is written here.")
+@click.option("--basecorefile", default=None,
+              help=f"Template to render into --conf (node-local mode). Default: "
+                   f"{DEFAULT_BASECOREFILE} when it exists.")
+@click.option("--kubednscm", default=None,
+              help=f"Directory of the mounted kube-dns ConfigMap (stubDomains, "
+                   f"upstreamNameservers). Default: {DEFAULT_KUBEDNSCM} when it exists.")
+@click.option("--upstreamsvc", default="kube-dns", show_default=True,
+              help="Service whose ClusterIP ($NAME_SERVICE_HOST) becomes __PILLAR__CLUSTER__DNS__.")
+@click.option("--localip", default="",
+              help="Comma-separated IPs to hold on the interface and steer to the cache; "
+                   "IPv4 and IPv6 may be mixed. Empty: touch no host networking.")
+@click.option("--domain", default=None,
+              help="Cluster domain for __PILLAR__DNS__DOMAIN__, if the template still has it.")
+@click.option("--resolv-conf", default="/etc/resolv.conf", show_default=True,
+              help="The node's resolv.conf, for __PILLAR__UPSTREAM__SERVERS__.")
+@click.option("--setupinterface/--no-setupinterface", default=True, show_default=True,
+              help="Create and keep the interface holding the local IPs.")
+@click.option("--setupiptables/--no-setupiptables", default=True, show_default=True,
+              help="Install and keep the NOTRACK/ACCEPT firewall rules.")
+@click.option("--interfacename", default="nodelocaldns", show_default=True,
+              help="Name of the interface holding the local IPs.")
+@click.option("--firewall", type=click.Choice(["auto", "iptables-legacy", "iptables-nft",
+                                               "nftables"]), default="auto", show_default=True,
+              help="Firewall backend; auto follows what kubelet and kube-proxy use.")
+@click.option("--syncinterval", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="Seconds between checks that the interface and rules are still in place.")
+@click.option("--skipteardown", is_flag=True, default=False,
+              help="Leave the interface and rules in place on exit (for two overlapping agents).")
+@click.option("--health-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of /health for the liveness-probe rules; defaults to the Corefile's "
+                   "health port, and must agree with it when both are given.")
+@click.option("--pidfile", default=None, help="Write our PID here once serving.")
+@click.option("--dns.port", "--dns-port", "-p", "dns_port", type=click.IntRange(1, 65535),
+              default=53, show_default=True, help="Port for server blocks that name none.")
+@click.option("--metrics-listen-address", default=None,
+              help="Also serve /metrics here (node-cache serves setup errors on :9353).")
+@click.option("--prometheus-listen-address", default=None, hidden=True)
+@click.option("--reloadwithsignal", is_flag=True, default=False, hidden=True,
+              help="Accepted for node-cache compatibility; SIGUSR1 always reloads.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+@click.option("--dry-run", is_flag=True, default=False,
+              help="Check the arguments and configuration, print the effective configuration, "
+                   "and exit without serving.")
+def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upstreamsvc: str,
+                localip: str, domain: str | None, resolv_conf: str, setupinterface: bool,
+                setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
+                skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
+                metrics_listen_address: str | None, prometheus_listen_address: str | None,
+                reloadwithsignal: bool, log_level: str, dry_run: bool) -> None:
+    """Serve DNS from the cache (node-cache compatible flags)."""
+    from nodecache import config as corefile  # noqa: PLC0415
+    from nodecache.configsource import FileSource, TemplateSource  # noqa: PLC0415
+    from nodecache.core.stats import AgentStats  # noqa: PLC0415
+
+    _setup_logging(log_level)
+    stats = AgentStats()
+    local_ips = _split_ips(localip)
+    if basecorefile is None and os.path.exists(DEFAULT_BASECOREFILE):
+        basecorefile = DEFAULT_BASECOREFILE
+    if kubednscm is None and os.path.isdir(DEFAULT_KUBEDNSCM):
+        kubednscm = DEFAULT_KUBEDNSCM
+    if basecorefile:
+        if not local_ips:
+            raise click.BadParameter("template mode (--basecorefile) needs --localip",
+                                     param_hint="--localip")
+        # As node-cache: every -localip is bound; __PILLAR__DNS__SERVER__ becomes "".
+        source = TemplateSource(
+            basecorefile=basecorefile, conf=conf, local_ips=local_ips, dns_server_ips=[],
+            upstreamsvc=upstreamsvc, kubednscm=kubednscm, resolv_conf=resolv_conf, domain=domain,
+            dns_port=dns_port, stats=stats)
+    else:
+        source = FileSource(conf, default_port=dns_port)  # type: ignore[assignment]
+    try:
+        config = source()
+        port = _health_port(config, health_port)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or conf}: {exc.strerror}") from None
+    hostnet = None
+    if local_ips and (setupinterface or setupiptables):
+        from nodecache.hostnet import HostNetwork  # noqa: PLC0415
+        try:
+            hostnet = HostNetwork(local_ips=local_ips, interface=interfacename, dns_port=dns_port,
+                                  health_port=port, firewall=firewall,
+                                  setup_interface=setupinterface, setup_rules=setupiptables,
+                                  stats=stats)
+        except NodecacheError as exc:
+            raise click.ClickException(str(exc)) from None
+    if dry_run:
+        click.echo(corefile.describe(config))
+        click.echo(f"host networking: {'off' if hostnet is None else ', '.join(local_ips)}")
+        return
+    _serve(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
+           skipteardown=skipteardown, pidfile=pidfile,
+           metrics=metrics_listen_address or prometheus_listen_address)
+
+
+def _serve(source: object, **kwargs: object) -> None:
+    from nodecache.aio.agent import Agent  # noqa: PLC0415
+
+    async def main() -> None:
+        agent = Agent(source, hostnet=kwargs["hostnet"], stats=kwargs["stats"],  # type: ignore
+                      syncinterval=kwargs["syncinterval"], skipteardown=kwargs["skipteardown"],
+                      pidfile=kwargs["pidfile"], extra_metrics_address=kwargs["metrics"])
+        await agent.run()
+
+    _event_loop_policy()
+    try:
+        asyncio.run(main())
+    except NodecacheError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, show_default=True,
+              help="Port for server blocks that name none.")
+def check_config(file: str, dns_port: int) -> None:
+    """Validate FILE and print the effective configuration."""
+    from nodecache import config as corefile  # noqa: PLC0415
+    try:
+        config = corefile.load(file, default_port=dns_port)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror}") from None
+    click.echo(corefile.describe(config))
+
+
+def _template_path() -> Path:
+    """The Corefile.nodelocal shipped with the package, or the repository's."""
+    for candidate in (Path(sys.prefix) / "share" / "nodecache" / "Corefile.nodelocal",
+                      Path(__file__).resolve().parent.parent / "Corefile.nodelocal"):
+        if candidate.is_file():
+            return candidate
+    raise click.ClickException("Corefile.nodelocal not found (install the package or run "
+                               "from the repository)")
+
+
+@cli.command("demo")
+@click.option("--port", type=click.IntRange(1, 65535), default=5353, show_default=True,
+              help="DNS port of the agent on 127.0.0.1.")
+@click.option("--upstream-port", type=click.IntRange(1, 65535), default=5354, show_default=True,
+              help="Port of the built-in sample cluster DNS on 127.0.0.1.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def demo(port: int, upstream_port: int, log_level: str) -> None:
+    """Serve on loopback in front of a built-in sample cluster DNS (no cluster needed).
+
+    The agent runs the production code path with Corefile.nodelocal rendered for
+    127.0.0.1; only the upstream (an authoritative server for a sample
+    cluster.local and its reverse zone) is a sample. No host networking is touched.
+    """
+    from nodecache.aio.agent import Agent  # noqa: PLC0415
+    from nodecache.configsource import TextSource  # noqa: PLC0415
+    from nodecache.k8s.template import render_corefile  # noqa: PLC0415
+    from nodecache.sample.authority import SampleAuthority  # noqa: PLC0415
+    from nodecache.sample.zones import build_zones  # noqa: PLC0415
+
+    _setup_logging(log_level)
+    upstream = f"127.0.0.1:{upstream_port}"
+    text = render_corefile(_template_path().read_text(encoding="utf-8"), local_ips=["127.0.0.1"],
+                           dns_server_ips=[], cluster_dns="127.0.0.1",
+                           upstream_servers=["127.0.0.1"], domain="cluster.local", kubedns=None,
+                           dns_port=port)
+    # Both the cluster domain and "." go to the sample server (which refuses
+    # names outside its zones), so the demo never sends a query off the machine.
+    text = text.replace("forward . 127.0.0.1", f"forward . {upstream}")
+    text = re.sub(r"^(\S+):53 \{", lambda m: f"{m.group(1)}:{port} {{", text, flags=re.M)
+    source = TextSource(text, name="Corefile.nodelocal (rendered for loopback)", default_port=port)
+
+    async def main() -> None:
+        authority = SampleAuthority(build_zones("cluster.local", 8))
+        await authority.start("127.0.0.1", upstream_port)
+        try:
+            agent = Agent(source)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(lambda: click.echo(
+                f"\nnodecache is serving on 127.0.0.1:{port} (udp, tcp) in front of a sample "
+                f"cluster DNS on {upstream}.\nTry:\n"
+                f"  dig @127.0.0.1 -p {port} kubernetes.default.svc.cluster.local\n"
+                f"  dig @127.0.0.1 -p {port} -x 10.96.0.10\n"
+                f"  curl -s 127.0.0.1:9253/metrics | grep coredns_cache\n"
+                f"Ctrl-C stops it.\n", err=True))
+            await agent.run()
+        finally:
+            await authority.close()
+
+    _event_loop_policy()
+    try:
+        asyncio.run(main())
+    except NodecacheError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+cli.add_command(setup_command)
+cli.add_command(teardown_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = normalize_nodecache_argv(list(sys.argv[1:] if argv is None else argv))
+    cli.main(args=args, prog_name="nodecache")
