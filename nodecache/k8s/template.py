@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from nodecache.errors import ConfigError
-from nodecache.k8s.kubedns import KubeDNSConfig
+from nodecache.k8s.kubedns import KubeDNSConfig, KubeDNSConfigError
 
 LOCAL_DNS = "__PILLAR__LOCAL__DNS__"
 DNS_SERVER = "__PILLAR__DNS__SERVER__"
@@ -130,8 +130,9 @@ def render_corefile(template: str, *, local_ips: Sequence[str], dns_server_ips: 
     :param kubedns: The kube-dns ConfigMap, or ``None``.
     :param dns_port: The port of the stub-domain blocks (``-dns.port``).
     :returns: The Corefile text, ending with a newline.
-    :raises ConfigError: a bad address or domain, a placeholder without a value,
-        or a stub domain that the template already serves.
+    :raises ConfigError: a bad address or domain, or a placeholder without a value.
+    :raises KubeDNSConfigError: a stub domain that the template already serves
+        (a ConfigMap problem: count it as ``errortype="configmap"``).
     """
     local = _ips("-localip", local_ips)
     if not local:
@@ -187,8 +188,8 @@ def render_corefile(template: str, *, local_ips: Sequence[str], dns_server_ips: 
         prom = _PROMETHEUS.search(rendered)
         for stub in kubedns.stub_domains:
             if (stub.domain, dns_port) in served:
-                raise ConfigError(f"stubDomains: {stub.domain!r} is already served by the Corefile "
-                                  f"template; remove it from the kube-dns ConfigMap")
+                raise KubeDNSConfigError(f"stubDomains: {stub.domain!r} is already served by the "
+                                         f"Corefile template; remove it from the kube-dns ConfigMap")
             rendered += _stub_block(stub.domain, stub.servers, port=dns_port, bind=bind_all,
                                     prometheus=prom.group(1) if prom else None)
     return rendered
