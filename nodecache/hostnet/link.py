@@ -17,10 +17,12 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,9 +91,21 @@ def parse_marker(alias: str | None) -> LinkRecord | None:
     return rec
 
 
-def _ipr() -> Any:
+@contextlib.contextmanager
+def _ipr() -> Iterator[Any]:
+    """A netlink route socket on a private stdlib event loop.
+
+    pyroute2's synchronous IPRoute makes its event loop through the global
+    policy, which the agent sets to uvloop, and uvloop cannot open AF_NETLINK
+    sockets; so we hand it a plain selector loop, and close it afterwards.
+    """
     from pyroute2 import IPRoute  # imported late: only nodes that set up links need it
-    return IPRoute()
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with IPRoute(use_event_loop=loop, groups=0) as ipr:
+            yield ipr
+    finally:
+        loop.close()
 
 
 def _netlink_error() -> type[Exception]:
