@@ -1,0 +1,1 @@
+"""The nodecache benchmark harness (run it with bench/run)."""
