@@ -163,7 +163,7 @@ def _rotations(data: bytes, resp: wire.Response) -> list[list[wire.Record]]:
 def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: int,
                 now: float, *, do: bool, loadbalance: bool = False) -> Entry:
     """Make an Entry from an upstream answer already classified as cacheable."""
-    flags = (resp.flags | wire.AA) & ~(wire.TC | wire.RD)
+    flags = (resp.flags | wire.QR | wire.AA) & ~(wire.TC | wire.RD)
     if not do:
         flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
     an, ns, ar = len(resp.answers), len(resp.authority), len(resp.additional)
@@ -287,10 +287,11 @@ class BlockCache:
     def note_hit(self, entry: Entry, now: float) -> bool:
         """Count a hit for prefetch; True when this hit should trigger one."""
         s = self.settings
+        # Hits count while each comes within DURATION of the previous one (CoreDNS freq).
         if now - entry.window_start > s.prefetch_duration:
-            entry.window_start = now
             entry.hits = 1
         else:
             entry.hits += 1
+        entry.window_start = now
         return entry.hits >= s.prefetch_amount and now >= entry.refresh_at \
             and not entry.refreshing

@@ -1,0 +1,372 @@
+"""The per-query decision without sockets: an injected clock and a fake upstream function."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from nodecache.config import parse_text
+from nodecache.core import wire
+from nodecache.core.cache import BlockCache
+from nodecache.core.handler import Miss, QueryHandler, Zone
+from nodecache.core.stats import CacheStats, ServerStats
+from nodecache.errors import ConcurrencyLimitError, UpstreamError
+
+Upstream = Callable[[dns.message.Message], dns.message.Message]
+
+
+def make_handler(corefile: str) -> QueryHandler:
+    config = parse_text(corefile, default_port=53)
+    handler: QueryHandler | None = None
+    zones = []
+    for block in config.blocks:
+        for name in block.zones:
+            zone = Zone(name, block, ServerStats(block.server, name), None, None)
+            if block.cache is not None:
+                zone.cache_stats = CacheStats(block.server, name)
+                zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
+                                        lambda e: handler.index_add(e),  # type: ignore[union-attr]
+                                        lambda e: handler.index_remove(e))  # type: ignore[union-attr]
+            zones.append(zone)
+    handler = QueryHandler(zones)
+    return handler
+
+
+class Driver:
+    """Runs queries through a handler, answering misses with ``upstream``."""
+
+    def __init__(self, corefile: str, upstream: Upstream) -> None:
+        self.handler = make_handler(corefile)
+        self.upstream = upstream
+        self.upstream_queries: list[dns.message.Message] = []
+        self.refreshes: list[Miss] = []
+        self.handler.refresh = self.refreshes.append
+        self.now = 1000.0
+
+    def ask(self, query: dns.message.Message | bytes, *, tcp: bool = False,
+            fail: Exception | None = None) -> dns.message.Message | None:
+        data = query if isinstance(query, bytes) else query.to_wire()
+        result = self.handler.handle(data, self.now, 2 if tcp else 0)
+        if isinstance(result, Miss):
+            result = self.resolve(result, fail)
+        return None if result is None else dns.message.from_wire(result)
+
+    def resolve(self, miss: Miss, fail: Exception | None = None) -> bytes:
+        if fail is not None:
+            return self.handler.fail(miss, fail, self.now)
+        upstream_query = dns.message.from_wire(self.handler.upstream_query(miss))
+        self.upstream_queries.append(upstream_query)
+        answer = self.upstream(upstream_query)
+        outcome = self.handler.absorb(miss, answer.to_wire(), self.now)
+        return self.handler.reply(miss, outcome, self.now)
+
+
+def answer_a(ttl: int = 30, *addresses: str) -> Upstream:
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", "A",
+                                            *(addresses or ("10.0.0.1",))))
+        return r
+    return upstream
+
+
+def negative(rcode: int, soa_ttl: int, minimum: int) -> Upstream:
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.set_rcode(rcode)
+        r.authority.append(dns.rrset.from_text(
+            "cluster.local.", soa_ttl, "IN", "SOA", f"ns. host. 1 2 3 4 {minimum}"))
+        return r
+    return upstream
+
+
+CLUSTER = """cluster.local:53 {
+    cache {
+        success 100 30
+        denial 100 20
+    }
+    forward . 127.0.0.1
+}
+"""
+
+
+def q(name: str = "svc.cluster.local.", rdtype: str = "A", **kw: object) -> dns.message.Message:
+    return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+
+
+def test_ttl_counts_down_and_entry_expires() -> None:
+    d = Driver(CLUSTER, answer_a(300))
+    assert d.ask(q()).answer[0].ttl == 30  # clamped to success TTL 30
+    d.now += 10.4
+    assert d.ask(q()).answer[0].ttl == 20
+    assert len(d.upstream_queries) == 1
+    d.now += 20
+    d.ask(q())
+    assert len(d.upstream_queries) == 2
+
+
+@pytest.mark.parametrize("rcode, soa_ttl, minimum, expected", [
+    (dns.rcode.NXDOMAIN, 60, 10, 10),    # RFC 2308 section 5: min(SOA TTL, MINIMUM)
+    (dns.rcode.NXDOMAIN, 8, 600, 8),
+    (dns.rcode.NXDOMAIN, 600, 600, 20),  # clamped to the denial TTL
+    (dns.rcode.NXDOMAIN, 1, 1, 5),       # raised to the default MINTTL 5
+    (dns.rcode.NOERROR, 60, 7, 7),       # NODATA
+])
+def test_negative_answers_cached_with_soa_ttl(rcode: int, soa_ttl: int, minimum: int,
+                                              expected: int) -> None:
+    d = Driver(CLUSTER, negative(rcode, soa_ttl, minimum))
+    first = d.ask(q())
+    assert first.rcode() == rcode and first.authority[0].ttl == expected
+    d.now += expected - 0.5
+    assert d.ask(q()).rcode() == rcode
+    assert len(d.upstream_queries) == 1
+    d.now += 1
+    d.ask(q())
+    assert len(d.upstream_queries) == 2
+
+
+def test_nxdomain_without_soa_is_not_cached() -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(query)
+        r.set_rcode(dns.rcode.NXDOMAIN)
+        return r
+    d = Driver(CLUSTER, upstream)
+    d.ask(q())
+    d.ask(q())
+    assert len(d.upstream_queries) == 2
+
+
+@pytest.mark.parametrize("rcode, cached", [(dns.rcode.SERVFAIL, True), (dns.rcode.REFUSED, False),
+                                           (dns.rcode.FORMERR, False)])
+def test_error_rcodes(rcode: int, cached: bool) -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(query)
+        r.set_rcode(rcode)
+        return r
+    d = Driver(CLUSTER, upstream)
+    assert d.ask(q()).rcode() == rcode
+    d.now += 4
+    assert d.ask(q()).rcode() == rcode
+    assert len(d.upstream_queries) == (1 if cached else 2)
+    d.now += 2  # servfail default 5 s
+    d.ask(q())
+    assert len(d.upstream_queries) == (2 if cached else 3)
+
+
+def test_truncated_answers_never_cached() -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = answer_a()(query)
+        r.flags |= dns.flags.TC
+        return r
+    d = Driver(CLUSTER, upstream)
+    assert d.ask(q()).flags & dns.flags.TC
+    d.ask(q())
+    assert len(d.upstream_queries) == 2
+
+
+def test_reply_echoes_id_and_exact_case() -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(q("svc.cluster.local."))
+    mixed = q("SvC.ClUsTeR.LoCaL.")
+    reply = d.ask(mixed)
+    assert reply.id == mixed.id
+    assert str(reply.question[0].name) == "SvC.ClUsTeR.LoCaL."
+    assert reply.answer[0][0].address == "10.0.0.1"
+    assert len(d.upstream_queries) == 1
+
+
+@pytest.mark.parametrize("first, second, shared", [
+    ({}, {"use_edns": 0}, True),                      # EDNS alone is not in the key
+    ({}, {"want_dnssec": True}, False),               # DO is
+    ({"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}, False),
+])
+def test_cache_key_includes_do(first: dict[str, object], second: dict[str, object],
+                               shared: bool) -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(q(**first))
+    d.ask(q(**second))
+    assert len(d.upstream_queries) == (1 if shared else 2)
+
+
+def test_cache_key_includes_cd_and_type() -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(q())
+    cd = q()
+    cd.flags |= dns.flags.CD
+    d.ask(cd)
+    d.ask(q(rdtype="AAAA"))
+    assert len(d.upstream_queries) == 3
+
+
+def test_edns_reply_has_our_opt_and_do_echo() -> None:
+    d = Driver(CLUSTER, answer_a())
+    for query in (q(use_edns=0, payload=4096), q(want_dnssec=True)):
+        reply = d.ask(query)
+        assert reply.edns == 0 and reply.payload == wire.OUR_UDP_PAYLOAD
+        assert bool(reply.ednsflags & dns.flags.DO) == bool(query.ednsflags & dns.flags.DO)
+    assert d.ask(q()).edns == -1
+
+
+def test_udp_truncation_and_tcp_full_answer() -> None:
+    many = [f"10.0.{i // 250}.{i % 250}" for i in range(60)]  # 60 A records: > 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    udp = d.ask(q())
+    assert udp.flags & dns.flags.TC and not udp.answer
+    tcp = d.ask(q(), tcp=True)
+    assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 60
+    big = d.ask(q(use_edns=0, payload=4096))
+    assert not big.flags & dns.flags.TC and len(big.answer[0]) == 60
+    assert len(d.upstream_queries) == 1
+
+
+@pytest.mark.parametrize("data, rcode", [
+    (bytes.fromhex("123401000002000000000000"), dns.rcode.FORMERR),
+    (bytes.fromhex("123401000001000000000000") + b"\x05ab", dns.rcode.FORMERR),
+])
+def test_malformed_gets_formerr(data: bytes, rcode: int) -> None:
+    d = Driver(CLUSTER, answer_a())
+    reply = d.ask(data)
+    assert reply is not None and reply.rcode() == rcode and reply.id == 0x1234
+
+
+@pytest.mark.parametrize("data", [b"", b"\x12\x34", bytes(11),
+                                  # a response (QR set) is never answered
+                                  dns.message.make_response(q()).to_wire()])
+def test_unanswerable_is_dropped(data: bytes) -> None:
+    assert make_handler(CLUSTER).handle(data, 0.0, 0) is None
+
+
+def test_opcodes_classes_versions() -> None:
+    d = Driver(CLUSTER, answer_a())
+    notify = q()
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert d.ask(notify).rcode() == dns.rcode.NOTIMP
+    assert d.ask(q(use_edns=1)).rcode() == dns.rcode.BADVERS
+    chaos = dns.message.make_query("svc.cluster.local.", "TXT", "CH")
+    assert d.ask(chaos).rcode() == dns.rcode.REFUSED
+    assert d.ask(q(rdtype="AXFR")).rcode() == dns.rcode.REFUSED
+    assert not d.upstream_queries
+
+
+def test_routing_longest_suffix_and_refused_outside() -> None:
+    corefile = CLUSTER + """svc.cluster.local:53 {
+    forward . 127.0.0.2
+}
+"""
+    h = make_handler(corefile)
+    for name, zone in [("a.svc.cluster.local.", "svc.cluster.local."),
+                       ("svc.cluster.local.", "svc.cluster.local."),
+                       ("pod.cluster.local.", "cluster.local.")]:
+        result = h.handle(q(name).to_wire(), 0.0, 0)
+        assert isinstance(result, Miss) and result.zone.name == zone
+    refused = dns.message.from_wire(h.handle(q("example.com.").to_wire(), 0.0, 0))  # type: ignore
+    assert refused.rcode() == dns.rcode.REFUSED
+
+
+def test_forward_except_is_refused() -> None:
+    d = Driver("cluster.local:53 {\n cache 30\n forward . 127.0.0.1 {\n"
+               "  except internal.cluster.local\n }\n}\n", answer_a())
+    assert d.ask(q("x.internal.cluster.local.")).rcode() == dns.rcode.REFUSED
+    assert d.ask(q("x.other.cluster.local.")).rcode() == dns.rcode.NOERROR
+
+
+def test_upstream_failure_servfail_and_concurrency_refused() -> None:
+    d = Driver(CLUSTER, answer_a())
+    assert d.ask(q(), fail=UpstreamError("timeout")).rcode() == dns.rcode.SERVFAIL
+    assert d.ask(q(), fail=ConcurrencyLimitError()).rcode() == dns.rcode.REFUSED
+
+
+STALE = """cluster.local:53 {
+    cache 10 {
+        serve_stale 60s %s
+    }
+    forward . 127.0.0.1
+}
+"""
+
+
+def test_serve_stale_immediate_answers_ttl0_and_refreshes() -> None:
+    d = Driver(STALE % "immediate", answer_a(10))
+    d.ask(q())
+    d.now += 15
+    stale = d.ask(q())
+    assert stale.answer[0].ttl == 0 and len(d.upstream_queries) == 1
+    assert len(d.refreshes) == 1
+    d.ask(q())  # a refresh is already in flight: no second one
+    assert len(d.refreshes) == 1
+    d.resolve(d.refreshes[0])
+    assert d.ask(q()).answer[0].ttl == 10
+    d.now += 61 + 10
+    d.ask(q())  # beyond the stale window: a plain miss
+    assert len(d.upstream_queries) == 3
+
+
+def test_serve_stale_verify_asks_first_then_falls_back() -> None:
+    d = Driver(STALE % "verify", answer_a(10))
+    d.ask(q())
+    d.now += 15
+    assert d.ask(q()).answer[0].ttl == 10  # upstream answered: fresh
+    d.now += 15
+    reply = d.ask(q(), fail=UpstreamError("down"))
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0].ttl == 0
+
+
+def test_prefetch_after_enough_hits_near_expiry() -> None:
+    corefile = """cluster.local:53 {
+    cache 100 {
+        prefetch 3 1m 20%
+    }
+    forward . 127.0.0.1
+}
+"""
+    d = Driver(corefile, answer_a(100))
+    d.ask(q())
+    d.now += 50
+    d.ask(q())
+    d.ask(q())
+    d.ask(q())
+    assert not d.refreshes  # 3 hits, but 50 s left of 100 (> 20%)
+    d.now += 31
+    d.ask(q())
+    assert len(d.refreshes) == 1
+    d.ask(q())
+    assert len(d.refreshes) == 1  # one prefetch in flight per entry
+    d.resolve(d.refreshes[0])
+    assert d.ask(q()).answer[0].ttl == 100
+
+
+def test_loadbalance_rotates_addresses() -> None:
+    corefile = "cluster.local:53 {\n cache 30\n loadbalance\n forward . 127.0.0.1\n}\n"
+    d = Driver(corefile, answer_a(30, "10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    firsts = set()
+    for _ in range(6):
+        reply = d.ask(q())
+        firsts.add(next(iter(reply.answer[0])).address)
+        assert sorted(r.address for r in reply.answer[0]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert len(firsts) == 3
+
+
+def test_capacity_evicts_and_counts() -> None:
+    corefile = "cluster.local:53 {\n cache {\n success 4\n }\n forward . 127.0.0.1\n}\n"
+    d = Driver(corefile, answer_a())
+    for i in range(10):
+        d.ask(q(f"s{i}.cluster.local."))
+    assert len(d.handler.index) == 4
+    stats = next(iter(d.handler.zones.values())).cache_stats
+    assert stats.evictions_success == 6 and stats.entries_success == 4
+
+
+def test_hits_are_counted_at_sync() -> None:
+    d = Driver(CLUSTER, answer_a())
+    for _ in range(5):
+        d.ask(q())
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
+    assert zone.stats.requests[("udp", "1", "A")] == 5
+    assert zone.stats.responses[("NOERROR", "cache")] == 4
+    assert zone.stats.responses[("NOERROR", "forward")] == 1
