@@ -6,9 +6,9 @@ the link and rules in place (and ``nodecache teardown`` then removes them).
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +139,7 @@ def test_missing_binary_exits_nonzero_with_one_line(node: tuple[netns.NodePod, P
     empty = tmp / "bin"
     empty.mkdir()
     res = netns.run(topo.node, "env", f"PATH={empty}", f"PYTHONPATH={netns.REPO_ROOT}",
-                    os.environ.get("PYTHON", netns.sys.executable), "-m", "nodecache", "run",
+                    sys.executable, "-m", "nodecache", "run",
                     "--conf", str(tmp / "Corefile"), "--localip", V4,
                     "--firewall", "iptables-legacy", "--health-port", str(HEALTH), check=False)
     assert res.returncode != 0

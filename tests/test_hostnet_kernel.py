@@ -338,8 +338,8 @@ def test_crash_then_restart_with_other_ips(topo: netns.NodePod) -> None:
     ok(node, "ensure_interface", **new)
     assert ok(node, "ensure_rules", **new) == 12
     ok(node, "teardown", **new)
-    # the adopted link went back to how it was, minus 10.96.0.10 which the new run
-    # no longer knows about: the marker names both addresses, so both are removed
+    # the adopted link is back as it was: its marker listed both addresses the old
+    # run added (169.254.20.10 and 10.96.0.10), so both are gone
     assert netns.link_snapshot(node) == links_before
     assert netns.ruleset_snapshot(node) == rules_before
 
