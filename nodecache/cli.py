@@ -27,6 +27,8 @@ log = logging.getLogger("nodecache")
 DEFAULT_BASECOREFILE = "/etc/coredns/Corefile.base"
 #: node-cache's default kube-dns ConfigMap mount.
 DEFAULT_KUBEDNSCM = "/etc/kube-dns"
+#: In template mode, re-render this often, s (node-cache polls its ConfigMaps every 10 s).
+TEMPLATE_WATCH_INTERVAL = 2.0
 
 
 def _event_loop_policy() -> None:
@@ -169,7 +171,8 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
         return
     _serve(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
            skipteardown=skipteardown, pidfile=pidfile,
-           metrics=metrics_listen_address or prometheus_listen_address)
+           metrics=metrics_listen_address or prometheus_listen_address,
+           watch=TEMPLATE_WATCH_INTERVAL if basecorefile else None)
 
 
 def _serve(source: object, **kwargs: object) -> None:
@@ -178,7 +181,8 @@ def _serve(source: object, **kwargs: object) -> None:
     async def main() -> None:
         agent = Agent(source, hostnet=kwargs["hostnet"], stats=kwargs["stats"],  # type: ignore
                       syncinterval=kwargs["syncinterval"], skipteardown=kwargs["skipteardown"],
-                      pidfile=kwargs["pidfile"], extra_metrics_address=kwargs["metrics"])
+                      pidfile=kwargs["pidfile"], extra_metrics_address=kwargs["metrics"],
+                      watch_interval=kwargs["watch"])
         await agent.run()
 
     _event_loop_policy()

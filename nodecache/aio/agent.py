@@ -80,7 +80,8 @@ class Agent:
     def __init__(self, load_config: Callable[[], Config], *, hostnet: object | None = None,
                  stats: AgentStats | None = None, syncinterval: float = 60.0,
                  skipteardown: bool = False, pidfile: str | None = None,
-                 extra_metrics_address: str | None = None) -> None:
+                 extra_metrics_address: str | None = None,
+                 watch_interval: float | None = None) -> None:
         #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
         self.load_config = load_config
         self.hostnet = hostnet
@@ -89,6 +90,9 @@ class Agent:
         self.skipteardown = skipteardown
         self.pidfile = pidfile
         self.extra_metrics_address = extra_metrics_address
+        #: Check the configuration this often, s, whether or not the Corefile
+        #: has ``reload`` (template mode: ConfigMap changes apply within seconds).
+        self.watch_interval = watch_interval
         self.runtime: Runtime | None = None
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.http = HttpEndpoints()
@@ -341,13 +345,18 @@ class Agent:
             runtime = self.runtime
             settings = next((b.reload for b in runtime.config.blocks if b.reload), None) \
                 if runtime else None
-            delay = (settings.interval + random.uniform(0, settings.jitter)) if settings else 5.0
+            if self.watch_interval:
+                delay = self.watch_interval
+            elif settings is not None:
+                delay = settings.interval + random.uniform(0, settings.jitter)
+            else:
+                delay = 5.0
             try:
                 await asyncio.wait_for(self.stopping.wait(), delay)
                 return
             except asyncio.TimeoutError:
                 pass
-            if settings is not None:
+            if settings is not None or self.watch_interval:
                 await self.reload()
 
     async def reload(self) -> bool:
@@ -402,6 +411,10 @@ class Agent:
             return
         self.stopping.set()
         self.healthy = False
+        # No reload or resync may start (or finish) behind our back: a reload
+        # racing SIGTERM is how node-cache hung (kubernetes/dns#394).
+        for task in list(self._tasks):
+            task.cancel()
         runtime = self.runtime
         lameduck = max((b.health.lameduck for b in runtime.config.blocks if b.health),
                        default=0.0) if runtime else 0.0
@@ -470,9 +483,29 @@ class _SyncingCollector(StatsCollector):
 
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
                duration: float) -> None:
-    from nodecache.core.querylog import format_query_line  # noqa: PLC0415
+    """The ``log`` plugin: one CoreDNS Common Log Format line per answered query."""
+    from nodecache.core import querylog  # noqa: PLC0415
+    from nodecache.core.handler import SLOT_PROTO, name_text  # noqa: PLC0415
+    settings = zone.block.log
     try:
-        line = format_query_line(addr, query, reply, slot, duration)
+        question = wire.parse_query(query)
+        rcode = reply[3] & 0xF if len(reply) >= 12 else None
+        ancount = wire.read_u16(reply, 6) if len(reply) >= 12 else 0
+        if settings is not None and rcode is not None and \
+                querylog.log_class(rcode, ancount) not in settings.classes:
+            return
+        host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
+        proto = SLOT_PROTO[slot]
+        edns = question.edns
+        entry = querylog.QueryLogEntry(
+            remote=host, port=port, id=wire.read_u16(query, 0), qtype=question.qtype,
+            qclass=question.qclass, qname=name_text(question.qname), proto=proto,
+            size=len(query), do=bool(edns and edns[2]),
+            bufsize=querylog.effective_bufsize(proto, edns[0] if edns else None),
+            rcode=rcode, rflags=wire.read_u16(reply, 2) if len(reply) >= 4 else None,
+            rsize=len(reply), duration=duration)
+        line = querylog.query_line(entry, settings.format if settings else None)
     except Exception:  # a log line must never cost the answer
+        log.debug("could not format a query log line", exc_info=True)
         return
     logging.getLogger("nodecache.query").info("%s", line)
