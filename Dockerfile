@@ -23,12 +23,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Dependencies come from the package's own metadata (setup.cfg), nothing else.
 # README.md is left out on purpose: it only feeds the long description, which
 # setuptools leaves empty without it, and a docs edit then does not redo this layer.
+# The template goes along as package data (share/nodecache/Corefile.nodelocal).
 WORKDIR /src
-COPY pyproject.toml setup.cfg ./
+COPY pyproject.toml setup.cfg Corefile.nodelocal ./
 COPY nodecache ./nodecache
 RUN pip install --no-cache-dir . \
     && rm -rf /src
-COPY Corefile.nodelocal /usr/share/nodecache/Corefile.nodelocal
 WORKDIR /
 
 # Unprivileged by default: enough for `nodecache check-config`, `--help` and
