@@ -20,8 +20,9 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = ["iptables", "ipvs"]
-#: Current Kubernetes release whose OpenAPI schemas the objects must satisfy.
-KUBERNETES_VERSION = "1.37.0"
+#: Kubernetes releases whose OpenAPI schemas the objects must satisfy: the
+#: current one, and an older one still found in production.
+KUBERNETES_VERSIONS = ["1.37.0", "1.30.0"]
 
 Obj = dict[str, Any]
 
@@ -131,12 +132,14 @@ def test_objects(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     assert {o["metadata"]["namespace"] for o in objs.values()} == {"kube-system"}
 
 
-def test_validates_against_kubernetes_schemas(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_validates_against_kubernetes_schemas(overlay: tuple[str, dict[tuple[str, str], Obj]],
+                                              version: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     _, objs = overlay
     for obj in objs.values():
         # strict: unknown fields (a typo'd key) fail too.
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_daemonset(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
