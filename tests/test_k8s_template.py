@@ -5,6 +5,7 @@ import os
 import pathlib
 import textwrap
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -240,8 +241,8 @@ def test_upstream_nameservers_drop_force_tcp_block() -> None:
             }
         }
         """)
-    common = dict(local_ips=["169.254.20.10"], dns_server_ips=[], cluster_dns="",
-                  upstream_servers=["10.0.0.2"], domain=None)
+    common: dict[str, Any] = dict(local_ips=["169.254.20.10"], dns_server_ips=[], cluster_dns="",
+                                  upstream_servers=["10.0.0.2"], domain=None)
     # The node's resolvers keep the template's TCP block...
     assert "force_tcp" in render_corefile(template, kubedns=None, **common)
     # ...custom upstreamNameservers are asked over UDP (kubernetes/dns#377).
@@ -259,7 +260,8 @@ def test_domain_substituted_at_install_time_needs_no_domain() -> None:
 
 def test_bracketed_local_dns_in_template() -> None:
     template = "x:53 {\n    health [__PILLAR__LOCAL__DNS__]:8099\n}\n"
-    kw = dict(dns_server_ips=[], cluster_dns="", upstream_servers=[], domain=None, kubedns=None)
+    kw: dict[str, Any] = dict(dns_server_ips=[], cluster_dns="", upstream_servers=[], domain=None,
+                              kubedns=None)
     assert "health [fd00::10]:8099" in render_corefile(template, local_ips=["fd00::10"], **kw)
     assert "health 169.254.20.10:8099" in render_corefile(template, local_ips=["169.254.20.10"], **kw)
 
@@ -277,12 +279,12 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("overrides,message", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
-def test_render_errors(overrides: dict[str, object], message: str) -> None:
-    kw: dict[str, object] = dict(local_ips=["169.254.20.10"], dns_server_ips=[], cluster_dns="10.96.0.11",
+def test_render_errors(overrides: dict[str, Any], message: str) -> None:
+    kw: dict[str, Any] = dict(local_ips=["169.254.20.10"], dns_server_ips=[], cluster_dns="10.96.0.11",
                                  upstream_servers=["10.0.0.2"], domain="cluster.local", kubedns=None)
     kw.update(overrides)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        render_corefile(TEMPLATE, **kw)  # type: ignore[arg-type]
+        render_corefile(TEMPLATE, **kw)
 
 
 def test_unknown_placeholder_is_an_error() -> None:
