@@ -105,6 +105,7 @@ class Agent:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
+        self._last_rejection: str | None = None
 
     # -- building ------------------------------------------------------------
 
@@ -369,9 +370,13 @@ class Agent:
             try:
                 config = self.load_config()
             except (ConfigError, OSError) as exc:
-                self.stats.reload_failed += 1
-                log.error("reload: keeping the running configuration: %s", exc)
+                # The same broken file is reported once, not on every poll.
+                if str(exc) != self._last_rejection:
+                    self._last_rejection = str(exc)
+                    self.stats.reload_failed += 1
+                    log.error("reload: keeping the running configuration: %s", exc)
                 return False
+            self._last_rejection = None
             if config.digest and config.digest == previous.config.digest:
                 return True
             runtime = self._build(config, previous)
