@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
-from nodecache.core.stats import CacheStats, Histogram, ServerStats
+from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
@@ -39,6 +40,7 @@ _perf = time.perf_counter
 _OPT_PLAIN = wire.opt_record(False)
 _OPT_DO = wire.opt_record(True)
 _QTYPE_AXFR, _QTYPE_IXFR = 252, 251
+_FIRST_BUCKET = TIME_BUCKETS[0]
 #: A stale answer's TTL, s (CoreDNS answers 0; RFC 8767 section 4 suggests 30).
 STALE_TTL = 0
 
@@ -73,8 +75,11 @@ class Zone:
     stats: ServerStats
     cache: BlockCache | None
     cache_stats: CacheStats | None
-    #: Hit path tally: (slot, qtype bytes, rcode) -> answers from cache; folded into stats.
-    tally: dict[tuple[int, bytes, int], int] = field(default_factory=dict)
+    #: Hit path tally: (slot, qtype bytes, (rcode, positive), duration bucket) -> answers
+    #: from cache; folded into the exported stats by QueryHandler.sync_stats().
+    tally: dict[tuple[int, bytes, tuple[int, bool], int], int] = field(default_factory=dict)
+    #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
+    hit_seconds: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -162,7 +167,8 @@ class QueryHandler:
                 opt = b""
                 header = data[2] & 1
                 do = 0
-            elif arcount == 1 and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
+            elif arcount == 1 and size >= end + 11 \
+                    and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
                 limit = max(data[end + 3] << 8 | data[end + 4], wire.MAX_UDP_PLAIN) \
                     if slot < 2 else wire.MAX_MESSAGE
@@ -183,13 +189,18 @@ class QueryHandler:
                 if len(reply) > limit:
                     reply = _truncated(data, end, opt)
                 zone = entry.owner
-                tally = zone.tally
-                mark = (slot, data[end - 4:end - 2], entry.tag)
-                tally[mark] = tally.get(mark, 0) + 1
+                if do:
+                    zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, end, now, slot)
+                # One dict update counts the request, the response, the cache
+                # hit and the duration bucket; sync_stats() unpacks it.
                 elapsed = _perf() - started
-                zone.stats.duration.observe(elapsed)
+                tally = zone.tally
+                mark = (slot, data[end - 4:end - 2], entry.tag,
+                        0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed))
+                tally[mark] = tally.get(mark, 0) + 1
+                zone.hit_seconds += elapsed
                 return reply
         return self._slow(data, now, slot, addr, started)
 
@@ -359,8 +370,8 @@ class QueryHandler:
         """An uncached upstream answer, re-headed for this client (own ID, case, OPT)."""
         query = miss.query
         records = response.answers + response.authority + response.additional
-        flags = (response.flags & ~(wire.RD | wire.AD)) | (struct.unpack_from("!H", query, 2)[0]
-                                                         & wire.RD)
+        flags = wire.QR | (response.flags & ~(wire.RD | wire.AD)) \
+            | (struct.unpack_from("!H", query, 2)[0] & wire.RD)
         if miss.edns and miss.edns[2]:
             flags |= response.flags & wire.AD
         opt = b""
@@ -380,17 +391,18 @@ class QueryHandler:
         zone = miss.zone
         stats = zone.stats
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
+        elapsed = _perf() - miss.started
         if hit is not None:
-            mark = (miss.slot, qtype, hit.tag)
+            mark = (miss.slot, qtype, hit.tag, bisect_left(TIME_BUCKETS, elapsed))
             zone.tally[mark] = zone.tally.get(mark, 0) + 1
+            zone.hit_seconds += elapsed
         else:
             stats.requests[(SLOT_PROTO[miss.slot], SLOT_FAMILY[miss.slot],
                             _type_name(qtype))] += 1
             stats.responses[(_rcode_name(rcode), plugin)] += 1
+            stats.duration.observe(elapsed)
         if miss.edns and miss.edns[2]:
             stats.do_requests += 1
-        elapsed = _perf() - miss.started
-        stats.duration.observe(elapsed)
         if self.on_log is not None and zone.block.log is not None and not miss.background:
             self.on_log(zone, addr, miss.query, reply, miss.slot, elapsed)
         return reply
@@ -400,9 +412,13 @@ class QueryHandler:
         for zone in {id(z): z for z in self.zones.values()}.values():
             tally, zone.tally = zone.tally, {}
             stats = zone.stats
-            for (slot, qtype, (rcode, positive)), count in tally.items():
+            stats.duration.sum += zone.hit_seconds
+            zone.hit_seconds = 0.0
+            for (slot, qtype, (rcode, positive), bucket), count in tally.items():
                 stats.requests[(SLOT_PROTO[slot], SLOT_FAMILY[slot], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
+                stats.duration.counts[bucket] += count
+                stats.duration.count += count
                 if zone.cache_stats is not None:
                     if positive:
                         zone.cache_stats.hits_success += count
