@@ -97,6 +97,8 @@ class TcpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.inflight = 0
         self.paused = False
+        #: The client half-closed: close once nothing is in flight.
+        self.eof = False
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.addr: object = None
@@ -164,6 +166,9 @@ class TcpConnection(asyncio.Protocol):
         self.inflight -= 1
         self.last_activity = self.listener.time()
         self._send(reply)
+        if self.eof and self.inflight == 0 and self.transport is not None:
+            self.transport.close()  # the last answer after a half-close
+            return
         if self.paused and self.inflight < TCP_MAX_INFLIGHT // 2 and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -175,6 +180,7 @@ class TcpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).
+        self.eof = True
         return self.inflight > 0 or None
 
 
