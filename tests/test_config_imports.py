@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def write(root: Path, files: dict[str, str]) -> None:
 def test_fixture_with_snippets_globs_and_env() -> None:
     main = str(IMPORTS / "Corefile")
     config = load(main, env=ENV)
-    common = dict(port=53, errors=True, loop=True, prometheus=":9253")
+    common: dict[str, Any] = dict(port=53, errors=True, loop=True, prometheus=":9253")
     assert [b.zones for b in config.blocks] == [
         ("cluster.local.",), ("in-addr.arpa.", "ip6.arpa."), (".",)]
     cluster, reverse, root = config.blocks
@@ -199,3 +200,16 @@ def test_resolv_conf_counts_towards_the_upstream_limit(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"Corefile:2:20: forward: at most 15 upstreams are"
                                           r" allowed, found 20 with 'r.conf'"):
         parse_text(".:53 {\n  forward . r.conf r.conf\n}", path=str(tmp_path / "Corefile"))
+
+
+def test_deep_snippet_nesting_is_refused() -> None:
+    text = "".join(f"(s{i}) {{\n  import s{i - 1}\n}}\n" for i in range(1, 40))
+    with pytest.raises(ConfigError, match=r"import: imports nested more than 32 deep"):
+        parse_text("(s0) {\n  errors\n}\n" + text + ".:53 {\n  import s39\n}")
+
+
+def test_exponential_snippets_are_refused() -> None:
+    # Each snippet imports the previous one twice: 2**30 copies of 'errors'.
+    text = "".join(f"(s{i}) {{\n  import s{i - 1}\n  import s{i - 1}\n}}\n" for i in range(1, 31))
+    with pytest.raises(ConfigError, match=r"import: imports expand to more than 500000 tokens"):
+        parse_text("(s0) {\n  errors\n}\n" + text + ".:53 {\n  import s30\n}")

@@ -92,14 +92,12 @@ def parse_cache(line: Directive, ctx: BlockContext) -> CacheSettings:
                 raise opt.error("a whole number of seconds", opt.line.args[0])
             out["servfail_ttl"] = int(seconds)
         elif name == "disable":
-            which_tok = opt.peek()
             which = opt.value("'success' or 'denial'", str, lambda w: w in ("success", "denial"))
+            which_tok = opt.line.args[0]
             if which in disabled:
                 first_tok = disabled[which]
-                assert which_tok is not None
                 raise which_tok.error(f"cache: 'disable {which}' given twice (first at"
                                       f" {first_tok.file}:{first_tok.line}:{first_tok.column})")
-            assert which_tok is not None
             disabled[which] = which_tok
             names: list[str] = []
             while len(opt):

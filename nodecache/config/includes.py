@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from nodecache.config.lexer import Token, substitute_env, tokenize
-from nodecache.errors import ConfigError
 
 #: Imports and snippets nested deeper than this are refused (and so is
 #: runaway recursion long before Python's own limit).
@@ -70,9 +69,7 @@ class Expander:
             self._file_stack.pop()
 
     def _expand(self, tokens: list[Token], base_dir: str, depth: int) -> list[Token]:
-        if len(self._file_stack) + len(self._snippet_stack) > MAX_IMPORT_DEPTH:
-            raise tokens[0].error(f"imports nested more than {MAX_IMPORT_DEPTH} deep") \
-                if tokens else ConfigError(f"imports nested more than {MAX_IMPORT_DEPTH} deep")
+        """Expand one file's or snippet's tokens; ``depth`` is the brace nesting they start at."""
         out: list[Token] = []
         i, n = 0, len(tokens)
         while i < n:
@@ -90,7 +87,12 @@ class Expander:
                     found = repr(args[1].text) if len(args) > 1 else "end of line"
                     raise where.error("import: expected exactly one snippet name, file or glob"
                                       f" after 'import', found {found}")
+                if len(self._file_stack) + len(self._snippet_stack) >= MAX_IMPORT_DEPTH:
+                    raise args[0].error(f"import: imports nested more than {MAX_IMPORT_DEPTH} deep")
                 spliced = self._import(tok, args[0], base_dir, depth)
+                self._count += len(spliced)
+                if self._count > MAX_TOKENS:
+                    raise args[0].error(f"import: imports expand to more than {MAX_TOKENS} tokens")
                 if spliced:
                     # The imported text starts a line wherever it lands.
                     spliced[0] = dataclasses.replace(spliced[0], line_start=True)
@@ -103,9 +105,6 @@ class Expander:
                 depth = max(depth - 1, 0)
             out.append(tok)
             i += 1
-        self._count += len(out)
-        if self._count > MAX_TOKENS:
-            raise tokens[0].error(f"imports expand to more than {MAX_TOKENS} tokens")
         return out
 
     def _define_snippet(self, tokens: list[Token], i: int, base_dir: str) -> int:
