@@ -86,6 +86,64 @@ def skip_name(data: bytes, offset: int) -> int:
         offset += 1 + length
 
 
+def check_name(data: bytes, offset: int) -> int:
+    """Like :func:`skip_name`, but also follow compression pointers and validate them.
+
+    Every pointer must point strictly backwards (before the name or the
+    previous pointer's target, as dnspython and BIND require), so a chain
+    always ends; the expanded name must fit 255 octets (section 2.3.4).
+    Raises ``ValueError``. Used on upstream answers (the miss path), so that
+    a broken pointer is never relayed to a client.
+    """
+    end = len(data)
+    result = None
+    limit = offset  # a pointer must point before this
+    total = 0
+    while True:
+        if offset >= end:
+            raise ValueError("name runs past the message")
+        length = data[offset]
+        if length == 0:
+            return offset + 1 if result is None else result
+        if length & 0xC0 == 0xC0:
+            if offset + 2 > end:
+                raise ValueError("truncated compression pointer")
+            target = (length & 0x3F) << 8 | data[offset + 1]
+            if result is None:
+                result = offset + 2
+            if target >= limit:
+                raise ValueError("compression pointer does not point backwards")
+            offset = limit = target
+            continue
+        if length & 0xC0:
+            raise ValueError("unsupported label type")
+        total += 1 + length
+        if total > 254:
+            raise ValueError("name longer than 255 octets")
+        offset += 1 + length
+
+
+#: RDATA layouts that embed names (section 3.3; RFC 2782 for SRV): type -> offset of
+#: the first name, and whether a second one follows it (SOA's MNAME, RNAME).
+_RDATA_NAMES = {TYPE_NS: (0, False), TYPE_CNAME: (0, False), 12: (0, False),  # PTR
+                39: (0, False), 15: (2, False), 33: (6, False),  # DNAME, MX, SRV
+                TYPE_SOA: (0, True)}
+
+
+def _check_rdata(data: bytes, rtype: int, start: int, end: int) -> None:
+    layout = _RDATA_NAMES.get(rtype)
+    if layout is None:
+        return
+    offset, two = layout
+    if start + offset >= end:
+        raise ValueError("RDATA too short for its type")
+    after = check_name(data, start + offset)
+    if two:
+        after = check_name(data, after)
+    if after > end:
+        raise ValueError("name runs past the RDATA")
+
+
 def read_qname(data: bytes, offset: int) -> int:
     """Return the end of an uncompressed question name; validate its length (section 2.3.4)."""
     start = offset
@@ -213,14 +271,16 @@ def index_response(data: bytes) -> Response:
     _id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1:
         raise ValueError(f"QDCOUNT is {qdcount}")
-    offset = skip_name(data, HEADER_LEN) + 4
+    offset = check_name(data, HEADER_LEN) + 4
+    if offset > len(data):
+        raise ValueError("question truncated")
     sections: list[list[Record]] = [[], [], []]
     opt = None
     ext_rcode = 0
     for section, count in zip(sections, (ancount, nscount, arcount)):
         for _ in range(count):
             start = offset
-            offset = skip_name(data, offset)
+            offset = check_name(data, offset)
             if offset + 10 > len(data):
                 raise ValueError("resource record truncated")
             rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
@@ -228,6 +288,7 @@ def index_response(data: bytes) -> Response:
             offset = record.end
             if offset > len(data):
                 raise ValueError("RDATA runs past the message")
+            _check_rdata(data, rtype, record.ttl_offset + 6, offset)
             if rtype == TYPE_OPT:
                 opt = record
                 ext_rcode = ttl >> 24
