@@ -155,9 +155,9 @@ async def test_budget_exhausted_raises(loop_errors: list) -> None:
             with pytest.raises(UpstreamError):
                 await fwd.query(query_wire("a.example."), tcp=False)
             took = time.monotonic() - start
-            assert 0.3 <= took < 0.6
-            assert len(up.queries) == 4           # one per try_timeout, within the budget
-            assert stats.requests[str(up.upstream)] == 4
+            assert 0.3 <= took < 0.7
+            assert 3 <= len(up.queries) <= 4      # one per try_timeout, within the budget
+            assert stats.requests[str(up.upstream)] == len(up.queries)
         finally:
             await fwd.close()
 

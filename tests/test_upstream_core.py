@@ -463,3 +463,13 @@ def test_idle_timer_when_max_age() -> None:
 
 def test_frame_prefix() -> None:
     assert frame(QUERY)[:2] == struct.pack("!H", len(QUERY))
+
+
+def test_pool_fast_path_respects_in_flight_limit() -> None:
+    pool = new_pool(spread=8, max_in_flight=2, max_connections=1)
+    conn, _ = pool.choose(0.0)  # type: ignore[misc]
+    conn.connected(0.0)
+    fill(conn, 1)
+    assert pool.choose(0.0) == (conn, False)
+    fill(conn, 1)
+    assert pool.choose(0.0) is None                   # full: the fast path must not pick it

@@ -554,8 +554,20 @@ class ConnectionPool:
         self._ids = ids
         self._backoff = 0.0
         self._dial_after = 0.0
+        self._last: UpstreamConnection | None = None
+        self._fast_limit = min(spread, max_in_flight)
 
     def choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
+        last = self._last
+        if (last is not None and last.state is ConnState.OPEN
+                and len(last.in_flight) < self._fast_limit
+                and not (last.max_age and now >= last.created + last.max_age)):
+            return last, False  # fast path: the connection used last has room
+        choice = self._choose(now)
+        self._last = choice[0] if type(choice) is tuple else None
+        return choice
+
+    def _choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
         best: UpstreamConnection | None = None
         best_load = 1 << 30
         live = 0
@@ -605,9 +617,13 @@ class ConnectionPool:
             else:
                 keep.append(conn)
         self.connections = keep
+        if self._last is not None and self._last.state is ConnState.CLOSED:
+            self._last = None
         return closed
 
     def forget(self, conn: UpstreamConnection) -> None:
+        if self._last is conn:
+            self._last = None
         try:
             self.connections.remove(conn)
         except ValueError:
