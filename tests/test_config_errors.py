@@ -82,7 +82,7 @@ CASES: list[tuple[str, str]] = [
     ('.:53 {\n  cache {\n    servfail 6m\n  }\n}',
      "Corefile:3:14: cache: expected a DURATION of at most 5m after 'servfail', found '6m' (RFC 2308 forbids caching SERVFAIL for longer than 5 minutes)"),
     ('.:53 {\n  cache {\n    servfail 1500ms\n  }\n}',
-     "Corefile:3:14: cache: expected a whole number of seconds after 'servfail 1500ms', found '1500ms'"),
+     "Corefile:3:14: cache: expected a DURATION of at most 5m after 'servfail', found '1500ms' (not a whole number of seconds)"),
     ('.:53 {\n  cache {\n    servfail\n  }\n}',
      "Corefile:3:5: cache: expected a DURATION of at most 5m after 'servfail', found end of line"),
     ('.:53 {\n  cache {\n    prefetch 0\n  }\n}',

@@ -169,10 +169,11 @@ def test_load_missing_file(tmp_path: Path) -> None:
 
 
 def test_load_invalid_utf8_names_the_byte(tmp_path: Path) -> None:
-    (tmp_path / "Corefile").write_bytes(b".:53 {\n  log \xff\n}\n")
+    # The column counts characters: the two-byte 'é' is one.
+    (tmp_path / "Corefile").write_bytes(b".:53 {\n  log " + "é".encode() + b"\xff\n}\n")
     with pytest.raises(ConfigError) as info:
         load(str(tmp_path / "Corefile"))
-    assert (info.value.line, info.value.column) == (2, 7)
+    assert (info.value.line, info.value.column) == (2, 8)
 
 
 def test_load_skips_bom(tmp_path: Path) -> None:

@@ -59,11 +59,11 @@ def load(path: str, *, env: Mapping[str, str] | None = None, default_port: int =
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
         line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        column = len(data[line_start:exc.start].decode("utf-8", "replace")) + 1  # in characters
         raise ConfigError("expected UTF-8 text, found an invalid byte", path, line, column) from None
-    config = _parse(text, path=path, env=env, default_port=default_port, files=[path])
-    return config
+    return _parse(text, path=path, env=env, default_port=default_port, files=[path])
 
 
 def parse_text(text: str, *, path: str = "<string>", env: Mapping[str, str] | None = None,

@@ -85,12 +85,10 @@ def parse_cache(line: Directive, ctx: BlockContext) -> CacheSettings:
                 out["serve_stale_mode"] = opt.value(
                     "'immediate' or 'verify'", str, lambda m: m in ("immediate", "verify"))
         elif name == "servfail":
-            seconds = opt.duration("a DURATION of at most 5m", maximum=MAX_SERVFAIL_TTL,
-                                   check_hint="RFC 2308 forbids caching SERVFAIL for longer than 5 minutes")
-            if seconds != int(seconds):
-                # The TTL is stored and reported in whole seconds.
-                raise opt.error("a whole number of seconds", opt.line.args[0])
-            out["servfail_ttl"] = int(seconds)
+            out["servfail_ttl"] = opt.value(
+                "a DURATION of at most 5m", _whole_seconds, lambda s: s <= MAX_SERVFAIL_TTL,
+                check_hint="RFC 2308 forbids caching SERVFAIL for longer than 5 minutes",
+                explain=True)
         elif name == "disable":
             which = opt.value("'success' or 'denial'", str, lambda w: w in ("success", "denial"))
             which_tok = opt.line.args[0]
@@ -125,6 +123,14 @@ def _read_ttls(opt: Args, ttls: _Ttls) -> None:
         ttls.min_ttl = opt.integer(f"an integer MINTTL in seconds, at most the TTL ({ttls.max_ttl})",
                                    minimum=0, maximum=ttls.max_ttl)
         ttls.min_given = True
+
+
+def _whole_seconds(text: str) -> int:
+    # The TTL of a cached SERVFAIL is reported in whole seconds.
+    seconds = values.duration(text)
+    if seconds != int(seconds):
+        raise ValueError("not a whole number of seconds")
+    return int(seconds)
 
 
 def _percentage(text: str) -> int:
