@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 from nodecache import config as corefile
@@ -99,30 +98,13 @@ class TemplateSource:
             kubedns=self._kubedns_config(), dns_port=self.dns_port)
 
     def __call__(self) -> Config:
-        text = self.render()
+        try:
+            text = self.render()
+        except kubedns.KubeDNSConfigError:
+            # E.g. a stub domain clashing with a template zone: the ConfigMap's fault.
+            self.stats.setup_errors["configmap"] += 1
+            raise
         # Parse before writing: a rendering that does not parse never replaces a good file.
         corefile.parse_text(text, path=self.conf, default_port=self.dns_port)
-        _write_atomically(self.conf, text)
+        template.write_corefile(self.conf, text)
         return corefile.load(self.conf, default_port=self.dns_port)
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".Corefile.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
