@@ -473,3 +473,22 @@ def test_pool_fast_path_respects_in_flight_limit() -> None:
     assert pool.choose(0.0) == (conn, False)
     fill(conn, 1)
     assert pool.choose(0.0) is None                   # full: the fast path must not pick it
+
+
+def test_timeout_while_connecting_fails_queued_queries() -> None:
+    conn = new_conn()
+    qa, qb = query("a."), query("b.")
+    ida = conn.send(qa, question_key(qa), "a", 0.0)
+    conn.send(qb, question_key(qb), "b", 0.0)
+    ev = conn.give_up(ida, 2.0, timed_out=True)
+    assert ev is not None and ev.reason is ConnEvent.QUERY_TIMEOUT and ev.failed == ("b",)
+    assert conn.state is ConnState.CLOSED
+
+
+def test_cancel_does_not_drain() -> None:
+    conn = new_conn()
+    conn.connected(0.0)
+    q = query("a.")
+    qid = conn.send(q, question_key(q), "a", 0.0)
+    assert conn.give_up(qid, 1.0, timed_out=False) is None
+    assert conn.state is ConnState.OPEN

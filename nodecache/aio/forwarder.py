@@ -445,7 +445,9 @@ class Forwarder:
         try:
             answer = await fut
         except BaseException as exc:
-            conn.give_up(qid, loop.time(), timed_out=isinstance(exc, TimeoutError))
+            term = conn.give_up(qid, loop.time(), timed_out=isinstance(exc, TimeoutError))
+            if term is not None:
+                up._terminated(conn, term)
             if conn.state is ConnState.CLOSED:
                 up._discard(conn)
             raise

@@ -438,13 +438,20 @@ class UpstreamConnection:
         self._out.clear()
         return out
 
-    def give_up(self, qid: int, now: float, *, timed_out: bool) -> None:
-        """A query is no longer wanted (its try timed out or was cancelled)."""
+    def give_up(self, qid: int, now: float, *, timed_out: bool) -> ConnectionTerminated | None:
+        """A query is no longer wanted (its try timed out or was cancelled).
+
+        A timeout drains an open connection; one still dialling is closed, and
+        the returned event lists the other queries queued on it.
+        """
         if self.in_flight.discard(qid) is None:
-            return
+            return None
         if timed_out:
+            if self.state is ConnState.CONNECTING:
+                return self.terminate(ConnEvent.QUERY_TIMEOUT, "timed out while connecting")
             self._apply(ConnEvent.QUERY_TIMEOUT)
         self._maybe_drained()
+        return None
 
     def _maybe_drained(self) -> None:
         if self.state is ConnState.DRAINING and not self.in_flight:
