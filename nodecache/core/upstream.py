@@ -117,7 +117,7 @@ def rcode_of(wire: bytes) -> int:
 
 
 #: Header RCODE -> the text ``dns.rcode.to_text`` gives, looked up once.
-_RCODE_NAMES = tuple(dns.rcode.to_text(i) for i in range(16))
+_RCODE_NAMES = tuple(dns.rcode.to_text(dns.rcode.Rcode(i)) for i in range(16))
 
 
 def rcode_name(rcode: int) -> str:
@@ -405,8 +405,8 @@ class UpstreamConnection:
         """Close for ``reason``; returns the event listing failed queries, if it closed."""
         if self.state is ConnState.CLOSED:
             return None
-        self._apply(reason)
-        assert self.state is ConnState.CLOSED, f"{reason} does not end a {self!r}"
+        new = self._apply(reason)
+        assert new is ConnState.CLOSED, f"{reason} does not end a {self!r}"
         return ConnectionTerminated(reason, tuple(self.in_flight.drain()), detail)
 
     # -- driving ------------------------------------------------------------
