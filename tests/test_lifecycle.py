@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import dns.asyncquery
+import dns.exception
 import dns.message
 import dns.rcode
 import pytest
@@ -188,3 +190,68 @@ async def test_sigterm_lameduck_then_exit(tmp_path: Path) -> None:
             assert 3.0 <= elapsed < 3.0 + 5.0  # lameduck plus the shutdown bound
         finally:
             agent.stop()
+
+
+TEMPLATE = """__PILLAR__DNS__DOMAIN__:{port} {{
+    bind __PILLAR__LOCAL__DNS__ __PILLAR__DNS__SERVER__
+    cache 30
+    forward . __PILLAR__CLUSTER__DNS__ {{
+        force_tcp
+    }}
+    ready __PILLAR__LOCAL__DNS__:{ready}
+    prometheus 127.0.0.1:{metrics}
+}}
+.:{port} {{
+    bind __PILLAR__LOCAL__DNS__ __PILLAR__DNS__SERVER__
+    forward . __PILLAR__UPSTREAM__SERVERS__
+}}
+"""
+
+
+@pytest.mark.asyncio
+async def test_template_mode_follows_the_kubedns_configmap(tmp_path: Path) -> None:
+    """stubDomains changes apply within seconds; a broken ConfigMap keeps the last good one."""
+    ports = {k: free_port() for k in ("port", "ready", "metrics")}
+    base = tmp_path / "Corefile.base"
+    base.write_text(TEMPLATE.format(**ports))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.4\n")  # never queried by this test
+    cm = tmp_path / "kube-dns"
+    cm.mkdir()
+    env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST="127.0.0.2")
+    async with FakeUpstream(records={"a.stub.example. A": "192.0.2.7"}) as stub:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nodecache", "run", "-localip", "127.0.0.1",
+             "-basecorefile", str(base), "-conf", str(tmp_path / "Corefile"),
+             "-kubednscm", str(cm), "-upstreamsvc", "kube-dns-upstream", "-setupinterface=false",
+             "-setupiptables=false", "--resolv-conf", str(resolv), "--domain", "cluster.local",
+             "-dns.port", str(ports["port"])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            agent = Agent.__new__(Agent)
+            agent.ports, agent.proc = {**ports, "health": ports["ready"]}, proc
+            await agent.wait_ready()
+            rendered = (tmp_path / "Corefile").read_text()
+            assert "forward . 127.0.0.2 {" in rendered and "forward . 127.0.0.4" in rendered
+            (cm / "stubDomains").write_text(json.dumps({"stub.example": [f"127.0.0.1:{stub.port}"]}))
+            applied_at = time.monotonic()
+            reply = None
+            while time.monotonic() - applied_at < 8:
+                try:
+                    # Before the re-render the name goes to "." (a resolver that is not there).
+                    reply = await ask(ports["port"], "a.stub.example.")
+                except dns.exception.Timeout:
+                    continue
+                if reply.rcode() == dns.rcode.NOERROR:
+                    break
+                await asyncio.sleep(0.2)
+            assert reply is not None and reply.answer[0][0].address == "192.0.2.7"
+            assert time.monotonic() - applied_at < 6  # re-rendered every 2 s
+            (cm / "stubDomains").write_text("{not json")
+            await asyncio.sleep(3)
+            text = await asyncio.to_thread(agent.metrics)
+            assert 'coredns_nodecache_setup_errors_total{errortype="configmap"} 1.0' in text
+            assert (await ask(ports["port"], "a.stub.example.")).answer[0][0].address == "192.0.2.7"
+        finally:
+            out = Agent.stop(agent)
+        assert "invalid" in out
