@@ -32,7 +32,7 @@ from nodecache.aio.server import Listener
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache
-from nodecache.core.handler import QueryHandler, Zone, zone_wire
+from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.metrics import StatsCollector
@@ -151,7 +151,7 @@ class Agent:
             for zone in {id(z): z for z in handler.zones.values()}.values():
                 if zone.cache is not None:
                     for entry in zone.cache.entries():
-                        if handler.route(entry.key[:-4].rstrip(b"\x01\x02\x03")) is zone:
+                        if handler.route(key_name(entry.key)) is zone:
                             handler.index_add(entry)
         return runtime
 

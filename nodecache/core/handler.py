@@ -53,6 +53,14 @@ def zone_wire(zone: str) -> bytes:
     return b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
 
 
+def key_name(key: bytes) -> bytes:
+    """The lower-case wire name at the start of a cache key."""
+    offset = 0
+    while key[offset]:
+        offset += 1 + key[offset]
+    return key[:offset + 1]
+
+
 def name_text(qname: bytes) -> str:
     """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
     labels = []
@@ -298,8 +306,7 @@ class QueryHandler:
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(name_text(miss.key[:miss.question_end - 16]),
-                                                      kind):
+            if kind is not None and cache.may_store(name_text(key_name(miss.key)), kind):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
