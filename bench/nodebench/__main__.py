@@ -71,7 +71,7 @@ def meta(a: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": a.quick, "plan": plan.__dict__, "cpu": cpu, "cores": os.cpu_count(),
-        "kernel": platform.release(), "server_cpu": S.SERVER_CPU, "loadgen_cpu": S.LOADGEN_CPU,
+        "kernel": platform.release(), "loadavg_start": _loadavg(), "server_cpu": S.SERVER_CPU, "loadgen_cpu": S.LOADGEN_CPU,
         "versions": {
             "knotd": _version(["knotd", "--version"]).replace("knotd (Knot DNS), version ", ""),
             "unbound": _version(["unbound", "-V"]).replace("Version ", ""),
@@ -133,6 +133,7 @@ def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
             continue
         runner.run_cache(c)
     res["meta"]["elapsed_s"] = time.monotonic() - t0
+    res["meta"]["loadavg_end"] = _loadavg()
     log(f"writing {a.out}/report.md, results.json and plots")
     report.write(res, runner.samples, a.out)
     failed = [n for n, c in res["caches"].items() if c["status"] != "ok"]
@@ -140,6 +141,13 @@ def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
         log(f"NOT MEASURED: {n}: {res['caches'][n]['status'][:300]}")
     log(f"done in {time.monotonic() - t0:.0f} s")
     return 1 if failed else 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def _copy_logs(work: Path, dest: Path) -> None:

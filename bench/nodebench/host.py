@@ -222,3 +222,29 @@ def rss_bytes(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+def core_times() -> dict[int, tuple[int, int, int]]:
+    """Per core (busy, total, steal) jiffies from /proc/stat; busy counts irq and softirq,
+    where the kernel does the veth and UDP work for the sockets on that core."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            f = line.split()
+            v = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
+            busy = v[0] + v[1] + v[2] + v[5] + v[6]
+            out[int(f[0][3:])] = (busy, sum(v), v[7])
+    return out
+
+
+def core_usage(before: dict[int, tuple[int, int, int]], after: dict[int, tuple[int, int, int]]) -> dict[str, float]:
+    """Busy and steal share of each core between two :func:`core_times` samples."""
+    out: dict[str, float] = {}
+    for cpu in sorted(after):
+        if cpu not in before:
+            continue
+        db, dt, ds = (a - b for a, b in zip(after[cpu], before[cpu]))
+        if dt > 0:
+            out[f"cpu{cpu}_busy"] = db / dt
+            out[f"cpu{cpu}_steal"] = ds / dt
+    return out

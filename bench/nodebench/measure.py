@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import topology as T
-from .host import BenchError, cpu_seconds, in_ns, sh
+from .host import BenchError, core_times, core_usage, cpu_seconds, in_ns, sh
 from .servers import LOADGEN_CPU, _env, dnsperf_argv, python
 
 PERCENTILES = (50, 90, 99, 99.9)
@@ -51,6 +51,8 @@ class PerfResult:
     server_cpu: float | None = None
     #: CPU used by dnsperf itself, s.
     loadgen_cpu: float = 0.0
+    #: Busy and steal share of each core over the run (/proc/stat), kernel work included.
+    cores: dict[str, float] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -70,6 +72,7 @@ def dnsperf(ns: str, server: str, datafile: Path, args: list[str], *, verbose: b
     """Run dnsperf pinned to the load-generator core; parse its summary (and ``-v`` lines)."""
     argv = dnsperf_argv(ns, server, str(datafile), *args, *(["-v"] if verbose else []))
     cpu0 = cpu_seconds(server_pid) if server_pid else None
+    cores0 = core_times()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killer = threading.Timer(timeout, lambda: proc.send_signal(signal.SIGKILL))
     killer.start()
@@ -84,6 +87,7 @@ def dnsperf(ns: str, server: str, datafile: Path, args: list[str], *, verbose: b
     finally:
         killer.cancel()
     cpu1 = cpu_seconds(server_pid) if server_pid else None
+    cores = core_usage(cores0, core_times())
     out = b"".join(chunks).decode(errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"dnsperf failed ({proc.returncode}): {' '.join(argv)}\n{out[-800:]}")
@@ -112,7 +116,7 @@ def dnsperf(ns: str, server: str, datafile: Path, args: list[str], *, verbose: b
         lost=int(grab("Queries lost")), qps=grab("Queries per second"), run_time=grab(r"Run time \(s\)"),
         rcodes=rcodes, latencies=lat,
         server_cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
-        loadgen_cpu=usage.ru_utime + usage.ru_stime,
+        loadgen_cpu=usage.ru_utime + usage.ru_stime, cores=cores,
     )
 
 

@@ -99,11 +99,18 @@ class DelayLine:
 
     def _run(self) -> None:
         _tight_timer()
+        # How much earlier than the deadline to ask to wake up: sleep() wakes
+        # late by a fairly steady amount, so track it and aim that much early.
+        early = 0.0  # s
         while True:
             due, fn, args = self._q.get()
             wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+            if wait > early:
+                time.sleep(wait - early)
+            # Track the median lateness with fixed steps, so one long stall
+            # (a busy machine) cannot throw the estimate off.
+            late = time.monotonic() - due
+            early = min(self.delay / 2, max(0.0, early + (2e-6 if late > 0 else -2e-6)))
             _call(fn, args)
 
 
@@ -183,22 +190,26 @@ class TcpRelay:
                 client.close()
                 self.stats.add("tcp_open", -1)
                 continue
-            for s in (client, up):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            done = [0]
-            lock = threading.Lock()
+            self._relay(client, up)
 
-            def finish() -> None:
-                with lock:
-                    done[0] += 1
-                    last = done[0] == 2
-                if last:
-                    client.close()
-                    up.close()
-                    self.stats.add("tcp_open", -1)
+    def _relay(self, client: socket.socket, up: socket.socket) -> None:
+        """Pump both directions of one connection; close both sockets when both are done."""
+        for s in (client, up):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        done = [0]
+        lock = threading.Lock()
 
-            threading.Thread(target=self._pump, args=(client, up, "tcp_queries", finish), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, "tcp_replies", finish), daemon=True).start()
+        def finish() -> None:
+            with lock:
+                done[0] += 1
+                last = done[0] == 2
+            if last:
+                client.close()
+                up.close()
+                self.stats.add("tcp_open", -1)
+
+        threading.Thread(target=self._pump, args=(client, up, "tcp_queries", finish), daemon=True).start()
+        threading.Thread(target=self._pump, args=(up, client, "tcp_replies", finish), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, counter: str, finish: Callable[[], None]) -> None:
         _tight_timer()
@@ -236,6 +247,8 @@ def main() -> None:
     ap.add_argument("--stats", required=True, help="where SIGUSR1 writes the counters")
     ap.add_argument("--max-seconds", type=float, default=3600.0)
     args = ap.parse_args()
+    import sys
+    sys.setswitchinterval(0.0002)  # hand the GIL over quickly: every thread is I/O-bound
 
     stats = Stats()
     line = DelayLine(args.delay_ms / 1000.0)

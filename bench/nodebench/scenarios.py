@@ -19,6 +19,9 @@ from .host import BenchError, Cleanup, Daemon, log, rss_bytes
 from .measure import PerfResult, conntrack_entries, conntrack_flush, dnsperf, probe, summary_ms
 
 LOSS_LIMIT = 0.001  # 0.1 %
+#: Unloaded latency: 1,000 q/s paced, so queries rarely overlap. (dnsperf's
+#: closed loop with one outstanding query, ``-q 1``, stalls between queries.)
+LATENCY_ARGS = ["-n", "1", "-Q", "1000", "-q", "20", "-t", "2"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def _perf_dict(r: PerfResult, *, latency: bool = False) -> dict[str, Any]:
     d: dict[str, Any] = {
         "sent": r.sent, "completed": r.completed, "lost": r.lost, "loss": r.loss,
         "qps": r.qps, "run_time_s": r.run_time, "rcodes": r.rcodes,
-        "loadgen_core_busy": r.loadgen_busy,
+        "dnsperf_process_busy": r.loadgen_busy,
+        "cores": r.cores,
     }
     if r.server_cpu is not None:
         d["server_cpu_s"] = r.server_cpu
@@ -100,8 +104,8 @@ class Runner:
         cal = self.results["calibration"]
         log("calibration: the authoritative server, the relay without delay, the relay with delay")
         for key, addr in (("auth", T.AUTH_DNS), ("relay_no_delay", T.RELAY0_DNS), ("relay_delay", T.CLUSTER_DNS)):
-            dnsperf(pod, addr, self.latency_file, ["-n", "1", "-q", "1", "-t", "2"])  # warm knot
-            r = dnsperf(pod, addr, self.latency_file, ["-n", "1", "-q", "1", "-t", "2"], verbose=True)
+            dnsperf(pod, addr, self.latency_file, ["-n", "1", "-q", "20", "-t", "2"])  # warm up
+            r = dnsperf(pod, addr, self.latency_file, LATENCY_ARGS, verbose=True)
             cal[key] = _perf_dict(r, latency=True)
             self.samples[f"cal:{key}"] = r.latencies
         auth, r0, rd = (cal[k]["latency_ms"]["p50"] for k in ("auth", "relay_no_delay", "relay_delay"))
@@ -156,9 +160,9 @@ class Runner:
         res["rss_idle_bytes"] = rss_bytes(daemon.pid)
 
         # 1. latency: miss then hit, same queries, one outstanding at a time
-        log(f"{name}: 1. latency, cache miss then hit ({p.latency_names} names)")
-        miss = dnsperf(pod, cache.ip, self.latency_file, ["-n", "1", "-q", "1", "-t", "2"], verbose=True)
-        hit = dnsperf(pod, cache.ip, self.latency_file, ["-n", "1", "-q", "1", "-t", "2"], verbose=True)
+        log(f"{name}: 1. latency, cache miss then hit ({p.latency_names} names at 1,000 q/s)")
+        miss = dnsperf(pod, cache.ip, self.latency_file, LATENCY_ARGS, verbose=True)
+        hit = dnsperf(pod, cache.ip, self.latency_file, LATENCY_ARGS, verbose=True)
         res["latency"] = {"miss": _perf_dict(miss, latency=True), "hit": _perf_dict(hit, latency=True)}
         self.samples[f"{name}:miss"], self.samples[f"{name}:hit"] = miss.latencies, hit.latencies
 
@@ -205,10 +209,8 @@ class Runner:
         log(f"{name}: 6. conntrack entries per {p.conntrack_queries} pod queries")
         ct: dict[str, Any] = {"with_notrack": self._conntrack(cache.ip, warm=True),
                               "notrack_rules_by": "nodecache" if cache.own_notrack else "bench"}
-        if not cache.own_notrack:
-            T.del_notrack(self.topo, cache.ip)
-            ct["without_notrack"] = self._conntrack(cache.ip, warm=True)
-            T.add_notrack(self.topo, cache.ip)
+        S.restart_cache(self.cleanup, self.topo, self.work, cache, self.nodecache_help, notrack=False)
+        ct["without_notrack"] = self._conntrack(cache.ip, warm=True)
         res["conntrack"] = ct
 
     # --- pieces --------------------------------------------------------------------
@@ -243,6 +245,10 @@ class Runner:
             args += ["-Q", str(int(rate))]
         return dnsperf(self.topo.pod, cache.ip, hits, args, verbose=verbose, server_pid=daemon.pid)
 
+    @staticmethod
+    def _core(r: PerfResult, cpu: int, what: str = "busy") -> float:
+        return r.cores.get(f"cpu{cpu}_{what}", math.nan)
+
     def _hit_throughput(self, cache: S.Cache, daemon: Daemon) -> dict[str, Any]:
         p = self.plan
         hits = self.latency_file
@@ -253,7 +259,9 @@ class Runner:
             r = self._hit_trial(cache, daemon, hits, rate, p.trial_s)
             trials.append({"target_qps": rate, **_perf_dict(r)})
             log(f"  {'unthrottled' if rate is None else f'-Q {rate:.0f}'}: {r.qps:,.0f} q/s, "
-                f"loss {r.loss:.3%}, server {r.server_cpu or 0:.2f} s CPU, dnsperf core {r.loadgen_busy:.0%}")
+                f"loss {r.loss:.3%}, server {r.server_cpu or 0:.2f} s CPU; core busy: "
+                f"dnsperf's {self._core(r, S.LOADGEN_CPU):.0%}, server's {self._core(r, S.SERVER_CPU):.0%}, "
+                f"steal {self._core(r, S.SERVER_CPU, 'steal'):.0%}")
             return r
 
         best = trial(None)
@@ -279,7 +287,9 @@ class Runner:
             "max_qps": best.qps,
             "max_loss": best.loss,
             "cpu_us_per_answer_at_max": best.server_cpu / best.completed * 1e6 if best.completed and best.server_cpu is not None else math.nan,
-            "loadgen_core_busy_at_max": best.loadgen_busy,
+            "loadgen_core_busy_at_max": self._core(best, S.LOADGEN_CPU),
+            "server_core_busy_at_max": self._core(best, S.SERVER_CPU),
+            "steal_at_max": max(self._core(best, S.LOADGEN_CPU, "steal"), self._core(best, S.SERVER_CPU, "steal")),
             "fixed_rate_qps": p.fixed_rate,
             "fixed": _perf_dict(fixed, latency=True),
             "cpu_us_per_answer_at_fixed": fixed.server_cpu / fixed.completed * 1e6 if fixed.completed and fixed.server_cpu is not None else math.nan,

@@ -258,28 +258,36 @@ def nodecache_runnable() -> tuple[bool, str, str]:
     return True, "", cp.stdout
 
 
-def nodecache_argv(corefile_path: Path, help_text: str) -> list[str]:
+def nodecache_argv(corefile_path: Path, help_text: str, *, notrack: bool = True) -> list[str]:
     argv = [python(), "-m", "nodecache", "run", "--conf", str(corefile_path), "--localip", T.NODECACHE_IP]
-    if re.search(r"--interface-name\b", help_text):
-        argv += ["--interface-name", "nodelocaldns"]
+    if re.search(r"--interfacename\b", help_text):
+        argv += ["--interfacename", "nodelocaldns"]
+    if not notrack:
+        if "--no-setupiptables" not in help_text:
+            raise BenchError("nodecache run has no --no-setupiptables: cannot measure it without its rules")
+        argv.append("--no-setupiptables")
     return argv
 
 
 def start_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache,
-                nodecache_help: str = "") -> Daemon:
-    """Start *cache* pinned to the server core and wait until it answers."""
+                nodecache_help: str = "", *, notrack: bool = True) -> Daemon:
+    """Start *cache* pinned to the server core and wait until it answers.
+
+    With *notrack* false the cache runs without NOTRACK rules (nodecache is told
+    not to install its own; the bench installs none for the others).
+    """
     if cache.name == "unbound":
         argv = ["unbound", "-d", "-p", "-c", str(unbound_conf(work))]
     elif cache.name == "dnsmasq":
         argv = ["dnsmasq", "-C", str(dnsmasq_conf(work))]
     else:
         path, _ = corefile(work)
-        argv = nodecache_argv(path, nodecache_help)
+        argv = nodecache_argv(path, nodecache_help, notrack=notrack)
     daemon = start_daemon(cleanup, cache.name, argv, ns=topo.node, log_dir=work, cpu=SERVER_CPU,
                           env=_env())
     cache.daemon = daemon
     wait_answer(topo.pod, cache.ip, "kube-dns.kube-system.svc.cluster.local", daemon, 60)
-    if not cache.own_notrack:
+    if not cache.own_notrack and notrack:
         T.add_notrack(topo, cache.ip)
         cleanup.push(f"remove NOTRACK rules for {cache.ip}", lambda: T.del_notrack(topo, cache.ip))
     return daemon
@@ -293,10 +301,11 @@ def stop_cache(topo: T.Topology, cache: Cache) -> None:
         T.del_notrack(topo, cache.ip)
 
 
-def restart_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache, nodecache_help: str) -> Daemon:
+def restart_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache, nodecache_help: str,
+                  *, notrack: bool = True) -> Daemon:
     """A fresh process: an empty cache."""
     stop_cache(topo, cache)
-    return start_cache(cleanup, topo, work, cache, nodecache_help)
+    return start_cache(cleanup, topo, work, cache, nodecache_help, notrack=notrack)
 
 
 def dnsperf_argv(ns: str, server: str, datafile: Path, *args: str) -> list[str]:

@@ -83,6 +83,7 @@ def build(cleanup: Cleanup) -> Topology:
     remove_stale()
     tag = f"{_PREFIX}{os.getpid()}"
     topo = Topology(pod=f"{tag}-pod", node=f"{tag}-node", dns=f"{tag}-dns")
+    log(f"namespaces {topo.pod}, {topo.node}, {topo.dns}")
     for ns in (topo.pod, topo.node, topo.dns):
         sh(["ip", "netns", "add", ns])
         cleanup.push(f"delete namespace {ns}", lambda ns=ns: delete_ns(ns))
