@@ -158,13 +158,19 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
              "configured delay in each direction. The same queries at 1,000 q/s, straight from the pod:\n")
     rows = []
     for key, label in (("auth", "knotd directly"), ("relay_no_delay", "relay, no added delay"),
-                       ("relay_delay", f"relay, {m['plan']['delay_ms']} ms each way (the cluster DNS)")):
+                       ("relay_delay", f"relay, {m['plan']['delay_ms']} ms each way (the cluster DNS)"),
+                       ("auth_tcp", "knotd directly, TCP"),
+                       ("relay_delay_tcp", f"relay, {m['plan']['delay_ms']} ms each way, TCP")):
         lat = get(cal, key, "latency_ms") or {}
         rows.append([label, *(fmt(lat.get(p)) for p in ("p50", "p90", "p99", "p99.9"))])
     L.append(table(["path", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms"], rows) + "\n")
     L.append(f"Relay processing adds {fmt(cal.get('relay_processing_ms'))} ms at p50; the whole delay element "
              f"adds {fmt(cal.get('delay_element_added_ms'))} ms against a nominal "
-             f"{fmt(cal.get('nominal_added_ms'))} ms (sleep overshoot {fmt(cal.get('delay_error_ms'))} ms).\n")
+             f"{fmt(cal.get('nominal_added_ms'))} ms (sleep overshoot {fmt(cal.get('delay_error_ms'))} ms). Over TCP "
+             f"(one connection per dnsperf client, pipelined) it adds {fmt(cal.get('delay_element_added_tcp_ms'))} ms: "
+             "caches that forward over TCP pay that, not the UDP figure, so compare their misses with both. "
+             "The relay is Python and shares the two cores with everything else, so its cost grows under load "
+             "(see the direct row of section 4).\n")
 
     # --- 1 latency
     L.append("## 1. Latency: direct vs through the cache (miss, then hit)\n")

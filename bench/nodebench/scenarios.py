@@ -103,9 +103,11 @@ class Runner:
         p, pod = self.plan, self.topo.pod
         cal = self.results["calibration"]
         log("calibration: the authoritative server, the relay without delay, the relay with delay")
-        for key, addr in (("auth", T.AUTH_DNS), ("relay_no_delay", T.RELAY0_DNS), ("relay_delay", T.CLUSTER_DNS)):
-            dnsperf(pod, addr, self.latency_file, ["-n", "1", "-q", "20", "-t", "2"])  # warm up
-            r = dnsperf(pod, addr, self.latency_file, LATENCY_ARGS, verbose=True)
+        for key, addr, mode in (("auth", T.AUTH_DNS, "udp"), ("relay_no_delay", T.RELAY0_DNS, "udp"),
+                                ("relay_delay", T.CLUSTER_DNS, "udp"), ("auth_tcp", T.AUTH_DNS, "tcp"),
+                                ("relay_delay_tcp", T.CLUSTER_DNS, "tcp")):
+            dnsperf(pod, addr, self.latency_file, ["-n", "1", "-q", "20", "-t", "2", "-m", mode])  # warm up
+            r = dnsperf(pod, addr, self.latency_file, [*LATENCY_ARGS, "-m", mode], verbose=True)
             cal[key] = _perf_dict(r, latency=True)
             self.samples[f"cal:{key}"] = r.latencies
         auth, r0, rd = (cal[k]["latency_ms"]["p50"] for k in ("auth", "relay_no_delay", "relay_delay"))
@@ -113,6 +115,8 @@ class Runner:
         cal["relay_processing_ms"] = r0 - auth
         cal["delay_element_added_ms"] = rd - auth
         cal["delay_error_ms"] = (rd - r0) - 2 * p.delay_ms
+        cal["delay_element_added_tcp_ms"] = (cal["relay_delay_tcp"]["latency_ms"]["p50"]
+                                             - cal["auth_tcp"]["latency_ms"]["p50"])
         cal["method"] = "relay"  # no netem qdisc in this kernel
         log(f"  p50 auth {auth:.3f} ms, relay {r0:.3f} ms, relay+delay {rd:.3f} ms "
             f"(nominal +{2 * p.delay_ms:.2f} ms)")
