@@ -118,3 +118,20 @@ async def test_reload_then_broken_then_good() -> None:
         kit.corefile = corefile(two.port)
         assert await kit.agent.reload()
         assert str((await kit.query("a.example.")).answer[0][0]) == "192.0.2.2"
+
+
+async def test_failure_after_switching_listeners_switches_back() -> None:
+    # The new config parses, but its metrics address cannot be bound: the listeners were
+    # already pointed at the new handlers and must be pointed back at the old ones.
+    async with FakeUpstream(records=RECORDS_A) as one, FakeUpstream(records=RECORDS_B) as two, \
+            AgentKit(corefile(one.port)) as kit:
+        runtime = kit.agent.runtime
+        kit.corefile = corefile(two.port).replace("prometheus 127.0.0.1:9153",
+                                                  "prometheus 192.0.2.55:9153")
+        assert not await kit.agent.reload()
+        assert kit.agent.runtime is runtime
+        reply = await kit.query("b.example.")
+        assert rcode_text(reply) == "NOERROR"
+        assert str(reply.answer[0][0]) == "192.0.2.1"
+        assert not two.queries
+        assert (await kit.http_get("/metrics"))[0] == 200

@@ -385,14 +385,17 @@ class Agent:
                 await self._wire(runtime, previous)
                 await self._open_listeners(runtime)
                 await self._start_http(config)
-            except (OSError, NodecacheError) as exc:
+            except (OSError, NodecacheError, ValueError) as exc:
                 self._pending = None
                 await self._close_forwarders(runtime, previous)
-                for listener in self.listeners.values():
-                    key = (listener.address, listener.port)
-                    if key in previous.handlers:
-                        handler = previous.handlers[key]
-                        listener.swap(handler, previous.resolvers[id(handler)].submit)
+                # Back to the previous listeners (keyed by the Corefile's address: with
+                # port 0 a listener's bound port differs) and HTTP endpoints.
+                self._http_config = None
+                try:
+                    await self._open_listeners(previous)
+                    await self._start_http(previous.config)
+                except (OSError, NodecacheError, ValueError):
+                    log.exception("reload: could not fully restore the running configuration")
                 self.stats.reload_failed += 1
                 log.error("reload: keeping the running configuration: %s", exc)
                 return False
