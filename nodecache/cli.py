@@ -279,6 +279,19 @@ cli.add_command(teardown_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: one line on stderr and a non-zero exit for any error."""
     args = normalize_nodecache_argv(list(sys.argv[1:] if argv is None else argv))
-    cli.main(args=args, prog_name="nodecache")
+    try:
+        cli.main(args=args, prog_name="nodecache", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `nodecache`: show the help
+            click.echo(exc.format_message())
+            sys.exit(0)
+        command = exc.ctx.command_path if exc.ctx else "nodecache"
+        click.echo(f"{command}: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"nodecache: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
