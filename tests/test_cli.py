@@ -1,0 +1,74 @@
+"""The command line as an operator meets it: one-line errors, check-config, --version."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodecache import __version__
+
+
+def nodecache(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodecache", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--bogus"], "No such option '--bogus'"),
+    (["run", "--syncinterval", "abc"], "'--syncinterval'"),
+    (["run", "--firewall", "ipchains"], "'--firewall'"),
+    (["run", "-setupiptables=maybe"], "-setupiptables"),
+    (["check-config", "/nonexistent/Corefile"], "/nonexistent/Corefile"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str) -> None:
+    result = nodecache(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_names_file_line_and_column(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n    cache {\n        success lots\n    }\n}\n")
+    result = nodecache("check-config", str(corefile))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"nodecache: {corefile}:3:")
+    assert "lots" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_prints_the_effective_configuration(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text("cluster.local:53 {\n    bind 169.254.20.10\n    cache 30\n"
+                        "    forward . 10.96.0.10 {\n        force_tcp\n    }\n}\n")
+    result = nodecache("check-config", str(corefile))
+    assert result.returncode == 0, result.stderr
+    for needle in ("169.254.20.10:53", "cluster.local.", "10.96.0.10:53", "over TCP always"):
+        assert needle in result.stdout
+
+
+def test_version_and_module_entry_point() -> None:
+    result = nodecache("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_nodecache_style_args_are_accepted(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:5300 {\n    bind 127.0.0.1\n    forward . 127.0.0.1:5301\n"
+                        "    health 127.0.0.1:8099\n}\n")
+    result = nodecache("run", "-localip", "169.254.20.10,fd00::10", "-conf", str(corefile),
+                       "-setupinterface=false", "-setupiptables=false", "-skipteardown",
+                       "-syncinterval", "30", "-health-port", "8099", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:5300" in result.stdout
+
+
+def test_health_port_flag_must_agree_with_corefile(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:5300 {\n    forward . 127.0.0.1:5301\n    health :8099\n}\n")
+    result = nodecache("run", "-conf", str(corefile), "-health-port", "8080", "--dry-run")
+    assert result.returncode == 2
+    assert "--health-port" in result.stderr and "8099" in result.stderr
