@@ -122,9 +122,11 @@ def check_reply(query: bytes, result: object) -> None:
     assert result[2] & 0x80, "reply without QR"
     qd, an, ns, ar = struct.unpack_from("!HHHH", result, 4)
     assert qd in (0, 1)
+    question_end = wire.HEADER_LEN
     if qd:
-        wire.index_response(result)  # raises ValueError on a broken frame or pointer
-    if an == 0 and ns == 0:
+        # Raises ValueError on a broken frame or pointer.
+        question_end = wire.index_response(result).question_end
+    if an == 0 and ns == 0 and len(result) - question_end in (0, 11):  # at most our OPT
         # dnspython adds UPDATE's semantic checks for opcode 5; look at structure only.
         structural = result[:2] + bytes((result[2] & 0x87,)) + result[3:]
         dns.message.from_wire(structural)  # raises on anything malformed
