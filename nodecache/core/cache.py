@@ -101,8 +101,8 @@ class Entry:
         return _U32.pack(ttl).join(variants[self.turn])
 
 
-def _in_zones(name: str, zones: tuple[str, ...]) -> bool:
-    return any(zone == "." or name == zone or name.endswith("." + zone) for zone in zones)
+def _in_zones(name: bytes, zones: tuple[bytes, ...]) -> bool:
+    return any(wire.is_subdomain(name, zone) for zone in zones)
 
 
 def classify(resp: wire.Response, data: bytes) -> tuple[Kind | None, int | None]:
@@ -219,7 +219,10 @@ class BlockCache:
                  index_remove: Callable[[Entry], None]) -> None:
         self.settings = settings
         self.stats = stats
-        self.zones = settings.zones or block_zones
+        #: Zones whose names are cached, and the disabled ones, in wire form.
+        self.zones = tuple(map(wire.zone_to_wire, settings.zones or block_zones))
+        self._no_success = tuple(map(wire.zone_to_wire, settings.disable_success))
+        self._no_denial = tuple(map(wire.zone_to_wire, settings.disable_denial))
         self._index_add = index_add
         self._index_remove = index_remove
         self.success = _Store(settings.success_capacity, self._evicted)
@@ -249,13 +252,13 @@ class BlockCache:
             return max(s.success_min_ttl, min(ttl, s.success_max_ttl))
         return max(s.denial_min_ttl, min(ttl, s.denial_max_ttl))
 
-    def may_store(self, name: str, kind: Kind) -> bool:
-        s = self.settings
+    def may_store(self, name: bytes, kind: Kind) -> bool:
+        """Whether answers for wire name ``name`` (lower-case) of this kind are cached."""
         if not _in_zones(name, self.zones):
             return False
         if kind is Kind.SUCCESS:
-            return not (s.disable_success and _in_zones(name, s.disable_success))
-        return not (s.disable_denial and _in_zones(name, s.disable_denial))
+            return not _in_zones(name, self._no_success)
+        return not _in_zones(name, self._no_denial)
 
     def put(self, entry: Entry, now: float) -> None:
         """Store ``entry``, replacing any entry with its key."""

@@ -45,12 +45,7 @@ _FIRST_BUCKET = TIME_BUCKETS[0]
 STALE_TTL = 0
 
 
-def zone_wire(zone: str) -> bytes:
-    """Lower-case wire form of a text zone name (``"cluster.local."``)."""
-    if zone == ".":
-        return b"\x00"
-    labels = zone.rstrip(".").split(".")
-    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+zone_wire = wire.zone_to_wire
 
 
 def key_name(key: bytes) -> bytes:
@@ -88,6 +83,15 @@ class Zone:
     tally: dict[tuple[int, bytes, tuple[int, bool], int], int] = field(default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
+    #: forward's FROM zone and ``except`` zones in wire form; None without forward.
+    forward_from: bytes | None = field(init=False, default=None)
+    forward_except: tuple[bytes, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        forward = self.block.forward
+        if forward is not None:
+            self.forward_from = wire.zone_to_wire(forward.zone)
+            self.forward_except = tuple(map(wire.zone_to_wire, forward.except_zones))
 
 
 @dataclass(slots=True, eq=False)
@@ -263,9 +267,8 @@ class QueryHandler:
                 miss.stale = entry
         if zone.cache_stats is not None:
             zone.cache_stats.misses += 1
-        forward = zone.block.forward
-        if forward is None or not _under(lower, forward.zone) or any(
-                _under(lower, z) for z in forward.except_zones):
+        if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
+                wire.is_subdomain(lower, z) for z in zone.forward_except):
             return self._finish(miss, wire.error_response(data, wire.REFUSED, question.end, edns),
                                 addr, wire.REFUSED, "")
         return miss
@@ -306,7 +309,7 @@ class QueryHandler:
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(name_text(key_name(miss.key)), kind):
+            if kind is not None and cache.may_store(key_name(miss.key), kind):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
@@ -446,20 +449,6 @@ def _background(miss: Miss, origin: Entry) -> Miss:
     miss.stale = origin
     miss.limit = wire.MAX_MESSAGE
     return miss
-
-
-def _under(name_lower: bytes, zone: str) -> bool:
-    suffix = zone_wire(zone)
-    if suffix == b"\x00" or name_lower == suffix:
-        return True
-    if not name_lower.endswith(suffix):
-        return False
-    # The suffix must start on a label boundary.
-    offset = 0
-    cut = len(name_lower) - len(suffix)
-    while offset < cut:
-        offset += 1 + name_lower[offset]
-    return offset == cut
 
 
 _TYPE_NAMES: dict[bytes, str] = {}

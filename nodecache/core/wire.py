@@ -311,3 +311,25 @@ def same_question(query: bytes, response: bytes) -> bool:
     if read_u16(response, 4) != 1 or response[HEADER_LEN] & 0xC0:
         return False
     return query[HEADER_LEN:q_end].lower() == response[HEADER_LEN:r_end].lower()
+
+
+def zone_to_wire(zone: str) -> bytes:
+    """Lower-case wire form of a text zone name (``"cluster.local."``, ``"."``)."""
+    if zone == ".":
+        return b"\x00"
+    labels = zone.rstrip(".").lower().split(".")
+    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+
+
+def is_subdomain(name: bytes, zone: bytes) -> bool:
+    """True if wire name ``name`` equals or is below wire zone ``zone`` (both lower-case)."""
+    if zone == b"\x00" or name == zone:
+        return True
+    if not name.endswith(zone):
+        return False
+    # The suffix must start on a label boundary (b"\x01xcluster..." is not under "cluster").
+    offset = 0
+    cut = len(name) - len(zone)
+    while offset < cut:
+        offset += 1 + name[offset]
+    return offset == cut
