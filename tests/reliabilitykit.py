@@ -157,11 +157,15 @@ def _fake_main(mode: str, host: str) -> None:
         return good(query)
 
     async def main() -> None:
-        upstream = FakeUpstream(handler, host=host, delay=2.0 if mode == "slow" else 0.0)
+        upstream = FakeUpstream(handler, host=host)
         await upstream.start()
         print(upstream.port, flush=True)
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        # SIGUSR1: every answer from now on takes 2 s; SIGUSR2: back to normal.
+        loop.add_signal_handler(signal.SIGUSR1, lambda: setattr(upstream, "delay", 2.0))
+        loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(upstream, "delay", 0.0))
         await stop.wait()
         await upstream.close()
 
@@ -169,14 +173,14 @@ def _fake_main(mode: str, host: str) -> None:
 
 
 @contextlib.contextmanager
-def fake_upstream(ns: str, mode: str) -> Iterator[int]:
-    """A fault-injecting FakeUpstream on 10.200.0.2 in ``ns``; yields its port."""
+def fake_upstream(ns: str, mode: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A fault-injecting FakeUpstream on 10.200.0.2 in ``ns``; yields its port and process."""
     proc = netns.python(ns, "-m", "tests.reliabilitykit", "upstream", mode, UPSTREAM_IP,
                         background=True, stdout=subprocess.PIPE)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.strip(), "the fake upstream did not start"
-        yield int(line)
+        yield int(line), proc
     finally:
         stop(proc)
 
