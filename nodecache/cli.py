@@ -107,6 +107,9 @@ def cli() -> None:
               help="Port of /health for the liveness-probe rules; defaults to the Corefile's "
                    "health port, and must agree with it when both are given.")
 @click.option("--pidfile", default=None, help="Write our PID here once serving.")
+@click.option("--cache-snapshot", default=None,
+              help="Write the cache here on shutdown and read it back on start (upgrades "
+                   "start warm; see docs/upgrades.md).")
 @click.option("--dns.port", "--dns-port", "-p", "dns_port", type=click.IntRange(1, 65535),
               default=53, show_default=True, help="Port for server blocks that name none.")
 @click.option("--metrics-listen-address", default=None,
@@ -124,7 +127,8 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
                 setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
                 skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
-                reloadwithsignal: bool, log_level: str, dry_run: bool) -> None:
+                reloadwithsignal: bool, log_level: str, dry_run: bool,
+                cache_snapshot: str | None = None) -> None:
     """Serve DNS from the cache (node-cache compatible flags)."""
     from nodecache import config as corefile  # noqa: PLC0415
     from nodecache.configsource import FileSource, TemplateSource  # noqa: PLC0415
@@ -169,7 +173,7 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
         click.echo(corefile.describe(config))
         click.echo(f"host networking: {'off' if hostnet is None else ', '.join(local_ips)}")
         return
-    _serve(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
+    _serve(source, hostnet=hostnet, stats=stats, cache_snapshot=cache_snapshot, syncinterval=syncinterval,
            skipteardown=skipteardown, pidfile=pidfile,
            metrics=metrics_listen_address or prometheus_listen_address,
            watch=TEMPLATE_WATCH_INTERVAL if basecorefile else None)
@@ -182,7 +186,8 @@ def _serve(source: object, **kwargs: object) -> None:
         agent = Agent(source, hostnet=kwargs["hostnet"], stats=kwargs["stats"],  # type: ignore
                       syncinterval=kwargs["syncinterval"], skipteardown=kwargs["skipteardown"],
                       pidfile=kwargs["pidfile"], extra_metrics_address=kwargs["metrics"],
-                      watch_interval=kwargs["watch"])
+                      watch_interval=kwargs["watch"],
+                      cache_snapshot=kwargs.get("cache_snapshot"))  # type: ignore[arg-type]
         await agent.run()
 
     _event_loop_policy()

@@ -20,6 +20,7 @@ import random
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -81,7 +82,8 @@ class Agent:
                  stats: AgentStats | None = None, syncinterval: float = 60.0,
                  skipteardown: bool = False, pidfile: str | None = None,
                  extra_metrics_address: str | None = None,
-                 watch_interval: float | None = None) -> None:
+                 watch_interval: float | None = None,
+                 cache_snapshot: str | None = None) -> None:
         #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
         self.load_config = load_config
         self.hostnet = hostnet
@@ -90,6 +92,8 @@ class Agent:
         self.skipteardown = skipteardown
         self.pidfile = pidfile
         self.extra_metrics_address = extra_metrics_address
+        #: Where the cache is written at shutdown and read back at start (docs/upgrades.md).
+        self.cache_snapshot = cache_snapshot
         #: Check the configuration this often, s, whether or not the Corefile
         #: has ``reload`` (template mode: ConfigMap changes apply within seconds).
         self.watch_interval = watch_interval
@@ -212,6 +216,8 @@ class Agent:
         runtime = self._build(config, None)
         self._pending = runtime
         await self._wire(runtime, None)
+        if self.cache_snapshot:
+            self._restore_snapshot(runtime)
         try:
             await self._open_listeners(runtime)
         except OSError as exc:
@@ -442,11 +448,72 @@ class Agent:
             await asyncio.wait_for(self._close_all(), SHUTDOWN_GRACE)
         except asyncio.TimeoutError:
             log.warning("shutdown: gave up waiting for connections to close")
+        if self.cache_snapshot and self.runtime is not None:
+            self._write_snapshot(self.runtime)
         if self.pidfile:
             try:
                 os.unlink(self.pidfile)
             except OSError:
                 pass
+
+    # -- cache snapshots (nodecache.core.snapshot) -------------------------------
+
+    def _restore_snapshot(self, runtime: Runtime) -> None:
+        """Load the snapshot into the new runtime's caches; any problem means a cold start."""
+        from nodecache.core import snapshot  # noqa: PLC0415
+        path = self.cache_snapshot
+        assert path is not None
+        loop = asyncio.get_running_loop()
+        try:
+            with open(path, "rb") as f:
+                data = f.read(snapshot.MAX_SIZE + 1)
+            restored = snapshot.load(data, loop.time(), time.time())
+        except FileNotFoundError:
+            log.info("no cache snapshot at %s: starting with an empty cache", path)
+            return
+        except (OSError, snapshot.SnapshotError) as exc:
+            log.warning("ignoring the cache snapshot %s: %s", path, exc)
+            return
+        now = loop.time()
+        zones = {snapshot.zone_label(z.name, z.block.port): z for z in runtime.zones
+                 if z.cache is not None}
+        count = 0
+        for item in restored:
+            zone = zones.get(item.zone)
+            if zone is None or zone.cache is None:
+                continue
+            entry = item.entry
+            if now >= entry.expires + zone.cache.settings.serve_stale:
+                continue  # expired beyond what serve_stale may still use
+            entry.owner = zone
+            zone.cache.put(entry, now)
+            count += 1
+        for handler in runtime.unique_handlers():
+            for zone in {id(z): z for z in handler.zones.values()}.values():
+                if zone.cache is not None:
+                    for entry in zone.cache.entries():
+                        handler.index_add(entry)
+        log.info("restored %d cached answers from %s (%d in the snapshot)", count, path,
+                 len(restored))
+
+    def _write_snapshot(self, runtime: Runtime) -> None:
+        """Write every cached answer to ``cache_snapshot`` (atomically: temp file, rename)."""
+        from nodecache.core import snapshot  # noqa: PLC0415
+        path = self.cache_snapshot
+        assert path is not None
+        entries = [(snapshot.zone_label(z.name, z.block.port), e) for z in runtime.zones
+                   if z.cache is not None for e in z.cache.entries()]
+        try:
+            data = snapshot.dump(entries, asyncio.get_running_loop().time(), time.time())
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            log.info("wrote %d cached answers to %s", len(entries), path)
+        except OSError as exc:
+            log.warning("could not write the cache snapshot %s: %s", path, exc)
 
     async def _close_all(self) -> None:
         for listener in self.listeners.values():
