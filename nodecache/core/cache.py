@@ -51,6 +51,10 @@ class Kind(Enum):
     SERVFAIL = "servfail"  # stored with the denials, as CoreDNS does
 
 
+#: Shared (rcode, positive) tags.
+_TAGS: dict[tuple[int, bool], tuple[int, bool]] = {}
+
+
 class Entry:
     """One cached answer. ``headers[rd | has_opt << 1]`` is bytes 2..12 of the reply."""
 
@@ -59,12 +63,12 @@ class Entry:
                  "keep", "owner")
 
     def __init__(self, key: bytes, kind: Kind, rcode: int, headers: tuple[bytes, ...],
-                 variants: list[list[bytes]], ttl: int, stored: float) -> None:
+                 variants: tuple[tuple[bytes, ...], ...], ttl: int, stored: float) -> None:
         self.key = key
         self.kind = kind
         self.rcode = rcode
         #: (rcode, positive): how a hit is tallied for metrics.
-        self.tag = (rcode, kind is Kind.SUCCESS)
+        self.tag = _TAGS.setdefault((rcode, kind is Kind.SUCCESS), (rcode, kind is Kind.SUCCESS))
         self.headers = headers
         #: One or more segment lists; more than one when loadbalance rotates A/AAAA.
         self.variants = variants
@@ -166,19 +170,47 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
     flags = (resp.flags | wire.QR | wire.AA) & ~(wire.TC | wire.RD)
     if not do:
         flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
-    an, ns, ar = len(resp.answers), len(resp.authority), len(resp.additional)
-    headers = tuple(
-        struct.pack("!H", flags | (wire.RD if rd else 0)) + _COUNTS.pack(1, an, ns, ar + opt)
-        for opt in (0, 1) for rd in (0, 1))
+    headers = _headers(flags, len(resp.answers), len(resp.authority), len(resp.additional))
     if loadbalance:
         orders = _rotations(data, resp)
     else:
         orders = [resp.answers + resp.authority + resp.additional]
-    variants = [_segments(data, order) for order in orders]
+    variants = tuple(_segments(data, order) for order in orders)
     return Entry(key, kind, resp.rcode, headers, variants, ttl, now)
 
 
-def _segments(data: bytes, records: list[wire.Record]) -> list[bytes]:
+#: Shared header sets: a handful of (flags, counts) combinations cover most
+#: answers, so entries share them instead of holding four small bytes each.
+_HEADER_SETS: dict[tuple[int, int, int, int], tuple[bytes, ...]] = {}
+#: Shared record prefixes (owner pointer, type, class: 6 bytes for most answers).
+_PREFIXES: dict[bytes, bytes] = {}
+_SHARED_LIMIT = 4096  # distinct values kept, so odd traffic cannot grow the tables
+
+
+def _headers(flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
+    """Bytes 2..12 of the reply for each (RD, has OPT) combination, shared between entries."""
+    shape = (flags, an, ns, ar)
+    headers = _HEADER_SETS.get(shape)
+    if headers is None:
+        headers = tuple(struct.pack("!H", flags | (wire.RD if rd else 0))
+                        + _COUNTS.pack(1, an, ns, ar + opt) for opt in (0, 1) for rd in (0, 1))
+        if len(_HEADER_SETS) < _SHARED_LIMIT:
+            _HEADER_SETS[shape] = headers
+    return headers
+
+
+def _shared(prefix: bytes) -> bytes:
+    if len(prefix) > 8:
+        return prefix
+    known = _PREFIXES.get(prefix)
+    if known is None:
+        if len(_PREFIXES) < _SHARED_LIMIT:
+            _PREFIXES[prefix] = prefix
+        return prefix
+    return known
+
+
+def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     """Cut the records (in the given order, OPT left out) at each TTL field.
 
     Reordering is safe for the loadbalance rotation: answers to A/AAAA queries
@@ -187,10 +219,10 @@ def _segments(data: bytes, records: list[wire.Record]) -> list[bytes]:
     cuts: list[bytes] = []
     pending = b""
     for record in records:
-        cuts.append(pending + data[record.start:record.ttl_offset])
+        cuts.append(_shared(pending + data[record.start:record.ttl_offset]))
         pending = data[record.ttl_offset + 4:record.end]
     cuts.append(pending)
-    return cuts
+    return tuple(cuts)
 
 
 class _Store(cachetools.FIFOCache):  # type: ignore[misc]
