@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -173,23 +175,21 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
         click.echo(corefile.describe(config))
         click.echo(f"host networking: {'off' if hostnet is None else ', '.join(local_ips)}")
         return
-    _serve(source, hostnet=hostnet, stats=stats, cache_snapshot=cache_snapshot, syncinterval=syncinterval,
-           skipteardown=skipteardown, pidfile=pidfile,
-           metrics=metrics_listen_address or prometheus_listen_address,
-           watch=TEMPLATE_WATCH_INTERVAL if basecorefile else None)
-
-
-def _serve(source: object, **kwargs: object) -> None:
     from nodecache.aio.agent import Agent  # noqa: PLC0415
 
-    async def main() -> None:
-        agent = Agent(source, hostnet=kwargs["hostnet"], stats=kwargs["stats"],  # type: ignore
-                      syncinterval=kwargs["syncinterval"], skipteardown=kwargs["skipteardown"],
-                      pidfile=kwargs["pidfile"], extra_metrics_address=kwargs["metrics"],
-                      watch_interval=kwargs["watch"],
-                      cache_snapshot=kwargs.get("cache_snapshot"))  # type: ignore[arg-type]
+    async def serve() -> None:
+        agent = Agent(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
+                      skipteardown=skipteardown, pidfile=pidfile,
+                      extra_metrics_address=metrics_listen_address or prometheus_listen_address,
+                      watch_interval=TEMPLATE_WATCH_INTERVAL if basecorefile else None,
+                      cache_snapshot=cache_snapshot)
         await agent.run()
 
+    _run_async(serve)
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on the fastest loop available; agent errors become one-line CLI errors."""
     _event_loop_policy()
     try:
         asyncio.run(main())
@@ -272,11 +272,7 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
         finally:
             await authority.close()
 
-    _event_loop_policy()
-    try:
-        asyncio.run(main())
-    except NodecacheError as exc:
-        raise click.ClickException(str(exc)) from None
+    _run_async(main)
 
 
 cli.add_command(setup_command)
