@@ -22,7 +22,7 @@ from . import topology as T
 from .host import BenchError, Cleanup, Interrupted, log, require, sh, trap_signals
 from .scenarios import Plan, Runner
 
-TOOLS = ["ip", "iptables", "conntrack", "taskset", "dnsperf", "dig", "knotd", "unbound", "dnsmasq"]
+TOOLS = ["ip", "ss", "iptables", "conntrack", "taskset", "dnsperf", "dig", "knotd", "unbound", "dnsmasq"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,6 +43,8 @@ def trap_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise)
+    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (as `cmd &` is).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require(tools: Sequence[str]) -> None:

@@ -86,6 +86,9 @@ def dnsperf(ns: str, server: str, datafile: Path, args: list[str], *, verbose: b
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         killer.cancel()
+        if proc.returncode is None:  # interrupted: do not leave dnsperf running
+            proc.kill()
+            proc.wait()
     cpu1 = cpu_seconds(server_pid) if server_pid else None
     cores = core_usage(cores0, core_times())
     out = b"".join(chunks).decode(errors="replace")

@@ -43,10 +43,14 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 
 def ratio(a: Any, b: Any) -> str:
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return "n/a"
     if not (math.isfinite(a) and math.isfinite(b)):
         return "n/a"
+    if a == 0 and b == 0:
+        return "same (0)"
+    if b == 0:
+        return "inf (reference 0)"
     return f"{a / b:.2f}x"
 
 
@@ -236,8 +240,9 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
     # --- 4 miss
     L.append("## 4. Misses through the upstream\n")
     L.append(f"{m['plan']['miss_names']:,} new pod names (`a-b-c-d.NS.pod.cluster.local`, answered by a wildcard), "
-             "each asked once with up to 100 outstanding, from a freshly started cache. Connections and upstream "
-             "queries are counted at the relay. nodecache and unbound forward `cluster.local` over TCP "
+             "each asked once with up to 100 outstanding, from a freshly started cache. Connections opened and "
+             "upstream queries are counted at the relay from just before the cache starts (its readiness check "
+             "adds one query); connections still open at the end come from `ss`. nodecache and unbound forward `cluster.local` over TCP "
              "(`force_tcp`); dnsmasq cannot, so it uses UDP.\n")
     rows = []
     d = get(res, "direct", "miss_throughput") or {}
@@ -251,10 +256,10 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
             continue
         up = mt["upstream"]
         rows.append([c, fmt(mt["qps"]), f"{mt['loss']:.3%}", *(_lat_cells(mt["latency_ms"])[:3]),
-                     fmt(up["tcp_connections_opened"]), fmt(up["tcp_connections_max_open"]),
+                     fmt(up["tcp_connections_opened"]), fmt(up.get("tcp_connections_open_at_end")),
                      fmt(up["tcp_queries"]), fmt(up["udp_queries"])])
     L.append(table(["path", "q/s", "loss", "p50 ms", "p90 ms", "p99 ms", "TCP connections opened",
-                    "most open at once", "upstream TCP queries", "upstream UDP queries"], rows) + "\n")
+                    "open at the end (ss)", "upstream TCP queries", "upstream UDP queries"], rows) + "\n")
     L += _ratio_rows(res, caches, [("miss q/s", ("miss_throughput", "qps")),
                                    ("miss p50", ("miss_throughput", "latency_ms", "p50"))])
     L.append(_img(plots, "miss_cdf.png", "Miss latency under load"))

@@ -15,7 +15,7 @@ from typing import Any
 from . import servers as S
 from . import topology as T
 from . import zone as Z
-from .host import BenchError, Cleanup, Daemon, log, rss_bytes
+from .host import BenchError, Cleanup, Daemon, Interrupted, log, rss_bytes
 from .measure import PerfResult, conntrack_entries, conntrack_flush, dnsperf, probe, summary_ms
 
 LOSS_LIMIT = 0.001  # 0.1 %
@@ -145,6 +145,9 @@ class Runner:
         try:
             self._run_cache(cache, res)
             res["status"] = "ok"
+        except Interrupted:
+            res["status"] = "interrupted"
+            raise
         except BenchError as exc:
             res["status"] = f"failed: {exc}"
             log(f"{cache.name}: FAILED: {exc}")
@@ -180,16 +183,20 @@ class Runner:
 
         # 4. misses through the upstream
         log(f"{name}: 4. miss throughput through the upstream ({p.miss_names} new names)")
-        daemon = self._start(cache)
         names = Z.write_queries(self.work / "queries" / f"miss-{name}.txt", Z.pod_names(f"m{name}", p.miss_names))
+        S.stop_cache(self.topo, cache)
+        # Counted from before the start, so connections opened by the readiness
+        # query (and then reused) count too; that query adds one upstream query.
         c0 = self.counters()
+        daemon = self._start(cache)
         r = dnsperf(pod, cache.ip, names, ["-n", "1", "-q", "100", "-c", "4", "-t", "3"], verbose=True,
                     server_pid=daemon.pid)
+        open_at_end = self._upstream_connections()
         c1 = self.counters()
         res["miss_throughput"] = _perf_dict(r, latency=True)
         res["miss_throughput"]["upstream"] = {
             "tcp_connections_opened": c1["tcp_connections"] - c0["tcp_connections"],
-            "tcp_connections_max_open": c1["tcp_max_open"],
+            "tcp_connections_open_at_end": open_at_end,
             "tcp_queries": c1["tcp_queries"] - c0["tcp_queries"],
             "udp_queries": c1["udp_queries"] - c0["udp_queries"],
         }
@@ -216,6 +223,12 @@ class Runner:
         S.restart_cache(self.cleanup, self.topo, self.work, cache, self.nodecache_help, notrack=False)
         ct["without_notrack"] = self._conntrack(cache.ip, warm=True)
         res["conntrack"] = ct
+
+    def _upstream_connections(self) -> int:
+        """Established TCP connections to the cluster DNS address, from ss in the dns namespace."""
+        from .host import sh
+        cp = sh(["ss", "-Htn", "state", "established", "src", T.CLUSTER_DNS], ns=self.topo.dns, check=False)
+        return sum(1 for line in cp.stdout.splitlines() if f"{T.CLUSTER_DNS}:53" in line)
 
     # --- pieces --------------------------------------------------------------------
     def _searchpath(self, server: str) -> dict[str, Any]:
