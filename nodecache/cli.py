@@ -109,6 +109,11 @@ def cli() -> None:
               help="Port of /health for the liveness-probe rules; defaults to the Corefile's "
                    "health port, and must agree with it when both are given.")
 @click.option("--pidfile", default=None, help="Write our PID here once serving.")
+@click.option("--serving-lock", default=None,
+              help="Lock file every agent of the node holds while serving; at exit an agent "
+                   "skips the teardown if another one holds it (upgrades, docs/upgrades.md). "
+                   "Default with host networking: serving.lock next to --pidfile, else "
+                   "/run/nodecache/serving.lock.")
 @click.option("--cache-snapshot", default=None,
               help="Write the cache here on shutdown and read it back on start (upgrades "
                    "start warm; see docs/upgrades.md).")
@@ -124,13 +129,21 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, default=False,
               help="Check the arguments and configuration, print the effective configuration, "
                    "and exit without serving.")
+@click.option("--supervise/--no-supervise", default=True, show_default=True,
+              help="With host networking, serve from a child process; if it dies without "
+                   "teardown (SIGKILL, OOM) remove the rules at once and restart it "
+                   "(docs/upgrades.md).")
+@click.option("--worker", is_flag=True, default=False, hidden=True,
+              help="Serve as the supervised child of 'nodecache run' (set by the supervisor).")
 def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upstreamsvc: str,
                 localip: str, domain: str | None, resolv_conf: str, setupinterface: bool,
                 setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
                 skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
                 reloadwithsignal: bool, log_level: str, dry_run: bool,
-                cache_snapshot: str | None = None) -> None:
+                cache_snapshot: str | None = None, serving_lock: str | None = None,
+                supervise: bool = True,
+                worker: bool = False) -> None:
     """Serve DNS from the cache (node-cache compatible flags)."""
     from nodecache import config as corefile  # noqa: PLC0415
     from nodecache.configsource import FileSource, TemplateSource  # noqa: PLC0415
@@ -175,15 +188,34 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
         click.echo(corefile.describe(config))
         click.echo(f"host networking: {'off' if hostnet is None else ', '.join(local_ips)}")
         return
-    from nodecache.aio.agent import Agent  # noqa: PLC0415
+    from nodecache import supervisor  # noqa: PLC0415
+    channel = supervisor.WorkerChannel.from_env() if worker else None
+    if hostnet is not None and supervise and not worker and _RUN_ARGS is not None:
+        supervisor.become_supervisor(_RUN_ARGS)  # does not return
+    if channel is not None and hostnet is not None:
+        channel.send_rules(local_ips=hostnet.local_ips, dns_port=dns_port, health_port=port,
+                           firewall=firewall, lock_wait=hostnet.lock_wait,
+                           setup_rules=hostnet.setup_rules)
+    from nodecache.aio.agent import DEFAULT_SERVING_LOCK, Agent  # noqa: PLC0415
+    if serving_lock is None and hostnet is not None:
+        serving_lock = os.path.join(os.path.dirname(os.path.abspath(pidfile)), "serving.lock") \
+            if pidfile else DEFAULT_SERVING_LOCK
 
     async def serve() -> None:
         agent = Agent(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
                       skipteardown=skipteardown, pidfile=pidfile,
                       extra_metrics_address=metrics_listen_address or prometheus_listen_address,
                       watch_interval=TEMPLATE_WATCH_INTERVAL if basecorefile else None,
-                      cache_snapshot=cache_snapshot)
-        await agent.run()
+                      cache_snapshot=cache_snapshot, serving_lock=serving_lock)
+        if channel is None:
+            await agent.run()
+            return
+        running = asyncio.ensure_future(agent.run())
+        while not agent.ready and not running.done():  # tell the supervisor once serving
+            await asyncio.wait({running}, timeout=0.02)
+        if agent.ready and hostnet is not None:
+            channel.send_ready(hostnet.firewall.name if hostnet.setup_rules else "")
+        await running
 
     _run_async(serve)
 
@@ -279,9 +311,15 @@ cli.add_command(setup_command)
 cli.add_command(teardown_command)
 
 
+#: The normalised arguments of this process, for the supervised worker's command line.
+_RUN_ARGS: list[str] | None = None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one line on stderr and a non-zero exit for any error."""
+    global _RUN_ARGS
     args = normalize_nodecache_argv(list(sys.argv[1:] if argv is None else argv))
+    _RUN_ARGS = args
     try:
         cli.main(args=args, prog_name="nodecache", standalone_mode=False)
     except click.exceptions.Abort:
