@@ -8,12 +8,18 @@ Order matters on a node (NODELOCAL.md 1.2, 1.5):
 * reload: a new Config is built beside the running one and swapped in only
   when complete; listeners that stay are re-pointed, never closed; caches whose
   settings did not change keep their entries; any failure keeps the old one;
-* shutdown: /health fails for ``lameduck`` while queries are still answered,
-  then the rules go (kube-dns takes over the ClusterIP), then the listeners.
+* shutdown: /health fails for ``lameduck`` while queries are still answered;
+  if another agent serves on the node by then (it holds the serving lock, see
+  :class:`ServingLock`), this one hands over: it leaves the SO_REUSEPORT groups,
+  answers what it already has, and exits without touching the rules. Otherwise
+  it is the last one: the rules go (kube-dns takes over the ClusterIP), then the
+  listeners are drained and closed. docs/upgrades.md has the whole story.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import random
@@ -44,6 +50,70 @@ log = logging.getLogger(__name__)
 LOOP_PROBE_WAIT = 2.0
 #: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
 SHUTDOWN_GRACE = 5.0
+#: How often the old agent looks for a successor during lameduck, s.
+SUCCESSOR_POLL = 0.1
+#: How long a starting agent waits for an exiting one to finish its teardown, s.
+SERVING_LOCK_WAIT = 30.0
+#: Where the serving lock lives when neither --serving-lock nor --pidfile says.
+DEFAULT_SERVING_LOCK = "/run/nodecache/serving.lock"
+
+
+class ServingLock:
+    """A ``flock`` on a file shared by every agent of a node (a hostPath in a pod).
+
+    Rules of this lock:
+
+    1. An agent holds it *shared* from the moment its listeners are bound until
+       it exits; the kernel drops it when the process dies (SIGKILL, OOM), so a
+       dead agent never counts.
+    2. At shutdown an agent tries to turn its shared lock into an *exclusive*
+       one without waiting. Failing means another agent holds it: a successor
+       serves, so the rules stay. Succeeding means this is the last agent: it
+       keeps the exclusive lock while it tears the rules down, and a successor
+       starting meanwhile waits (rule 3) and then puts them back.
+    3. A starting agent waits for its shared lock (bounded) before it installs
+       the rules, so it never installs them just before someone removes them.
+
+    Converting a flock is not atomic (flock(2)): a failed attempt in rule 2
+    leaves this agent without any lock, which is what an exiting agent wants.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def _open(self) -> int:
+        if self.fd is None:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return self.fd
+
+    def try_shared(self) -> bool:
+        """Take (or go back to) the shared lock; False while someone holds it exclusively."""
+        try:
+            fcntl.flock(self._open(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def try_exclusive(self) -> bool:
+        """Whether no other agent holds the lock (we then hold it exclusively)."""
+        try:
+            fcntl.flock(self._open(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # drops the lock
+            self.fd = None
 
 
 class LoopDetected(NodecacheError):
@@ -83,7 +153,8 @@ class Agent:
                  skipteardown: bool = False, pidfile: str | None = None,
                  extra_metrics_address: str | None = None,
                  watch_interval: float | None = None,
-                 cache_snapshot: str | None = None) -> None:
+                 cache_snapshot: str | None = None,
+                 serving_lock: str | None = None) -> None:
         #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
         self.load_config = load_config
         self.hostnet = hostnet
@@ -94,6 +165,9 @@ class Agent:
         self.extra_metrics_address = extra_metrics_address
         #: Where the cache is written at shutdown and read back at start (docs/upgrades.md).
         self.cache_snapshot = cache_snapshot
+        #: Held shared while serving; tells an exiting agent whether a successor
+        #: serves (then it skips the teardown). None: no lock, always the last one.
+        self.serving_lock = ServingLock(serving_lock) if serving_lock else None
         #: Check the configuration this often, s, whether or not the Corefile
         #: has ``reload`` (template mode: ConfigMap changes apply within seconds).
         self.watch_interval = watch_interval
@@ -227,6 +301,8 @@ class Agent:
         self._export(runtime)
         await self._start_http(runtime.config)
         await self._check_loops(runtime)
+        if self.serving_lock is not None:
+            await self._take_serving_lock()
         if self.hostnet is not None:
             added = await asyncio.to_thread(self.hostnet.ensure_rules)  # type: ignore[attr-defined]
             log.info("firewall rules in place (%s added)", added)
@@ -238,6 +314,53 @@ class Agent:
         self._spawn(self._reload_loop())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
+
+    async def _take_serving_lock(self) -> None:
+        """Hold the serving lock shared; wait while an exiting agent tears down."""
+        lock = self.serving_lock
+        assert lock is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SERVING_LOCK_WAIT
+        waited = False
+        while not lock.try_shared():
+            if loop.time() >= deadline:
+                raise NodecacheError(
+                    f"another agent has held {lock.path} exclusively for "
+                    f"{SERVING_LOCK_WAIT:.0f}s (a teardown that does not finish)")
+            if not waited:
+                log.info("waiting for the exiting agent to finish its teardown (%s)",
+                         lock.path)
+                waited = True
+            await asyncio.sleep(SUCCESSOR_POLL)
+        if waited and self.hostnet is not None:
+            # It may have removed the link or its addresses: put them back first.
+            await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
+
+    async def _successor_serving(self, lameduck: float) -> bool:
+        """Lameduck, cut short once another agent holds the serving lock.
+
+        Returns whether a successor serves; if not, we hold the lock exclusively
+        (ServingLock rule 2) until we exit.
+        """
+        lock = self.serving_lock
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lameduck
+        if lock is None:
+            if lameduck:
+                await asyncio.sleep(lameduck)
+            return False
+        while True:
+            try:
+                if not lock.try_exclusive():
+                    return True
+            except OSError as exc:
+                log.warning("serving lock %s: %s; acting as the last agent", lock.path, exc)
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            lock.try_shared()  # back to shared while we wait: a successor may start
+            await asyncio.sleep(min(SUCCESSOR_POLL, left))
 
     async def _open_listeners(self, runtime: Runtime) -> None:
         opened: list[tuple[tuple[str, int], Listener]] = []
@@ -434,8 +557,13 @@ class Agent:
                        default=0.0) if runtime else 0.0
         if lameduck:
             log.info("lameduck: still answering for %.1fs", lameduck)
-            await asyncio.sleep(lameduck)
-        if self.hostnet is not None and not self.skipteardown:
+        successor = await self._successor_serving(lameduck)
+        if successor:
+            log.info("another agent serves on this node (%s): handing over to it",
+                     self.serving_lock.path if self.serving_lock else "")
+        if self.hostnet is not None and successor:
+            log.info("skipping teardown: the interface and rules stay for the other agent")
+        elif self.hostnet is not None and not self.skipteardown:
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.hostnet.teardown),  # type: ignore
                                        SHUTDOWN_GRACE * 2)
@@ -445,16 +573,22 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         try:
-            await asyncio.wait_for(self._close_all(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(self._close_all(), SHUTDOWN_GRACE * 2)
         except asyncio.TimeoutError:
             log.warning("shutdown: gave up waiting for connections to close")
         if self.cache_snapshot and self.runtime is not None:
             self._write_snapshot(self.runtime)
         if self.pidfile:
             try:
-                os.unlink(self.pidfile)
+                # A successor started with the same arguments wrote its own PID here.
+                with open(self.pidfile, encoding="ascii") as f:
+                    ours = f.read().strip() == str(os.getpid())
+                if ours:
+                    os.unlink(self.pidfile)
             except OSError:
                 pass
+        if self.serving_lock is not None:
+            self.serving_lock.release()
 
     # -- cache snapshots (nodecache.core.snapshot) -------------------------------
 
@@ -515,7 +649,37 @@ class Agent:
         except OSError as exc:
             log.warning("could not write the cache snapshot %s: %s", path, exc)
 
+    async def _drain(self) -> None:
+        """Leave the SO_REUSEPORT groups, then answer everything already ours.
+
+        New datagrams and connections go to the other sockets of each group (a
+        successor's), or nowhere once we are the last; queued datagrams are read,
+        and misses in flight (bounded by the forward budget) are answered from the
+        socket their query came in on, before anything is closed.
+        """
+        listeners = list(self.listeners.values())
+        for listener in listeners:
+            await listener.stop_receiving()
+        resolvers = list(self.runtime.resolvers.values()) if self.runtime else []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while True:
+            read = sum(listener.read_queued() for listener in listeners)
+            inflight = sum(len(r.tasks) for r in resolvers) \
+                + sum(listener.busy() for listener in listeners)
+            if not read and not inflight:
+                break
+            if loop.time() >= deadline:
+                log.warning("shutdown: %d queries still in flight after %.0fs", inflight,
+                            SHUTDOWN_GRACE)
+                break
+            await asyncio.sleep(0.01)
+
     async def _close_all(self) -> None:
+        try:
+            await self._drain()
+        except Exception:
+            log.exception("draining the listeners failed")
         for listener in self.listeners.values():
             await listener.close()
         self.listeners.clear()

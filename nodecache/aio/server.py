@@ -208,6 +208,11 @@ class Listener:
         self.udp_transport: asyncio.DatagramTransport | None = None
         self.tcp: TcpListener | None = None
         self.server: asyncio.AbstractServer | None = None
+        #: The bound sockets themselves, for the drain at shutdown (:meth:`stop_receiving`).
+        self.udp_sock: socket.socket | None = None
+        self.tcp_sock: socket.socket | None = None
+        #: :meth:`stop_receiving` has run: no new datagram or connection comes to us.
+        self.receiving = True
 
     @property
     def slot(self) -> int:
@@ -224,6 +229,7 @@ class Listener:
             udp_sock.close()
             raise
         self.port = port
+        self.udp_sock, self.tcp_sock = udp_sock, tcp_sock
         self.udp = UdpListener(handler, self.slot, submit, stats)
         self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: self.udp,
                                                                     sock=udp_sock)
@@ -237,7 +243,77 @@ class Listener:
                 part.handler = handler
                 part.submit = submit
 
+    # -- draining (docs/upgrades.md) ------------------------------------------
+    #
+    # Closing a socket of a SO_REUSEPORT group drops what is queued on it, and a
+    # closed socket cannot send the answers of misses still in flight. So the
+    # old agent first leaves the groups and keeps its sockets:
+    #
+    # * UDP: connect() the socket to its own address. Linux then delivers to it
+    #   only datagrams from that address and port (none) and steers every other
+    #   one to the rest of the group; what is already queued stays readable, and
+    #   sendto() to any client still works, from the same address and port.
+    #   (shutdown(SHUT_RD) does not stop the steering: measured, see the docs.)
+    #   A wildcard socket (0.0.0.0, ::) would take a route's source address on
+    #   connect, so it is only read dry before closing.
+    # * TCP: accept whatever completed its handshake, then close the listening
+    #   socket; open connections are served until their queries are answered.
+
+    async def stop_receiving(self) -> None:
+        """Leave the SO_REUSEPORT groups; queued datagrams and open connections stay ours."""
+        if not self.receiving:
+            return
+        self.receiving = False
+        sock = self.udp_sock
+        if sock is not None and self.address not in ("0.0.0.0", "::"):
+            try:
+                sock.connect((self.address, self.port))
+            except OSError as exc:
+                log.warning("cannot detach the UDP socket %s:%d: %s", self.address,
+                            self.port, exc)
+        self.read_queued()
+        if self.server is not None and self.tcp_sock is not None and self.tcp is not None:
+            loop = asyncio.get_running_loop()
+            accepted: list[socket.socket] = []
+            for _ in range(TCP_MAX_CONNECTIONS):
+                try:
+                    conn, _ = self.tcp_sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                accepted.append(conn)
+            self.server.close()  # stop listening; connections already open stay
+            for conn in accepted:
+                conn.setblocking(False)
+                try:
+                    await loop.connect_accepted_socket(self.tcp.protocol, sock=conn)
+                except OSError:
+                    conn.close()
+
+    def read_queued(self, limit: int = 10000) -> int:
+        """Answer the datagrams queued on the UDP socket now; return how many were read."""
+        sock, udp = self.udp_sock, self.udp
+        if sock is None or udp is None or udp.transport is None or udp.transport.is_closing():
+            return 0
+        count = 0
+        while count < limit:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            count += 1
+            udp.datagram_received(data, addr)
+        return count
+
+    def busy(self) -> int:
+        """Queries in flight on this listener's open TCP connections."""
+        return sum(c.inflight for c in self.tcp.connections) if self.tcp is not None else 0
+
     async def close(self) -> None:
+        self.read_queued()  # the last ones in (none, if stop_receiving ran first)
         if self.udp_transport is not None:
             self.udp_transport.close()
         if self.server is not None:
