@@ -232,10 +232,10 @@ class StatsCollector(Collector):
                 entries[key] += n_entries
                 hits[key] += n_hits
                 evictions[key] += n_evicted
-            key = (c.server, c.zones, VIEW)
-            misses[key] += c.misses
+            block = (c.server, c.zones, VIEW)
+            misses[block] += c.misses
             # Every lookup is a hit (stale ones too) or a miss, as in CoreDNS's handler.
-            requests[key] += c.hits_success + c.hits_denial + c.misses
+            requests[block] += c.hits_success + c.hits_denial + c.misses
             prefetch[key] += c.prefetch
             stale[key] += c.served_stale
             drops[key] += c.drops

@@ -27,8 +27,9 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -442,16 +443,17 @@ class Agent:
             seen = handler.loop_probes.pop(name, 0)
             # Once from us; a second time means the upstream sent it back.
             if seen >= 2:
+                looped = handler.route(name)
                 raise LoopDetected(
                     f"Loop ({host}:{port} -> upstream) detected for zone "
-                    f"{handler.route(name).name if handler.route(name) else '?'}: the upstream "
+                    f"{looped.name if looped else '?'}: the upstream "
                     f"forwards our queries back to us; see the node's resolv.conf "
                     f"(a systemd-resolved stub such as 127.0.0.53 is the usual cause)")
 
     # -- running -------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

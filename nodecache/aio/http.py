@@ -197,7 +197,7 @@ class HttpEndpoints:
                 port = endpoint.servers[0].sockets[0].getsockname()[1]  # same port for all
             try:
                 server = await asyncio.start_server(
-                    lambda r, w: self._accept(endpoint, r, w), ip, port,
+                    lambda r, w: self._accept(endpoint, r, w), str(ip), port,
                     limit=self.max_request_size, reuse_address=True, reuse_port=True)
             except OSError as exc:
                 if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):

@@ -10,8 +10,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import dns.rdatatype
 
+from nodecache.core import wire
 from nodecache.core.handler import Miss, Outcome, QueryHandler, name_text
 from nodecache.errors import UpstreamError
 
@@ -68,7 +68,7 @@ class Resolver:
                 future.exception()  # retrieved: followers may not exist
                 if miss.zone.block.errors:
                     log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
-                              dns.rdatatype.to_text(miss.qtype), error)
+                              wire.type_name(miss.qtype), error)
                 deliver(handler.fail(miss, error, loop.time(), addr))
                 return
             finally:

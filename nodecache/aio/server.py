@@ -107,7 +107,7 @@ class TcpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         if len(listener.connections) >= TCP_MAX_CONNECTIONS:
-            transport.close()  # type: ignore[attr-defined]
+            transport.close()
             return
         listener.connections.add(self)
         self.addr = transport.get_extra_info("peername")
@@ -149,7 +149,7 @@ class TcpConnection(asyncio.Protocol):
                 log.exception("handler failed on a TCP query from %s", self.addr)
                 continue
             if result.__class__ is bytes:
-                self._send(result)  # type: ignore[arg-type]
+                self._send(result)
             elif result is None:
                 # No header to answer: the stream cannot be trusted any more.
                 if self.transport is not None:
@@ -230,9 +230,8 @@ class Listener:
             raise
         self.port = port
         self.udp_sock, self.tcp_sock = udp_sock, tcp_sock
-        self.udp = UdpListener(handler, self.slot, submit, stats)
-        self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: self.udp,
-                                                                    sock=udp_sock)
+        udp = self.udp = UdpListener(handler, self.slot, submit, stats)
+        self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: udp, sock=udp_sock)
         self.tcp = TcpListener(handler, self.slot | 2, submit, stats)
         self.server = await loop.create_server(self.tcp.protocol, sock=tcp_sock, backlog=1024)
 

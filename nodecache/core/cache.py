@@ -32,12 +32,16 @@ import math
 import struct
 from collections.abc import Callable
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import cachetools
 
 from nodecache.config.settings import CacheSettings
 from nodecache.core import wire
 from nodecache.core.stats import CacheStats
+
+if TYPE_CHECKING:
+    from nodecache.core.handler import Zone
 
 #: TTL used when a message has no records to take one from, s (CoreDNS).
 FALLBACK_TTL = 5
@@ -88,8 +92,8 @@ class Entry:
         self.refreshing = False
         #: keepttl: hits report the stored TTL.
         self.keep = False
-        #: The zone (handler.Zone) the entry belongs to.
-        self.owner: object = None
+        #: The zone the entry belongs to; set by the handler right after building it.
+        self.owner: Zone = None  # type: ignore[assignment]
 
     def remaining(self, now: float) -> int:
         """Whole seconds left, as clients see them (never negative)."""
@@ -225,7 +229,7 @@ def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     return tuple(cuts)
 
 
-class _Store(cachetools.FIFOCache):  # type: ignore[misc]
+class _Store(cachetools.FIFOCache):
     """A capacity-bounded store that reports evictions."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:

@@ -451,16 +451,11 @@ def _background(miss: Miss, origin: Entry) -> Miss:
     return miss
 
 
-_TYPE_NAMES: dict[bytes, str] = {}
 _RCODE_NAMES: dict[int, str] = {}
 
 
 def _type_name(qtype: bytes) -> str:
-    name = _TYPE_NAMES.get(qtype)
-    if name is None:
-        import dns.rdatatype
-        name = _TYPE_NAMES[qtype] = dns.rdatatype.to_text(int.from_bytes(qtype, "big"))
-    return name
+    return wire.type_name(int.from_bytes(qtype, "big"))
 
 
 def _rcode_name(rcode: int) -> str:

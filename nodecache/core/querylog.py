@@ -22,8 +22,8 @@ from datetime import datetime
 from decimal import Decimal
 
 import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
+
+from nodecache.core.wire import class_name, type_name
 
 #: CoreDNS ``replacer`` prints this for a placeholder without a value.
 EMPTY_VALUE = "-"
@@ -144,7 +144,7 @@ def _remote(ip: str) -> str:
 def format_common(entry: QueryLogEntry) -> str:
     """The Common Log Format line, without the ``[INFO] `` prefix."""
     return (f"{_remote(entry.remote)}:{entry.port} - {entry.id} "
-            f'"{dns.rdatatype.to_text(entry.qtype)} {dns.rdataclass.to_text(entry.qclass)} '
+            f'"{type_name(entry.qtype)} {class_name(entry.qclass)} '
             f"{entry.qname.lower()} {entry.proto} {entry.size} "
             f'{"true" if entry.do else "false"} {entry.bufsize}" '
             f"{format_rcode(entry.rcode)} {format_rflags(entry.rflags)} {entry.rsize} "
@@ -163,8 +163,8 @@ def render(template: str, entry: QueryLogEntry, *, when: datetime | None = None,
     values = {
         "remote": _remote(entry.remote),
         "port": str(entry.port),
-        "type": dns.rdatatype.to_text(entry.qtype),
-        "class": dns.rdataclass.to_text(entry.qclass),
+        "type": type_name(entry.qtype),
+        "class": class_name(entry.qclass),
         "name": entry.qname.lower(),
         "proto": entry.proto,
         "size": str(entry.size),
@@ -231,4 +231,4 @@ def error_line(rcode: int, qname: str, qtype: int, error: object) -> str:
     :param error: The error, printed with ``str()``.
     """
     return (f"[ERROR] plugin/errors: {rcode} {qname.lower()} "
-            f"{dns.rdatatype.to_text(qtype)}: {error}")
+            f"{type_name(qtype)}: {error}")

@@ -333,3 +333,26 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
     while offset < cut:
         offset += 1 + name[offset]
     return offset == cut
+
+
+_TYPE_NAMES: dict[int, str] = {}
+_CLASS_NAMES: dict[int, str] = {}
+
+
+def type_name(rdtype: int) -> str:
+    """Mnemonic of an RR type (``A``, ``TYPE65280``), memoised; for logs and metric labels."""
+    name = _TYPE_NAMES.get(rdtype)
+    if name is None:
+        import dns.rdatatype  # noqa: PLC0415 - only off the hot path
+        name = _TYPE_NAMES[rdtype] = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
+    return name
+
+
+def class_name(rdclass: int) -> str:
+    """Mnemonic of a class (``IN``, ``CH``, ``CLASS42``), memoised."""
+    name = _CLASS_NAMES.get(rdclass)
+    if name is None:
+        import dns.rdataclass  # noqa: PLC0415
+        name = _CLASS_NAMES[rdclass] = dns.rdataclass.to_text(
+            dns.rdataclass.RdataClass.make(rdclass))
+    return name

@@ -110,7 +110,7 @@ def _ipr() -> Iterator[Any]:
 
 def _netlink_error() -> type[Exception]:
     from pyroute2.netlink.exceptions import NetlinkError
-    return NetlinkError  # type: ignore[no-any-return]
+    return NetlinkError
 
 
 class LinkManager:
@@ -211,7 +211,7 @@ class LinkManager:
         try:
             ipr.link("add", ifname=self.name, kind="dummy")
         except _netlink_error() as exc:
-            if exc.code == errno.EOPNOTSUPP:
+            if getattr(exc, "code", None) == errno.EOPNOTSUPP:
                 raise InterfaceError(
                     f"cannot create interface {self.name}: this kernel has no dummy link type "
                     f"(load the dummy module, or create {self.name} beforehand to be adopted)"
