@@ -236,9 +236,9 @@ class StatsCollector(Collector):
             misses[block] += c.misses
             # Every lookup is a hit (stale ones too) or a miss, as in CoreDNS's handler.
             requests[block] += c.hits_success + c.hits_denial + c.misses
-            prefetch[key] += c.prefetch
-            stale[key] += c.served_stale
-            drops[key] += c.drops
+            prefetch[block] += c.prefetch
+            stale[block] += c.served_stale
+            drops[block] += c.drops
         yield _gauge("coredns_cache_entries", "The number of elements in the cache.",
                      typed, entries)
         yield _counter("coredns_cache_hits_total", "The count of cache hits.", typed, hits)
