@@ -1,0 +1,238 @@
+"""Upgrades without loss: a new agent takes over from the running one on the same node.
+
+The topology is ``netns.node_and_pod``: both agents run in the "node" namespace
+with host networking (169.254.20.10 on a pre-created link, iptables-legacy
+rules), Knot is the upstream in the "pod" namespace, and the paced load client
+(``reliabilitykit.load``) sends from the pod to 169.254.20.10, through the rules.
+
+The handover test follows a DaemonSet rollout with ``maxSurge: 1``: under load
+the new agent starts with the same arguments and the same ``--cache-snapshot``,
+and once it serves the old one gets SIGTERM. A sampler in the node namespace
+reads ``iptables-save`` every 50 ms and both agents' cache counters every
+250 ms. Checked: every query answered correctly, the rules never absent, the
+cache hit rate in the second after the SIGTERM within 5 points of the second
+before, the old agent skipping its teardown (the new one holds the serving
+lock), and the last agent still tearing everything down.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodecache.hostnet.rules import notrack_rules
+from tests import netns
+from tests import reliabilitykit as kit
+from tests.test_hostnet_kernel import precreate_link
+
+pytestmark = pytest.mark.privileged
+
+V4 = "169.254.20.10"
+HEALTH = 9063
+RATE = 1500  # queries/s
+DURATION = 10.0  # s
+#: When, into the load, the new agent starts and the old one gets SIGTERM, s.
+NEW_AT, SWITCH_AT = 2.0, 6.0
+COMMENTS = [f'"{r.comment}"' for r in notrack_rules([V4], 53, HEALTH)]
+
+
+def corefile() -> str:
+    return (f".:53 {{\n    bind {V4}\n    cache {kit.TTL} {{\n        serve_stale 60s\n    }}\n"
+            f"    forward . {kit.UPSTREAM_IP}:53\n"
+            f"    health {V4}:{HEALTH} {{\n        lameduck 1s\n    }}\n}}\n")
+
+
+def start_agent(node: str, tmp: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    """``nodecache run`` with host networking; its log goes to ``tmp/<name>.log``."""
+    out = open(tmp / f"{name}.log", "ab")
+    proc = netns.python(
+        node, "-m", "nodecache", "run", "--conf", str(tmp / "Corefile"), "--localip", V4,
+        "--firewall", "iptables-legacy", "--health-port", str(HEALTH),
+        "--pidfile", str(tmp / "nodecache.pid"), "--cache-snapshot", str(tmp / "cache.snap"),
+        "--log-level", "info", *extra, background=True, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    return proc
+
+
+def wait_log(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in {log.name}:\n{log.read_text()}")
+
+
+def rules_present(node: str) -> bool:
+    text = netns.run(node, "iptables-legacy-save").stdout
+    return all(c in text for c in COMMENTS)
+
+
+def link_has_ip(node: str) -> bool:
+    return V4 in netns.run(node, "ip", "-br", "addr", "show", "nodelocaldns").stdout
+
+
+@pytest.fixture
+def node(tmp_path: Path):  # type: ignore[no-untyped-def]
+    netns.sweep_stale()
+    (tmp_path / "Corefile").write_text(corefile())
+    with netns.node_and_pod() as topo:
+        precreate_link(topo.node)
+        with kit.knot(topo.pod, tmp_path / "knot"):
+            yield topo, tmp_path
+
+
+# -- the sampler (runs forked into the node namespace) ----------------------------
+
+def _scrape(port: int) -> tuple[float, float] | None:
+    """(hits, misses) of the agent whose /metrics is on 127.0.0.1:port; None if it is gone."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    hits = misses = 0.0
+    for line in text.splitlines():
+        if line.startswith("coredns_cache_hits_total"):
+            hits += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("coredns_cache_misses_total"):
+            misses += float(line.rsplit(" ", 1)[1])
+    return hits, misses
+
+
+def _sample(until: float, ports: list[int]) -> dict[str, Any]:
+    """Until ``until`` (wall clock): the rules every 50 ms, the cache counters every 250 ms."""
+    checks, missing = 0, []
+    metrics: list[tuple[float, list[tuple[float, float] | None]]] = []
+    next_scrape = 0.0
+    while time.time() < until:
+        now = time.time()
+        text = subprocess.run(["iptables-legacy-save"], capture_output=True, text=True,
+                              timeout=5).stdout
+        checks += 1
+        if not all(c in text for c in COMMENTS):
+            missing.append(now)
+        if now >= next_scrape:
+            metrics.append((now, [_scrape(p) for p in ports]))
+            next_scrape = now + 0.25
+        time.sleep(max(0.0, now + 0.05 - time.time()))
+    return {"checks": checks, "missing": missing, "metrics": metrics}
+
+
+def hit_rate(metrics: list[tuple[float, list[Any]]], start: float, end: float) -> float:
+    """Cache hits / (hits + misses) over [start, end], summed over the agents."""
+    def at(t: float, i: int) -> tuple[float, float] | None:
+        # the last sample of agent i at or before t (an agent that exited keeps its last)
+        best = None
+        for when, values in metrics:
+            if when <= t and values[i] is not None:
+                best = values[i]
+        return best
+    hits = misses = 0.0
+    for i in range(len(metrics[0][1])):
+        a, b = at(start, i), at(end, i)
+        if b is None:
+            continue
+        a = a or (0.0, 0.0)
+        hits += b[0] - a[0]
+        misses += b[1] - a[1]
+    assert hits + misses > 0, "no cache traffic in the window"
+    return 100.0 * hits / (hits + misses)
+
+
+# -- the tests -----------------------------------------------------------------------
+
+def test_handover_under_load_loses_nothing(node: tuple[netns.NodePod, Path]) -> None:
+    topo, tmp = node
+    old = start_agent(topo.node, tmp, "old", "--metrics-listen-address", "127.0.0.1:9301")
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        kit.wait_answering(topo.pod, V4, 53, "h1.example.", proc=old)
+        wait_log(old, tmp / "old.log", "firewall rules in place")
+        assert rules_present(topo.node)
+        start_at = time.time() + 1.0
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            sampler = pool.submit(netns.call, topo.node, _sample,
+                                  start_at + DURATION + 2.0, [9301, 9302],
+                                  timeout=DURATION + 30)
+            load = pool.submit(netns.call, topo.pod, _load, start_at, timeout=DURATION + 30)
+            time.sleep(max(0.0, start_at + NEW_AT - time.time()))
+            new = start_agent(topo.node, tmp, "new", "--metrics-listen-address",
+                              "127.0.0.1:9302")
+            wait_log(new, tmp / "new.log", "firewall rules in place")
+            time.sleep(max(0.0, start_at + SWITCH_AT - time.time()))
+            switched = time.time()
+            old.send_signal(signal.SIGTERM)
+            old.wait(20)
+            stopped = time.time()
+            counts = load.result()
+            samples = sampler.result()
+        kit.report("handover", counts)
+        old_log = (tmp / "old.log").read_text()
+        print(f"[handover] old agent exited {stopped - switched:.2f}s after SIGTERM; "
+              f"rules checked {samples['checks']} times, missing {len(samples['missing'])}")
+        assert old.returncode == 0, old_log
+        assert counts.sent == int(RATE * DURATION)
+        assert counts.wrong == 0, counts.wrong_samples
+        assert counts.lost == 0, counts.summary()
+        assert counts.servfail == counts.refused == 0, counts.summary()
+        assert counts.correct + counts.stale == counts.sent
+        assert samples["checks"] > DURATION * 10 and samples["missing"] == []
+        assert "skipping teardown" in old_log, old_log
+        assert "removed" not in old_log.split("signal received", 1)[-1], old_log
+        before = hit_rate(samples["metrics"], switched - 1.0, switched)
+        after = hit_rate(samples["metrics"], switched, switched + 1.0)
+        print(f"[handover] cache hit rate: {before:.1f}% in the second before the SIGTERM, "
+              f"{after:.1f}% in the second after")
+        assert abs(after - before) <= 5.0
+        assert (tmp / "cache.snap").stat().st_size > 0
+        assert (tmp / "nodecache.pid").exists()  # the new agent's: the old one left it
+        assert rules_present(topo.node) and link_has_ip(topo.node)
+        # The new agent is the last one: SIGTERM tears everything down.
+        assert kit.stop(new) == 0
+        assert not rules_present(topo.node) and not link_has_ip(topo.node), \
+            (tmp / "new.log").read_text()
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                kit.stop(proc)
+
+
+def _load(start_at: float) -> kit.Counts:
+    return kit.load(V4, 53, rate=RATE, duration=DURATION, start_at=start_at, timeout=6.0)
+
+
+def test_single_agent_sigterm_tears_down(node: tuple[netns.NodePod, Path]) -> None:
+    topo, tmp = node
+    agent = start_agent(topo.node, tmp, "agent")
+    try:
+        wait_log(agent, tmp / "agent.log", "firewall rules in place")
+        assert rules_present(topo.node) and link_has_ip(topo.node)
+    finally:
+        code = kit.stop(agent)
+    log = (tmp / "agent.log").read_text()
+    assert code == 0, log
+    assert not rules_present(topo.node) and not link_has_ip(topo.node), log
+    assert "skipping teardown" not in log
+
+
+def test_skipteardown_still_leaves_everything(node: tuple[netns.NodePod, Path]) -> None:
+    topo, tmp = node
+    agent = start_agent(topo.node, tmp, "agent", "--skipteardown")
+    try:
+        wait_log(agent, tmp / "agent.log", "firewall rules in place")
+    finally:
+        code = kit.stop(agent)
+    assert code == 0
+    assert rules_present(topo.node) and link_has_ip(topo.node)
+    netns.python(topo.node, "-m", "nodecache", "teardown", "--localip", V4,
+                 "--firewall", "iptables-legacy", "--health-port", str(HEALTH))
+    assert not rules_present(topo.node)
