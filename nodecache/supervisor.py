@@ -55,7 +55,7 @@ ENV_PARENT = "NODECACHE_SUPERVISOR_PID"
 #: The descriptor number of that pipe in the worker.
 WORKER_FD = 3
 #: First delay before restarting a dead worker, s; doubled per failure.
-BACKOFF_INITIAL = 0.25
+BACKOFF_INITIAL = 0.1
 #: Longest delay between restarts, s (kubelet's CrashLoopBackOff stops at 300 s).
 BACKOFF_MAX = 30.0
 #: A worker that served this long before dying restarts after BACKOFF_INITIAL again, s.
