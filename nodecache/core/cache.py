@@ -64,7 +64,7 @@ class Entry:
 
     __slots__ = ("key", "kind", "rcode", "tag", "headers", "variants", "turn", "ttl", "stored",
                  "expires", "prefetch_at", "refresh_at", "hits", "window_start", "refreshing",
-                 "keep", "owner")
+                 "keep", "owner", "body_ttl", "last_body")
 
     def __init__(self, key: bytes, kind: Kind, rcode: int, headers: tuple[bytes, ...],
                  variants: tuple[tuple[bytes, ...], ...], ttl: int, stored: float) -> None:
@@ -94,6 +94,9 @@ class Entry:
         self.keep = False
         #: The zone the entry belongs to; set by the handler right after building it.
         self.owner: Zone = None  # type: ignore[assignment]
+        #: The last body built and its TTL; -1 means none (or loadbalance, which rotates).
+        self.body_ttl = -1
+        self.last_body = b""
 
     def remaining(self, now: float) -> int:
         """Whole seconds left, as clients see them (never negative)."""
@@ -104,7 +107,9 @@ class Entry:
         """The records after the question, every TTL set to ``ttl``."""
         variants = self.variants
         if len(variants) == 1:
-            return _U32.pack(ttl).join(variants[0])
+            body = self.last_body = _U32.pack(ttl).join(variants[0])
+            self.body_ttl = ttl
+            return body
         self.turn = (self.turn + 1) % len(variants)
         return _U32.pack(ttl).join(variants[self.turn])
 

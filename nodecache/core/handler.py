@@ -41,6 +41,8 @@ _OPT_PLAIN = wire.opt_record(False)
 _OPT_DO = wire.opt_record(True)
 _QTYPE_AXFR, _QTYPE_IXFR = 252, 251
 _FIRST_BUCKET = TIME_BUCKETS[0]
+_MAX_PLAIN = wire.MAX_UDP_PLAIN
+_MAX_MESSAGE = wire.MAX_MESSAGE
 #: A stale answer's TTL, s (CoreDNS answers 0; RFC 8767 section 4 suggests 30).
 STALE_TTL = 0
 
@@ -175,15 +177,15 @@ class QueryHandler:
             end = data.find(0, 12) + 5
             arcount = data[11]
             if arcount == 0 and size == end:
-                limit = wire.MAX_UDP_PLAIN if slot < 2 else wire.MAX_MESSAGE
+                limit = _MAX_PLAIN if slot < 2 else _MAX_MESSAGE
                 opt = b""
                 header = data[2] & 1
                 do = 0
             elif arcount == 1 and size >= end + 11 \
                     and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
-                limit = max(data[end + 3] << 8 | data[end + 4], wire.MAX_UDP_PLAIN) \
-                    if slot < 2 else wire.MAX_MESSAGE
+                limit = max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN) \
+                    if slot < 2 else _MAX_MESSAGE
                 do = data[end + 7] & 0x80
                 opt = _OPT_DO if do else _OPT_PLAIN
                 header = (data[2] & 1) | 2
@@ -195,8 +197,11 @@ class QueryHandler:
             entry = self.index.get(key)
             if entry is not None and now < entry.expires:
                 ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
-                variants = entry.variants
-                body = _TTL(ttl).join(variants[0]) if len(variants) == 1 else entry.body(ttl)
+                # The body changes once a second (its TTL); build it once per value.
+                if ttl == entry.body_ttl:
+                    body = entry.last_body
+                else:
+                    body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
                     reply = _truncated(data, end, opt)
