@@ -39,7 +39,7 @@ from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import Listener
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
-from nodecache.core.cache import BlockCache
+from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
@@ -234,31 +234,34 @@ class Agent:
                             handler.index_add(entry)
         return runtime
 
-    def _index_add(self, zone: Zone) -> Callable[[object], None]:
-        def add(entry: object) -> None:
-            if self.runtime is None:
-                return
-            for handler in self._handlers_with(zone):
-                handler.index_add(entry)  # type: ignore[arg-type]
+    def _index_add(self, zone: Zone) -> Callable[[Entry], None]:
+        def add(entry: Entry) -> None:
+            for handler in self._handlers_of.get(zone, ()):
+                handler.index_add(entry)
         return add
 
-    def _index_remove(self, zone: Zone) -> Callable[[object], None]:
-        def remove(entry: object) -> None:
-            for runtime in (self.runtime, self._pending):
-                if runtime is not None:
-                    for handler in runtime.unique_handlers():
-                        handler.index_remove(entry)  # type: ignore[arg-type]
+    def _index_remove(self, zone: Zone) -> Callable[[Entry], None]:
+        def remove(entry: Entry) -> None:
+            for handler in self._handlers_of.get(zone, ()):
+                handler.index_remove(entry)
         return remove
 
     _pending: Runtime | None = None
+    #: Zone -> the handlers (of the running and of a pending runtime) whose
+    #: look-up index holds that zone's entries. Recomputed on every switch,
+    #: so a cache insert or eviction costs one dict look-up, not a search.
+    _handlers_of: dict[Zone, list[QueryHandler]] = {}
 
-    def _handlers_with(self, zone: Zone) -> Iterator[QueryHandler]:
-        for runtime in (self.runtime, self._pending):
+    def _set_runtimes(self, running: Runtime | None, pending: Runtime | None) -> None:
+        self.runtime, self._pending = running, pending
+        handlers_of: dict[Zone, list[QueryHandler]] = {}
+        for runtime in (running, pending):
             if runtime is None:
                 continue
             for handler in runtime.unique_handlers():
-                if zone in handler.zones.values():
-                    yield handler
+                for zone in {id(z): z for z in handler.zones.values()}.values():
+                    handlers_of.setdefault(zone, []).append(handler)
+        self._handlers_of = handlers_of
 
     async def _wire(self, runtime: Runtime, previous: Runtime | None) -> None:
         """Create forwarders (reusing unchanged ones) and resolvers."""
@@ -289,7 +292,7 @@ class Agent:
             await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
         runtime = self._build(config, None)
-        self._pending = runtime
+        self._set_runtimes(self.runtime, runtime)
         await self._wire(runtime, None)
         if self.cache_snapshot:
             self._restore_snapshot(runtime)
@@ -298,7 +301,7 @@ class Agent:
         except OSError as exc:
             await self._close_forwarders(runtime, None)
             raise NodecacheError(f"cannot listen: {exc}") from exc
-        self.runtime, self._pending = runtime, None
+        self._set_runtimes(runtime, None)
         self._export(runtime)
         await self._start_http(runtime.config)
         await self._check_loops(runtime)
@@ -511,13 +514,13 @@ class Agent:
             if config.digest and config.digest == previous.config.digest:
                 return True
             runtime = self._build(config, previous)
-            self._pending = runtime
+            self._set_runtimes(self.runtime, runtime)
             try:
                 await self._wire(runtime, previous)
                 await self._open_listeners(runtime)
                 await self._start_http(config)
             except (OSError, NodecacheError, ValueError) as exc:
-                self._pending = None
+                self._set_runtimes(self.runtime, None)
                 await self._close_forwarders(runtime, previous)
                 # Back to the previous listeners (keyed by the Corefile's address: with
                 # port 0 a listener's bound port differs) and HTTP endpoints.
@@ -530,7 +533,7 @@ class Agent:
                 self.stats.reload_failed += 1
                 log.error("reload: keeping the running configuration: %s", exc)
                 return False
-            self.runtime, self._pending = runtime, None
+            self._set_runtimes(runtime, None)
             self._export(runtime)
             await self._close_forwarders(previous, runtime)
             log.info("reload: now serving %s (%s)", config.path, config.digest[:12])
@@ -664,12 +667,18 @@ class Agent:
             await listener.stop_receiving()
         resolvers = list(self.runtime.resolvers.values()) if self.runtime else []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE
+        began = loop.time()
+        deadline = began + SHUTDOWN_GRACE
+        queued = 0
+        at_start = sum(len(r.tasks) for r in resolvers) + sum(lt.busy() for lt in listeners)
         while True:
             read = sum(listener.read_queued() for listener in listeners)
+            queued += read
             inflight = sum(len(r.tasks) for r in resolvers) \
                 + sum(listener.busy() for listener in listeners)
             if not read and not inflight:
+                log.info("drained in %.0f ms: %d queries were in flight, %d more read from "
+                         "the socket queues", (loop.time() - began) * 1000, at_start, queued)
                 break
             if loop.time() >= deadline:
                 log.warning("shutdown: %d queries still in flight after %.0fs", inflight,

@@ -7,6 +7,7 @@ They make no DNS decision. A cache hit is answered inside ``datagram_received``
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -51,6 +52,27 @@ def bound_socket(address: str, port: int, kind: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+#: Tries at finding a port free for both UDP and TCP when port 0 is asked for.
+_PORT_TRIES = 16
+
+
+def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same port; port 0 picks one free for both."""
+    for _ in range(_PORT_TRIES if port == 0 else 1):
+        udp_sock = bound_socket(address, port, socket.SOCK_DGRAM)
+        try:
+            return udp_sock, bound_socket(address, udp_sock.getsockname()[1], socket.SOCK_STREAM)
+        except OSError as exc:
+            udp_sock.close()
+            # The kernel picked a UDP port whose TCP twin is taken: pick again.
+            if port != 0 or exc.errno != errno.EADDRINUSE:
+                raise
+        except BaseException:
+            udp_sock.close()
+            raise
+    raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {address}")
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -221,14 +243,8 @@ class Listener:
     async def start(self, handler: QueryHandler, submit: Callable[..., None],
                     stats: AgentStats) -> None:
         loop = asyncio.get_running_loop()
-        udp_sock = bound_socket(self.address, self.port, socket.SOCK_DGRAM)
-        port = udp_sock.getsockname()[1]
-        try:
-            tcp_sock = bound_socket(self.address, port, socket.SOCK_STREAM)
-        except BaseException:
-            udp_sock.close()
-            raise
-        self.port = port
+        udp_sock, tcp_sock = _bind_pair(self.address, self.port)
+        self.port = port = udp_sock.getsockname()[1]
         self.udp_sock, self.tcp_sock = udp_sock, tcp_sock
         udp = self.udp = UdpListener(handler, self.slot, submit, stats)
         self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: udp, sock=udp_sock)
