@@ -36,6 +36,10 @@ pytestmark = pytest.mark.privileged
 V4 = "169.254.20.10"
 HEALTH = 9063
 RATE = 1500  # queries/s
+#: The upstream path's delay, s: misses are in flight when the old agent gets
+#: SIGTERM (about 1,500 x 20% x 30 ms = 9 at any moment), so dropping them shows.
+DELAY = 0.03
+RELAY_PORT = 5300
 DURATION = 10.0  # s
 #: When, into the load, the new agent starts and the old one gets SIGTERM, s.
 NEW_AT, SWITCH_AT = 2.0, 6.0
@@ -44,7 +48,7 @@ COMMENTS = [f'"{r.comment}"' for r in notrack_rules([V4], 53, HEALTH)]
 
 def corefile() -> str:
     return (f".:53 {{\n    bind {V4}\n    cache {kit.TTL} {{\n        serve_stale 60s\n    }}\n"
-            f"    forward . {kit.UPSTREAM_IP}:53\n"
+            f"    forward . {kit.UPSTREAM_IP}:{RELAY_PORT}\n"
             f"    health {V4}:{HEALTH} {{\n        lameduck 1s\n    }}\n}}\n")
 
 
@@ -80,6 +84,40 @@ def link_has_ip(node: str) -> bool:
     return V4 in netns.run(node, "ip", "-br", "addr", "show", "nodelocaldns").stdout
 
 
+def relay_main() -> None:
+    """UDP from :data:`RELAY_PORT` to Knot on port 53 and back, each way after ``DELAY / 2``."""
+    import asyncio  # noqa: PLC0415
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clients: dict[bytes, tuple[str, int]] = {}
+
+        class Front(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                clients[data[:2]] = addr
+                loop.call_later(DELAY / 2, back.transport.sendto, data)  # type: ignore[attr-defined]
+
+        class Back(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                to = clients.pop(data[:2], None)
+                if to is not None:
+                    loop.call_later(DELAY / 2, front.transport.sendto, data, to)  # type: ignore[attr-defined]
+
+        _, front = await loop.create_datagram_endpoint(Front, local_addr=(kit.UPSTREAM_IP,
+                                                                          RELAY_PORT))
+        _, back = await loop.create_datagram_endpoint(Back, remote_addr=(kit.UPSTREAM_IP, 53))
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 @pytest.fixture
 def node(tmp_path: Path):  # type: ignore[no-untyped-def]
     netns.sweep_stale()
@@ -87,7 +125,13 @@ def node(tmp_path: Path):  # type: ignore[no-untyped-def]
     with netns.node_and_pod() as topo:
         precreate_link(topo.node)
         with kit.knot(topo.pod, tmp_path / "knot"):
-            yield topo, tmp_path
+            relay = netns.python(topo.pod, "-c", "from tests.test_upgrade import relay_main; "
+                                 "relay_main()", background=True, stdout=subprocess.PIPE)
+            try:
+                assert relay.stdout.readline().strip() == b"ready"  # type: ignore[union-attr]
+                yield topo, tmp_path
+            finally:
+                kit.stop(relay, signal.SIGKILL)
 
 
 # -- the sampler (runs forked into the node namespace) ----------------------------
@@ -188,6 +232,8 @@ def test_handover_under_load_loses_nothing(node: tuple[netns.NodePod, Path]) -> 
         assert samples["checks"] > DURATION * 10 and samples["missing"] == []
         assert "skipping teardown" in old_log, old_log
         assert "removed" not in old_log.split("signal received", 1)[-1], old_log
+        last_old = [v[0] for _, v in samples["metrics"] if v[0] is not None][-1]
+        print(f"[handover] the old agent's cache saw {sum(last_old):.0f} queries")
         before = hit_rate(samples["metrics"], switched - 1.0, switched)
         after = hit_rate(samples["metrics"], switched, switched + 1.0)
         print(f"[handover] cache hit rate: {before:.1f}% in the second before the SIGTERM, "
