@@ -181,7 +181,7 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
             hostnet = HostNetwork(local_ips=local_ips, interface=interfacename, dns_port=dns_port,
                                   health_port=port, firewall=firewall,
                                   setup_interface=setupinterface, setup_rules=setupiptables,
-                                  stats=stats)
+                                  stats=stats, link_in_child=True)
         except NodecacheError as exc:
             raise click.ClickException(str(exc)) from None
     if dry_run:

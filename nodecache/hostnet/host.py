@@ -29,6 +29,7 @@ from nodecache.errors import HostNetworkError
 from nodecache.hostnet.firewall import (FIREWALLS, Firewall, XtablesLockBusy, all_backends,
                                         choose_firewall)
 from nodecache.hostnet.link import LinkManager
+from nodecache.hostnet.linkctl import ChildLink
 from nodecache.hostnet.rules import Rule, notrack_rules, parse_local_ips
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,14 @@ class HostNetwork:
     :param setup_rules: manage the rules (``--setupiptables``).
     :param stats: where setup errors are counted.
     :param lock_wait: seconds to wait for the xtables lock per attempt.
+    :param link_in_child: run link operations in a short-lived child process, so
+        this process never loads pyroute2 (the long-running agent does this).
     """
 
     def __init__(self, *, local_ips: Sequence[str], interface: str = "nodelocaldns",
                  dns_port: int = 53, health_port: int, firewall: str = "auto",
                  setup_interface: bool = True, setup_rules: bool = True, stats: AgentStats,
-                 lock_wait: int = 5) -> None:
+                 lock_wait: int = 5, link_in_child: bool = False) -> None:
         if firewall not in FIREWALLS:
             raise HostNetworkError(
                 f"unknown firewall {firewall!r}; use one of {', '.join(FIREWALLS)}")
@@ -87,7 +90,9 @@ class HostNetwork:
         self.lock_wait = lock_wait
         self.rules: tuple[Rule, ...] = notrack_rules(self.local_ips, dns_port, health_port)
         self.families = {r.family for r in self.rules}
-        self.link = LinkManager(interface, self.local_ips)
+        # The serving agent keeps pyroute2 out of its memory (see linkctl).
+        self.link: LinkManager | ChildLink = (ChildLink if link_in_child else LinkManager)(
+            interface, self.local_ips)
         self._firewall: Firewall | None = None
         #: Set by ensure_rules: from then on resync keeps the rules in place.
         self._rules_active = False
