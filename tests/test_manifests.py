@@ -146,7 +146,9 @@ def test_daemonset(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     _, objs = overlay
     ds = _daemonset(objs)
     pod = ds["spec"]["template"]["spec"]
-    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
+    # Surge, not unavailability: the new pod serves before the old one stops.
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "Default"
     assert pod["priorityClassName"] == "system-node-critical"
@@ -177,6 +179,8 @@ def test_daemonset(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     assert volumes["kube-dns-config"]["configMap"] == {"name": "kube-dns", "optional": True}
     assert mounts["config-volume"] == "/etc/coredns"
     assert volumes["config-volume"]["configMap"]["items"] == [{"key": "Corefile", "path": "Corefile.base"}]
+    assert "ports" not in _container(objs), \
+        "hostNetwork containerPorts become hostPorts and block the surge pod"
 
 
 def _flag(args: list[str], name: str) -> str:
@@ -189,7 +193,8 @@ def test_args_per_mode(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     args = _container(objs)["args"]
     assert all(isinstance(a, str) for a in args)
     # node-cache's single-dash flags, each followed by its value.
-    assert [a for a in args[::2]] == ["-localip", "-conf", "-upstreamsvc", "-pidfile", "-health-port"]
+    assert [a for a in args[::2]] == ["-localip", "-conf", "-upstreamsvc", "-pidfile", "-health-port",
+                                      "-cache-snapshot"]
     assert not any(a.startswith("--") for a in args)
     expected_ips = {"iptables": "169.254.20.10,10.96.0.10", "ipvs": "169.254.20.10"}[name]
     assert _flag(args, "-localip") == expected_ips
@@ -238,6 +243,7 @@ def test_agent_renders_and_accepts_the_deployment(overlay: tuple[str, dict[tuple
     (kube_dns / "stubDomains").write_text('{"corp.example": ["10.1.0.1"]}')
     args[args.index("-conf") + 1] = str(tmp_path / "Corefile")
     args[args.index("-pidfile") + 1] = str(tmp_path / "node-cache.pid")
+    args[args.index("-cache-snapshot") + 1] = str(tmp_path / "cache.snap")
     args += ["-basecorefile", str(base), "-kubednscm", str(kube_dns), "--resolv-conf", str(resolv),
              "-setupinterface=false", "-setupiptables=false", "--dry-run"]
     from nodecache.hostnet.flags import normalize_nodecache_argv
@@ -263,7 +269,7 @@ def test_probes_match_corefile(overlay: tuple[str, dict[tuple[str, str], Obj]], 
         get = c[probe]["httpGet"]
         assert get["host"] == local_ips[0]
         assert f"    {plugin} {get['host']}:{get['port']}" in rendered
-    assert f"    prometheus :{c['ports'][2]['containerPort']}" in rendered
+    assert "    prometheus :9253" in rendered
     assert "    bind " + " ".join(local_ips) + "\n" in rendered
 
 

@@ -21,7 +21,7 @@ NODECACHE_FLAGS = BOOL_FLAGS | frozenset({
     "localip", "interfacename", "syncinterval", "metrics-listen-address",
     "prometheus-listen-address", "basecorefile", "corefile", "kubednscm", "upstreamsvc",
     "health-port", "reloadwithsignal", "conf", "dns.port", "pidfile", "plugins", "version",
-    "quiet", "firewall", "dns-port",
+    "quiet", "firewall", "dns-port", "cache-snapshot", "serving-lock",
 })
 
 #: Go's strconv.ParseBool spellings.
