@@ -4,7 +4,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 METRICS_DOC = (ROOT / "docs" / "metrics.md").read_text()
