@@ -60,7 +60,7 @@ def make_handler() -> QueryHandler:
     config = parse_text(COREFILE)
     agent = Agent(lambda: config)
     runtime = agent._build(config, None)
-    agent.runtime = runtime
+    agent._set_runtimes(runtime, None)
     handler = runtime.unique_handlers()[0]
     for name in NAMES:
         for rdtype in ("A", "AAAA", "MX"):

@@ -219,6 +219,8 @@ class QueryHandler:
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
                 return reply
+            if entry is None:
+                return self._fast_miss(data, end, key, now, slot, addr, started, limit, do)
         return self._slow(data, now, slot, addr, started)
 
     def _slow(self, data: bytes, now: float, slot: int, addr: object,
@@ -253,7 +255,12 @@ class QueryHandler:
         limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started)
-        entry = self.index.get(key)
+        return self._decide(miss, lower, now, addr)
+
+    def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
+        """A parsed, routable query: answer from the cache, serve stale, refuse, or miss."""
+        zone = miss.zone
+        entry = self.index.get(miss.key)
         if entry is not None:
             if now < entry.expires:
                 return self._finish(miss, self._from_entry(miss, entry, now), addr, entry.rcode,
@@ -274,9 +281,42 @@ class QueryHandler:
             zone.cache_stats.misses += 1
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
                 wire.is_subdomain(lower, z) for z in zone.forward_except):
-            return self._finish(miss, wire.error_response(data, wire.REFUSED, question.end, edns),
-                                addr, wire.REFUSED, "")
+            reply = wire.error_response(miss.query, wire.REFUSED, miss.question_end, miss.edns)
+            return self._finish(miss, reply, addr, wire.REFUSED, "")
         return miss
+
+    def _fast_miss(self, data: bytes, end: int, key: bytes, now: float, slot: int, addr: object,
+                   started: float, limit: int, do: int) -> bytes | Miss | None:
+        """A plain query the cache does not hold: a Miss without the strict parse.
+
+        The hit path already checked the header, the counts and the OPT record;
+        what is left is the name's label structure (RFC 1035 section 3.1) and
+        the checks ``_slow`` makes before a miss. Anything unusual goes to
+        ``_slow``, so both paths answer alike; a flood of unique names then
+        costs a label walk per query instead of a full parse.
+        """
+        name_end = end - 4
+        offset = 12
+        length = data[offset]
+        while length:
+            if length > 63:
+                return self._slow(data, now, slot, addr, started)
+            offset += length + 1
+            if offset >= name_end:
+                return self._slow(data, now, slot, addr, started)
+            length = data[offset]
+        if offset != name_end - 1 or name_end - 12 > 255 or data[name_end + 2:end] != b"\x00\x01" \
+                or data[name_end:name_end + 2] in (b"\x00\xfc", b"\x00\xfb") or self.loop_probes:
+            return self._slow(data, now, slot, addr, started)
+        lower = key[:name_end - 12]
+        zone = self.route(lower)
+        if zone is None:
+            return self._slow(data, now, slot, addr, started)
+        edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
+                bool(do)) if data[11] else None
+        miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
+                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started)
+        return self._decide(miss, lower, now, addr)
 
     def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
         zone = entry.owner
