@@ -219,7 +219,7 @@ class Agent:
             runtime.forwarders[zone] = reuse
             runtime.forward_stats.append(reuse.stats)
         for handler in runtime.unique_handlers():
-            resolver = Resolver(handler, runtime.forwarders)  # type: ignore[arg-type]
+            resolver = Resolver(handler, runtime.forwarders, self.stats)  # type: ignore[arg-type]
             runtime.resolvers[id(handler)] = resolver
             if any(z.block.log is not None for z in handler.zones.values()):
                 handler.on_log = _log_query

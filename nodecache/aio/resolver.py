@@ -1,8 +1,18 @@
 """Resolve cache misses: coalesce identical ones, forward, hand replies back.
 
-Identical misses in flight (same cache key) share one upstream query, as
-CoreDNS's singleflight does for its own upstream traffic; each waiting client
-still gets a reply with its own ID, question case and EDNS.
+Rules of this module:
+
+1. Identical misses in flight (same cache key) share one upstream query, as
+   CoreDNS's singleflight does; the first is the *leader* and runs a task,
+   the others wait in its list (no task of their own). Each client still gets
+   a reply with its own ID, question case and EDNS.
+2. Shedding: while more than ``SHED_THRESHOLD`` UDP misses are in flight (the
+   upstream or this process cannot keep up), a client address that already
+   has ``SOURCE_SHARE`` of them gets its new misses dropped unanswered; it
+   retries, as a resolver does after a lost datagram. One pod flooding unique
+   names then costs a label walk per query, and the other pods' cache hits,
+   waiting in the same socket queue, keep being answered. TCP misses are
+   bounded per connection instead (``server.TCP_MAX_INFLIGHT``).
 """
 from __future__ import annotations
 
@@ -10,12 +20,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-
 from nodecache.core import wire
 from nodecache.core.handler import Miss, Outcome, QueryHandler, name_text
+from nodecache.core.stats import AgentStats
 from nodecache.errors import UpstreamError
 
 log = logging.getLogger(__name__)
+
+#: UDP misses in flight from all clients above which shedding starts.
+SHED_THRESHOLD = 256
+#: UDP misses in flight one client address keeps while shedding is on.
+SOURCE_SHARE = 32
+
+Deliver = Callable[[bytes], None]
 
 
 class Forwarding:
@@ -28,56 +45,79 @@ class Forwarding:
 class Resolver:
     """Runs misses for one handler; ``forwarders`` maps a Zone to its forwarder."""
 
-    def __init__(self, handler: QueryHandler, forwarders: dict[object, Forwarding]) -> None:
+    def __init__(self, handler: QueryHandler, forwarders: dict[object, Forwarding],
+                 stats: AgentStats | None = None) -> None:
         self.handler = handler
         self.forwarders = forwarders
-        self.inflight: dict[bytes, asyncio.Future[Outcome]] = {}
+        self.stats = stats or AgentStats()
+        #: key -> the followers waiting on the leader's answer.
+        self.inflight: dict[bytes, list[tuple[Miss, Deliver, object]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        #: UDP misses in flight, in all and per client address.
+        self.udp_inflight = 0
+        self.per_source: dict[object, int] = {}
         self._loop = asyncio.get_running_loop()
         handler.refresh = lambda miss: self.submit(miss, _discard, None)
 
-    def submit(self, miss: Miss, deliver: Callable[[bytes], None], addr: object) -> None:
-        task = self._loop.create_task(self._resolve(miss, deliver, addr))
+    def submit(self, miss: Miss, deliver: Deliver, addr: object) -> None:
+        source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
+        if source is not None:
+            held = self.per_source.get(source, 0)
+            if held >= SOURCE_SHARE and self.udp_inflight >= SHED_THRESHOLD:
+                self.stats.dropped += 1
+                return
+            self.per_source[source] = held + 1
+            self.udp_inflight += 1
+            deliver = self._releasing(source, deliver)
+        followers = self.inflight.get(miss.key)
+        if followers is not None:
+            if miss.background:  # a refresh is already under way
+                self.handler.fail(miss, UpstreamError("refresh in flight"), self._loop.time())
+            else:
+                followers.append((miss, deliver, addr))
+            return
+        self.inflight[miss.key] = []
+        task = self._loop.create_task(self._lead(miss, deliver, addr))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _resolve(self, miss: Miss, deliver: Callable[[bytes], None], addr: object) -> None:
+    def _releasing(self, source: object, deliver: Deliver) -> Deliver:
+        def release_then_deliver(reply: bytes) -> None:
+            self.udp_inflight -= 1
+            held = self.per_source.pop(source, 1) - 1
+            if held > 0:
+                self.per_source[source] = held
+            deliver(reply)
+        return release_then_deliver
+
+    async def _lead(self, miss: Miss, deliver: Deliver, addr: object) -> None:
         handler = self.handler
-        loop = self._loop
+        outcome: Outcome | None = None
+        error: Exception | None = None
         try:
-            shared = self.inflight.get(miss.key)
-            if shared is not None:
-                if miss.background:
-                    handler.fail(miss, UpstreamError("refresh already in flight"), loop.time())
-                    return
-                try:
-                    outcome = await asyncio.shield(shared)
-                except Exception as error:
-                    deliver(handler.fail(miss, error, loop.time(), addr))
-                    return
-                deliver(handler.reply(miss, outcome, loop.time(), addr))
-                return
-            future: asyncio.Future[Outcome] = loop.create_future()
-            self.inflight[miss.key] = future
+            forwarder = self.forwarders[miss.zone]
+            answer = await forwarder.query(handler.upstream_query(miss), tcp=miss.slot >= 2)
+            outcome = handler.absorb(miss, answer, self._loop.time())
+        except Exception as exc:  # every failure becomes SERVFAIL/REFUSED/stale for the waiters
+            error = exc
+            if miss.zone.block.errors:
+                log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
+                          wire.type_name(miss.qtype), exc)
+        finally:
+            followers = self.inflight.pop(miss.key, [])
+        now = self._loop.time()
+        for waiter, send, where in [(miss, deliver, addr), *followers]:
             try:
-                forwarder = self.forwarders[miss.zone]
-                answer = await forwarder.query(handler.upstream_query(miss), tcp=miss.slot >= 2)
-                outcome = handler.absorb(miss, answer, loop.time())
-            except Exception as error:
-                future.set_exception(error)
-                future.exception()  # retrieved: followers may not exist
-                if miss.zone.block.errors:
-                    log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
-                              wire.type_name(miss.qtype), error)
-                deliver(handler.fail(miss, error, loop.time(), addr))
-                return
-            finally:
-                if self.inflight.get(miss.key) is future:
-                    del self.inflight[miss.key]
-            future.set_result(outcome)
-            deliver(handler.reply(miss, outcome, loop.time(), addr))
-        except Exception:
-            log.exception("resolving %s failed", name_text(miss.qname))
+                if outcome is not None:
+                    send(handler.reply(waiter, outcome, now, where))
+                else:
+                    send(handler.fail(waiter, error or UpstreamError(), now, where))
+            except Exception:  # one bad reply must not cost the other waiters theirs
+                log.exception("answering %s failed", name_text(waiter.qname))
+
+    def pending(self) -> int:
+        """Misses in flight (leaders and their followers)."""
+        return sum(1 + len(f) for f in self.inflight.values())
 
     async def close(self) -> None:
         for task in list(self.tasks):
