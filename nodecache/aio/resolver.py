@@ -6,13 +6,17 @@ Rules of this module:
    CoreDNS's singleflight does; the first is the *leader* and runs a task,
    the others wait in its list (no task of their own). Each client still gets
    a reply with its own ID, question case and EDNS.
-2. Shedding: while more than ``SHED_THRESHOLD`` UDP misses are in flight (the
-   upstream or this process cannot keep up), a client address that already
-   has ``SOURCE_SHARE`` of them gets its new misses dropped unanswered; it
-   retries, as a resolver does after a lost datagram. One pod flooding unique
-   names then costs a label walk per query, and the other pods' cache hits,
-   waiting in the same socket queue, keep being answered. TCP misses are
-   bounded per connection instead (``server.TCP_MAX_INFLIGHT``).
+2. Shedding: while the agent is ``overloaded`` (this process cannot keep up:
+   the agent watches how full its UDP receive queues are), a client address
+   that already has ``OVERLOAD_SHARE`` UDP misses in flight gets its new ones
+   dropped unanswered; it retries, as a resolver does after a lost datagram.
+   A slow upstream is not overload: its misses wait for an answer, a stale
+   one or SERVFAIL within the budget (``max_concurrent`` bounds them).
+   Only misses that would start an upstream query count: coalesced followers
+   cost nothing and are never shed.
+   One pod flooding unique names then costs a label walk per query, and the
+   other pods' cache hits, waiting in the same socket queue, keep being
+   answered. TCP misses are bounded per connection (``server.TCP_MAX_INFLIGHT``).
 """
 from __future__ import annotations
 
@@ -27,10 +31,9 @@ from nodecache.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
-#: UDP misses in flight from all clients above which shedding starts.
-SHED_THRESHOLD = 256
-#: UDP misses in flight one client address keeps while shedding is on.
-SOURCE_SHARE = 32
+#: UDP misses in flight one client address keeps while the agent is overloaded
+#: (a pod's search-path lookups, A and AAAA in parallel, stay within it).
+OVERLOAD_SHARE = 4
 
 Deliver = Callable[[bytes], None]
 
@@ -53,22 +56,14 @@ class Resolver:
         #: key -> the followers waiting on the leader's answer.
         self.inflight: dict[bytes, list[tuple[Miss, Deliver, object]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        #: UDP misses in flight, in all and per client address.
-        self.udp_inflight = 0
+        #: UDP misses in flight per client address (only addresses with some).
         self.per_source: dict[object, int] = {}
+        #: Set by the agent while queries queue up on its sockets (it cannot keep up).
+        self.overloaded = False
         self._loop = asyncio.get_running_loop()
         handler.refresh = lambda miss: self.submit(miss, _discard, None)
 
     def submit(self, miss: Miss, deliver: Deliver, addr: object) -> None:
-        source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
-        if source is not None:
-            held = self.per_source.get(source, 0)
-            if held >= SOURCE_SHARE and self.udp_inflight >= SHED_THRESHOLD:
-                self.stats.dropped += 1
-                return
-            self.per_source[source] = held + 1
-            self.udp_inflight += 1
-            deliver = self._releasing(source, deliver)
         followers = self.inflight.get(miss.key)
         if followers is not None:
             if miss.background:  # a refresh is already under way
@@ -76,6 +71,14 @@ class Resolver:
             else:
                 followers.append((miss, deliver, addr))
             return
+        source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
+        if source is not None:
+            held = self.per_source.get(source, 0)
+            if held >= OVERLOAD_SHARE and self.overloaded:
+                self.stats.dropped += 1
+                return
+            self.per_source[source] = held + 1
+            deliver = self._releasing(source, deliver)
         self.inflight[miss.key] = []
         task = self._loop.create_task(self._lead(miss, deliver, addr))
         self.tasks.add(task)
@@ -83,7 +86,6 @@ class Resolver:
 
     def _releasing(self, source: object, deliver: Deliver) -> Deliver:
         def release_then_deliver(reply: bytes) -> None:
-            self.udp_inflight -= 1
             held = self.per_source.pop(source, 1) - 1
             if held > 0:
                 self.per_source[source] = held

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 
 from nodecache.core.handler import QueryHandler
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 
 #: Kernel receive buffer asked for on UDP listeners, bytes: absorbs bursts
 #: (a pod start-up fires dozens of queries at once) while the loop is busy.
-UDP_RCVBUF = 4 * 1024 * 1024
+#: Not more: under a flood a deeper queue only delays every client's answers
+#: past the point where they retry (4 MB measured: seconds behind a flood).
+UDP_RCVBUF = 1024 * 1024
 #: Close a TCP connection with no complete query for this long, s (CoreDNS: 10 s idle).
 TCP_IDLE_TIMEOUT = 10.0
 #: TCP connections per listener; beyond it new ones are closed at once (RFC 7766 section 6.2.2).
@@ -73,6 +76,22 @@ def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
             udp_sock.close()
             raise
     raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {address}")
+
+
+#: linux/socket.h SO_MEMINFO: the socket's memory counters; the first is the
+#: receive queue (SK_MEMINFO_RMEM_ALLOC), the second the receive buffer, bytes.
+_SO_MEMINFO = 55
+
+
+def queue_fill(sock: socket.socket | None) -> float:
+    """How full a socket's receive queue is, 0..1 (queries waiting to be read)."""
+    if sock is None:
+        return 0.0
+    try:
+        queued, size = struct.unpack_from("2I", sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 36))
+    except OSError:
+        return 0.0
+    return queued / size if size else 0.0
 
 
 class UdpListener(asyncio.DatagramProtocol):
