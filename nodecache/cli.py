@@ -192,14 +192,14 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
     channel = supervisor.WorkerChannel.from_env() if worker else None
     if hostnet is not None and supervise and not worker and _RUN_ARGS is not None:
         supervisor.become_supervisor(_RUN_ARGS)  # does not return
-    if channel is not None and hostnet is not None:
-        channel.send_rules(local_ips=hostnet.local_ips, dns_port=dns_port, health_port=port,
-                           firewall=firewall, lock_wait=hostnet.lock_wait,
-                           setup_rules=hostnet.setup_rules)
     from nodecache.aio.agent import DEFAULT_SERVING_LOCK, Agent  # noqa: PLC0415
     if serving_lock is None and hostnet is not None:
         serving_lock = os.path.join(os.path.dirname(os.path.abspath(pidfile)), "serving.lock") \
             if pidfile else DEFAULT_SERVING_LOCK
+    if channel is not None and hostnet is not None:
+        channel.send_rules(local_ips=hostnet.local_ips, dns_port=dns_port, health_port=port,
+                           firewall=firewall, lock_wait=hostnet.lock_wait,
+                           setup_rules=hostnet.setup_rules, serving_lock=serving_lock)
 
     async def serve() -> None:
         agent = Agent(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,

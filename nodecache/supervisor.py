@@ -46,6 +46,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from nodecache.aio.servinglock import ServingLock
+
 log = logging.getLogger("nodecache.supervisor")
 
 #: Environment variable naming the worker's end of the pipe to the parent.
@@ -121,15 +123,30 @@ class WorkerChannel:
             log.warning("cannot reach the supervisor: %s", exc)
 
     def send_rules(self, *, local_ips: Sequence[str], dns_port: int, health_port: int,
-                   firewall: str, lock_wait: int, setup_rules: bool) -> None:
+                   firewall: str, lock_wait: int, setup_rules: bool,
+                   serving_lock: str | None = None) -> None:
         """Say which rules this worker installs (sent before it installs any)."""
         self._send({"rules": {"local_ips": list(local_ips), "dns_port": dns_port,
                               "health_port": health_port, "firewall": firewall,
-                              "lock_wait": lock_wait, "setup_rules": setup_rules}})
+                              "lock_wait": lock_wait, "setup_rules": setup_rules,
+                              "serving_lock": serving_lock}})
 
     def send_ready(self, firewall: str) -> None:
         """Say the worker is serving, and which firewall backend ``auto`` resolved to."""
         self._send({"ready": {"firewall": firewall}})
+
+
+def _another_agent_serves(path: str | None) -> bool:
+    """Whether some other agent holds the serving lock (the dead worker's went with it)."""
+    if not path:
+        return False
+    lock = ServingLock(path)
+    try:
+        return not lock.try_exclusive()
+    except OSError:
+        return False
+    finally:
+        lock.release()
 
 
 def _die_with_parent(parent: int | None) -> None:
@@ -298,6 +315,10 @@ class Supervisor:
         """Remove what the worker said it installs (in a helper process); True if done."""
         rules = self.rules
         if rules is None or not rules.get("setup_rules", True):
+            return True
+        if _another_agent_serves(rules.get("serving_lock")):
+            # During a rollout the new pod's agent serves behind the same rules.
+            log.info("another agent serves on this node: the rules stay")
             return True
         started = time.monotonic()
         argv = [sys.executable, "-m", "nodecache.supervisor", "--remove-rules", json.dumps(rules)]

@@ -17,7 +17,6 @@ a shortcut can never answer a query the slow path would refuse.
 """
 from __future__ import annotations
 
-import math
 import struct
 import time
 from bisect import bisect_left
@@ -510,6 +509,3 @@ def _rcode_name(rcode: int) -> str:
         name = _RCODE_NAMES[rcode] = dns.rcode.to_text(dns.rcode.Rcode.make(rcode)) \
             if rcode < 4096 else str(rcode)
     return name
-
-
-INF = math.inf
