@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
+from typing import TypeVar
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -86,20 +87,22 @@ class _Hist:
         return out
 
 
-def _counter(name: str, doc: str, labels: Sequence[str],
-             values: dict[Labels, float]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=list(labels))
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+def _filled(family: Family, values: dict[Labels, float]) -> Family:
     for key in sorted(values):
         family.add_metric(list(key), values[key])
     return family
+
+
+def _counter(name: str, doc: str, labels: Sequence[str],
+             values: dict[Labels, float]) -> CounterMetricFamily:
+    return _filled(CounterMetricFamily(name, doc, labels=list(labels)), values)
 
 
 def _gauge(name: str, doc: str, labels: Sequence[str],
            values: dict[Labels, float]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
-    for key in sorted(values):
-        family.add_metric(list(key), values[key])
-    return family
+    return _filled(GaugeMetricFamily(name, doc, labels=list(labels)), values)
 
 
 def _histogram(name: str, doc: str, labels: Sequence[str],
