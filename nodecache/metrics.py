@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from typing import TypeVar
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
