@@ -73,6 +73,10 @@ def _timeout(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(TimeoutError())
 
 
+#: linux/tcp.h TCP_QUICKACK (socket.TCP_QUICKACK where Python exposes it).
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
 class _TCPProtocol(asyncio.Protocol):
     """Pumps one pooled connection: bytes in -> core events -> futures."""
 
@@ -84,8 +88,20 @@ class _TCPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._sock = transport.get_extra_info("socket")
+        self._quickack()
+
+    def _quickack(self) -> None:
+        # Acknowledge at once (Linux turns this back off after a while): an
+        # upstream that leaves Nagle on holds its next pipelined answer until
+        # our ACK, which delayed ACK would hold for up to 40 ms.
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except (OSError, AttributeError):
+            pass
 
     def data_received(self, data: bytes) -> None:
+        self._quickack()
         self.owner.handle_events(self, self.conn.receive_data(data, self.owner.loop.time()))
 
     def eof_received(self) -> bool | None:
