@@ -292,15 +292,23 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
         await authority.start("127.0.0.1", upstream_port)
         try:
             agent = Agent(source)
-            loop = asyncio.get_running_loop()
-            loop.call_soon(lambda: click.echo(
-                f"\nnodecache is serving on 127.0.0.1:{port} (udp, tcp) in front of a sample "
-                f"cluster DNS on {upstream}.\nTry:\n"
-                f"  dig @127.0.0.1 -p {port} kubernetes.default.svc.cluster.local\n"
-                f"  dig @127.0.0.1 -p {port} -x 10.96.0.10\n"
-                f"  curl -s 127.0.0.1:9253/metrics | grep coredns_cache\n"
-                f"Ctrl-C stops it.\n", err=True))
-            await agent.run()
+
+            async def announce() -> None:
+                while not agent.ready:  # once every listener is bound
+                    await asyncio.sleep(0.05)
+                click.echo(
+                    f"\nnodecache is serving on 127.0.0.1:{port} (udp, tcp) in front of a sample "
+                    f"cluster DNS on {upstream}.\nTry:\n"
+                    f"  dig @127.0.0.1 -p {port} kubernetes.default.svc.cluster.local\n"
+                    f"  dig @127.0.0.1 -p {port} -x 10.96.0.10\n"
+                    f"  curl -s 127.0.0.1:9253/metrics | grep coredns_cache\n"
+                    f"Ctrl-C stops it.\n", err=True)
+
+            announcer = asyncio.get_running_loop().create_task(announce())
+            try:
+                await agent.run()
+            finally:
+                announcer.cancel()
         finally:
             await authority.close()
 

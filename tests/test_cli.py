@@ -72,3 +72,40 @@ def test_health_port_flag_must_agree_with_corefile(tmp_path: Path) -> None:
     result = nodecache("run", "-conf", str(corefile), "-health-port", "8080", "--dry-run")
     assert result.returncode == 2
     assert "--health-port" in result.stderr and "8099" in result.stderr
+
+
+def test_demo_serves_the_sample_cluster_through_the_cache() -> None:
+    """The README's run command: the production agent in front of the sample cluster DNS."""
+    import signal
+    import socket
+    import time
+
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    proc = subprocess.Popen([sys.executable, "-m", "nodecache", "demo", "--port", str(ports[0]),
+                             "--upstream-port", str(ports[1])], stderr=subprocess.PIPE, text=True)
+    try:
+        answer = None
+        deadline = time.monotonic() + 20
+        while answer is None and time.monotonic() < deadline:
+            try:
+                answer = dns.query.udp(dns.message.make_query(
+                    "kubernetes.default.svc.cluster.local.", "A"), "127.0.0.1", port=ports[0],
+                    timeout=0.5)
+            except (OSError, dns.exception.Timeout):
+                time.sleep(0.2)
+        assert answer is not None and answer.answer[0][0].address == "10.96.0.1"
+        reverse = dns.query.tcp(dns.message.make_query("10.0.96.10.in-addr.arpa.", "PTR"),
+                                "127.0.0.1", port=ports[0], timeout=2)
+        assert str(reverse.answer[0][0].target) == "kube-dns.kube-system.svc.cluster.local."
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert f"dig @127.0.0.1 -p {ports[0]} kubernetes.default.svc.cluster.local" in err
