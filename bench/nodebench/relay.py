@@ -38,6 +38,9 @@ _SO_SNDBUFFORCE = 32
 _BUF = 4 << 20  # bytes
 
 
+#: linux/tcp.h TCP_QUICKACK.
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
 def _tight_timer() -> None:
     """Ask for 1 ns timer slack on this thread so sub-millisecond sleeps are precise."""
     try:
@@ -219,6 +222,9 @@ class TcpRelay:
                 data = src.recv(65536)
                 if not data:
                     break
+                # ACK at once, as a router in between would not delay anything:
+                # a sender with Nagle on would otherwise wait for our delayed ACK.
+                src.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
                 pending += data
                 n = 0
                 while len(pending) >= 2:
