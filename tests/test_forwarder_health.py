@@ -16,21 +16,13 @@ from nodecache.errors import ConcurrencyLimitError, UpstreamError
 from tests.fakeupstream import (
     FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
 )
+from tests.forwarderkit import forwarder, settings
 
 ok = answer_from({"a.example. A": "192.0.2.1"})
 
 
 def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    opts: dict[str, Any] = dict(try_timeout=0.1, budget=0.25, health_check=0.03)
-    opts.update(kw)
-    return ForwardSettings(zone=".", upstreams=upstreams, **opts)
-
-
-async def forwarder(settings: ForwardSettings) -> tuple[Forwarder, ForwardStats]:
-    stats = ForwardStats("dns://:53", ".")
-    fwd = Forwarder(settings, stats)
-    await fwd.start()
-    return fwd, stats
+    return settings(upstreams, dict(try_timeout=0.1, budget=0.25, health_check=0.03), kw)
 
 
 async def until(cond: Any, timeout: float = 2.0) -> None:

@@ -9,30 +9,20 @@ from typing import Any
 import dns.message
 import pytest
 
-from nodecache.aio.forwarder import Forwarder
 from nodecache.config.settings import ForwardSettings, Upstream
-from nodecache.core.stats import ForwardStats
 from nodecache.errors import UpstreamError
 from tests.fakeupstream import (
     CLOSE, RESET, FakeUpstream, RawTCP, answer_from, loop_errors, make_answer,  # noqa: F401
     query_wire,
 )
+from tests.forwarderkit import forwarder, settings
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 60)}
 ok = answer_from(RECORDS)
 
 
 def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    opts: dict[str, Any] = dict(try_timeout=0.3, budget=1.0, health_check=0.05, force_tcp=True)
-    opts.update(kw)
-    return ForwardSettings(zone=".", upstreams=upstreams, **opts)
-
-
-async def forwarder(settings: ForwardSettings, **kw: Any) -> tuple[Forwarder, ForwardStats]:
-    stats = ForwardStats("dns://:53", ".")
-    fwd = Forwarder(settings, stats, **kw)
-    await fwd.start()
-    return fwd, stats
+    return settings(upstreams, dict(try_timeout=0.3, budget=1.0, health_check=0.05, force_tcp=True), kw)
 
 
 def address_of(wire: bytes) -> str:

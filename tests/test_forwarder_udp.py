@@ -11,28 +11,18 @@ import dns.message
 import dns.rcode
 import pytest
 
-from nodecache.aio.forwarder import Forwarder
 from nodecache.config.settings import ForwardSettings, Upstream
-from nodecache.core.stats import ForwardStats
 from nodecache.errors import ClientProtocolError, UpstreamError
 from tests.fakeupstream import (
     FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
 )
+from tests.forwarderkit import forwarder, settings
 
 RECORDS = {"a.example. A": "192.0.2.1", "big.example. TXT": ["x" * 200] * 5}
 
 
 def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    opts: dict[str, Any] = dict(try_timeout=0.2, budget=0.6, health_check=0.05)
-    opts.update(kw)
-    return ForwardSettings(zone=".", upstreams=upstreams, **opts)
-
-
-async def forwarder(settings: ForwardSettings) -> tuple[Forwarder, ForwardStats]:
-    stats = ForwardStats("dns://:53", ".")
-    fwd = Forwarder(settings, stats)
-    await fwd.start()
-    return fwd, stats
+    return settings(upstreams, dict(try_timeout=0.2, budget=0.6, health_check=0.05), kw)
 
 
 async def test_udp_answer_restores_id(loop_errors: list) -> None:

@@ -116,6 +116,25 @@ def parse_local_ips(ips: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: node-cache's rules for one local IP, in its order: (table, chain, protocols,
+#: port, matches the IP as destination (else as source), target, comment).
+_RULE_TABLE: tuple[tuple[str, str, tuple[str, ...], str, bool, str, str], ...] = (
+    # 1-2: queries arriving from pods skip conntrack (and so kube-proxy's DNAT).
+    ("raw", "PREROUTING", ("tcp", "udp"), "dns", True, "NOTRACK", "skip conntrack"),
+    # 3-4: let untracked queries in past "accept ESTABLISHED only" filters.
+    ("filter", "INPUT", ("tcp", "udp"), "dns", True, "ACCEPT", "allow DNS traffic"),
+    # 5-6: our replies skip conntrack.
+    ("raw", "OUTPUT", ("tcp", "udp"), "dns", False, "NOTRACK", "skip conntrack"),
+    # 7-8: and are let out.
+    ("filter", "OUTPUT", ("tcp", "udp"), "dns", False, "ACCEPT", "allow DNS traffic"),
+    # 9-10: queries from the node itself (hostNetwork pods), kubernetes/dns#318.
+    ("raw", "OUTPUT", ("tcp", "udp"), "dns", True, "NOTRACK", "skip conntrack"),
+    # 11-12: the kubelet's liveness probe to the health port, and its replies.
+    ("raw", "OUTPUT", ("tcp",), "health", True, "NOTRACK", "skip conntrack for health"),
+    ("raw", "OUTPUT", ("tcp",), "health", False, "NOTRACK", "skip conntrack for health"),
+)
+
+
 def notrack_rules(local_ips: Sequence[str], dns_port: int = 53,
                   health_port: int = 8080) -> tuple[Rule, ...]:
     """The 12 rules node-cache installs, for each local IP (NODELOCAL.md section 1.3).
@@ -125,29 +144,8 @@ def notrack_rules(local_ips: Sequence[str], dns_port: int = 53,
     """
     rules: list[Rule] = []
     for ip in parse_local_ips(local_ips):
-        for proto in ("tcp", "udp"):
-            # 1-2: queries arriving from pods skip conntrack (and so kube-proxy's DNAT).
-            rules.append(Rule("raw", "PREROUTING", proto, ip, dns_port, True, "NOTRACK",
-                              "skip conntrack"))
-        for proto in ("tcp", "udp"):
-            # 3-4: let untracked queries in past "accept ESTABLISHED only" filters.
-            rules.append(Rule("filter", "INPUT", proto, ip, dns_port, True, "ACCEPT",
-                              "allow DNS traffic"))
-        for proto in ("tcp", "udp"):
-            # 5-6: our replies skip conntrack.
-            rules.append(Rule("raw", "OUTPUT", proto, ip, dns_port, False, "NOTRACK",
-                              "skip conntrack"))
-        for proto in ("tcp", "udp"):
-            # 7-8: and are let out.
-            rules.append(Rule("filter", "OUTPUT", proto, ip, dns_port, False, "ACCEPT",
-                              "allow DNS traffic"))
-        for proto in ("tcp", "udp"):
-            # 9-10: queries from the node itself (hostNetwork pods), kubernetes/dns#318.
-            rules.append(Rule("raw", "OUTPUT", proto, ip, dns_port, True, "NOTRACK",
-                              "skip conntrack"))
-        # 11-12: the kubelet's liveness probe to the health port, and its replies.
-        rules.append(Rule("raw", "OUTPUT", "tcp", ip, health_port, True, "NOTRACK",
-                          "skip conntrack for health"))
-        rules.append(Rule("raw", "OUTPUT", "tcp", ip, health_port, False, "NOTRACK",
-                          "skip conntrack for health"))
+        for table, chain, protos, port, to_ip, target, comment in _RULE_TABLE:
+            for proto in protos:
+                rules.append(Rule(table, chain, proto, ip, health_port if port == "health"
+                                  else dns_port, to_ip, target, comment))
     return tuple(rules)
