@@ -33,6 +33,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from nodecache.aio.forwarder import Forwarder
+from nodecache.aio.hostsfile import TICK as HOSTS_TICK
+from nodecache.aio.hostsfile import HostsFiles, hosts_stages
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
 from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import Listener, queue_fill
@@ -97,11 +99,13 @@ class Runtime:
 
 def _cache_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
     """What must be equal for a zone's cache to survive a reload."""
-    return (zone, block.port, block.cache)
+    # Answers of the plugins the cache wraps are cached: new plugins, new cache.
+    return (zone, block.port, block.cache, block.hosts, block.template, block.rewrite)
 
 
 def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
-    return (zone, block.port, block.cache, block.forward, block.loadbalance)
+    return (zone, block.port, block.cache, block.forward, block.loadbalance, block.hosts,
+            block.template, block.rewrite, block.dns64, block.whoami)
 
 
 class Agent:
@@ -143,6 +147,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
+        self.hosts_files = HostsFiles()
 
     # -- building ------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class Agent:
                 handler = by_blockset[ident] = QueryHandler(zones)
             handlers[address] = handler
         runtime = Runtime(config, all_zones, handlers)
+        self.hosts_files.check(hosts_stages(all_zones), asyncio.get_running_loop().time())
         for handler in runtime.unique_handlers():
             for zone in {id(z): z for z in handler.zones.values()}.values():
                 if zone.cache is not None:
@@ -276,6 +282,7 @@ class Agent:
         self._spawn(self._gc_loop())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
+        self._spawn(self._hosts_loop())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
 
@@ -419,6 +426,19 @@ class Agent:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _hosts_loop(self) -> None:
+        """Re-read changed hosts files (hosts' ``reload``)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), HOSTS_TICK)
+                return
+            except asyncio.TimeoutError:
+                pass
+            runtime = self.runtime
+            if runtime is not None:
+                self.hosts_files.check(hosts_stages(runtime.zones),
+                                       asyncio.get_running_loop().time())
 
     async def _gc_loop(self) -> None:
         """Collect cyclic garbage on our schedule and keep live objects out of later walks."""

@@ -10,7 +10,7 @@ from nodecache.config import values
 from nodecache.config.context import BlockContext
 from nodecache.config.lexer import Token
 from nodecache.config.parser import BlockNode
-from nodecache.config.plugins import PLUGINS
+from nodecache.config.plugins import PLUGINS, REPEATABLE
 from nodecache.config.settings import ServerBlock, Source
 from nodecache.errors import ConfigError
 
@@ -65,13 +65,14 @@ def _plugins(node: BlockNode, ctx: BlockContext) -> dict[str, Any]:
             quoted = " (quoted, so not a plugin name)" if line.name.quoted else ""
             raise line.name.error(f"expected a plugin ({', '.join(sorted(PLUGINS))}),"
                                   f" found {name!r}{quoted}")
-        if name in seen:
+        if name in seen and name not in REPEATABLE:
             first = seen[name]
             raise line.name.error(f"{name}: plugin used twice in one server block"
                                   f" (first at {first.file}:{first.line}:{first.column})")
         seen[name] = line.name
         field, parse = PLUGINS[name]
-        fields[field] = parse(line, ctx)
+        value = parse(line, ctx)
+        fields[field] = fields.get(field, ()) + value if name in REPEATABLE else value
     return fields
 
 

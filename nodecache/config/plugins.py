@@ -14,9 +14,13 @@ from nodecache.config import values
 from nodecache.config.args import Args, no_block, options
 from nodecache.config.cache import parse_cache
 from nodecache.config.context import BlockContext
+from nodecache.config.dns64 import parse_dns64
 from nodecache.config.forward import parse_forward
+from nodecache.config.hosts import parse_hosts
 from nodecache.config.parser import Directive
+from nodecache.config.rewrite import parse_rewrite
 from nodecache.config.settings import HealthSettings, LogSettings, ReloadSettings
+from nodecache.config.template import parse_template
 
 DEFAULT_PROMETHEUS = "localhost:9153"
 DEFAULT_HEALTH = ":8080"
@@ -157,4 +161,13 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "prometheus": ("prometheus", parse_address_plugin("prometheus", DEFAULT_PROMETHEUS)),
     "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
     "reload": ("reload", parse_reload),
+    "hosts": ("hosts", parse_hosts),
+    "template": ("template", parse_template),
+    "rewrite": ("rewrite", parse_rewrite),
+    "dns64": ("dns64", parse_dns64),
+    "whoami": ("whoami", parse_flag("whoami")),
 }
+
+#: Plugins that may appear several times in a block; their parsers return
+#: tuples, which are joined in the order written.
+REPEATABLE = frozenset({"template", "rewrite"})

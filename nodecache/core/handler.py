@@ -23,9 +23,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import dns.exception
+
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
+from nodecache.core.chain import Chain, Request, Resolution
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
+from nodecache.core.stages import chain_for
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
@@ -87,8 +91,11 @@ class Zone:
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: The block's answering plugins, run on a cache miss.
+    chain: Chain = field(init=False)
 
     def __post_init__(self) -> None:
+        self.chain = chain_for(self.block)
         forward = self.block.forward
         if forward is not None:
             self.forward_from = wire.zone_to_wire(forward.zone)
@@ -116,6 +123,8 @@ class Miss:
     stale: Entry | None = None
     #: A background refresh (prefetch or stale refresh): no client waits.
     background: bool = False
+    #: What the plugin chain made of it (rewrites to undo); None without a chain.
+    resolution: Resolution | None = None
 
 
 @dataclass(slots=True)
@@ -273,11 +282,13 @@ class QueryHandler:
                     reply = self._from_entry(miss, entry, now, stale=True)
                     if not entry.refreshing:
                         entry.refreshing = True
-                        self.refresh(_background(miss, entry))
+                        self._refresh(_background(miss, entry), now)
                     return self._finish(miss, reply, addr, entry.rcode, "cache")
                 miss.stale = entry
         if zone.cache_stats is not None:
             zone.cache_stats.misses += 1
+        if zone.chain:
+            return self._run_chain(miss, now, addr)
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
                 wire.is_subdomain(lower, z) for z in zone.forward_except):
             reply = wire.error_response(miss.query, wire.REFUSED, miss.question_end, miss.edns)
@@ -332,12 +343,60 @@ class QueryHandler:
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
                     wire.MAX_MESSAGE, slot, _perf())
-        self.refresh(_background(miss, entry))
+        self._refresh(_background(miss, entry), now)
+
+    # -- the plugin chain ----------------------------------------------------
+
+    def _run_chain(self, miss: Miss, now: float, addr: object) -> bytes | Miss:
+        """A miss in a block with answering plugins: answer locally, or forward (rewritten)."""
+        zone = miss.zone
+        resolution = zone.chain.resolve(_request(miss, addr))
+        if resolution.answer is None and resolution.rcode is None:
+            if self._forwards(zone, resolution):
+                miss.resolution = resolution
+                return miss
+            resolution = zone.chain.after_forward(resolution)
+        if resolution.answer is not None:
+            outcome = self.absorb(miss, resolution.answer, now)
+            return self.reply(miss, outcome, now, addr, resolution.plugin)
+        rcode = wire.REFUSED if resolution.rcode is None else resolution.rcode
+        reply = wire.error_response(miss.query, rcode, miss.question_end, miss.edns)
+        return self._finish(miss, reply, addr, rcode, resolution.plugin)
+
+    @staticmethod
+    def _forwards(zone: Zone, resolution: Resolution) -> bool:
+        """Whether forward takes the (possibly rewritten) name."""
+        if zone.forward_from is None:
+            return False
+        name = zone_wire(resolution.request.name)
+        return wire.is_subdomain(name, zone.forward_from) and not any(
+            wire.is_subdomain(name, z) for z in zone.forward_except)
+
+    def _refresh(self, miss: Miss, now: float) -> None:
+        """Refresh an entry in the background, through the chain when the block has one."""
+        zone = miss.zone
+        if not zone.chain:
+            self.refresh(miss)
+            return
+        resolution = zone.chain.resolve(_request(miss, None))
+        if resolution.answer is None and resolution.rcode is None and self._forwards(zone, resolution):
+            miss.resolution = resolution
+            self.refresh(miss)
+            return
+        if resolution.answer is not None:
+            self.absorb(miss, resolution.answer, now)
+        elif miss.stale is not None:
+            miss.stale.refreshing = False
 
     # -- after the upstream --------------------------------------------------
 
     def upstream_query(self, miss: Miss) -> bytes:
         """The query to send upstream (ID 0: the forwarder picks one)."""
+        resolution = miss.resolution
+        if resolution is not None and resolution.rewritten:
+            request = resolution.request
+            return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
+                                    do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
                                 do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
 
@@ -345,8 +404,10 @@ class QueryHandler:
         """Index (and, when cacheable, store) one upstream answer."""
         zone = miss.zone
         try:
+            if miss.resolution is not None:
+                data = miss.resolution.revert(data)
             response = wire.index_response(data)
-        except (ValueError, struct.error):
+        except (ValueError, struct.error, dns.exception.DNSException):
             return Outcome(data, None, None)
         cache = zone.cache
         entry = None
@@ -368,7 +429,8 @@ class QueryHandler:
             miss.stale.refreshing = False
         return Outcome(data, response, entry)
 
-    def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None) -> bytes:
+    def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None,
+              plugin: str = "forward") -> bytes:
         """The reply to one waiting client from an upstream outcome."""
         response = outcome.response
         if response is None:
@@ -379,7 +441,7 @@ class QueryHandler:
             return self.fail(miss, ValueError("upstream SERVFAIL"), now, addr)
         else:
             reply = self._passthrough(miss, outcome.data, response)
-        return self._finish(miss, reply, addr, response.rcode, "forward")
+        return self._finish(miss, reply, addr, response.rcode, plugin)
 
     def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
         """The reply when the upstream did not answer usefully."""
@@ -486,6 +548,13 @@ def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
                                                     & (wire.RD | wire.CD))
     return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
         + data[12:question_end] + opt
+
+
+def _request(miss: Miss, addr: object) -> Request:
+    """The chain's view of a miss: the question, and who asked over what."""
+    remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
+    return Request(name_text(key_name(miss.key)), miss.qtype, miss.qclass, name_text(miss.qname),
+                   remote, port, SLOT_PROTO[miss.slot], 2 if miss.slot & 1 else 1)
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:

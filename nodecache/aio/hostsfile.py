@@ -1,0 +1,75 @@
+"""Read the hosts plugin's files and re-read them when they change.
+
+CoreDNS checks a hosts file every ``reload`` interval (default 5 s) and
+re-reads it when its modification time or size changed; a file that cannot
+be read or decoded keeps the entries loaded last. A ``reload`` of 0 reads it
+once. The parsing is :class:`nodecache.core.stages.hosts.HostsStage`'s.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nodecache.core.stages.hosts import HostsStage
+
+log = logging.getLogger(__name__)
+
+#: How often the watch loop wakes to see which files are due, s.
+TICK = 1.0
+
+
+@dataclass
+class _Seen:
+    #: (mtime ns, size) of the file last loaded; None before the first load.
+    stamp: tuple[int, int] | None = None
+    #: When the file is due to be checked again (loop clock), s.
+    due: float = 0.0
+    #: A warning was logged for the file's current failure (log each failure once).
+    warned: bool = False
+
+
+class HostsFiles:
+    """Loads every hosts stage's file and keeps it current."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, _Seen] = {}
+
+    def check(self, stages: Iterable[HostsStage], now: float, *, force: bool = False) -> None:
+        """Load the files that are due (all of them with ``force``) and changed."""
+        live: dict[int, _Seen] = {}
+        for stage in stages:
+            seen = self._seen.get(id(stage)) or _Seen()
+            live[id(stage)] = seen
+            first = seen.stamp is None and seen.due == 0.0
+            if not (force or first or (stage.settings.reload > 0 and now >= seen.due)):
+                continue
+            seen.due = now + stage.settings.reload
+            self._load(stage, seen)
+        self._seen = live
+
+    @staticmethod
+    def _load(stage: HostsStage, seen: _Seen) -> None:
+        path = stage.settings.path
+        try:
+            status = os.stat(path)
+            stamp = (status.st_mtime_ns, status.st_size)
+            if stamp == seen.stamp:
+                return
+            with open(path, encoding="utf-8", errors="strict") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            if not seen.warned:
+                log.warning("hosts: cannot read %s (keeping the last entries): %s", path, exc)
+                seen.warned = True
+            return
+        stage.load(text)
+        seen.stamp, seen.warned = stamp, False
+        log.debug("hosts: loaded %d entries from %s", stage.entries, path)
+
+
+def hosts_stages(zones: Iterable[object]) -> list[HostsStage]:
+    """The hosts stages of these zones' chains."""
+    return [stage for zone in zones for stage in getattr(zone, "chain").stages
+            if isinstance(stage, HostsStage)]

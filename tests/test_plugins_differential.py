@@ -1,0 +1,431 @@
+"""hosts, template, rewrite, dns64 and whoami: nodecache answers as node-cache does.
+
+Each case is one Corefile and the questions asked of it; every question goes
+to both servers twice (the second answer is a cache hit) and the replies must
+match (see :mod:`tests.diffkit`). Both forward to the same fake zone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.diffkit import Pair, Zone, free_port
+
+ZONE = {
+    "www.example.org. A": ["www.example.org. 300 IN A 192.0.2.10"],
+    "www.example.org. AAAA": ["www.example.org. 300 IN AAAA 2001:db8::10"],
+    "v4.example.org. A": ["v4.example.org. 300 IN A 192.0.2.20", "v4.example.org. 300 IN A 192.0.2.21"],
+    "alias.example.org. A": ["alias.example.org. 300 IN CNAME www.example.org.",
+                             "www.example.org. 300 IN A 192.0.2.10"],
+    "svc.example.net. A": ["svc.example.net. 300 IN A 198.51.100.1"],
+    "svc.example.net. SRV": ["svc.example.net. 300 IN SRV 0 0 80 host.example.net."],
+    "api.internal.example. A": ["api.internal.example. 300 IN A 10.1.0.1"],
+    "api.internal.example. CNAME": ["api.internal.example. 300 IN CNAME real.internal.example."],
+    "api.cluster.local. A": ["api.cluster.local. 30 IN A 10.96.0.1"],
+    "svc.cluster.local. A": ["svc.cluster.local. 30 IN CNAME api.cluster.local.",
+                             "api.cluster.local. 30 IN A 10.96.0.1"],
+    "mx.example.org. MX": ["mx.example.org. 300 IN MX 10 mail.example.org."],
+}
+SOA = "example.org. 60 IN SOA ns.example.org. hostmaster.example.org. 1 7200 3600 86400 60"
+
+HOSTS_FILE = """\
+# a comment line
+10.0.0.1   one.example.org one-alias.example.org   # trailing comment
+10.0.0.2   two.example.org
+fd00::2    two.example.org
+fd00::3    six.example.org
+::ffff:10.0.0.4 mapped.example.org
+not-an-ip  broken.example.org
+10.0.0.5
+10.0.0.6   outside.example.com
+10.0.0.1   one-again.example.org
+"""
+
+
+async def run(corefile: str, questions: list[tuple[str, str]], tmp_path: Path,
+              zone: dict[str, list[str]] | None = None, tcp: bool = False) -> None:
+    async with Zone(ZONE if zone is None else zone, SOA) as up:
+        text = corefile.replace("UPSTREAM", up.spec).replace("DIR", str(tmp_path))
+        for placeholder in ("PROMETHEUS", "HEALTH"):
+            text = text.replace(placeholder, f"127.0.0.1:{free_port()}")
+        async with Pair(text, tmp_path) as pair:
+            for name, rdtype in questions:
+                await pair.check(name, rdtype, tcp=tcp)
+
+
+# -- hosts ------------------------------------------------------------------
+
+HOSTS_QUESTIONS = [
+    ("one.example.org.", "A"), ("ONE-Alias.example.org.", "A"), ("one.example.org.", "AAAA"),
+    ("two.example.org.", "AAAA"), ("two.example.org.", "A"), ("six.example.org.", "A"),
+    ("six.example.org.", "AAAA"), ("one.example.org.", "MX"), ("one.example.org.", "TXT"),
+    ("mapped.example.org.", "A"), ("mapped.example.org.", "AAAA"),
+    ("broken.example.org.", "A"), ("one-again.example.org.", "A"),
+    ("1.0.0.10.in-addr.arpa.", "PTR"), ("2.0.0.10.in-addr.arpa.", "PTR"),
+    ("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", "PTR"),
+    ("www.example.org.", "A"), ("nothere.example.org.", "A"), ("www.example.org.", "MX"),
+    ("outside.example.com.", "A"), ("svc.example.net.", "A"),
+    ("9.9.9.9.in-addr.arpa.", "PTR"),
+]
+
+
+@pytest.mark.parametrize("options", [
+    "",
+    "fallthrough",
+    "fallthrough example.org",
+    "fallthrough other.example\n    ttl 60",
+    "no_reverse\n    fallthrough",
+    "ttl 1\n    reload 0s\n    fallthrough",
+])
+async def test_hosts_file(options: str, tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS_FILE)
+    corefile = f""".:53 {{
+  bind 127.0.0.1
+  cache 30
+  hosts DIR/hosts {{
+    {options}
+  }}
+  forward . UPSTREAM
+}}
+"""
+    await run(corefile, HOSTS_QUESTIONS, tmp_path)
+
+
+async def test_hosts_inline_and_zones(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS_FILE)
+    corefile = """.:53 {
+  bind 127.0.0.1
+  cache 30
+  hosts DIR/hosts example.org {
+    10.0.0.9 inline.example.org one.example.org
+    fd00::9 inline.example.org
+    10.0.0.10 inline.example.com
+    fallthrough
+  }
+  forward . UPSTREAM
+}
+"""
+    await run(corefile, [*HOSTS_QUESTIONS, ("inline.example.org.", "A"),
+                         ("inline.example.org.", "AAAA"), ("inline.example.com.", "A"),
+                         ("9.0.0.10.in-addr.arpa.", "PTR"), ("10.0.0.10.in-addr.arpa.", "PTR")],
+              tmp_path)
+
+
+async def test_hosts_missing_file_without_cache(tmp_path: Path) -> None:
+    corefile = """.:53 {
+  bind 127.0.0.1
+  hosts DIR/absent {
+    10.0.0.9 inline.example.org
+  }
+  forward . UPSTREAM
+}
+"""
+    await run(corefile, [("inline.example.org.", "A"), ("inline.example.org.", "AAAA"),
+                         ("www.example.org.", "A")], tmp_path)
+
+
+async def test_hosts_over_tcp(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS_FILE)
+    corefile = """.:53 {
+  bind 127.0.0.1
+  cache 30
+  hosts DIR/hosts {
+    fallthrough
+  }
+  forward . UPSTREAM
+}
+"""
+    await run(corefile, HOSTS_QUESTIONS[:6], tmp_path, tcp=True)
+
+
+# -- template ---------------------------------------------------------------
+
+TEMPLATE_QUESTIONS = [
+    ("www.example.org.", "A"), ("www.example.org.", "AAAA"), ("ip-10-1-2-3.example.org.", "A"),
+    ("IP-10-1-2-3.Example.org.", "A"), ("ip-10-1-2-3.example.org.", "AAAA"),
+    ("ip-10-1-2-3.example.org.", "TXT"), ("host.example.org.", "A"), ("svc.example.net.", "A"),
+    ("svc.example.net.", "AAAA"), ("x.example.org.", "MX"), ("mx.example.org.", "MX"),
+    ("deep.sub.example.org.", "A"), ("v4.example.org.", "A"),
+]
+
+
+@pytest.mark.parametrize("templates", [
+    # The node-local-dns Helm chart's noIPv6Lookups.
+    "template IN AAAA . {\n    rcode NOERROR\n  }",
+    # Answers built from the match (the CoreDNS README's ip-a-b-c-d example).
+    """template IN A example.org {
+    match "^ip-(?P<a>[0-9]+)-(?P<b>[0-9]+)-(?P<c>[0-9]+)-(?P<d>[0-9]+)[.]example[.]org[.]$"
+    answer "{{ .Name }} 60 IN A {{ .Group.a }}.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"
+    fallthrough
+  }""",
+    # No match and no fallthrough: SERVFAIL for the zone's A questions.
+    """template IN A example.org {
+    match ^ip-([0-9]+)-
+    answer "{{ .Name }} 60 IN A 10.{{ index .Match 1 }}.0.1"
+  }""",
+    # NXDOMAIN with an SOA, for a whole zone.
+    """template ANY ANY example.net {
+    rcode NXDOMAIN
+    authority "example.net. 60 IN SOA ns.example.net. hostmaster.example.net. 1 7200 3600 86400 60"
+  }""",
+    # Every field, several records and sections, class and type placeholders.
+    """template IN ANY example.org {
+    match (^|[.])(?P<label>[a-z0-9-]+)[.]example[.]org[.]$
+    answer "{{ .Name }} 30 {{ .Class }} TXT \\"{{ .Type }} {{ .Zone }} {{ .Group.label }}\\""
+    additional "extra.example.org. 30 IN A 192.0.2.99"
+    authority "example.org. 30 IN NS ns1.example.org."
+    fallthrough deep.sub.example.org
+  }""",
+    # Two templates for one zone, the first falling through to the second.
+    """template IN A example.org {
+    match ^www[.]
+    answer "{{ .Name }} 60 IN CNAME target.example.org."
+    fallthrough
+  }
+  template IN A example.org {
+    match ^host[.]
+    answer "{{ .Name }} 60 IN A 192.0.2.77"
+    fallthrough
+  }""",
+    # rcode SERVFAIL and REFUSED answers.
+    """template IN MX . {
+    rcode SERVFAIL
+  }
+  template IN TXT . {
+    rcode REFUSED
+  }""",
+    # A record that does not render to a valid RR: SERVFAIL.
+    """template IN A example.org {
+    answer "{{ .Name }} 60 IN A not-an-address"
+  }""",
+])
+async def test_template(templates: str, tmp_path: Path) -> None:
+    corefile = f""".:53 {{
+  bind 127.0.0.1
+  cache 30
+  {templates}
+  forward . UPSTREAM
+}}
+"""
+    await run(corefile, TEMPLATE_QUESTIONS, tmp_path)
+
+
+# -- rewrite ----------------------------------------------------------------
+
+REWRITE_QUESTIONS = [
+    ("www.example.org.", "A"), ("front.example.org.", "A"), ("front.example.org.", "AAAA"),
+    ("FRONT.example.org.", "A"), ("api.external.example.", "A"), ("web.example.com.", "A"),
+    ("alias.example.com.", "A"), ("svc.corp.", "A"), ("svc.corp.", "SRV"), ("mx.corp.", "MX"),
+    ("pre-www.example.org.", "A"), ("nomatch.example.org.", "A"), ("v4.example.org.", "AAAA"),
+    ("api.internal.example.", "A"), ("api.internal.example.", "CNAME"),
+]
+
+
+@pytest.mark.parametrize("rules", [
+    "rewrite name front.example.org www.example.org",
+    "rewrite name exact front.example.org www.example.org",
+    "rewrite name suffix .example.com .example.org",
+    "rewrite name suffix .example.com .example.org answer auto",
+    "rewrite name prefix pre-www www",
+    "rewrite name prefix pre-www www answer auto",
+    "rewrite name substring external internal answer auto",
+    "rewrite name substring external internal",
+    "rewrite name regex (.*)[.]corp[.]$ {1}.example.net answer auto",
+    "rewrite name regex (.*)[.]corp[.]$ {1}.example.net",
+    "rewrite name regex (.*)[.]corp[.]$ {1}.example.net answer name (.*)[.]example[.]net[.] {1}.corp"
+    " answer value (.*)[.]example[.]net[.] {1}.corp",
+    "rewrite name regex ^(.*)[.]example[.]com[.]$ {1}.example.org answer name ^(.*)[.]example[.]org[.]$"
+    " {1}.example.com answer value ^(.*)[.]example[.]org[.]$ {1}.example.com",
+    "rewrite continue name suffix .example.com .example.org answer auto\n"
+    "  rewrite name exact front.example.org www.example.org",
+    "rewrite stop name suffix .example.com .example.org answer auto\n"
+    "  rewrite name exact web.example.org www.example.org",
+    "rewrite type AAAA A",
+    "rewrite ttl www.example.org 5",
+    "rewrite ttl suffix .example.org 10-20",
+    "rewrite ttl regex ^v4[.] 400-",
+    "rewrite continue ttl exact www.example.org -7\n  rewrite name front.example.org www.example.org",
+    "rewrite stop {\n    name regex (.*)[.]corp[.]$ {1}.example.net\n    answer auto\n  }",
+])
+async def test_rewrite(rules: str, tmp_path: Path) -> None:
+    corefile = f""".:53 {{
+  bind 127.0.0.1
+  cache 30
+  {rules}
+  forward . UPSTREAM
+}}
+"""
+    await run(corefile, REWRITE_QUESTIONS, tmp_path)
+
+
+# -- dns64 and whoami -------------------------------------------------------
+
+DNS64_QUESTIONS = [
+    ("www.example.org.", "AAAA"), ("v4.example.org.", "AAAA"), ("alias.example.org.", "AAAA"),
+    ("nothere.example.org.", "AAAA"), ("v4.example.org.", "A"), ("mx.example.org.", "AAAA"),
+]
+
+
+@pytest.mark.parametrize("dns64", [
+    "dns64 {\n    allow_ipv4\n  }",
+    "dns64 {\n    prefix 2001:db8:64::/64\n    allow_ipv4\n  }",
+    "dns64 {\n    prefix 2001:db8::/32\n    translate_all\n    allow_ipv4\n  }",
+    "dns64",  # IPv4 clients: untouched
+])
+async def test_dns64(dns64: str, tmp_path: Path) -> None:
+    corefile = f""".:53 {{
+  bind 127.0.0.1
+  cache 30
+  {dns64}
+  forward . UPSTREAM
+}}
+"""
+    await run(corefile, DNS64_QUESTIONS, tmp_path)
+
+
+async def test_whoami_after_forward(tmp_path: Path) -> None:
+    corefile = """.:53 {
+  bind 127.0.0.1
+  whoami
+  forward example.org UPSTREAM
+}
+"""
+    async with Zone(ZONE, SOA) as up:
+        async with Pair(corefile.replace("UPSTREAM", up.spec), tmp_path) as pair:
+            await pair.check("www.example.org.", "A")
+            ours, theirs = await pair.both("who.example.net.", "A")
+            assert ours is not None and theirs is not None
+            # The port differs (each server sees its own client socket): compare the rest.
+            assert len(ours.additional) == len(theirs.additional) == 2
+            for mine, ref in zip(sorted(ours.additional, key=str), sorted(theirs.additional, key=str)):
+                assert (mine.name, mine.rdtype, mine.ttl) == (ref.name, ref.rdtype, ref.ttl)
+            assert {r.to_text() for rr in ours.additional for r in rr
+                    if rr.rdtype == 1} == {"127.0.0.1"}
+            assert ours.rcode() == theirs.rcode() and ours.flags == theirs.flags
+
+
+# -- Corefiles as installers write them ----------------------------------------
+
+async def test_kubespray_shape(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text("10.0.0.1 registry.example.org\n")
+    corefile = """cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    reload
+    loop
+    bind 127.0.0.1
+    forward . UPSTREAM {
+        force_tcp
+    }
+    prometheus PROMETHEUS
+    health HEALTH
+}
+.:53 {
+    errors
+    cache 30
+    reload
+    loop
+    bind 127.0.0.1
+    hosts DIR/hosts {
+        fallthrough
+    }
+    forward . UPSTREAM
+    prometheus PROMETHEUS
+}
+"""
+    await run(corefile, [("registry.example.org.", "A"), ("registry.example.org.", "AAAA"),
+                         ("www.example.org.", "A"), ("api.cluster.local.", "A"),
+                         ("svc.cluster.local.", "A")], tmp_path)
+
+
+async def test_helm_chart_no_ipv6_lookups(tmp_path: Path) -> None:
+    corefile = """cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    reload
+    loop
+    bind 127.0.0.1
+    template IN AAAA . {
+        rcode NOERROR
+    }
+    forward . UPSTREAM {
+        force_tcp
+    }
+}
+.:53 {
+    errors
+    cache 30
+    reload
+    loop
+    bind 127.0.0.1
+    template IN AAAA . {
+        rcode NOERROR
+    }
+    forward . UPSTREAM
+}
+"""
+    await run(corefile, [("api.cluster.local.", "AAAA"), ("api.cluster.local.", "A"),
+                         ("www.example.org.", "AAAA"), ("www.example.org.", "A")], tmp_path)
+
+
+async def test_kops_dns64_shape(tmp_path: Path) -> None:
+    corefile = """cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    reload
+    loop
+    bind 127.0.0.1
+    forward . UPSTREAM {
+        force_tcp
+    }
+}
+.:53 {
+    errors
+    cache 30
+    reload
+    loop
+    bind 127.0.0.1
+    dns64 {
+        allow_ipv4
+    }
+    forward . UPSTREAM
+}
+"""
+    await run(corefile, [("v4.example.org.", "AAAA"), ("www.example.org.", "AAAA"),
+                         ("api.cluster.local.", "AAAA")], tmp_path)
+
+
+async def test_all_together(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS_FILE)
+    corefile = """.:53 {
+  bind 127.0.0.1
+  cache 30
+  dns64 {
+    allow_ipv4
+  }
+  forward . UPSTREAM
+  hosts DIR/hosts {
+    fallthrough
+  }
+  template IN A example.org {
+    match ^tpl[.]
+    answer "{{ .Name }} 60 IN A 192.0.2.55"
+    fallthrough
+  }
+  rewrite name suffix .example.com .example.org answer auto
+}
+"""
+    await run(corefile, [("one.example.com.", "A"), ("one.example.com.", "AAAA"),
+                         ("tpl.example.com.", "A"), ("tpl.example.org.", "AAAA"),
+                         ("www.example.com.", "A"), ("v4.example.com.", "AAAA"),
+                         ("two.example.org.", "AAAA")], tmp_path)
