@@ -152,7 +152,11 @@ class Resolver:
         for waiter, send, where in flight.waiters:
             try:
                 if outcome is not None:
-                    send(handler.reply(waiter, outcome, now, where))
+                    reply = handler.reply(waiter, outcome, now, where)
+                    if isinstance(reply, Miss):  # dns64 needs the A records too
+                        self.submit(reply, send, where)
+                    else:
+                        send(reply)
                 else:
                     send(handler.fail(waiter, error or UpstreamError(), now, where))
             except Exception:  # one bad reply must not cost the other waiters theirs

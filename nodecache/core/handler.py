@@ -29,7 +29,8 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
-from nodecache.core.stages import chain_for
+from nodecache.core.stages import chain_for, dns64_for
+from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
@@ -93,9 +94,11 @@ class Zone:
     forward_except: tuple[bytes, ...] = field(init=False, default=())
     #: The block's answering plugins, run on a cache miss.
     chain: Chain = field(init=False)
+    dns64: DNS64 | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.chain = chain_for(self.block)
+        self.dns64 = dns64_for(self.block)
         forward = self.block.forward
         if forward is not None:
             self.forward_from = wire.zone_to_wire(forward.zone)
@@ -127,6 +130,18 @@ class Miss:
     options: bytes = b""
     #: What the plugin chain made of it (rewrites to undo); None without a chain.
     resolution: Resolution | None = None
+    #: dns64 under way for this client (an AAAA question, or the A look-up for one).
+    dns64: Synthesis | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Synthesis:
+    """dns64 for one client's AAAA question (RFC 6147 section 5.1)."""
+
+    #: The client's AAAA miss.
+    aaaa: Miss
+    #: The AAAA reply, once known; then the miss carrying this is the A look-up.
+    answer: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +159,9 @@ class QueryHandler:
     def __init__(self, zones: Sequence[Zone]) -> None:
         #: key -> Entry for every block: the hit path's only look-up.
         self.index: dict[bytes, Entry] = {}
+        #: AAAA entries of blocks with dns64, kept out of the hit path: dns64 runs
+        #: before the cache, so their replies depend on the client and the A records.
+        self.aside: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
         #: Called with a background Miss to refresh (prefetch, stale refresh).
         self.refresh: Callable[[Miss], None] = lambda miss: None
@@ -156,11 +174,18 @@ class QueryHandler:
     # -- cache bookkeeping ---------------------------------------------------
 
     def index_add(self, entry: Entry) -> None:
-        self.index[entry.key] = entry
+        self._index_of(entry)[entry.key] = entry
 
     def index_remove(self, entry: Entry) -> None:
-        if self.index.get(entry.key) is entry:
-            del self.index[entry.key]
+        index = self._index_of(entry)
+        if index.get(entry.key) is entry:
+            del index[entry.key]
+
+    def _index_of(self, entry: Entry) -> dict[bytes, Entry]:
+        key = entry.key
+        if entry.owner.dns64 is not None and key[len(key_name(key)):][:2] == b"\x00\x1c":
+            return self.aside
+        return self.index
 
     def route(self, qname_lower: bytes) -> Zone | None:
         """The zone whose name is the longest suffix of ``qname_lower``."""
@@ -268,9 +293,21 @@ class QueryHandler:
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
-        """A parsed, routable query: answer from the cache, serve stale, refuse, or miss."""
+        """A parsed, routable query: dns64 (before the cache), then :meth:`_lookup`."""
+        dns64 = miss.zone.dns64
+        if dns64 is None or miss.background \
+                or not dns64.intercepts(miss.qtype, miss.qclass, 2 if miss.slot & 1 else 1):
+            return self._lookup(miss, lower, now, addr)
+        miss.dns64 = Synthesis(miss)
+        result = self._lookup(miss, lower, now, addr)
+        return result if isinstance(result, Miss) else self._dns64_step(miss, result, now, addr)
+
+    def _lookup(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
+        """Answer from the cache, serve stale, run the chain, refuse, or miss."""
         zone = miss.zone
         entry = self.index.get(miss.key)
+        if entry is None and zone.dns64 is not None:
+            entry = self.aside.get(miss.key)
         if entry is not None:
             if now < entry.expires:
                 return self._finish(miss, self._from_entry(miss, entry, now), addr, entry.rcode,
@@ -441,8 +478,40 @@ class QueryHandler:
         return Outcome(data, response, entry)
 
     def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None,
-              plugin: str = "forward") -> bytes:
-        """The reply to one waiting client from an upstream outcome."""
+              plugin: str = "forward") -> bytes | Miss:
+        """The reply to one waiting client from an upstream outcome.
+
+        A Miss instead of bytes: dns64 needs the A records first; resolve it
+        for the same client.
+        """
+        reply = self._reply(miss, outcome, now, addr, plugin)
+        if miss.dns64 is None:
+            return reply
+        return self._dns64_step(miss, reply, now, addr)
+
+    def _dns64_step(self, miss: Miss, reply: bytes, now: float, addr: object) -> bytes | Miss:
+        """After the AAAA reply: look the A records up; after the A reply: synthesize."""
+        step = miss.dns64
+        dns64 = miss.zone.dns64
+        assert step is not None and dns64 is not None
+        if step.answer is not None:
+            return dns64.synthesize(step.answer, reply)
+        try:
+            response = wire.index_response(reply)
+        except (ValueError, struct.error):
+            return reply
+        if not dns64.wants(response):
+            return reply
+        query = miss.query
+        lookup = query[:miss.question_end - 4] + b"\x00\x01" + query[miss.question_end - 2:]
+        result = self.handle(lookup, now, miss.slot, addr)
+        if isinstance(result, Miss):
+            result.dns64 = Synthesis(miss, reply)
+            return result
+        return reply if result is None else dns64.synthesize(reply, result)
+
+    def _reply(self, miss: Miss, outcome: Outcome, now: float, addr: object,
+               plugin: str) -> bytes:
         response = outcome.response
         if response is None:
             return self.fail(miss, ValueError("malformed upstream answer"), now, addr)
@@ -456,6 +525,10 @@ class QueryHandler:
 
     def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
         """The reply when the upstream did not answer usefully."""
+        if miss.dns64 is not None and miss.dns64.answer is not None:
+            # dns64's A look-up failed: the AAAA question gets SERVFAIL.
+            aaaa = miss.dns64.aaaa
+            return wire.error_response(aaaa.query, wire.SERVFAIL, aaaa.question_end, aaaa.edns)
         if miss.background:
             if miss.stale is not None:
                 miss.stale.refreshing = False

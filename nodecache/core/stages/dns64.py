@@ -76,7 +76,7 @@ class DNS64:
         return qtype == wire.TYPE_AAAA and qclass == wire.CLASS_IN \
             and (family == 2 or self.settings.allow_ipv4)
 
-    def wants(self, answer: wire.Response, data: bytes) -> bool:
+    def wants(self, answer: wire.Response) -> bool:
         """Whether this AAAA answer is to be replaced by a synthesized one."""
         if answer.rcode == wire.NXDOMAIN:
             return False
@@ -85,14 +85,14 @@ class DNS64:
         return not any(r.rtype == wire.TYPE_AAAA for r in answer.answers)
 
     def synthesize(self, aaaa_answer: bytes, a_answer: bytes) -> bytes:
-        """The synthesized reply (ID 0) from the AAAA answer and the A answer."""
+        """The reply to the client: its AAAA reply's ID and question, records from the A reply."""
         original = dns.message.from_wire(aaaa_answer)
         found = dns.message.from_wire(a_answer)
         soa_ttl = DEFAULT_SOA_TTL
         for rrset in original.authority:
             if rrset.rdtype == dns.rdatatype.SOA:
                 soa_ttl = rrset.ttl
-        out = dns.message.Message(id=0)
+        out = dns.message.Message(id=original.id)
         out.flags = (original.flags & (dns.flags.RD | dns.flags.CD)) | dns.flags.QR \
             | (found.flags & dns.flags.TC)
         out.question = original.question
@@ -108,5 +108,7 @@ class DNS64:
             out.answer.append(synthesized)
         out.authority = found.authority
         out.additional = found.additional
+        if found.opt is not None:
+            out.use_edns(found.edns, found.ednsflags, found.payload)
         self.translated += 1
         return out.to_wire()
