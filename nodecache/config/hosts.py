@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from nodecache.config.args import Args, no_block
 from nodecache.config.context import BlockContext
+from nodecache.config.lexer import Token
 from nodecache.config.parser import Directive
 from nodecache.core.stages.hosts import HostsSettings, parse_address
 
@@ -31,15 +32,17 @@ def parse_hosts(line: Directive, ctx: BlockContext) -> HostsSettings:
     ttl, reload, reverse = defaults.ttl, defaults.reload, defaults.reverse
     fallthrough: tuple[str, ...] | None = None
     inline: list[str] = []
-    seen: dict[str, object] = {}
+    seen: dict[str, Token] = {}
     for option in line.body or ():
         name = option.name.text
         no_block("hosts", option)
         opt = Args("hosts", option)
         if name in _OPTIONS and not option.name.quoted:
             if name in seen:
-                raise option.name.error(f"hosts: option {name!r} given twice")
-            seen[name] = option
+                first = seen[name]
+                raise option.name.error(f"hosts: option {name!r} given twice"
+                                        f" (first at {first.file}:{first.line}:{first.column})")
+            seen[name] = option.name
         if name == "ttl":
             ttl = opt.integer(f"a TTL in seconds from 1 to {MAX_TTL}", 1, MAX_TTL)
             opt.end()

@@ -24,7 +24,7 @@ def parse_rewrite(line: Directive, ctx: BlockContext) -> tuple[Rule, ...]:
             tokens.extend((option.name, *option.args))
     words = _Words(line, tokens)
     mode = "stop"
-    first = words.take(f"a rule ({', '.join(_RULES)}), optionally after continue or stop")
+    first = words.take("a rule (name, type, class or ttl, after an optional continue or stop)")
     if first.text.lower() in ("continue", "stop"):
         mode = first.text.lower()
         first = words.take(f"a rule ({', '.join(_RULES)})")
@@ -56,10 +56,13 @@ class _Words(Args):
         self._tokens = tokens
 
 
-def _match_type(words: _Words, count: int) -> str:
-    """``exact`` when the rule has just FROM TO, else the match word."""
+def _match_type(words: _Words, count: int, second: str) -> str:
+    """``exact`` when the rule has just FROM and ``second``, else the match word."""
     if count == 2:
         return "exact"
+    if count == 1:
+        words.take("a NAME")
+        raise words.error(second)
     return words.value(f"a match type ({', '.join(MATCH_TYPES)})", str.lower,
                        lambda m: m in MATCH_TYPES)
 
@@ -67,7 +70,7 @@ def _match_type(words: _Words, count: int) -> str:
 def _name_rule(mode: str, words: _Words) -> NameRule:
     rest = list(words._tokens[words._pos:])
     end = next((i for i, t in enumerate(rest) if t.text == "answer"), len(rest))
-    match = _match_type(words, end)
+    match = _match_type(words, end, "a TO name")
     source_tok = words.take("a FROM name or regex")
     target_tok = words.take("a TO name")
     pattern = None
@@ -99,7 +102,7 @@ def _name_rule(mode: str, words: _Words) -> NameRule:
 
 
 def _ttl_rule(mode: str, words: _Words) -> TtlRule:
-    match = _match_type(words, len(words))
+    match = _match_type(words, len(words), "a TTL")
     name_tok = words.take("a NAME")
     low, high = words.value("a TTL (SECONDS, MIN-MAX, MIN- or -MAX)", _ttl_range)
     words.end()
