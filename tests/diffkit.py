@@ -8,10 +8,9 @@ Usage::
 
 What it does:
 
-* The reference is the node-cache binary of ``../shared/anchors/node-cache.gz``
-  (relative to the repository root), unpacked once per test session and run
-  serving only on 127.0.0.1 (no interface, no firewall rules), on a port
-  picked free. nodecache runs in-process (:class:`agentkit.AgentKit`).
+* The reference is node-cache (:mod:`tests.refnodecache`), serving only on
+  127.0.0.1 on a port picked free (every ``:53 {`` key of the Corefile gets
+  it). nodecache runs in-process (:class:`agentkit.AgentKit`).
 * Both forward to the same :class:`Zone` upstream, a loopback fake answering
   whole record sets from a table (so CNAME chains and SOAs are possible).
 * :meth:`Pair.check` sends the same query to both, twice (the second answer
@@ -22,12 +21,7 @@ What it does:
 """
 from __future__ import annotations
 
-import asyncio
-import gzip
-import os
-import shutil
-import socket
-import subprocess
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -43,41 +37,11 @@ import dns.rrset
 
 from tests.agentkit import AgentKit, make_query
 from tests.fakeupstream import FakeUpstream
+from tests.refnodecache import free_port, node_cache
 
-REPO = Path(__file__).resolve().parent.parent
-ANCHOR = REPO.parent / "shared" / "anchors" / "node-cache.gz"
 LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 15.0  # s, node-cache start-up on a loaded machine
 QUERY_TIMEOUT = 3.0  # s
 START_ATTEMPTS = 3
-
-
-class PortTaken(RuntimeError):
-    """node-cache could not bind a port it was given."""
-
-
-def node_cache_binary(directory: Path) -> Path:
-    """The reference binary, unpacked into ``directory`` (once)."""
-    binary = directory / "node-cache"
-    if not binary.exists():
-        with gzip.open(ANCHOR, "rb") as packed, open(binary, "wb") as out:
-            shutil.copyfileobj(packed, out)
-        binary.chmod(0o755)
-    return binary
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-            return int(port)
 
 
 class Zone(FakeUpstream):
@@ -150,68 +114,34 @@ class Pair:
         self.workdir = workdir
         self.kit = AgentKit(corefile)
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._reference: contextlib.AbstractContextManager[object] | None = None
 
     async def __aenter__(self) -> Pair:
         await self.kit.start()
         try:
             for attempt in range(START_ATTEMPTS):
                 try:
-                    await self._start_reference()
+                    self._reference = node_cache(
+                        self.corefile.replace(":53 {", f":{self.port} {{"), self.workdir,
+                        port=self.port)
+                    self._reference.__enter__()
                     break
-                except PortTaken:
+                except RuntimeError as exc:
                     # Another process took a port between free_port() and the bind.
-                    if attempt == START_ATTEMPTS - 1:
+                    if "address already in use" not in str(exc) or attempt == START_ATTEMPTS - 1:
                         raise
                     self.port = free_port()
         except BaseException:
-            await self.close()
+            await self.kit.close()
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _start_reference(self) -> None:
-        binary = node_cache_binary(self.workdir)
-        reference = self.corefile.replace(":53 {", f":{self.port} {{")
-        corefile = self.workdir / "Corefile.node-cache"
-        corefile.write_text(reference)
-        log = open(self.workdir / "node-cache.log", "ab")
-        env = {**os.environ, "KUBE_DNS_SERVICE_HOST": "127.0.0.20"}
-        self.proc = subprocess.Popen(
-            [str(binary), "-localip", LOOPBACK, "-conf", str(corefile), "-setupinterface=false",
-             "-setupiptables=false", "-skipteardown", "-syncinterval", "1h",
-             "-metrics-listen-address", f"{LOOPBACK}:{free_port()}",
-             "-basecorefile", str(self.workdir / "absent")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
-        log.close()
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                output = (self.workdir / "node-cache.log").read_text()[-3000:]
-                if "address already in use" in output:
-                    raise PortTaken(output)
-                raise RuntimeError("node-cache exited: " + output)
-            try:
-                await dns.asyncquery.udp(make_query("probe.invalid.", "A"), LOOPBACK,
-                                         port=self.port, timeout=0.3)
-                return
-            except dns.exception.Timeout:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError("node-cache did not answer") from None
-            except OSError:
-                await asyncio.sleep(0.1)
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait)
-        await self.kit.close()
+        try:
+            if self._reference is not None:
+                self._reference.__exit__(None, None, None)
+        finally:
+            await self.kit.close()
 
     async def reference(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
         try:

@@ -43,6 +43,11 @@ not-an-ip  broken.example.org
 """
 
 
+def one_block(plugins: str) -> str:
+    """A Corefile with one block: cache, ``plugins``, forward to the zone."""
+    return f".:53 {{\n  bind 127.0.0.1\n  cache 30\n  {plugins}\n  forward . UPSTREAM\n}}\n"
+
+
 async def run(corefile: str, questions: list[tuple[str, str]], tmp_path: Path,
               zone: dict[str, list[str]] | None = None, tcp: bool = False) -> None:
     async with Zone(ZONE if zone is None else zone, SOA) as up:
@@ -201,14 +206,7 @@ TEMPLATE_QUESTIONS = [
   }""",
 ])
 async def test_template(templates: str, tmp_path: Path) -> None:
-    corefile = f""".:53 {{
-  bind 127.0.0.1
-  cache 30
-  {templates}
-  forward . UPSTREAM
-}}
-"""
-    await run(corefile, TEMPLATE_QUESTIONS, tmp_path)
+    await run(one_block(templates), TEMPLATE_QUESTIONS, tmp_path)
 
 
 # -- rewrite ----------------------------------------------------------------
@@ -249,14 +247,7 @@ REWRITE_QUESTIONS = [
     "rewrite stop {\n    name regex (.*)[.]corp[.]$ {1}.example.net\n    answer auto\n  }",
 ])
 async def test_rewrite(rules: str, tmp_path: Path) -> None:
-    corefile = f""".:53 {{
-  bind 127.0.0.1
-  cache 30
-  {rules}
-  forward . UPSTREAM
-}}
-"""
-    await run(corefile, REWRITE_QUESTIONS, tmp_path)
+    await run(one_block(rules), REWRITE_QUESTIONS, tmp_path)
 
 
 # -- dns64 and whoami -------------------------------------------------------
@@ -274,14 +265,7 @@ DNS64_QUESTIONS = [
     "dns64",  # IPv4 clients: untouched
 ])
 async def test_dns64(dns64: str, tmp_path: Path) -> None:
-    corefile = f""".:53 {{
-  bind 127.0.0.1
-  cache 30
-  {dns64}
-  forward . UPSTREAM
-}}
-"""
-    await run(corefile, DNS64_QUESTIONS, tmp_path)
+    await run(one_block(dns64), DNS64_QUESTIONS, tmp_path)
 
 
 async def test_whoami_after_forward(tmp_path: Path) -> None:
