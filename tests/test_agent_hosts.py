@@ -1,0 +1,65 @@
+"""hosts files on disk: read at start, re-read when they change, last entries kept when unreadable."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from tests.agentkit import AgentKit
+
+#: How long a changed file may take to be seen: reload 1s plus the watch tick, with margin.
+SEEN_WITHIN = 10.0  # s
+
+
+async def addresses(kit: AgentKit, name: str) -> list[str]:
+    reply = await kit.query(name, "A")
+    return sorted(r.to_text() for rrset in reply.answer for r in rrset)
+
+
+async def eventually(kit: AgentKit, name: str, expected: list[str]) -> None:
+    deadline = asyncio.get_running_loop().time() + SEEN_WITHIN
+    while await addresses(kit, name) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} never became {expected}"
+        await asyncio.sleep(0.2)
+
+
+async def test_hosts_file_reload(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 a.example.org\n")
+    corefile = f".:53 {{\n  hosts {hosts} {{\n    reload 1s\n  }}\n}}\n"
+    async with AgentKit(corefile) as kit:
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.1"]
+        hosts.write_text("10.0.0.22 a.example.org\n10.0.0.3 b.example.org\n")
+        await eventually(kit, "a.example.org.", ["10.0.0.22"])
+        assert await addresses(kit, "b.example.org.") == ["10.0.0.3"]
+        # A file that cannot be decoded, then no file at all: the last entries stay.
+        hosts.write_bytes(b"10.0.0.9 a.example.org \xff\xfe\n")
+        os.utime(hosts, ns=(1, 1))
+        await asyncio.sleep(2.5)
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.22"]
+        hosts.unlink()
+        await asyncio.sleep(2.5)
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.22"]
+        hosts.write_text("10.0.0.4 a.example.org\n")
+        await eventually(kit, "a.example.org.", ["10.0.0.4"])
+
+
+async def test_hosts_file_missing_at_start_then_created(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    corefile = f".:53 {{\n  hosts {hosts} {{\n    reload 1s\n    10.0.0.8 inline.example.org\n  }}\n}}\n"
+    async with AgentKit(corefile) as kit:
+        assert await addresses(kit, "inline.example.org.") == ["10.0.0.8"]
+        reply = await kit.query("a.example.org.", "A")
+        assert reply.rcode() == 2  # SERVFAIL: hosts has no such name and no fallthrough
+        hosts.write_text("10.0.0.5 a.example.org\n")
+        await eventually(kit, "a.example.org.", ["10.0.0.5"])
+
+
+async def test_reload_zero_reads_once(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 a.example.org\n")
+    corefile = f".:53 {{\n  hosts {hosts} {{\n    reload 0s\n  }}\n}}\n"
+    async with AgentKit(corefile) as kit:
+        hosts.write_text("10.0.0.2 a.example.org\n")
+        await asyncio.sleep(2.5)
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.1"]
