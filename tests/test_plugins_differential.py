@@ -289,6 +289,22 @@ async def test_whoami_after_forward(tmp_path: Path) -> None:
             assert ours.rcode() == theirs.rcode() and ours.flags == theirs.flags
 
 
+async def test_nothing_takes_the_name(tmp_path: Path) -> None:
+    corefile = """.:53 {
+  bind 127.0.0.1
+  hosts {
+    10.0.0.1 a.example.org
+    fallthrough
+  }
+  forward example.org UPSTREAM {
+    except skip.example.org
+  }
+}
+"""
+    await run(corefile, [("a.example.org.", "A"), ("www.example.org.", "A"),
+                         ("x.skip.example.org.", "A"), ("www.example.net.", "A")], tmp_path)
+
+
 # -- Corefiles as installers write them ----------------------------------------
 
 async def test_kubespray_shape(tmp_path: Path) -> None:

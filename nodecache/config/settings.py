@@ -83,7 +83,7 @@ class ForwardSettings:
     #: The FROM zone.
     zone: str
     upstreams: tuple[Upstream, ...]
-    #: Names under these zones are not forwarded (REFUSED, as no other plugin follows).
+    #: Names under these zones are not forwarded (SERVFAIL when no other plugin follows).
     except_zones: tuple[str, ...] = ()
     #: Always use TCP to the upstreams.
     force_tcp: bool = False

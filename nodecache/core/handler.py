@@ -330,8 +330,9 @@ class QueryHandler:
             return self._run_chain(miss, now, addr)
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
                 wire.is_subdomain(lower, z) for z in zone.forward_except):
-            reply = wire.error_response(miss.query, wire.REFUSED, miss.question_end, miss.edns)
-            return self._finish(miss, reply, addr, wire.REFUSED, "")
+            # CoreDNS's NextOrFailure: no plugin takes the name (node-cache: SERVFAIL).
+            reply = wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
+            return self._finish(miss, reply, addr, wire.SERVFAIL, "")
         return miss
 
     def _fast_miss(self, data: bytes, end: int, key: bytes, now: float, slot: int, addr: object,
@@ -399,7 +400,7 @@ class QueryHandler:
         if resolution.answer is not None:
             outcome = self.absorb(miss, resolution.answer, now)
             return self.reply(miss, outcome, now, addr, resolution.plugin)
-        rcode = wire.REFUSED if resolution.rcode is None else resolution.rcode
+        rcode = wire.SERVFAIL if resolution.rcode is None else resolution.rcode
         reply = wire.error_response(miss.query, rcode, miss.question_end, miss.edns)
         return self._finish(miss, reply, addr, rcode, resolution.plugin)
 
