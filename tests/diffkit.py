@@ -109,11 +109,13 @@ def _canonical(rdata: dns.rdata.Rdata) -> str:
 class Pair:
     """nodecache and node-cache serving the same Corefile."""
 
-    def __init__(self, corefile: str, workdir: Path) -> None:
+    def __init__(self, corefile: str, workdir: Path, host: str = LOOPBACK) -> None:
         self.corefile = corefile
         self.workdir = workdir
-        self.kit = AgentKit(corefile)
-        self.port = free_port()
+        #: Both servers listen here (``"::1"``: the clients are IPv6).
+        self.host = host
+        self.kit = AgentKit(corefile, host=host)
+        self.port = free_port(host)
         self._reference: contextlib.AbstractContextManager[object] | None = None
 
     async def __aenter__(self) -> Pair:
@@ -123,14 +125,14 @@ class Pair:
                 try:
                     self._reference = node_cache(
                         self.corefile.replace(":53 {", f":{self.port} {{"), self.workdir,
-                        port=self.port)
+                        host=self.host, port=self.port)
                     self._reference.__enter__()
                     break
                 except RuntimeError as exc:
                     # Another process took a port between free_port() and the bind.
                     if "address already in use" not in str(exc) or attempt == START_ATTEMPTS - 1:
                         raise
-                    self.port = free_port()
+                    self.port = free_port(self.host)
         except BaseException:
             await self.kit.close()
             raise
@@ -146,9 +148,9 @@ class Pair:
     async def reference(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
         try:
             if tcp:
-                return await dns.asyncquery.tcp(query, LOOPBACK, port=self.port,
+                return await dns.asyncquery.tcp(query, self.host, port=self.port,
                                                 timeout=QUERY_TIMEOUT)
-            return await dns.asyncquery.udp(query, LOOPBACK, port=self.port,
+            return await dns.asyncquery.udp(query, self.host, port=self.port,
                                             timeout=QUERY_TIMEOUT)
         except dns.exception.Timeout:
             return None

@@ -24,11 +24,12 @@ START_TIMEOUT = 15.0
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` (nothing listens on it afterwards)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind((host, port))
                 except OSError:
@@ -51,7 +52,8 @@ def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
     proc = subprocess.Popen(
         [str(binary), "-localip", host, "-conf", str(workdir / "Corefile"),
          "-setupinterface=false", "-setupiptables=false", "-skipteardown",
-         "-metrics-listen-address", f"{host}:{free_port(host)}",
+         "-metrics-listen-address", f"[{host}]:{free_port(host)}" if ":" in host
+         else f"{host}:{free_port(host)}",
          "-basecorefile", str(workdir / "none")],
         stdout=open(workdir / "node-cache.log", "wb"), stderr=subprocess.STDOUT, env=env)
     try:

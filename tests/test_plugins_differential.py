@@ -268,6 +268,23 @@ async def test_dns64(dns64: str, tmp_path: Path) -> None:
     await run(one_block(dns64), DNS64_QUESTIONS, tmp_path)
 
 
+@pytest.mark.parametrize("dns64", [
+    "dns64",
+    "dns64 2001:db8:64::/96",
+    "dns64 {\n    prefix 2001:db8:6400::/40\n    translate_all\n  }",
+])
+async def test_dns64_ipv6_clients(dns64: str, tmp_path: Path) -> None:
+    # The default: only IPv6 clients get synthesized answers.
+    async with Zone(ZONE, SOA) as up:
+        corefile = one_block(dns64).replace("127.0.0.1", "::1").replace("UPSTREAM", up.spec)
+        async with Pair(corefile, tmp_path, host="::1") as pair:
+            for name, rdtype in DNS64_QUESTIONS:
+                await pair.check(name, rdtype)
+            await pair.check("www.example.org.", "AAAA", tcp=True)
+            synthesized = await pair.check("v4.example.org.", "AAAA")
+            assert synthesized is not None and len(synthesized.answer[0]) == 2
+
+
 async def test_whoami_after_forward(tmp_path: Path) -> None:
     corefile = """.:53 {
   bind 127.0.0.1
