@@ -63,3 +63,16 @@ async def test_reload_zero_reads_once(tmp_path: Path) -> None:
         hosts.write_text("10.0.0.2 a.example.org\n")
         await asyncio.sleep(2.5)
         assert await addresses(kit, "a.example.org.") == ["10.0.0.1"]
+
+
+async def test_corefile_reload_changes_the_plugins_and_their_cached_answers() -> None:
+    corefile = (".:53 {\n  cache 30\n  hosts {\n    10.0.0.1 a.example.org\n  }\n"
+                "  template IN A t.example {\n    answer \"{{ .Name }} 60 IN A 10.1.1.1\"\n  }\n}\n")
+    async with AgentKit(corefile) as kit:
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.1"]
+        assert await addresses(kit, "x.t.example.") == ["10.1.1.1"]
+        kit.corefile = corefile.replace("10.0.0.1", "10.0.0.2").replace("10.1.1.1", "10.1.1.2")
+        assert await kit.agent.reload()
+        # The cache wraps hosts and template: new plugins, a new cache (no stale answer).
+        assert await addresses(kit, "a.example.org.") == ["10.0.0.2"]
+        assert await addresses(kit, "x.t.example.") == ["10.1.1.2"]

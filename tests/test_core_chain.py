@@ -116,3 +116,34 @@ def test_plugin_label_of_responses() -> None:
     stats = next(iter(d.handler.zones.values())).stats
     assert stats.responses[("NOERROR", "template")] == 1
     assert stats.responses[("NOERROR", "forward")] == 1
+
+
+def test_background_refresh_goes_upstream_rewritten() -> None:
+    d = Driver(".:53 {\n  cache 30 {\n    prefetch 1 1m 50%\n  }\n"
+               "  rewrite name suffix .corp. .example. answer auto\n  forward . 127.0.0.1\n}\n",
+               upstream)
+    assert answers(d.ask(q("www.corp.", "A"))) == ["www.corp. 30 IN A 192.0.2.1"]
+    d.now += 20  # past half the TTL: the next hit prefetches
+    d.ask(q("www.corp.", "A"))
+    assert len(d.refreshes) == 1
+    refresh = d.refreshes[0]
+    query = dns.message.from_wire(d.handler.upstream_query(refresh))
+    assert query.question[0].name.to_text() == "www.example."
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("www.example.", 300, "IN", "A", "192.0.2.2"))
+    d.handler.absorb(refresh, reply.to_wire(), d.now)
+    assert answers(d.ask(q("www.corp.", "A"))) == ["www.corp. 30 IN A 192.0.2.2"]
+
+
+def test_background_refresh_of_a_local_answer_stays_local() -> None:
+    d = Driver(".:53 {\n  cache 30 {\n    prefetch 1 1m 50%\n  }\n"
+               "  hosts /nonexistent\n  forward . 127.0.0.1\n}\n", upstream)
+    stage = next(iter(d.handler.zones.values())).chain.stages[0]
+    assert isinstance(stage, HostsStage)
+    stage.load("10.0.0.1 a.example.\n")
+    d.ask(q("a.example.", "A"))
+    stage.load("10.0.0.2 a.example.\n")
+    d.now += 20
+    d.ask(q("a.example.", "A"))  # prefetch: hosts answers it at once, nothing goes upstream
+    assert not d.refreshes and not d.upstream_queries
+    assert answers(d.ask(q("a.example.", "A"))) == ["a.example. 30 IN A 10.0.0.2"]

@@ -200,6 +200,11 @@ TEMPLATE_QUESTIONS = [
   template IN TXT . {
     rcode REFUSED
   }""",
+    # The client's address and the expression that matched.
+    """template IN TXT . {
+    match ^(?P<first>[^.]+)[.]
+    answer "{{ .Name }} 60 IN TXT \\"{{ .Remote }}\\" \\"{{ .Regex }}\\" \\"{{ index .Group \\"first\\" }}\\""
+  }""",
     # A record that does not render to a valid RR: SERVFAIL.
     """template IN A example.org {
     answer "{{ .Name }} 60 IN A not-an-address"
@@ -304,6 +309,11 @@ async def test_whoami_after_forward(tmp_path: Path) -> None:
             assert {r.to_text() for rr in ours.additional for r in rr
                     if rr.rdtype == 1} == {"127.0.0.1"}
             assert ours.rcode() == theirs.rcode() and ours.flags == theirs.flags
+            over_tcp, reference_tcp = await pair.both("who.example.net.", "A", tcp=True)
+            assert over_tcp is not None and reference_tcp is not None
+            assert {rr.name.to_text() for rr in over_tcp.additional} \
+                == {rr.name.to_text() for rr in reference_tcp.additional} \
+                == {"who.example.net.", "_tcp.who.example.net."}
 
 
 async def test_nothing_takes_the_name(tmp_path: Path) -> None:
