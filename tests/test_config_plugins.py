@@ -1,4 +1,4 @@
-"""Config errors of the answering plugins: the exact ``file:line:column: message`` each gets.
+"""Configuration of the answering plugins: every error (``file:line:column: message``), and check-config.
 
 Same shape as tests/test_config_errors.py: every bad option or argument of
 hosts, template, rewrite, dns64 and whoami, located at the offending token.
@@ -173,3 +173,18 @@ def test_repeated_lines_keep_their_order() -> None:
                        "  rewrite name a.x b.x\n  rewrite name c.x d.x\n}").blocks[0]
     assert [t.qtype for t in block.template] == [1, 28]
     assert [r.source for r in block.rewrite] == ["a.x.", "c.x."]  # type: ignore[union-attr]
+
+
+def test_check_config_lists_the_answering_plugins_in_running_order() -> None:
+    from nodecache.config.describe import describe
+    text = describe(parse_text(".:53 {\n  whoami\n  hosts /etc/hosts {\n    10.0.0.1 a.example\n"
+                               "    fallthrough\n  }\n  template IN AAAA . {\n    rcode NOERROR\n  }\n"
+                               "  rewrite name a.x b.x\n  dns64\n}\n"))
+    labels = [line.split()[0] for line in text.splitlines()
+              if line.startswith("  ") and not line.startswith("   ") and line.split()]
+    order = [label for label in labels if label in ("dns64", "rewrite", "template", "hosts",
+                                                    "forward", "whoami")]
+    assert order == ["dns64", "rewrite", "template", "hosts", "forward", "whoami"]
+    assert "IN AAAA . -> NOERROR, 0 answer(s)" in text
+    assert "1 inline entries, zones ., TTL 3600s, fallthrough ." in text
+    assert "off (what no plugin answers gets SERVFAIL)" in text
