@@ -189,7 +189,7 @@ class Agent:
                 handler = by_blockset[ident] = QueryHandler(zones)
             handlers[address] = handler
         runtime = Runtime(config, all_zones, handlers)
-        self.hosts_files.check(hosts_stages(all_zones), asyncio.get_running_loop().time())
+        self.hosts_files.check(hosts_stages(all_zones), time.monotonic())
         for handler in runtime.unique_handlers():
             for zone in {id(z): z for z in handler.zones.values()}.values():
                 if zone.cache is not None:
@@ -437,8 +437,7 @@ class Agent:
                 pass
             runtime = self.runtime
             if runtime is not None:
-                self.hosts_files.check(hosts_stages(runtime.zones),
-                                       asyncio.get_running_loop().time())
+                self.hosts_files.check(hosts_stages(runtime.zones), time.monotonic())
 
     async def _gc_loop(self) -> None:
         """Collect cyclic garbage on our schedule and keep live objects out of later walks."""

@@ -24,7 +24,7 @@ TICK = 1.0
 class _Seen:
     #: (mtime ns, size) of the file last loaded; None before the first load.
     stamp: tuple[int, int] | None = None
-    #: When the file is due to be checked again (loop clock), s.
+    #: When the file is due to be checked again (monotonic clock), s.
     due: float = 0.0
     #: A warning was logged for the file's current failure (log each failure once).
     warned: bool = False
@@ -34,17 +34,20 @@ class HostsFiles:
     """Loads every hosts stage's file and keeps it current."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, _Seen] = {}
+        #: The stages of the running configuration (a stage of an old one is forgotten).
+        self._seen: dict[HostsStage, _Seen] = {}
 
-    def check(self, stages: Iterable[HostsStage], now: float, *, force: bool = False) -> None:
-        """Load the files that are due (all of them with ``force``) and changed."""
-        live: dict[int, _Seen] = {}
+    def check(self, stages: Iterable[HostsStage], now: float) -> None:
+        """Load the files that are new or due (``now``: monotonic clock, s) and changed."""
+        live: dict[HostsStage, _Seen] = {}
         for stage in stages:
-            seen = self._seen.get(id(stage)) or _Seen()
-            live[id(stage)] = seen
-            first = seen.stamp is None and seen.due == 0.0
-            if not (force or first or (stage.settings.reload > 0 and now >= seen.due)):
+            seen = self._seen.get(stage)
+            if seen is None:
+                seen = _Seen()
+            elif stage.settings.reload <= 0 or now < seen.due:
+                live[stage] = seen
                 continue
+            live[stage] = seen
             seen.due = now + stage.settings.reload
             self._load(stage, seen)
         self._seen = live
