@@ -147,3 +147,17 @@ def test_background_refresh_of_a_local_answer_stays_local() -> None:
     d.ask(q("a.example.", "A"))  # prefetch: hosts answers it at once, nothing goes upstream
     assert not d.refreshes and not d.upstream_queries
     assert answers(d.ask(q("a.example.", "A"))) == ["a.example. 30 IN A 10.0.0.2"]
+
+
+def test_template_cname_targets_are_looked_up_and_cached_with_the_answer() -> None:
+    d = driver("  template IN A corp. {\n    answer \"{{ .Name }} 60 IN CNAME www.example.\"\n  }\n"
+               "  template IN A loop. {\n    answer \"{{ .Name }} 60 IN CNAME again.loop.\"\n  }")
+    reply = d.ask(q("app.corp.", "A"))
+    assert answers(reply) == ["app.corp. 30 IN CNAME www.example.", "www.example. 30 IN A 192.0.2.1"]
+    assert [m.question[0].name.to_text() for m in d.upstream_queries] == ["www.example."]
+    assert answers(d.ask(q("app.corp.", "A"))) == answers(reply)  # one cached answer
+    assert len(d.upstream_queries) == 1
+    # A CNAME to itself: bounded, and still an answer.
+    looped = d.ask(q("x.loop.", "A"))
+    assert looped is not None and looped.rcode() == 0
+    assert "x.loop. 30 IN CNAME again.loop." in answers(looped)

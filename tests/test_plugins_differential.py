@@ -151,7 +151,7 @@ TEMPLATE_QUESTIONS = [
     ("IP-10-1-2-3.Example.org.", "A"), ("ip-10-1-2-3.example.org.", "AAAA"),
     ("ip-10-1-2-3.example.org.", "TXT"), ("host.example.org.", "A"), ("svc.example.net.", "A"),
     ("svc.example.net.", "AAAA"), ("x.example.org.", "MX"), ("mx.example.org.", "MX"),
-    ("deep.sub.example.org.", "A"), ("v4.example.org.", "A"),
+    ("deep.sub.example.org.", "A"), ("v4.example.org.", "A"), ("alias.example.org.", "A"),
 ]
 
 
@@ -182,10 +182,17 @@ TEMPLATE_QUESTIONS = [
     authority "example.org. 30 IN NS ns1.example.org."
     fallthrough deep.sub.example.org
   }""",
-    # Two templates for one zone, the first falling through to the second.
+    # Two templates for one zone, the first falling through to the second; the
+    # CNAMEs' targets are looked up through the server (forward, or the other template).
     """template IN A example.org {
     match ^www[.]
     answer "{{ .Name }} 60 IN CNAME target.example.org."
+    fallthrough
+  }
+  template IN A example.org {
+    match ^v4[.]
+    answer "{{ .Name }} 60 IN CNAME alias.example.org."
+    answer "{{ .Name }} 60 IN CNAME host.example.org."
     fallthrough
   }
   template IN A example.org {

@@ -68,6 +68,9 @@ class Answer:
     """A reply a stage wrote (AA set, as CoreDNS's plugins do)."""
 
     message: dns.message.Message
+    #: Names whose records (of the question's type) the reply is to get appended,
+    #: looked up through the whole server (template's CNAME targets).
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,8 @@ class Resolution:
     rcode: int | None = None
     #: The plugin that answered.
     plugin: str = ""
+    #: Look these names up and append their answers before caching (see :class:`Answer`).
+    targets: tuple[str, ...] = ()
     rules: list[RecordRule] = field(default_factory=list)
 
     @property
@@ -174,6 +179,7 @@ class Chain:
                 resolution.rcode = step.rcode
             else:
                 resolution.answer = resolution.revert_message(step.message).to_wire()
+                resolution.targets = step.targets
             return resolution
         return resolution
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dns.exception
+import dns.flags
+import dns.message
 
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
@@ -130,18 +132,25 @@ class Miss:
     options: bytes = b""
     #: What the plugin chain made of it (rewrites to undo); None without a chain.
     resolution: Resolution | None = None
-    #: dns64 under way for this client (an AAAA question, or the A look-up for one).
-    dns64: Synthesis | None = None
+    #: An AAAA question dns64 may answer (it looks at the reply first).
+    dns64: bool = False
+    #: This is a look-up another client's reply waits for (CoreDNS's upstream.Lookup).
+    follow_up: FollowUp | None = None
 
 
 @dataclass(slots=True, eq=False)
-class Synthesis:
-    """dns64 for one client's AAAA question (RFC 6147 section 5.1)."""
+class FollowUp:
+    """What a look-up made on behalf of one client does with its reply.
 
-    #: The client's AAAA miss.
-    aaaa: Miss
-    #: The AAAA reply, once known; then the miss carrying this is the A look-up.
-    answer: bytes | None = None
+    dns64 looks the A records up for an AAAA question; template looks up the
+    target of a CNAME it answered. Both go through the whole server (cache,
+    chain, forward), as CoreDNS's ``upstream.Lookup`` does.
+    """
+
+    #: The look-up's reply and ``now`` -> the client's reply (or another look-up).
+    done: Callable[[bytes, float], bytes | Miss]
+    #: The client's reply when the look-up failed.
+    failed: Callable[[float], bytes]
 
 
 @dataclass(slots=True)
@@ -170,6 +179,8 @@ class QueryHandler:
         #: Loop-detection probe names (lower wire) -> times seen.
         self.loop_probes: dict[bytes, int] = {}
         self._logging = any(z.block.log is not None for z in zones)
+        #: Look-ups made for other queries now on the stack (see MAX_FOLLOW_UPS).
+        self._following = 0
 
     # -- cache bookkeeping ---------------------------------------------------
 
@@ -298,7 +309,7 @@ class QueryHandler:
         if dns64 is None or miss.background \
                 or not dns64.intercepts(miss.qtype, miss.qclass, 2 if miss.slot & 1 else 1):
             return self._lookup(miss, lower, now, addr)
-        miss.dns64 = Synthesis(miss)
+        miss.dns64 = True
         result = self._lookup(miss, lower, now, addr)
         return result if isinstance(result, Miss) else self._dns64_step(miss, result, now, addr)
 
@@ -398,6 +409,9 @@ class QueryHandler:
                 return miss
             resolution = zone.chain.after_forward(resolution)
         if resolution.answer is not None:
+            if resolution.targets:
+                return self._with_targets(miss, resolution.answer, list(resolution.targets),
+                                          now, addr, resolution.plugin)
             outcome = self.absorb(miss, resolution.answer, now)
             return self.reply(miss, outcome, now, addr, resolution.plugin)
         rcode = wire.SERVFAIL if resolution.rcode is None else resolution.rcode
@@ -424,7 +438,7 @@ class QueryHandler:
             miss.resolution = resolution
             self.refresh(miss)
             return
-        if resolution.answer is not None:
+        if resolution.answer is not None and not resolution.targets:
             self.absorb(miss, resolution.answer, now)
         elif miss.stale is not None:
             miss.stale.refreshing = False
@@ -486,30 +500,63 @@ class QueryHandler:
         for the same client.
         """
         reply = self._reply(miss, outcome, now, addr, plugin)
-        if miss.dns64 is None:
-            return reply
-        return self._dns64_step(miss, reply, now, addr)
+        if miss.follow_up is not None:
+            return miss.follow_up.done(reply, now)
+        if miss.dns64:
+            return self._dns64_step(miss, reply, now, addr)
+        return reply
 
     def _dns64_step(self, miss: Miss, reply: bytes, now: float, addr: object) -> bytes | Miss:
-        """After the AAAA reply: look the A records up; after the A reply: synthesize."""
-        step = miss.dns64
+        """The AAAA reply is in: keep it, or look the A records up and synthesize."""
         dns64 = miss.zone.dns64
-        assert step is not None and dns64 is not None
-        if step.answer is not None:
-            return dns64.synthesize(step.answer, reply)
+        assert dns64 is not None
         try:
             response = wire.index_response(reply)
         except (ValueError, struct.error):
             return reply
         if not dns64.wants(response):
             return reply
+        # dns64's A look-up failing leaves the AAAA question with SERVFAIL.
+        return self._follow(miss, miss.qname, wire.TYPE_A, now, addr, FollowUp(
+            lambda found, _now: dns64.synthesize(reply, found),
+            lambda _now: wire.error_response(miss.query, wire.SERVFAIL, miss.question_end,
+                                             miss.edns)))
+
+    def _with_targets(self, miss: Miss, answer: bytes, targets: list[str], now: float,
+                      addr: object, plugin: str) -> bytes | Miss:
+        """A template answer with CNAMEs: append each target's records, then cache and reply."""
+        def finish(merged: bytes, at: float) -> bytes | Miss:
+            if targets:
+                return self._with_targets(miss, merged, targets, at, addr, plugin)
+            return self.reply(miss, self.absorb(miss, merged, at), at, addr, plugin)
+
+        def unmerged(at: float) -> bytes:  # CoreDNS ignores a failed look-up
+            return _bytes(self.reply(miss, self.absorb(miss, answer, at), at, addr, plugin), miss)
+
+        target = targets.pop(0)
+        return self._follow(miss, zone_wire(target), miss.qtype, now, addr, FollowUp(
+            lambda found, at: finish(append_answers(answer, found), at), unmerged))
+
+    def _follow(self, miss: Miss, qname: bytes, qtype: int, now: float, addr: object,
+                follow_up: FollowUp) -> bytes | Miss:
+        """Ask ``qname``/``qtype`` for ``miss``'s client (its ID, flags and EDNS) through the
+        whole server; ``follow_up`` makes the client's reply from the answer."""
+        if self._following >= MAX_FOLLOW_UPS:
+            return follow_up.failed(now)
         query = miss.query
-        lookup = query[:miss.question_end - 4] + b"\x00\x01" + query[miss.question_end - 2:]
-        result = self.handle(lookup, now, miss.slot, addr)
+        lookup = query[:12] + qname + struct.pack("!HH", qtype, wire.CLASS_IN) \
+            + query[miss.question_end:]
+        self._following += 1
+        try:
+            result = self.handle(lookup, now, miss.slot, addr)
+        finally:
+            self._following -= 1
         if isinstance(result, Miss):
-            result.dns64 = Synthesis(miss, reply)
+            result.follow_up = follow_up
             return result
-        return reply if result is None else dns64.synthesize(reply, result)
+        if result is None:
+            return follow_up.failed(now)
+        return follow_up.done(result, now)
 
     def _reply(self, miss: Miss, outcome: Outcome, now: float, addr: object,
                plugin: str) -> bytes:
@@ -526,10 +573,8 @@ class QueryHandler:
 
     def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
         """The reply when the upstream did not answer usefully."""
-        if miss.dns64 is not None and miss.dns64.answer is not None:
-            # dns64's A look-up failed: the AAAA question gets SERVFAIL.
-            aaaa = miss.dns64.aaaa
-            return wire.error_response(aaaa.query, wire.SERVFAIL, aaaa.question_end, aaaa.edns)
+        if miss.follow_up is not None:
+            return miss.follow_up.failed(now)
         if miss.background:
             if miss.stale is not None:
                 miss.stale.refreshing = False
@@ -633,6 +678,27 @@ def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
                                                     & (wire.RD | wire.CD))
     return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
         + data[12:question_end] + opt
+
+
+#: Look-ups nested inside one another (a template CNAME whose target a template
+#: answers with a CNAME...); CoreDNS has no bound and overflows its stack.
+MAX_FOLLOW_UPS = 8
+
+
+def _bytes(result: bytes | Miss, miss: Miss) -> bytes:
+    """A failed look-up's reply may not wait for another one: SERVFAIL then."""
+    if isinstance(result, bytes):
+        return result
+    return wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
+
+
+def append_answers(answer: bytes, found: bytes) -> bytes:
+    """``answer`` with the answer records (and TC flag) of ``found`` appended."""
+    message = dns.message.from_wire(answer)
+    extra = dns.message.from_wire(found)
+    message.answer.extend(extra.answer)
+    message.flags |= extra.flags & dns.flags.TC
+    return message.to_wire()
 
 
 def _request(miss: Miss, addr: object) -> Request:

@@ -33,8 +33,9 @@ Behaviour (CoreDNS 1.13):
   otherwise the client gets SERVFAIL. Templates that do not fit are skipped;
   when none answered, the question is handed on.
 
-Not supported: ``ederror``, and resolving an answered CNAME's target upstream
-(CoreDNS appends the target's A/AAAA records).
+For an A or AAAA question, the target of every CNAME answered is looked up
+through the whole server (cache, chain, forward) and its records appended,
+before the reply is cached. Not supported: ``ederror``.
 
 Metrics: :attr:`TemplateStage.matches` and :attr:`TemplateStage.failures`
 count what CoreDNS's ``coredns_template_matches_total`` and
@@ -269,4 +270,9 @@ class TemplateStage:
                 self.failures += 1
                 return Failure(SERVFAIL)
             sections[section].append(rrset)
-        return Answer(message)
+        targets: tuple[str, ...] = ()
+        if request.qtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            # CoreDNS resolves each answered CNAME's target and appends its records.
+            targets = tuple(rdata.target.to_text() for rrset in message.answer
+                            if rrset.rdtype == dns.rdatatype.CNAME for rdata in rrset)
+        return Answer(message, targets)
