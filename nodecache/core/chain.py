@@ -2,7 +2,7 @@
 
 CoreDNS fixes the order of its plugins in ``plugin.cfg`` whatever order a
 Corefile lists them in. For the plugins that answer, that order is
-:data:`ORDER`: ``dns64`` runs before ``cache``; ``cache`` wraps ``rewrite``,
+:data:`nodecache.core.stages.ORDER`: ``dns64`` runs before ``cache``; ``cache`` wraps ``rewrite``,
 ``template``, ``hosts`` and ``forward``, so what those answer is cached under
 the client's name; ``whoami`` comes after ``forward`` and only sees what
 ``forward`` hands on (names outside its FROM zone or in its ``except`` list).
@@ -35,11 +35,6 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-
-#: The answering plugins in CoreDNS's plugin.cfg order (``cache`` and
-#: ``forward`` are the handler's own steps, shown for their place).
-ORDER = ("dns64", "cache", "rewrite", "template", "hosts", "forward", "whoami")
-
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -145,7 +140,7 @@ class Resolution:
 
 
 class Chain:
-    """The answering stages of one server block, in :data:`ORDER`."""
+    """The answering stages of one server block, in CoreDNS's order."""
 
     def __init__(self, stages: Sequence[Stage], tail: Sequence[Stage] = ()) -> None:
         #: The stages before forward.
