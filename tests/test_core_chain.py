@@ -161,3 +161,10 @@ def test_template_cname_targets_are_looked_up_and_cached_with_the_answer() -> No
     looped = d.ask(q("x.loop.", "A"))
     assert looped is not None and looped.rcode() == 0
     assert "x.loop. 30 IN CNAME again.loop." in answers(looped)
+
+
+def test_template_cname_target_records_are_mapped_back_by_rewrite() -> None:
+    d = driver("  rewrite name suffix .corp. .example. answer auto\n"
+               "  template IN A app.example. {\n    answer \"{{ .Name }} 60 IN CNAME www.example.\"\n  }")
+    assert answers(d.ask(q("app.corp.", "A"))) == ["app.corp. 30 IN CNAME www.corp.",
+                                                   "www.corp. 30 IN A 192.0.2.1"]

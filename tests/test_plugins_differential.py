@@ -456,10 +456,16 @@ async def test_all_together(tmp_path: Path) -> None:
     answer "{{ .Name }} 60 IN A 192.0.2.55"
     fallthrough
   }
+  template IN A example.org {
+    match ^cn[.]
+    answer "{{ .Name }} 60 IN CNAME www.example.org."
+    fallthrough
+  }
   rewrite name suffix .example.com .example.org answer auto
 }
 """
     await run(corefile, [("one.example.com.", "A"), ("one.example.com.", "AAAA"),
                          ("tpl.example.com.", "A"), ("tpl.example.org.", "AAAA"),
                          ("www.example.com.", "A"), ("v4.example.com.", "AAAA"),
-                         ("two.example.org.", "AAAA")], tmp_path)
+                         ("two.example.org.", "AAAA"), ("cn.example.com.", "A"),
+                         ("cn.example.org.", "A"), ("cn.example.com.", "AAAA")], tmp_path)

@@ -2,10 +2,11 @@
 
 CoreDNS fixes the order of its plugins in ``plugin.cfg`` whatever order a
 Corefile lists them in. For the plugins that answer, that order is
-:data:`nodecache.core.stages.ORDER`: ``dns64`` runs before ``cache``; ``cache`` wraps ``rewrite``,
-``template``, ``hosts`` and ``forward``, so what those answer is cached under
-the client's name; ``whoami`` comes after ``forward`` and only sees what
-``forward`` hands on (names outside its FROM zone or in its ``except`` list).
+:data:`nodecache.core.stages.ORDER`: ``dns64`` runs before ``cache``;
+``cache`` wraps ``rewrite``, ``template``, ``hosts`` and ``forward``, so what
+those answer is cached under the client's name; ``whoami`` comes after
+``forward`` and only sees what ``forward`` hands on (names outside its FROM
+zone or in its ``except`` list).
 
 Rules of this module:
 
@@ -18,7 +19,9 @@ Rules of this module:
    :class:`Rewritten` request with the rules that map the reply back.
 3. When no stage answers, the query is forwarded (the handler checks the FROM
    zone) with the request as the last rewrite left it, and the reply is
-   mapped back with :meth:`Resolution.revert` before it is cached.
+   mapped back with :meth:`Resolution.revert` before it is cached. When
+   forward does not take the name, the stages after it run; when none
+   answers, the client gets SERVFAIL (CoreDNS's "no next plugin").
 4. dns64 is not a stage here: it wraps the whole AAAA answer (see
    :mod:`nodecache.core.stages.dns64`).
 """
@@ -35,6 +38,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -107,7 +111,8 @@ class Resolution:
     request: Request
     #: The client's own question, which the reply carries back.
     original: Request
-    #: A local answer as wire bytes (ID 0), already mapped back; None to forward.
+    #: A local answer as wire bytes (ID 0), already mapped back unless it has
+    #: ``targets``; None to forward.
     answer: bytes | None = None
     #: A local failure RCODE (not cached); None otherwise.
     rcode: int | None = None
@@ -172,9 +177,12 @@ class Chain:
             resolution.plugin = stage.name
             if isinstance(step, Failure):
                 resolution.rcode = step.rcode
+            elif step.targets:
+                # mapped back once the targets' records are in (they are the stage's)
+                resolution.answer = step.message.to_wire()
+                resolution.targets = step.targets
             else:
                 resolution.answer = resolution.revert_message(step.message).to_wire()
-                resolution.targets = step.targets
             return resolution
         return resolution
 

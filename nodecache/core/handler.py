@@ -410,8 +410,8 @@ class QueryHandler:
             resolution = zone.chain.after_forward(resolution)
         if resolution.answer is not None:
             if resolution.targets:
-                return self._with_targets(miss, resolution.answer, list(resolution.targets),
-                                          now, addr, resolution.plugin)
+                return self._with_targets(miss, resolution, resolution.answer,
+                                          list(resolution.targets), now, addr)
             outcome = self.absorb(miss, resolution.answer, now)
             return self.reply(miss, outcome, now, addr, resolution.plugin)
         rcode = wire.SERVFAIL if resolution.rcode is None else resolution.rcode
@@ -522,16 +522,21 @@ class QueryHandler:
             lambda _now: wire.error_response(miss.query, wire.SERVFAIL, miss.question_end,
                                              miss.edns)))
 
-    def _with_targets(self, miss: Miss, answer: bytes, targets: list[str], now: float,
-                      addr: object, plugin: str) -> bytes | Miss:
-        """A template answer with CNAMEs: append each target's records, then cache and reply."""
+    def _with_targets(self, miss: Miss, resolution: Resolution, answer: bytes,
+                      targets: list[str], now: float, addr: object) -> bytes | Miss:
+        """A template answer with CNAMEs: append each target's records, then map the
+        answer back (rewrite), cache it and reply."""
+        plugin = resolution.plugin
+
         def finish(merged: bytes, at: float) -> bytes | Miss:
             if targets:
-                return self._with_targets(miss, merged, targets, at, addr, plugin)
-            return self.reply(miss, self.absorb(miss, merged, at), at, addr, plugin)
+                return self._with_targets(miss, resolution, merged, targets, at, addr)
+            outcome = self.absorb(miss, resolution.revert(merged), at)
+            return self.reply(miss, outcome, at, addr, plugin)
 
         def unmerged(at: float) -> bytes:  # CoreDNS ignores a failed look-up
-            return _bytes(self.reply(miss, self.absorb(miss, answer, at), at, addr, plugin), miss)
+            outcome = self.absorb(miss, resolution.revert(answer), at)
+            return _bytes(self.reply(miss, outcome, at, addr, plugin), miss)
 
         target = targets.pop(0)
         return self._follow(miss, zone_wire(target), miss.qtype, now, addr, FollowUp(
