@@ -357,3 +357,11 @@ def test_chain_order_ignores_corefile_order() -> None:
     answer = dns.message.from_wire(resolution.answer)
     assert answer.question[0].name.to_text() == "b.example."
     assert [rr.to_text() for rr in answer.answer] == ["b.example. 60 IN A 10.9.9.9"]
+
+
+def test_rewrite_class() -> None:
+    stage = RewriteStage(block(".:53 {\n rewrite class IN CH\n}\n").rewrite)
+    step = stage.serve(req("a.example."))
+    assert isinstance(step, Rewritten) and step.request.qclass == 3 and step.request.qtype == A
+    assert RewriteStage(block(".:53 {\n rewrite class CH IN\n}\n").rewrite).serve(
+        req("a.example.")) is None

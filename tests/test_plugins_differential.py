@@ -439,6 +439,29 @@ async def test_kops_dns64_shape(tmp_path: Path) -> None:
                          ("api.cluster.local.", "AAAA")], tmp_path)
 
 
+async def test_official_template_with_hosts_and_no_ipv6(tmp_path: Path) -> None:
+    # The repository's Corefile.nodelocal as rendered for a node, with the lines
+    # kubespray and the Helm chart add to every block.
+    (tmp_path / "hosts").write_text("10.0.0.1 registry.example.org\n10.0.0.2 db.cluster.local\n")
+    template = (Path(__file__).resolve().parent.parent / "Corefile.nodelocal").read_text()
+    extra = ("    hosts DIR/hosts {\n        fallthrough\n    }\n"
+             "    template IN AAAA . {\n        rcode NOERROR\n    }\n")
+    corefile = (template.replace("__PILLAR__DNS__DOMAIN__", "cluster.local")
+                .replace("bind __PILLAR__LOCAL__DNS__ __PILLAR__DNS__SERVER__", "bind 127.0.0.1")
+                .replace("__PILLAR__CLUSTER__DNS__", "UPSTREAM")
+                .replace("__PILLAR__UPSTREAM__SERVERS__", "UPSTREAM")
+                .replace("prometheus :9253", "prometheus PROMETHEUS")
+                .replace("health __PILLAR__LOCAL__DNS__:8099", "health HEALTH")
+                .replace("    ready __PILLAR__LOCAL__DNS__:8181\n", "")  # node-cache has no ready
+                .replace("    errors\n", "    errors\n" + extra))
+    assert "__PILLAR__" not in corefile
+    await run(corefile, [("api.cluster.local.", "A"), ("api.cluster.local.", "AAAA"),
+                         ("db.cluster.local.", "A"), ("registry.example.org.", "A"),
+                         ("www.example.org.", "A"), ("www.example.org.", "AAAA"),
+                         ("1.0.0.10.in-addr.arpa.", "PTR"), ("9.9.9.9.in-addr.arpa.", "PTR")],
+              tmp_path)
+
+
 async def test_all_together(tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text(HOSTS_FILE)
     corefile = """.:53 {
