@@ -76,3 +76,18 @@ async def test_corefile_reload_changes_the_plugins_and_their_cached_answers() ->
         # The cache wraps hosts and template: new plugins, a new cache (no stale answer).
         assert await addresses(kit, "a.example.org.") == ["10.0.0.2"]
         assert await addresses(kit, "x.t.example.") == ["10.1.1.2"]
+
+
+def test_loaded_reports_the_files_modification_time(tmp_path: Path) -> None:
+    from nodecache.aio.hostsfile import HostsFiles
+    from nodecache.core.stages.hosts import HostsSettings, HostsStage
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 a.example.org\n")
+    os.utime(hosts, (1_700_000_000, 1_700_000_000))
+    times: list[float] = []
+    files = HostsFiles(times.append)
+    stage = HostsStage(HostsSettings(path=str(hosts), reload=5.0))
+    files.check([stage], 100.0)
+    files.check([stage], 102.0)   # not due yet
+    files.check([stage], 106.0)   # due, unchanged: not read again
+    assert times == [1_700_000_000.0] and stage.entries == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nodecache.core.stages.hosts import HostsStage
@@ -33,7 +33,10 @@ class _Seen:
 class HostsFiles:
     """Loads every hosts stage's file and keeps it current."""
 
-    def __init__(self) -> None:
+    def __init__(self, loaded: Callable[[float], None] | None = None) -> None:
+        #: Called with a file's modification time (Unix s) when it was read: what
+        #: CoreDNS's ``coredns_hosts_reload_timestamp_seconds`` reports.
+        self.loaded = loaded
         #: The stages of the running configuration (a stage of an old one is forgotten).
         self._seen: dict[HostsStage, _Seen] = {}
 
@@ -52,8 +55,7 @@ class HostsFiles:
             self._load(stage, seen)
         self._seen = live
 
-    @staticmethod
-    def _load(stage: HostsStage, seen: _Seen) -> None:
+    def _load(self, stage: HostsStage, seen: _Seen) -> None:
         path = stage.settings.path
         try:
             status = os.stat(path)
@@ -69,6 +71,8 @@ class HostsFiles:
             return
         stage.load(text)
         seen.stamp, seen.warned = stamp, False
+        if self.loaded is not None:
+            self.loaded(status.st_mtime)
         log.debug("hosts: loaded %d entries from %s", stage.entries, path)
 
 
