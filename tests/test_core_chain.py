@@ -68,6 +68,7 @@ def test_rewritten_question_goes_upstream_and_comes_back() -> None:
 def test_hosts_file_reload_is_seen_on_the_next_miss() -> None:
     d = driver("  hosts /nonexistent {\n    fallthrough\n  }")
     zone = next(iter(d.handler.zones.values()))
+    assert zone.chain is not None
     stage = zone.chain.stages[0]
     assert isinstance(stage, HostsStage)
     assert answers(d.ask(q("h.example.", "A"))) == ["h.example. 30 IN A 192.0.2.1"]
@@ -138,7 +139,9 @@ def test_background_refresh_goes_upstream_rewritten() -> None:
 def test_background_refresh_of_a_local_answer_stays_local() -> None:
     d = Driver(".:53 {\n  cache 30 {\n    prefetch 1 1m 50%\n  }\n"
                "  hosts /nonexistent\n  forward . 127.0.0.1\n}\n", upstream)
-    stage = next(iter(d.handler.zones.values())).chain.stages[0]
+    chain = next(iter(d.handler.zones.values())).chain
+    assert chain is not None
+    stage = chain.stages[0]
     assert isinstance(stage, HostsStage)
     stage.load("10.0.0.1 a.example.\n")
     d.ask(q("a.example.", "A"))

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from nodecache.core.handler import Zone
 from nodecache.core.stages.hosts import HostsStage
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class HostsFiles:
         log.debug("hosts: loaded %d entries from %s", stage.entries, path)
 
 
-def hosts_stages(zones: Iterable[object]) -> list[HostsStage]:
+def hosts_stages(zones: Iterable[Zone]) -> list[HostsStage]:
     """The hosts stages of these zones' chains."""
-    return [stage for zone in zones for stage in getattr(zone, "chain").stages
-            if isinstance(stage, HostsStage)]
+    return [stage for zone in zones if zone.chain is not None
+            for stage in zone.chain.stages if isinstance(stage, HostsStage)]

@@ -94,12 +94,12 @@ class Zone:
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
-    #: The block's answering plugins, run on a cache miss.
-    chain: Chain = field(init=False)
+    #: The block's answering plugins, run on a cache miss; None without any.
+    chain: Chain | None = field(init=False)
     dns64: DNS64 | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.chain = chain_for(self.block)
+        self.chain = chain_for(self.block) or None
         self.dns64 = dns64_for(self.block)
         forward = self.block.forward
         if forward is not None:
@@ -304,21 +304,20 @@ class QueryHandler:
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
-        """A parsed, routable query: dns64 (before the cache), then :meth:`_lookup`."""
-        dns64 = miss.zone.dns64
-        if dns64 is None or miss.background \
-                or not dns64.intercepts(miss.qtype, miss.qclass, 2 if miss.slot & 1 else 1):
-            return self._lookup(miss, lower, now, addr)
-        miss.dns64 = True
-        result = self._lookup(miss, lower, now, addr)
-        return result if isinstance(result, Miss) else self._dns64_step(miss, result, now, addr)
-
-    def _lookup(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
-        """Answer from the cache, serve stale, run the chain, refuse, or miss."""
+        """A parsed, routable query: answer from the cache, serve stale, run the chain,
+        refuse, or miss; dns64 first looks at what that gives an AAAA question."""
         zone = miss.zone
         entry = self.index.get(miss.key)
-        if entry is None and zone.dns64 is not None:
-            entry = self.aside.get(miss.key)
+        dns64 = zone.dns64
+        if dns64 is not None:
+            if not miss.dns64 and not miss.background \
+                    and dns64.intercepts(miss.qtype, miss.qclass, 2 if miss.slot & 1 else 1):
+                miss.dns64 = True
+                result = self._decide(miss, lower, now, addr)
+                return result if isinstance(result, Miss) \
+                    else self._dns64_step(miss, result, now, addr)
+            if entry is None:
+                entry = self.aside.get(miss.key)
         if entry is not None:
             if now < entry.expires:
                 return self._finish(miss, self._from_entry(miss, entry, now), addr, entry.rcode,
@@ -337,7 +336,7 @@ class QueryHandler:
                 miss.stale = entry
         if zone.cache_stats is not None:
             zone.cache_stats.misses += 1
-        if zone.chain:
+        if zone.chain is not None:
             return self._run_chain(miss, now, addr)
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
                 wire.is_subdomain(lower, z) for z in zone.forward_except):
@@ -402,12 +401,14 @@ class QueryHandler:
     def _run_chain(self, miss: Miss, now: float, addr: object) -> bytes | Miss:
         """A miss in a block with answering plugins: answer locally, or forward (rewritten)."""
         zone = miss.zone
-        resolution = zone.chain.resolve(_request(miss, addr))
+        chain = zone.chain
+        assert chain is not None
+        resolution = chain.resolve(_request(miss, addr))
         if resolution.answer is None and resolution.rcode is None:
             if self._forwards(zone, resolution):
                 miss.resolution = resolution
                 return miss
-            resolution = zone.chain.after_forward(resolution)
+            resolution = chain.after_forward(resolution)
         if resolution.answer is not None:
             if resolution.targets:
                 return self._with_targets(miss, resolution, resolution.answer,
@@ -430,7 +431,7 @@ class QueryHandler:
     def _refresh(self, miss: Miss, now: float) -> None:
         """Refresh an entry in the background, through the chain when the block has one."""
         zone = miss.zone
-        if not zone.chain:
+        if zone.chain is None:
             self.refresh(miss)
             return
         resolution = zone.chain.resolve(_request(miss, None))
