@@ -2,13 +2,20 @@
 
 Drive it like this (``nodecache.aio.server`` does):
 
-1. ``handle(data, now, slot, addr)`` returns the reply bytes (a cache hit or an
-   error), ``None`` (drop), or a :class:`Miss` to resolve upstream;
+1. ``handle(data, now, slot, addr)`` returns the reply bytes (a cache hit, a
+   local answer of the plugin chain, or an error), ``None`` (drop), or a
+   :class:`Miss` to resolve upstream;
 2. for a Miss, send ``upstream_query(miss)`` through the block's forwarder,
    then ``absorb(miss, answer, now)`` once per upstream answer (it stores it)
-   and ``reply(miss, outcome, now)`` once per waiting client;
+   and ``reply(miss, outcome, now)`` once per waiting client. ``reply`` may
+   return another Miss (dns64's A look-up, a template CNAME's target): resolve
+   it for the same client, whose reply it then gives;
 3. on an upstream failure, ``fail(miss, error, now)`` gives a stale answer,
    SERVFAIL or REFUSED.
+
+On a cache miss, the block's plugin chain (:mod:`nodecache.core.chain`)
+answers, rewrites the question, or hands it to forward; all of that happens
+in ``_run_chain``, after the cache look-up, so a hit never pays for it.
 
 Rules of the hit path (``handle``'s first branch): it slices bytes, does one
 dict look-up and joins pre-cut segments; no message objects, no logging, no
