@@ -293,6 +293,7 @@ async def test_dns64_ipv6_clients(dns64: str, tmp_path: Path) -> None:
             for name, rdtype in DNS64_QUESTIONS:
                 await pair.check(name, rdtype)
             await pair.check("www.example.org.", "AAAA", tcp=True)
+            await pair.check("svc.cluster.local.", "AAAA", tcp=True)  # the A look-up over TCP
             synthesized = await pair.check("v4.example.org.", "AAAA")
             assert synthesized is not None and len(synthesized.answer[0]) == 2
 
