@@ -5,6 +5,8 @@ questions over UDP (a knot upstream serving these records).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dns.flags
 import dns.message
 import dns.rrset
@@ -15,9 +17,11 @@ from nodecache.core.truncate import truncate
 SVC = "default.svc.cluster.local."
 
 
-def reply(name: str, answers: list[tuple[str, str, str]], *, payload: int | None = None,
-          authority: list[tuple[str, str, str]] = (), additional: list[tuple[str, str, str]] = (),
-          do: bool = False) -> dns.message.Message:
+Records = Sequence[tuple[str, str, str]]
+
+
+def reply(name: str, answers: Records, *, payload: int | None = None, authority: Records = (),
+          additional: Records = (), do: bool = False) -> dns.message.Message:
     """An answer to ``name`` with (owner, type, rdata) records, as the cache would send it."""
     query = dns.message.make_query(name, answers[0][1] if answers else "A")
     msg = dns.message.make_response(query)
