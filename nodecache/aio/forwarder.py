@@ -24,7 +24,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.core import plan as _plan
 from nodecache.core import policy as _policy
+from nodecache.core.plan import Failure, classify_errno
 from nodecache.core.stats import ForwardStats
 from nodecache.core.upstream import (
     AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent, ConnState,
@@ -40,24 +42,22 @@ _UDP_MAX = 65535
 _HEALTH_TIMEOUT = 1.0
 #: How often the pool reaper runs at most / at least, s.
 _REAP_MIN, _REAP_MAX = 0.01, 1.0
-#: Pause before a new round over upstreams that all failed at once, s (doubles, capped).
-_ROUND_PAUSE, _ROUND_PAUSE_MAX = 0.01, 0.25
 
 
 class _TryFailed(Exception):
-    """One try against one upstream failed."""
+    """One try against one upstream failed, as ``failure``."""
 
-    def __init__(self, detail: str, *, health: bool = True) -> None:
-        super().__init__(detail)
-        #: Whether this failure should trigger a health check of the upstream.
-        self.health = health
+    def __init__(self, failure: Failure, detail: str = "") -> None:
+        super().__init__(detail or failure.value)
+        self.failure = failure
 
 
-class _ConnectionLost(_TryFailed):
-    """The pooled connection carrying the query went away: retry, no health check."""
-
-    def __init__(self, detail: str, *, health: bool = False) -> None:
-        super().__init__(detail, health=health)
+def _failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(exc, OSError):
+        return classify_errno(exc.errno)
+    return Failure.LOCAL
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -110,6 +110,9 @@ class _TCPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         term = self.conn.connection_lost(str(exc) if exc else "")
+        if term is not None and exc is not None:
+            self.owner._terminated(self.conn, term, _failure_of(exc))  # reset, not a clean EOF
+            term = None
         self.owner.handle_events(self, [term] if term else [])
         self.transport = None
 
@@ -159,14 +162,18 @@ class _UpstreamState:
         if proto.conn.state is ConnState.CLOSED:
             self._discard(proto.conn)
 
-    def _terminated(self, conn: UpstreamConnection, ev: ConnectionTerminated) -> None:
+    def _terminated(self, conn: UpstreamConnection, ev: ConnectionTerminated,
+                    failure: Failure | None = None) -> None:
+        """Fail the queries ``ev`` lists; ``failure`` says why a dial failed."""
         if ev.reason is ConnEvent.PROTOCOL_ERROR:
             log.debug("upstream %s: closing connection: %s", self.name, ev.detail)
-            exc: _TryFailed = _ConnectionLost(ev.detail, health=True)
+            exc = _TryFailed(Failure.PROTOCOL, ev.detail)
         elif ev.reason is ConnEvent.CONNECT_FAILED:
-            exc = _TryFailed(f"connect: {ev.detail}")
+            exc = _TryFailed(failure or Failure.LOCAL, f"connect: {ev.detail}")
+        elif ev.reason is ConnEvent.PEER_CLOSED and failure is not None:
+            exc = _TryFailed(failure, ev.detail)
         else:
-            exc = _ConnectionLost(f"{ev.reason.value}: {ev.detail}")
+            exc = _TryFailed(Failure.CLOSED, f"{ev.reason.value}: {ev.detail}")
         for fut in ev.failed:
             _resolve(fut, exc=exc)  # type: ignore[arg-type]
 
@@ -190,7 +197,7 @@ class _UpstreamState:
         except (OSError, TimeoutError) as exc:
             term = self.pool.connect_failed(conn, self.loop.time(), repr(exc))
             if term is not None:
-                self._terminated(conn, term)
+                self._terminated(conn, term, _failure_of(exc))
             self._discard(conn)
             return
         if conn.state is ConnState.CLOSED or fwd._closed:  # closed while dialling
@@ -206,7 +213,7 @@ class _UpstreamState:
             term = conn.terminate(ConnEvent.CLOSE, "forwarder closed")
             if term is not None:
                 for fut in term.failed:
-                    _resolve(fut, exc=_TryFailed("forwarder closed", health=False))  # type: ignore[arg-type]
+                    _resolve(fut, exc=_TryFailed(Failure.LOCAL, "forwarder closed"))  # type: ignore[arg-type]
             proto.close()
         self.protocols.clear()
         self.pool.connections.clear()
@@ -235,6 +242,7 @@ class Forwarder:
         self._rng = random.Random()
         self._policy = _policy.make_policy(settings.policy, rng=self._rng)
         self._upstreams: list[_UpstreamState] = []
+        self._healths: list[_policy.UpstreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp_waiters: set[asyncio.Future[Any]] = set()
         self._in_flight = 0
@@ -249,6 +257,7 @@ class Forwarder:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._upstreams = [_UpstreamState(self, u) for u in self.settings.upstreams]
+            self._healths = [u.health for u in self._upstreams]
 
     async def start(self) -> None:
         """Start the background tasks (pool reaper; health checks start on failures)."""
@@ -266,7 +275,7 @@ class Forwarder:
         if self._loop is None:
             return
         for fut in list(self._udp_waiters):
-            _resolve(fut, exc=_TryFailed("forwarder closed", health=False))
+            _resolve(fut, exc=_TryFailed(Failure.LOCAL, "forwarder closed"))
         for up in self._upstreams:
             up.close()
         tasks = list(self._tasks)
@@ -329,52 +338,39 @@ class Forwarder:
         s = self.settings
         loop = self._loop
         use_tcp = s.force_tcp or (not s.prefer_udp and client_tcp)
-        start = loop.time()
-        deadline = start + s.budget
-        attempts = _policy.Attempts(self._policy.order(len(self._upstreams)),
-                                    [u.health for u in self._upstreams], s.max_fails, self._rng)
-        passes, round_start, pause = 0, start, _ROUND_PAUSE
-        last = "no upstream tried"
-        while True:
-            now = loop.time()
-            if now >= deadline or self._closed:
-                break
-            idx, broken = attempts.next()
-            if attempts.passes != passes:
-                # a whole round failed; if it failed fast, pause rather than spin
-                passes = attempts.passes
-                if now - round_start < pause:
-                    await asyncio.sleep(min(pause, deadline - now))
-                    pause = min(pause * 2, _ROUND_PAUSE_MAX)
-                    now = loop.time()
-                    if now >= deadline or self._closed:
-                        break
-                round_start = now
-            if broken:
+        plan = _plan.ForwardPlan(self._policy.order(len(self._upstreams)), self._healths,
+                                 max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
+                                 try_timeout=s.try_timeout, start=loop.time(), budget=s.budget,
+                                 rng=self._rng)
+        while not self._closed:
+            step = plan.next_step(loop.time())
+            if type(step) is _plan.Wait:
+                await asyncio.sleep(step.until - loop.time())
+                continue
+            if type(step) is _plan.GiveUp:
+                raise UpstreamError(step.reason)
+            assert type(step) is _plan.Try
+            if step.broken:
                 self.stats.healthcheck_broken += 1
-            up = self._upstreams[idx]
-            try_deadline = min(now + s.try_timeout, deadline)
+            up = self._upstreams[step.index]
             try:
                 if use_tcp:
-                    return await self._try_tcp(up, request, question, try_deadline)
-                answer = await self._try_udp(up, request, question, try_deadline)
+                    return await self._try_tcp(up, request, question, step.deadline)
+                answer = await self._try_udp(up, request, question, step.deadline)
                 if not is_truncated(answer):
                     return answer
                 # TC=1: ask again over TCP (RFC 7766 section 5)
-                now = loop.time()
                 return await self._try_tcp(up, request, question,
-                                           min(now + s.try_timeout, deadline))
+                                           min(loop.time() + s.try_timeout, plan.deadline))
             except _TryFailed as exc:
-                last = f"{up.name}: {exc}"
-                if exc.health:
-                    self._start_health_check(up)
+                failure, detail = exc.failure, str(exc)
             except TimeoutError:
-                last = f"{up.name}: timeout"
-                self._start_health_check(up)
+                failure, detail = _plan.Failure.TIMEOUT, f"no answer within {s.try_timeout}s"
             except OSError as exc:
-                last = f"{up.name}: {exc!r}"
+                failure, detail = _plan.classify_errno(exc.errno), repr(exc)
+            if plan.failed(step.index, failure, f"{up.name}: {detail}").health_check:
                 self._start_health_check(up)
-        raise UpstreamError(f"no answer within {s.budget}s ({last})")
+        raise UpstreamError("forwarder closed")
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
@@ -442,9 +438,9 @@ class Forwarder:
         choice = up.pool.choose(now)
         if choice is None:
             # every connection full: not the upstream's fault
-            raise _TryFailed("connection pool full", health=False)
+            raise _TryFailed(Failure.BUSY)
         if type(choice) is Backoff:
-            raise _TryFailed("reconnecting after failed connects", health=False)
+            raise _TryFailed(Failure.BACKOFF)
         conn, new = choice  # type: ignore[misc]
         fut: asyncio.Future[bytes] = loop.create_future()
         qid = conn.send(request, question, fut, now)

@@ -37,12 +37,31 @@ OVERLOAD_SHARE = 4
 
 Deliver = Callable[[bytes], None]
 
+#: ``serve_stale ... verify``: a client with a stale answer waits this long for
+#: the upstream, s; then it gets the stale answer while the refresh goes on.
+#: RFC 8767 section 5 suggests 1.8 s (unbound's serve-expired-client-timeout).
+CLIENT_RESPONSE_TIMER = 1.8
+_STALE_TIMER_ERROR = UpstreamError(f"no answer within {CLIENT_RESPONSE_TIMER}s"
+                                   " (client-response timer, RFC 8767 section 5)")
+
 
 class Forwarding:
     """What the resolver needs from a forwarder (``nodecache.aio.forwarder.Forwarder``)."""
 
     async def query(self, request: bytes, *, tcp: bool) -> bytes:  # pragma: no cover
         raise NotImplementedError
+
+
+class _Flight:
+    """One upstream query in flight and the clients waiting on it."""
+
+    __slots__ = ("waiters", "stale_sent")
+
+    def __init__(self, first: tuple[Miss, Deliver, object]) -> None:
+        #: Clients still waiting for a reply (the leader first).
+        self.waiters = [first]
+        #: The client-response timer fired: waiters got the stale answer.
+        self.stale_sent = False
 
 
 class Resolver:
@@ -53,8 +72,8 @@ class Resolver:
         self.handler = handler
         self.forwarders = forwarders
         self.stats = stats or AgentStats()
-        #: key -> the followers waiting on the leader's answer.
-        self.inflight: dict[bytes, list[tuple[Miss, Deliver, object]]] = {}
+        #: key -> the upstream query in flight for it.
+        self.inflight: dict[bytes, _Flight] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         #: UDP misses in flight per client address (only addresses with some).
         self.per_source: dict[object, int] = {}
@@ -64,12 +83,14 @@ class Resolver:
         handler.refresh = lambda miss: self.submit(miss, _discard, None)
 
     def submit(self, miss: Miss, deliver: Deliver, addr: object) -> None:
-        followers = self.inflight.get(miss.key)
-        if followers is not None:
+        flight = self.inflight.get(miss.key)
+        if flight is not None:
             if miss.background:  # a refresh is already under way
                 self.handler.fail(miss, UpstreamError("refresh in flight"), self._loop.time())
+            elif flight.stale_sent and miss.stale is not None:
+                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr))
             else:
-                followers.append((miss, deliver, addr))
+                flight.waiters.append((miss, deliver, addr))
             return
         source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
         if source is not None:
@@ -79,10 +100,30 @@ class Resolver:
                 return
             self.per_source[source] = held + 1
             deliver = self._releasing(source, deliver)
-        self.inflight[miss.key] = []
-        task = self._loop.create_task(self._lead(miss, deliver, addr))
+        flight = self.inflight[miss.key] = _Flight((miss, deliver, addr))
+        task = self._loop.create_task(self._lead(miss, flight))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if miss.stale is not None and not miss.background:
+            # serve_stale ... verify: RFC 8767 section 5's client-response timer
+            timer = self._loop.call_later(CLIENT_RESPONSE_TIMER, self._serve_stale, flight)
+            task.add_done_callback(lambda _: timer.cancel())
+
+    def _serve_stale(self, flight: _Flight) -> None:
+        """The upstream is slow: waiters with a stale answer get it; the query goes on."""
+        flight.stale_sent = True
+        now = self._loop.time()
+        keep = []
+        for waiter in flight.waiters:
+            miss, send, where = waiter
+            if miss.stale is None:
+                keep.append(waiter)
+                continue
+            try:
+                send(self.handler.fail(miss, _STALE_TIMER_ERROR, now, where))
+            except Exception:
+                log.exception("answering %s failed", name_text(miss.qname))
+        flight.waiters = keep
 
     def _releasing(self, source: object, deliver: Deliver) -> Deliver:
         def release_then_deliver(reply: bytes) -> None:
@@ -92,7 +133,7 @@ class Resolver:
             deliver(reply)
         return release_then_deliver
 
-    async def _lead(self, miss: Miss, deliver: Deliver, addr: object) -> None:
+    async def _lead(self, miss: Miss, flight: _Flight) -> None:
         handler = self.handler
         outcome: Outcome | None = None
         error: Exception | None = None
@@ -106,9 +147,9 @@ class Resolver:
                 log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
                           wire.type_name(miss.qtype), exc)
         finally:
-            followers = self.inflight.pop(miss.key, [])
+            del self.inflight[miss.key]
         now = self._loop.time()
-        for waiter, send, where in [(miss, deliver, addr), *followers]:
+        for waiter, send, where in flight.waiters:
             try:
                 if outcome is not None:
                     send(handler.reply(waiter, outcome, now, where))
@@ -119,7 +160,7 @@ class Resolver:
 
     def pending(self) -> int:
         """Misses in flight (leaders and their followers)."""
-        return sum(1 + len(f) for f in self.inflight.values())
+        return sum(len(f.waiters) for f in self.inflight.values())
 
     async def close(self) -> None:
         for task in list(self.tasks):

@@ -117,6 +117,8 @@ class Miss:
     stale: Entry | None = None
     #: A background refresh (prefetch or stale refresh): no client waits.
     background: bool = False
+    #: The client's EDNS options (its OPT RDATA), forwarded upstream.
+    options: bytes = b""
 
 
 @dataclass(slots=True)
@@ -254,7 +256,7 @@ class QueryHandler:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
         limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
-                    question.end, edns, cd, limit, slot, started)
+                    question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
@@ -315,7 +317,8 @@ class QueryHandler:
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
-                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started)
+                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
+                    options=data[end + 11:])
         return self._decide(miss, lower, now, addr)
 
     def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
@@ -332,15 +335,22 @@ class QueryHandler:
         zone.cache_stats.prefetch += 1
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
-                    wire.MAX_MESSAGE, slot, _perf())
+                    wire.MAX_MESSAGE, slot, _perf(), options=question.options)
         self.refresh(_background(miss, entry))
 
     # -- after the upstream --------------------------------------------------
 
     def upstream_query(self, miss: Miss) -> bytes:
-        """The query to send upstream (ID 0: the forwarder picks one)."""
+        """The query to send upstream (ID 0: the forwarder picks one).
+
+        It carries the client's EDNS options, as CoreDNS's forward does; the
+        cache key does not include them (as CoreDNS's does not), so clients
+        asking the same question with different options share one entry and
+        one upstream query (the first one's options go upstream).
+        """
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
+                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                                options=miss.options)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer."""

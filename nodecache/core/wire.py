@@ -54,6 +54,8 @@ class Question:
     flags: int
     #: Client EDNS: None without OPT, else (payload size, version, DO bit).
     edns: tuple[int, int, bool] | None
+    #: The client OPT's RDATA: its EDNS options as sent (RFC 6891 section 6.1.2).
+    options: bytes = b""
 
     @property
     def key_name(self) -> bytes:
@@ -183,6 +185,7 @@ def parse_query(data: bytes) -> Question:
     qtype, qclass = struct.unpack_from("!HH", data, end)
     offset = end + 4
     edns: tuple[int, int, bool] | None = None
+    options = b""
     try:
         for index in range(ancount + nscount + arcount):
             name_start = offset
@@ -198,17 +201,19 @@ def parse_query(data: bytes) -> Question:
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
                     raise ClientProtocolError("misplaced or repeated OPT record")
                 edns = (max(rclass, MAX_UDP_PLAIN), (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
+                options = data[offset - rdlength:offset]
     except ValueError as exc:
         raise ClientProtocolError(str(exc)) from None
     if offset != len(data):
         raise ClientProtocolError("trailing bytes after the last record")
-    return Question(data[HEADER_LEN:end], qtype, qclass, end + 4, flags, edns)
+    return Question(data[HEADER_LEN:end], qtype, qclass, end + 4, flags, edns, options)
 
 
-def opt_record(do: bool, payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0) -> bytes:
-    """Our OPT pseudo-RR (RFC 6891 section 6.1.2): root owner, no options."""
+def opt_record(do: bool, payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0,
+               options: bytes = b"") -> bytes:
+    """Our OPT pseudo-RR (RFC 6891 section 6.1.2): root owner, ``options`` as RDATA."""
     ttl = (ext_rcode << 24) | (EDNS_DO if do else 0)
-    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, payload, ttl, 0)
+    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, payload, ttl, len(options)) + options
 
 
 def error_response(data: bytes, rcode: int, question_end: int | None,
@@ -229,11 +234,16 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
     return header + question + additional
 
 
-def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool) -> bytes:
-    """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT."""
+def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
+                options: bytes = b"") -> bytes:
+    """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT.
+
+    ``options`` are the client's EDNS options, passed on as CoreDNS's forward
+    does (client subnet, cookies, padding...); the payload size stays ours.
+    """
     flags = RD | (CD if cd else 0)
     header = _HEADER.pack(0, flags, 1, 0, 0, 1)
-    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do)
+    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, options=options)
 
 
 @dataclass(slots=True)
