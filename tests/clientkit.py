@@ -6,9 +6,10 @@ and every upstream, on addresses of the node's ``lo``:
 
 =============  =============================================================
 169.254.20.10  nodecache
-169.254.20.11  node-cache (``../shared/anchors/node-cache.gz``)
+169.254.20.11  node-cache (``tests.refnodecache``)
 10.96.0.11     Knot, authoritative for every zone below
 10.96.0.12     the bench's delaying relay in front of Knot: 1 s each way
+10.96.0.16     another one: 750 ms each way
 10.96.0.13     silent: the node drops every packet to it
 10.96.0.14     refused: nothing listens (TCP RST, ICMP port unreachable)
 10.96.0.15     Knot again, until a test rejects it (kube-dns pods gone)
@@ -28,9 +29,7 @@ look-up and prints ``STATUS SECONDS ADDRESS...``.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,23 +37,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import netns
+from tests import netns, refnodecache
 from tests import reliabilitykit as rkit
 
 NODECACHE_IP = "169.254.20.10"
 NODE_CACHE_IP = "169.254.20.11"
 AUTH_IP = "10.96.0.11"
 SLOW_IP = "10.96.0.12"
+SLOWISH_IP = "10.96.0.16"
 SILENT_IP = "10.96.0.13"
 REFUSED_IP = "10.96.0.14"
 FLAKY_IP = "10.96.0.15"
-#: Added by the relay in each direction, ms: a 2 s round trip.
-SLOW_MS = 1000
+#: Relay address -> ms added in each direction: round trips of 2 s and 1.5 s.
+RELAYS = {SLOW_IP: 1000, SLOWISH_IP: 750}
 #: TTL of the records that are let expire, s (also their cache's MINTTL).
 SHORT_TTL = 1
 
 DATA = Path(__file__).resolve().parent / "data" / "clients"
-NODE_CACHE_GZ = netns.REPO_ROOT.parent / "shared" / "anchors" / "node-cache.gz"
 
 #: Cluster domain -> (upstream, cache block body).
 _CACHE = "success 9984 30\n        denial 9984 5"
@@ -62,6 +61,7 @@ _SHORT = f"success 9984 30 {SHORT_TTL}\n        denial 9984 5 {SHORT_TTL}"
 DOMAINS = {
     "cluster.local": (AUTH_IP, _CACHE),
     "slow.local": (SLOW_IP, _CACHE),
+    "slowish.local": (SLOWISH_IP, _CACHE),
     "refused.local": (REFUSED_IP, _CACHE),
     "silent.local": (SILENT_IP, _CACHE),
     "stale.local": (FLAKY_IP, _SHORT + "\n        serve_stale 1h"),
@@ -90,6 +90,7 @@ ZONES = {
         *(f"big40.default.svc A {a}" for a in addresses(40)),
         *(f"big100.default.svc A {a}" for a in addresses(100))]),
     "slow.local.": _zone("slow.local", 30, ["web.default.svc A 10.0.3.1"]),
+    "slowish.local.": _zone("slowish.local", 30, ["web.default.svc A 10.0.6.1"]),
     "stale.local.": _zone("stale.local", SHORT_TTL, ["web.default.svc A 10.0.4.1"]),
     "expired.local.": _zone("expired.local", SHORT_TTL, ["web.default.svc A 10.0.5.1"]),
 }
@@ -210,56 +211,42 @@ def servers(workdir: Path) -> Iterator[Servers]:
     """Namespaces, Knot, the relay and both node caches, all removed on exit."""
     with netns.node_and_pod(routes_via_node=()) as topo:
         node = topo.node
-        for ip in (NODECACHE_IP, NODE_CACHE_IP, AUTH_IP, SLOW_IP, SILENT_IP, REFUSED_IP,
-                   FLAKY_IP):
+        for ip in (NODECACHE_IP, NODE_CACHE_IP, AUTH_IP, SILENT_IP, REFUSED_IP, FLAKY_IP,
+                   *RELAYS):
             netns.run(node, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
         rkit.iptables(node, "-A", "INPUT", "-d", SILENT_IP, "-j", "DROP")
         procs: list[subprocess.Popen[bytes]] = []
         try:
             with rkit.knot(node, workdir / "knot", ZONES, (AUTH_IP, FLAKY_IP),
                            "web.default.svc.cluster.local."):
-                procs.append(_relay(node, workdir))
-                procs.append(_node_cache(node, workdir))
-                conf = workdir / "Corefile.nodecache"
-                conf.write_text(corefile(NODECACHE_IP))
-                procs.append(rkit.start_agent(node, conf, log=workdir / "nodecache.log",
-                                              wait=False))
-                for ip, proc in ((NODECACHE_IP, procs[-1]), (NODE_CACHE_IP, procs[-2])):
-                    rkit.wait_answering(node, ip, 53, "web.default.svc.cluster.local.", 60,
-                                        proc=proc)
-                rkit.wait_answering(node, SLOW_IP, 53, "web.default.svc.slow.local.", 30,
-                                    proc=procs[0], tries_time=4)
-                yield Servers(topo, workdir)
+                (workdir / "node-cache").mkdir()
+                with refnodecache.node_cache(corefile(NODE_CACHE_IP), workdir / "node-cache",
+                                             host=NODE_CACHE_IP, port=53, ns=node):
+                    relays = [_relay(node, workdir, ip, ms) for ip, ms in RELAYS.items()]
+                    procs += relays
+                    conf = workdir / "Corefile.nodecache"
+                    conf.write_text(corefile(NODECACHE_IP))
+                    procs.append(rkit.start_agent(node, conf, log=workdir / "nodecache.log",
+                                                  wait=False))
+                    rkit.wait_answering(node, NODECACHE_IP, 53, "web.default.svc.cluster.local.",
+                                        60, proc=procs[-1])
+                    for ip, relay in zip(RELAYS, relays):
+                        rkit.wait_answering(node, ip, 53, "web.default.svc.cluster.local.", 30,
+                                            proc=relay, tries_time=4)
+                    yield Servers(topo, workdir)
         finally:
             for proc in procs:
                 rkit.stop(proc)
 
 
-def _relay(node: str, workdir: Path) -> subprocess.Popen[bytes]:
+def _relay(node: str, workdir: Path, ip: str, delay_ms: int) -> subprocess.Popen[bytes]:
     env = netns.python_env({"PYTHONPATH": f"{netns.REPO_ROOT / 'bench'}:{netns.REPO_ROOT}"})
-    log = open(workdir / "relay.log", "ab")
+    log = open(workdir / f"relay-{ip}.log", "ab")
     with log:
-        return netns.popen(node, sys.executable, "-m", "nodebench.relay", "--listen", SLOW_IP,
-                           "--upstream", AUTH_IP, "--delay-ms", str(SLOW_MS),
-                           "--stats", str(workdir / "relay.json"), "--max-seconds", "600",
+        return netns.popen(node, sys.executable, "-m", "nodebench.relay", "--listen", ip,
+                           "--upstream", AUTH_IP, "--delay-ms", str(delay_ms),
+                           "--stats", str(workdir / f"relay-{ip}.json"), "--max-seconds", "600",
                            env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _node_cache(node: str, workdir: Path) -> subprocess.Popen[bytes]:
-    binary = workdir / "node-cache"
-    with gzip.open(NODE_CACHE_GZ) as src, open(binary, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    binary.chmod(0o755)
-    conf = workdir / "Corefile.node-cache"
-    conf.write_text(corefile(NODE_CACHE_IP))
-    log = open(workdir / "node-cache.log", "ab")
-    with log:
-        return netns.popen(node, str(binary), "-localip", NODE_CACHE_IP, "-conf", str(conf),
-                           "-setupinterface=false", "-setupiptables=false", "-skipteardown",
-                           "-metrics-listen-address", f"{NODE_CACHE_IP}:9353",
-                           "-basecorefile", "/nonexistent",
-                           env=dict(os.environ, KUBE_DNS_SERVICE_HOST=AUTH_IP),
-                           stdout=log, stderr=subprocess.STDOUT)
 
 
 if __name__ == "__main__":
