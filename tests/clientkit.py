@@ -12,7 +12,7 @@ and every upstream, on addresses of the node's ``lo``:
 10.96.0.16     another one: 750 ms each way
 10.96.0.13     silent: the node drops every packet to it
 10.96.0.14     refused: nothing listens (TCP RST, ICMP port unreachable)
-10.96.0.15     Knot again, until a test rejects it (kube-dns pods gone)
+10.96.0.15     a relay with no delay, until a test kills it (kube-dns pods gone)
 =============  =============================================================
 
 Each failure mode is a cluster domain of its own (``slow.local``,
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,8 +49,8 @@ SLOWISH_IP = "10.96.0.16"
 SILENT_IP = "10.96.0.13"
 REFUSED_IP = "10.96.0.14"
 FLAKY_IP = "10.96.0.15"
-#: Relay address -> ms added in each direction: round trips of 2 s and 1.5 s.
-RELAYS = {SLOW_IP: 1000, SLOWISH_IP: 750}
+#: Relay address -> ms added in each direction: round trips of 2 s, 1.5 s and 0.
+RELAYS = {SLOW_IP: 1000, SLOWISH_IP: 750, FLAKY_IP: 0}
 #: TTL of the records that are let expire, s (also their cache's MINTTL).
 SHORT_TTL = 1
 
@@ -190,13 +191,12 @@ def _probe(name: str) -> None:
 @dataclass
 class Servers:
     topo: netns.NodePod
-    workdir: Path
+    relays: dict[str, subprocess.Popen[bytes]]
 
-    def reject_flaky(self) -> None:
-        """The upstream of ``stale.local`` and ``expired.local`` goes away (RST, ICMP)."""
-        for proto, reject in (("tcp", "tcp-reset"), ("udp", "icmp-port-unreachable")):
-            rkit.iptables(self.topo.node, "-I", "INPUT", "-d", FLAKY_IP, "-p", proto,
-                          "-j", "REJECT", "--reject-with", reject)
+    def stop_flaky(self) -> None:
+        """The upstream of ``stale.local`` and ``expired.local`` goes away: its
+        connections close, new ones get RST and UDP an ICMP port unreachable."""
+        rkit.stop(self.relays[FLAKY_IP], signal.SIGKILL)
 
     def nameserver(self, server: str, domain: str) -> str:
         if server == "nodecache":
@@ -211,13 +211,13 @@ def servers(workdir: Path) -> Iterator[Servers]:
     """Namespaces, Knot, the relay and both node caches, all removed on exit."""
     with netns.node_and_pod(routes_via_node=()) as topo:
         node = topo.node
-        for ip in (NODECACHE_IP, NODE_CACHE_IP, AUTH_IP, SILENT_IP, REFUSED_IP, FLAKY_IP,
+        for ip in (NODECACHE_IP, NODE_CACHE_IP, AUTH_IP, SILENT_IP, REFUSED_IP,
                    *RELAYS):
             netns.run(node, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
         rkit.iptables(node, "-A", "INPUT", "-d", SILENT_IP, "-j", "DROP")
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            with rkit.knot(node, workdir / "knot", ZONES, (AUTH_IP, FLAKY_IP),
+            with rkit.knot(node, workdir / "knot", ZONES, (AUTH_IP,),
                            "web.default.svc.cluster.local."):
                 (workdir / "node-cache").mkdir()
                 with refnodecache.node_cache(corefile(NODE_CACHE_IP), workdir / "node-cache",
@@ -233,7 +233,7 @@ def servers(workdir: Path) -> Iterator[Servers]:
                     for ip, relay in zip(RELAYS, relays):
                         rkit.wait_answering(node, ip, 53, "web.default.svc.cluster.local.", 30,
                                             proc=relay, tries_time=4)
-                    yield Servers(topo, workdir)
+                    yield Servers(topo, dict(zip(RELAYS, relays)))
         finally:
             for proc in procs:
                 rkit.stop(proc)

@@ -8,7 +8,7 @@ node-cache and must never wait longer (with a wide margin for a loaded
 machine); the waits are printed as a table (``pytest -s``) for the docs.
 
 Every look-up runs in parallel threads against one set of servers; the
-"expired" cases let short-TTL entries expire, then reject their upstream.
+"expired" cases let short-TTL entries expire, then stop their upstream.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
             futures = submit([c for c in CASES if not c.after_expiry])
             time.sleep(max(0.0, primed + ck.SHORT_TTL + 1.0 - time.monotonic()))
-            env.reject_flaky()
+            env.stop_flaky()
             futures.update(submit(expiring))
             found = {key: future.result() for key, future in futures.items()}
     _print_table(found)
