@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,25 @@ from tests import netns
 ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "node-cache.gz"
 #: How long node-cache may take to start answering, s.
 START_TIMEOUT = 15.0
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, below the ephemeral range: no socket of a forwarder
+    can get it as its own source port and so talk to itself."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        first = int(f.read().split()[0])
+    rng = random.Random()
+    for _ in range(50):
+        port = rng.randrange(max(1024, first - 8000), first)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind((host, port))
+                udp.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise OSError("no closed port found")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

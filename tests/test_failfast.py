@@ -24,7 +24,7 @@ import pytest
 from nodecache.config.settings import ForwardSettings
 from tests.agentkit import AgentKit, rcode_text
 from tests.fakeupstream import FakeUpstream, loop_errors
-from tests.refnodecache import free_port, node_cache
+from tests.refnodecache import closed_port, free_port, node_cache
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -53,7 +53,7 @@ async def timed_queries(ask, names: list[str]) -> list[tuple[str, float]]:
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_refused_upstream_servfail_at_once(transport: str, tmp_path: Path) -> None:
-    closed = free_port()
+    closed = closed_port()
     options = "force_tcp" if transport == "tcp" else ""
     names = [f"n{i}.example." for i in range(4)]
     async with AgentKit(corefile(f"127.0.0.1:{closed}", options),
@@ -76,7 +76,7 @@ async def test_refused_upstream_servfail_at_once(transport: str, tmp_path: Path)
 
 
 async def test_refused_upstream_fails_over_at_once() -> None:
-    closed = free_port()
+    closed = closed_port()
     async with FakeUpstream(records={"a.example. A": "192.0.2.1"}) as up, \
             AgentKit(corefile(f"127.0.0.1:{closed} 127.0.0.1:{up.port}",
                               "policy sequential\n force_tcp"), forward_overrides=DEFAULTS) as kit:
