@@ -206,7 +206,7 @@ class QueryHandler:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
-                    reply = truncate(reply, limit)
+                    reply = truncate(reply, limit, opt)
                 zone = entry.owner
                 if do:
                     zone.stats.do_requests += 1
@@ -428,7 +428,7 @@ class QueryHandler:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
         reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
         if len(reply) > miss.limit:
-            reply = truncate(reply, miss.limit)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
@@ -447,7 +447,7 @@ class QueryHandler:
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
-            reply = truncate(reply, miss.limit)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,

@@ -21,41 +21,34 @@ import struct
 from nodecache.core import wire
 
 _HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
 
-def truncate(reply: bytes, limit: int) -> bytes:
+def truncate(reply: bytes, limit: int, opt: bytes = b"") -> bytes:
     """``reply`` cut to at most ``limit`` bytes of whole records, with TC set.
 
-    ``reply`` is one of our replies: one question, and an OPT record, if any,
-    as its last record. A reply that already fits is returned as it is.
-    Raises ``ValueError`` on a reply that cannot be walked.
+    ``reply`` is one of our replies, built from an answer that
+    :func:`nodecache.core.wire.index_response` checked, so it is walked
+    without checking again: one question, and ``opt`` (our OPT record, or
+    ``b""`` without EDNS) as its last bytes. Only the records that fit are
+    walked. A reply that already fits is returned as it is.
     """
     if len(reply) <= limit:
         return reply
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(reply)
     offset = wire.skip_name(reply, wire.HEADER_LEN) + 4 if qdcount else wire.HEADER_LEN
-    bounds = [offset]  # where each record starts, then where the last one ends
-    rtype = 0
-    for _ in range(ancount + nscount + arcount):
-        offset = wire.skip_name(reply, offset) + 10
-        if offset > len(reply):
-            raise ValueError("resource record truncated")
-        rtype, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(reply, offset - 10)
-        offset += rdlength
-        bounds.append(offset)
-    if offset != len(reply):
-        raise ValueError("trailing bytes")
-    opt = b""
-    if arcount and rtype == wire.TYPE_OPT:
-        bounds.pop()
-        opt = reply[bounds[-1]:]
     budget = limit - len(opt)
+    records = ancount + nscount + arcount - (1 if opt else 0)
     kept = 0
-    while kept + 1 < len(bounds) and bounds[kept + 1] <= budget:
+    while kept < records:
+        # The owner is most often a pointer (section 4.1.4): two bytes.
+        end = offset + 2 if reply[offset] >= 0xC0 else wire.skip_name(reply, offset)
+        end += 10 + (reply[end + 8] << 8 | reply[end + 9])  # TYPE..RDLENGTH, RDATA
+        if end > budget:
+            break
+        offset = end
         kept += 1
     answers = min(kept, ancount)
     authority = min(kept - answers, nscount)
     additional = kept - answers - authority + (1 if opt else 0)
     header = _HEADER.pack(qid, flags | wire.TC, qdcount, answers, authority, additional)
-    return header + reply[wire.HEADER_LEN:bounds[kept]] + opt
+    return header + reply[wire.HEADER_LEN:offset] + opt
