@@ -8,6 +8,8 @@
                          nodelocaldns (bridge) 169.254.20.10  nodecache   lo 10.96.0.10  delay relay
                          ncbref       (bridge) 169.254.20.11  unbound        10.96.0.11  knotd
                                                169.254.20.12  dnsmasq        10.96.0.12  relay, no delay
+                                               169.254.20.13  node-cache
+                                               169.254.20.14  the Python floor (hits only)
 
 The node forwards pod traffic for 10.96.0.0/24 (the "cluster DNS" service
 addresses) to the dns namespace, so a pod can query the cluster DNS directly or
@@ -35,6 +37,8 @@ RELAY0_DNS = "10.96.0.12"
 NODECACHE_IP = "169.254.20.10"
 UNBOUND_IP = "169.254.20.11"
 DNSMASQ_IP = "169.254.20.12"
+NODE_CACHE_IP = "169.254.20.13"
+FLOOR_IP = "169.254.20.14"
 
 _PREFIX = "ncb"
 
@@ -112,7 +116,7 @@ def build(cleanup: Cleanup) -> Topology:
     # The reference caches get their own link so nodecache's teardown cannot touch them.
     sh(["ip", "link", "add", "ncbref", "type", "bridge"], ns=topo.node)
     sh(["ip", "link", "set", "ncbref", "up"], ns=topo.node)
-    for ip in (UNBOUND_IP, DNSMASQ_IP):
+    for ip in (UNBOUND_IP, DNSMASQ_IP, NODE_CACHE_IP, FLOOR_IP):
         sh(["ip", "addr", "add", f"{ip}/32", "dev", "ncbref"], ns=topo.node)
 
     sh(["ip", "addr", "add", f"{DNS_IP}/24", "dev", "dns0"], ns=topo.dns)
