@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,7 @@ CACHE_FIGURES = [
     ("conntrack", "with_notrack", "per_10k_queries", "pod_to_node_cache"),
     ("conntrack", "without_notrack", "per_10k_queries", "pod_to_node_cache"),
 ]
-SECTIONS = ["## Summary against the targets", "## The delay element", "## 1. Latency", "## 2. Pod search path",
+SECTIONS = ["## Summary against the targets", "## 0. The core alone", "## The delay element", "## 1. Latency", "## 2. Pod search path",
             "## 3. Cache-hit throughput", "## 4. Misses", "## 5. Memory", "## 6. Conntrack"]
 PLOTS = ["latency_cdf.png", "miss_cdf.png", "searchpath.png", "throughput.png", "memory.png", "conntrack.png"]
 
@@ -99,6 +102,8 @@ def test_bench_quick_end_to_end(tmp_path: Path) -> None:
                  ("direct", "miss_throughput", "qps"), ("direct", "conntrack", "per_10k_queries", "total")]:
         v = _get(res, path)
         assert isinstance(v, (int, float)) and math.isfinite(v), f"{'.'.join(path)} = {v!r}"
+    for kind in ("hit", "miss"):
+        assert res["core"][kind]["median_us"] > 0
     _no_nan(res, "results")
 
     report = (out / "report.md").read_text()
@@ -128,3 +133,33 @@ def _pid_of(cp: subprocess.CompletedProcess[str]) -> str:
         if "namespaces ncb" in line:
             return line.split("namespaces ncb", 1)[1].split("-", 1)[0]
     return "-"
+
+
+def test_core_micro_benchmark_drives_the_handler() -> None:
+    """``python -m nodebench.core``: hits and misses through QueryHandler, figures in us/op.
+
+    The module itself checks that its misses were misses and its hits were
+    answered from the cache (it raises otherwise); no timing is asserted.
+    """
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'bench'}{os.pathsep}{ROOT}")
+    cp = subprocess.run([sys.executable, "-m", "nodebench.core", "--json", "--names", "300", "--rounds", "2"],
+                        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    res = json.loads(cp.stdout)
+    assert res["names"] == 300
+    for kind in ("hit", "miss"):
+        assert res[kind]["rounds"] == 2
+        assert 0 < res[kind]["best_us"] <= res[kind]["median_us"] < 1e5, res[kind]
+    assert set(res["miss_stages_us"]) == {"handle", "upstream_query", "absorb", "reply"}
+    assert all(v > 0 for v in res["miss_stages_us"].values())
+
+
+def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
+    """bench/run in a checkout whose .venv cannot be made says what to run, before doing anything."""
+    (tmp_path / "bench").mkdir()
+    shutil.copy(ROOT / "bench" / "run", tmp_path / "bench" / "run")
+    (tmp_path / "Makefile").write_text(".venv/.installed:\n\t@echo no network here >&2; false\n")
+    cp = subprocess.run([str(tmp_path / "bench" / "run"), "--quick"], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2, (cp.stdout, cp.stderr)
+    assert "make .venv/.installed" in cp.stderr and "no network here" in cp.stderr, cp.stderr
+    assert not (tmp_path / "results").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results",
                     help="where the report goes (default bench/results)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (configs, zones, logs)")
+    ap.add_argument("--core", action="store_true",
+                    help="only the core micro-benchmark (QueryHandler, no sockets; needs no root), printed")
     a = ap.parse_args(argv)
     a.caches = [c.strip() for c in a.caches.split(",") if c.strip()]
     bad = set(a.caches) - set(ALL_CACHES)
@@ -88,6 +91,16 @@ def meta(a: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "nodecache": commit,
         },
     }
+
+
+def core_alone(quick: bool) -> dict[str, Any]:
+    """The core micro-benchmark in a child pinned to the server core (see nodebench.core)."""
+    argv = ["taskset", "-c", str(S.SERVER_CPU), S.python(), "-m", "nodebench.core", "--json",
+            "--rounds", "3" if quick else "7"]
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=S._env())
+    if cp.returncode != 0:
+        raise BenchError(f"the core micro-benchmark failed:\n{cp.stderr[-1500:]}")
+    return json.loads(cp.stdout)
 
 
 def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
@@ -151,6 +164,9 @@ def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
     res["meta"]["corefile_origin"] = origin
     res["meta"]["corefile"] = path.read_text()
 
+    log("the core alone: hits and misses through QueryHandler, no sockets")
+    res["core"] = core_alone(a.quick)
+    log(f"  hit {res['core']['hit']['median_us']:.2f} us, miss {res['core']['miss']['median_us']:.2f} us (median)")
     runner.start_cluster_dns()
     res["meta"]["zone_records"] = runner.zone.records
     runner.run_direct()
@@ -192,6 +208,9 @@ def _copy_logs(work: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.core:
+        from . import core
+        return core.main(["--rounds", "3"] if a.quick else [])
     trap_signals()
     cleanup = Cleanup()
     try:

@@ -207,6 +207,23 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
         rows.append(row)
     L.append(table(head, rows) + "\n")
 
+    # --- the core alone
+    core = res.get("core")
+    if core:
+        L.append("## 0. The core alone\n")
+        L.append(f"`QueryHandler` with no sockets and a fake clock (bench/nodebench/core.py, `bench/run --core`), "
+                 f"pinned to the server core: {core['names']:,} new pod names per round, each a miss answered "
+                 "by a fake upstream answer (handle, upstream_query, absorb, reply), then each asked again (a "
+                 "hit). What sections 3 and 4 spend per query above this is the event loop's, the kernel's and "
+                 "the forwarder's.\n")
+        rows = [[kind, fmt(get(core, kind, "best_us")), fmt(get(core, kind, "median_us")),
+                 fmt(get(core, kind, "rounds"))] for kind in ("hit", "miss")]
+        L.append(table(["path", "best us/op", "median us/op", "rounds"], rows) + "\n")
+        stages = core.get("miss_stages_us") or {}
+        if stages:
+            L.append("A miss by stage (one pass, timed per call): "
+                     + ", ".join(f"`{k}` {fmt(v)} us" for k, v in stages.items()) + ".\n")
+
     # --- calibration
     cal = res["calibration"]
     L.append("## The delay element\n")
