@@ -123,16 +123,18 @@ def test_bench_quick_end_to_end(tmp_path: Path) -> None:
 
     assert cp.returncode == 0, cp.stderr[-3000:]
     # Everything the run created is gone.
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(line.startswith("ncb") and f"ncb{_pid_of(cp)}" in line for line in left.splitlines())
+    made = _namespaces_of(cp)
+    assert len(made) == 3, cp.stderr[-3000:]
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert not set(made) & set(left), f"left behind: {set(made) & set(left)}"
 
 
-def _pid_of(cp: subprocess.CompletedProcess[str]) -> str:
-    """The run's namespace tag is its pid; read it back from the progress lines."""
+def _namespaces_of(cp: subprocess.CompletedProcess[str]) -> list[str]:
+    """The run's namespaces, read back from its progress line ``namespaces A, B, C``."""
     for line in cp.stderr.splitlines():
-        if "namespaces ncb" in line:
-            return line.split("namespaces ncb", 1)[1].split("-", 1)[0]
-    return "-"
+        if "] namespaces " in line:
+            return [n.strip() for n in line.split("] namespaces ", 1)[1].split(",")]
+    return []
 
 
 def test_core_micro_benchmark_drives_the_handler() -> None:

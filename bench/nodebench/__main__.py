@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import memory, report
 from . import servers as S
 from . import topology as T
 from .host import BenchError, Cleanup, Interrupted, log, require, sh, trap_signals
@@ -106,6 +106,7 @@ def core_alone(quick: bool) -> dict[str, Any]:
 def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
     t0 = time.monotonic()
     require(TOOLS)
+    memory.sweep_stale()
     plan = Plan.make(quick=a.quick, services=a.services, delay_ms=a.delay_ms, ttl=a.ttl)
     work = Path(tempfile.mkdtemp(prefix="nodebench-"))
     if a.keep_work:

@@ -130,6 +130,19 @@ class MemoryCgroup:
             log(f"cannot remove cgroup {self.path}: {exc}")
 
 
+def sweep_stale(prefix: str = "ncb") -> None:
+    """Remove the empty cgroups of earlier runs that were killed (``<prefix><pid>-...``)."""
+    for base in (CGROUP_ROOT, CGROUP_ROOT / "memory"):
+        for path in base.glob(f"{prefix}*-*"):
+            pid = path.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try:
+                    path.rmdir()
+                    log(f"removed stale cgroup {path}")
+                except OSError:
+                    pass
+
+
 def measure(pid: int, cgroup: MemoryCgroup | None) -> dict[str, int]:
     """Everything above for a server's process tree and its cgroup."""
     out = tree_memory(pid)

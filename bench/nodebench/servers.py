@@ -313,6 +313,10 @@ def nodecache_argv(corefile_path: Path, help_text: str, *, notrack: bool = True)
     argv = [python(), "-m", "nodecache", "run", "--conf", str(corefile_path), "--localip", T.NODECACHE_IP]
     if re.search(r"--interfacename\b", help_text):
         argv += ["--interfacename", "nodelocaldns"]
+    if "--serving-lock" in help_text:
+        # The default lock is host-wide: an agent serving elsewhere on this machine
+        # (another namespace) would make ours skip its teardown and leave its rules.
+        argv += ["--serving-lock", str(corefile_path.with_name("serving.lock"))]
     if not notrack:
         if "--no-setupiptables" not in help_text:
             raise BenchError("nodecache run has no --no-setupiptables: cannot measure it without its rules")
@@ -365,6 +369,10 @@ def stop_cache(topo: T.Topology, cache: Cache) -> None:
     if cache.cgroup is not None:
         cache.cgroup.remove()
         cache.cgroup = None
+    if cache.own_notrack:
+        left = T.remove_nodecache_rules(topo)
+        if left:
+            log(f"{cache.name} left {left} of its rules behind at exit; removed them")
     if not cache.own_notrack:
         T.del_notrack(topo, cache.ip)
 
