@@ -35,29 +35,35 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def _pss_kb(pid: int) -> int:
+def _rollup_kb(pid: int) -> dict[str, int]:
+    """``Pss`` and its file-backed part ``Pss_File`` from smaps_rollup, kB."""
+    out = {"Pss": 0, "Pss_File": 0}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
-def tree_memory(pid: int) -> dict[str, int]:
-    """RSS and PSS of *pid* and its descendants, bytes, and how many processes there were."""
-    rss = pss = n = 0
-    for p in proc_tree(pid):
-        try:
-            rss += _status_kb(p, "VmRSS:") * 1024
-            pss += _pss_kb(p) * 1024
-            n += 1
-        except OSError:  # gone in between
-            continue
-    return {"rss_bytes": rss, "pss_bytes": pss, "processes": n}
+        key = line.split(":", 1)[0]
+        if key in out:
+            out[key] = int(line.split()[1])
+    return out
 
 
 def process_memory(pid: int) -> dict[str, int]:
-    """RSS and PSS of *pid* alone, bytes."""
-    return {"rss_bytes": _status_kb(pid, "VmRSS:") * 1024, "pss_bytes": _pss_kb(pid) * 1024}
+    """RSS, PSS and PSS of file-backed pages (the program's text, mapped files) of *pid*, bytes."""
+    rollup = _rollup_kb(pid)
+    return {"rss_bytes": _status_kb(pid, "VmRSS:") * 1024, "pss_bytes": rollup["Pss"] * 1024,
+            "pss_file_bytes": rollup["Pss_File"] * 1024}
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """:func:`process_memory` summed over *pid* and its descendants, and how many there were."""
+    out = {"rss_bytes": 0, "pss_bytes": 0, "pss_file_bytes": 0, "processes": 0}
+    for p in proc_tree(pid):
+        try:
+            one = process_memory(p)
+        except OSError:  # gone in between
+            continue
+        for k, v in one.items():
+            out[k] += v
+        out["processes"] += 1
+    return out
 
 
 @dataclass

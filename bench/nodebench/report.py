@@ -342,9 +342,10 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
              "server's processes counts shared pages once per process; PSS (smaps_rollup) summed over them "
              "counts each page once; the cgroup working set (usage minus inactive file pages) is what the "
              "kubelet, `kubectl top` and evictions use: each server runs in a memory cgroup of its own (fresh "
-             "per start). Page-cache pages are charged to the cgroup that read them first, so the interpreter "
-             "and binaries, usually cached already, count elsewhere: the working set here is mostly anonymous "
-             "and kernel memory. nodecache runs as two processes (the supervisor, which removes the rules if "
+             "per start). Page-cache pages are charged to the cgroup that read them first, so the interpreter, "
+             "its libraries and the node-cache binary, cached already, count elsewhere: the working set here is "
+             "mostly anonymous and kernel memory, while in a pod the program's own files count too (about the "
+             "file-backed part of PSS). nodecache runs as two processes (the supervisor, which removes the rules if "
              "the worker dies, and the worker), as in its image; both are counted. Caches hold about 10,000 "
              "entries (node-cache's 9984 per cache), so past that the figure shows eviction, not growth.\n")
     rows = []
@@ -355,7 +356,7 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
             rows.append([c, "", sc, *[sc] * (1 + len(pts))])
             continue
         procs = get(mem, "after", pts[-1], "processes")
-        for key, label in (("rss_bytes", "RSS"), ("pss_bytes", "PSS"),
+        for key, label in (("rss_bytes", "RSS"), ("pss_bytes", "PSS"), ("pss_file_bytes", "of which file-backed"),
                            ("cgroup_working_set_bytes", "cgroup working set")):
             rows.append([c, fmt(procs), label, fmt(_div(get(mem, "idle", key), 1e6)),
                          *(fmt(_div(get(mem, "after", p, key), 1e6)) for p in pts)])
