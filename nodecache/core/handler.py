@@ -41,6 +41,7 @@ from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify,
 from nodecache.core.stages import chain_for, dns64_for
 from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
+from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
@@ -257,7 +258,7 @@ class QueryHandler:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
-                    reply = _truncated(data, end, opt)
+                    reply = truncate(reply, limit, opt)
                 zone = entry.owner
                 if do:
                     zone.stats.do_requests += 1
@@ -472,20 +473,30 @@ class QueryHandler:
                                 options=miss.options)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
-        """Index (and, when cacheable, store) one upstream answer."""
+        """Index (and, when cacheable, store) one upstream answer.
+
+        The answer is walked once: when its question is the miss's (as the
+        forwarder has checked, RFC 5452 section 9.1), the index starts after it.
+        """
         zone = miss.zone
-        try:
-            if miss.resolution is not None:
+        if miss.resolution is not None:
+            try:  # rewrite: the answer as the client must see it (its question, names, TTLs)
                 data = miss.resolution.revert(data)
-            response = wire.index_response(data)
-        except (ValueError, struct.error, dns.exception.DNSException):
+            except (ValueError, struct.error, dns.exception.DNSException):
+                return Outcome(data, None, None)
+        end = miss.question_end
+        key = miss.key
+        same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
+        try:
+            response = wire.index_response(data, end if same else 0)
+        except (ValueError, struct.error):
             return Outcome(data, None, None)
         cache = zone.cache
         entry = None
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(key_name(miss.key), kind):
+            if kind is not None and (cache.stores_all or cache.may_store(key_name(key), kind)):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
@@ -622,7 +633,7 @@ class QueryHandler:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
         reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
         if len(reply) > miss.limit:
-            reply = _truncated(data, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
@@ -641,7 +652,7 @@ class QueryHandler:
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
-            reply = _truncated(query, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
@@ -683,14 +694,6 @@ class QueryHandler:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
-
-
-def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
-    """An empty reply with TC=1 (RFC 2181 section 9): the client retries over TCP."""
-    flags = wire.QR | wire.AA | wire.TC | wire.RA | (struct.unpack_from("!H", data, 2)[0]
-                                                    & (wire.RD | wire.CD))
-    return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
-        + data[12:question_end] + opt
 
 
 #: Look-ups nested inside one another (a template CNAME whose target a template
