@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests import netns
+
 ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "node-cache.gz"
 #: How long node-cache may take to start answering, s.
 START_TIMEOUT = 15.0
@@ -59,8 +61,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
-               port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """node-cache serving ``corefile`` (which must bind ``host``:``port``)."""
+               port: int, ns: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """node-cache serving ``corefile`` (which must bind ``host``:``port``).
+
+    :param ns: run it inside this network namespace (``tests.netns``) instead
+        of the test's own; its metrics then listen on ``host``:9353.
+    """
     assert ANCHOR.is_file(), f"reference binary missing: {ANCHOR}"
     binary = workdir / "node-cache"
     with gzip.open(ANCHOR) as src, open(binary, "wb") as dst:
@@ -68,14 +74,16 @@ def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
     binary.chmod(0o755)
     (workdir / "Corefile").write_text(corefile)
     env = {**os.environ, "KUBE_DNS_SERVICE_HOST": "127.0.0.254"}
-    proc = subprocess.Popen(
-        [str(binary), "-localip", host, "-conf", str(workdir / "Corefile"),
-         "-setupinterface=false", "-setupiptables=false", "-skipteardown",
-         "-metrics-listen-address", f"{host}:{free_port(host)}",
-         "-basecorefile", str(workdir / "none")],
-        stdout=open(workdir / "node-cache.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    argv = [str(binary), "-localip", host, "-conf", str(workdir / "Corefile"),
+            "-setupinterface=false", "-setupiptables=false", "-skipteardown",
+            "-metrics-listen-address", f"{host}:{free_port(host) if ns is None else 9353}",
+            "-basecorefile", str(workdir / "none")]
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    proc = subprocess.Popen(argv, stdout=open(workdir / "node-cache.log", "wb"),
+                            stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_serving(proc, host, port, workdir)
+        _wait_serving(proc, host, port, workdir, ns)
         yield proc
     finally:
         proc.terminate()
@@ -86,15 +94,22 @@ def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
             proc.wait(5)
 
 
-def _wait_serving(proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path) -> None:
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _wait_serving(proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path,
+                  ns: str | None) -> None:
     """Until the TCP listener accepts (no query: one would reach the upstream)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"node-cache exited: {(workdir / 'node-cache.log').read_text()}")
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
+        if (_accepts(host, port) if ns is None else netns.call(ns, _accepts, host, port)):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise RuntimeError("node-cache did not start listening")

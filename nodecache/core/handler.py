@@ -27,6 +27,7 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
+from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
@@ -210,7 +211,7 @@ class QueryHandler:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
-                    reply = _truncated(data, end, opt)
+                    reply = truncate(reply, limit, opt)
                 zone = entry.owner
                 if do:
                     zone.stats.do_requests += 1
@@ -439,7 +440,7 @@ class QueryHandler:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
         reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
         if len(reply) > miss.limit:
-            reply = _truncated(data, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
@@ -458,7 +459,7 @@ class QueryHandler:
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
-            reply = _truncated(query, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
@@ -500,14 +501,6 @@ class QueryHandler:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
-
-
-def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
-    """An empty reply with TC=1 (RFC 2181 section 9): the client retries over TCP."""
-    flags = wire.QR | wire.AA | wire.TC | wire.RA | (struct.unpack_from("!H", data, 2)[0]
-                                                    & (wire.RD | wire.CD))
-    return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
-        + data[12:question_end] + opt
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:
