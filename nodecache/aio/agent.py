@@ -186,7 +186,7 @@ class Agent:
             handler = by_blockset.get(ident)
             if handler is None:
                 zones = [z for b in blocks for z in zones_by_block[id(b)]]
-                handler = by_blockset[ident] = QueryHandler(zones)
+                handler = by_blockset[ident] = QueryHandler(zones, on_log=_log_query)
             handlers[address] = handler
         runtime = Runtime(config, all_zones, handlers)
         self.hosts_files.check(hosts_stages(all_zones), time.monotonic())
@@ -244,8 +244,6 @@ class Agent:
         for handler in runtime.unique_handlers():
             resolver = Resolver(handler, runtime.forwarders, self.stats)
             runtime.resolvers[id(handler)] = resolver
-            if any(z.block.log is not None for z in handler.zones.values()):
-                handler.on_log = _log_query
 
     # -- start ---------------------------------------------------------------
 
