@@ -342,102 +342,60 @@ async def test_nothing_takes_the_name(tmp_path: Path) -> None:
 
 # -- Corefiles as installers write them ----------------------------------------
 
-async def test_kubespray_shape(tmp_path: Path) -> None:
-    (tmp_path / "hosts").write_text("10.0.0.1 registry.example.org\n")
-    corefile = """cluster.local:53 {
+def node_local(cluster: str = "", root: str = "") -> str:
+    """The two blocks installers generate (cluster domain over TCP, the rest), with
+    ``cluster`` and ``root`` lines added to them."""
+    return f"""cluster.local:53 {{
     errors
-    cache {
+    cache {{
         success 9984 30
         denial 9984 5
-    }
+    }}
     reload
     loop
     bind 127.0.0.1
-    forward . UPSTREAM {
+{cluster}    forward . UPSTREAM {{
         force_tcp
-    }
+    }}
     prometheus PROMETHEUS
     health HEALTH
-}
-.:53 {
+}}
+.:53 {{
     errors
     cache 30
     reload
     loop
     bind 127.0.0.1
-    hosts DIR/hosts {
-        fallthrough
-    }
-    forward . UPSTREAM
+{root}    forward . UPSTREAM
     prometheus PROMETHEUS
-}
+}}
 """
-    await run(corefile, [("registry.example.org.", "A"), ("registry.example.org.", "AAAA"),
-                         ("www.example.org.", "A"), ("api.cluster.local.", "A"),
-                         ("svc.cluster.local.", "A")], tmp_path)
+
+
+async def test_kubespray_shape(tmp_path: Path) -> None:
+    # kubespray: hosts in the blocks when custom host entries are configured.
+    (tmp_path / "hosts").write_text("10.0.0.1 registry.example.org\n")
+    hosts = "    hosts DIR/hosts {\n        fallthrough\n    }\n"
+    await run(node_local(root=hosts), [
+        ("registry.example.org.", "A"), ("registry.example.org.", "AAAA"),
+        ("www.example.org.", "A"), ("api.cluster.local.", "A"), ("svc.cluster.local.", "A")],
+        tmp_path)
 
 
 async def test_helm_chart_no_ipv6_lookups(tmp_path: Path) -> None:
-    corefile = """cluster.local:53 {
-    errors
-    cache {
-        success 9984 30
-        denial 9984 5
-    }
-    reload
-    loop
-    bind 127.0.0.1
-    template IN AAAA . {
-        rcode NOERROR
-    }
-    forward . UPSTREAM {
-        force_tcp
-    }
-}
-.:53 {
-    errors
-    cache 30
-    reload
-    loop
-    bind 127.0.0.1
-    template IN AAAA . {
-        rcode NOERROR
-    }
-    forward . UPSTREAM
-}
-"""
-    await run(corefile, [("api.cluster.local.", "AAAA"), ("api.cluster.local.", "A"),
-                         ("www.example.org.", "AAAA"), ("www.example.org.", "A")], tmp_path)
+    # The node-local-dns Helm chart's noIPv6Lookups: in every block.
+    template = "    template IN AAAA . {\n        rcode NOERROR\n    }\n"
+    await run(node_local(template, template), [
+        ("api.cluster.local.", "AAAA"), ("api.cluster.local.", "A"),
+        ("www.example.org.", "AAAA"), ("www.example.org.", "A")], tmp_path)
 
 
 async def test_kops_dns64_shape(tmp_path: Path) -> None:
-    corefile = """cluster.local:53 {
-    errors
-    cache {
-        success 9984 30
-        denial 9984 5
-    }
-    reload
-    loop
-    bind 127.0.0.1
-    forward . UPSTREAM {
-        force_tcp
-    }
-}
-.:53 {
-    errors
-    cache 30
-    reload
-    loop
-    bind 127.0.0.1
-    dns64 {
-        allow_ipv4
-    }
-    forward . UPSTREAM
-}
-"""
-    await run(corefile, [("v4.example.org.", "AAAA"), ("www.example.org.", "AAAA"),
-                         ("api.cluster.local.", "AAAA")], tmp_path)
+    # kops, IPv6-only clusters: dns64 in the root block.
+    dns64 = "    dns64 {\n        allow_ipv4\n    }\n"
+    await run(node_local(root=dns64), [
+        ("v4.example.org.", "AAAA"), ("www.example.org.", "AAAA"),
+        ("api.cluster.local.", "AAAA")], tmp_path)
 
 
 async def test_official_template_with_hosts_and_no_ipv6(tmp_path: Path) -> None:
