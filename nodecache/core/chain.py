@@ -27,6 +27,7 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -38,6 +39,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+_HEADER = struct.Struct("!HHHHHH")  # RFC 1035 section 4.1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,11 @@ class Request:
     proto: str = "udp"
     #: 1 for an IPv4 client, 2 for IPv6 (CoreDNS's ``state.Family()``).
     family: int = 1
+    #: The question section as the client sent it (QNAME, QTYPE, QCLASS), b"" unknown.
+    question: bytes = b""
 
     def renamed(self, name: str) -> Request:
-        return replace(self, name=name.lower(), qname=name)
+        return replace(self, name=name.lower(), qname=name, question=b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,17 @@ class Resolution:
             return data
         return self.revert_message(dns.message.from_wire(data)).to_wire()
 
+    def render(self, message: dns.message.Message) -> bytes:
+        """A stage's reply as wire bytes, mapped back for the client."""
+        if self.rewritten:
+            return self.revert_message(message).to_wire()
+        question = self.original.question
+        if question and not (message.answer or message.authority or message.additional):
+            # No records (NODATA, an RCODE only): no need for dnspython's renderer.
+            return _HEADER.pack(0, message.flags | message.rcode(), 1, 0, 0, 0) + question
+        message.question = [question_of(self.original)]
+        return message.to_wire()
+
     def revert_message(self, message: dns.message.Message) -> dns.message.Message:
         original = self.original
         message.question = [question_of(original)]
@@ -179,20 +195,24 @@ class Chain:
                 resolution.rcode = step.rcode
             elif step.targets:
                 # mapped back once the targets' records are in (they are the stage's)
+                step.message.question = [question_of(resolution.request)]
                 resolution.answer = step.message.to_wire()
                 resolution.targets = step.targets
             else:
-                resolution.answer = resolution.revert_message(step.message).to_wire()
+                resolution.answer = resolution.render(step.message)
             return resolution
         return resolution
 
 
 def reply_to(request: Request, rcode: int = 0) -> dns.message.Message:
-    """An empty authoritative reply to ``request`` (miekg's ``SetReply`` + AA), ID 0."""
+    """An empty authoritative reply to ``request`` (miekg's ``SetReply`` + AA), ID 0.
+
+    Its question section is left empty: :meth:`Resolution.render` puts the
+    client's in.
+    """
     message = dns.message.Message(id=0)
     message.flags = dns.flags.QR | dns.flags.AA | dns.flags.RD
     message.set_rcode(dns.rcode.Rcode.make(rcode))
-    message.question = [question_of(request)]
     return message
 
 

@@ -24,6 +24,7 @@ a shortcut can never answer a query the slow path would refuse.
 """
 from __future__ import annotations
 
+import re
 import struct
 import time
 from bisect import bisect_left
@@ -62,6 +63,8 @@ STALE_TTL = 0
 
 
 zone_wire = wire.zone_to_wire
+#: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
+_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
 
 
 def key_name(key: bytes) -> bytes:
@@ -75,6 +78,14 @@ def key_name(key: bytes) -> bytes:
 def name_text(qname: bytes) -> str:
     """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
     labels = []
+    offset = 0
+    plain = []
+    while qname[offset]:
+        length = qname[offset]
+        plain.append(qname[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    if all(_PLAIN_LABEL.fullmatch(label) for label in plain):
+        return b".".join(plain).decode("ascii") + "."
     offset = 0
     while qname[offset]:
         length = qname[offset]
@@ -725,8 +736,10 @@ def append_answers(answer: bytes, found: bytes) -> bytes:
 def _request(miss: Miss, addr: object) -> Request:
     """The chain's view of a miss: the question, and who asked over what."""
     remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
-    return Request(name_text(key_name(miss.key)), miss.qtype, miss.qclass, name_text(miss.qname),
-                   remote, port, SLOT_PROTO[miss.slot], 2 if miss.slot & 1 else 1)
+    qname = name_text(miss.qname)
+    return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
+                   SLOT_PROTO[miss.slot], 2 if miss.slot & 1 else 1,
+                   miss.query[12:miss.question_end])
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:
