@@ -2,7 +2,7 @@
 
 CoreDNS checks a hosts file every ``reload`` interval (default 5 s) and
 re-reads it when its modification time or size changed; a file that cannot
-be read or decoded keeps the entries loaded last. A ``reload`` of 0 reads it
+be read (missing, a directory, no permission) keeps the entries loaded last. A ``reload`` of 0 reads it
 once. The parsing is :class:`nodecache.core.stages.hosts.HostsStage`'s.
 """
 from __future__ import annotations
@@ -63,9 +63,10 @@ class HostsFiles:
             stamp = (status.st_mtime_ns, status.st_size)
             if stamp == seen.stamp:
                 return
-            with open(path, encoding="utf-8", errors="strict") as handle:
+            # Bytes that are not UTF-8 only spoil their own names (CoreDNS reads bytes).
+            with open(path, encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             if not seen.warned:
                 log.warning("hosts: cannot read %s (keeping the last entries): %s", path, exc)
                 seen.warned = True
