@@ -138,10 +138,13 @@ class HostsStage:
         self.settings = settings
         self.inline = parse_hosts("\n".join(settings.inline), settings.zones, settings.reverse)
         self.file = HostsMap()
+        #: Address or name text -> its RDATA, made once (the text says the type).
+        self._rdata: dict[str, dns.rdata.Rdata] = {}
 
     def load(self, text: str) -> None:
         """Replace the file's entries with those of ``text`` (the inline ones stay)."""
         self.file = parse_hosts(text, self.settings.zones, self.settings.reverse)
+        self._rdata.clear()
 
     @property
     def entries(self) -> int:
@@ -176,6 +179,9 @@ class HostsStage:
             rrset = dns.rrset.RRset(dns.name.from_text(request.name), _IN, rdtype)
             rrset.update_ttl(self.settings.ttl)
             for value in values:
-                rrset.add(dns.rdata.from_text(_IN, rdtype, value), self.settings.ttl)
+                rdata = self._rdata.get(value)
+                if rdata is None:
+                    rdata = self._rdata[value] = dns.rdata.from_text(_IN, rdtype, value)
+                rrset.add(rdata, self.settings.ttl)
             message.answer.append(rrset)
         return Answer(message)
