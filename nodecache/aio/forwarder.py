@@ -38,6 +38,7 @@ from nodecache.core.stats import ForwardStats
 from nodecache.core.upstream import (
     AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent, ConnState,
     IdSource, UpstreamConnection, health_probe, is_truncated, question_key, rcode_name,
+    same_question,
 )
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError, UpstreamError
 
@@ -90,7 +91,7 @@ def _read_answer(sock: socket.socket, qid: int, question: bytes | None) -> bytes
         except OSError as exc:
             return exc
         if (len(data) >= 12 and data[0] == hi and data[1] == lo and data[2] & 0x80
-                and (question is None or question_key(data) == question)):
+                and (question is None or same_question(data, question))):
             return data
     return None
 

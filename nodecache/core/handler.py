@@ -353,10 +353,17 @@ class QueryHandler:
                                 options=miss.options)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
-        """Index (and, when cacheable, store) one upstream answer."""
+        """Index (and, when cacheable, store) one upstream answer.
+
+        The answer is walked once: when its question is the miss's (as the
+        forwarder has checked, RFC 5452 section 9.1), the index starts after it.
+        """
         zone = miss.zone
+        end = miss.question_end
+        key = miss.key
+        same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
         try:
-            response = wire.index_response(data)
+            response = wire.index_response(data, end if same else 0)
         except (ValueError, struct.error):
             return Outcome(data, None, None)
         cache = zone.cache
@@ -364,7 +371,7 @@ class QueryHandler:
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(key_name(miss.key), kind):
+            if kind is not None and (cache.stores_all or cache.may_store(key_name(key), kind)):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)

@@ -274,40 +274,57 @@ class Response:
     opt: Record | None
 
 
-def index_response(data: bytes) -> Response:
-    """Index an upstream response. Raises ``ValueError`` when it is malformed."""
-    if len(data) < HEADER_LEN:
+def index_response(data: bytes, question_end: int = 0) -> Response:
+    """Index an upstream response. Raises ``ValueError`` when it is malformed.
+
+    ``question_end`` is where the question ends when the caller has already
+    matched it against its own query (``core.upstream.InFlight.match``): it is
+    then not walked again. Owner names that point at the question (0xC00C,
+    nearly every record of an answer) are known good without following them.
+    """
+    size = len(data)
+    if size < HEADER_LEN:
         raise ValueError("shorter than a DNS header")
     _id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1:
         raise ValueError(f"QDCOUNT is {qdcount}")
-    offset = check_name(data, HEADER_LEN) + 4
-    if offset > len(data):
+    if question_end:
+        offset = question_end
+    else:
+        offset = check_name(data, HEADER_LEN) + 4
+    if offset > size:
         raise ValueError("question truncated")
+    question_end = offset
     sections: list[list[Record]] = [[], [], []]
     opt = None
     ext_rcode = 0
+    unpack = _RR_FIXED.unpack_from
     for section, count in zip(sections, (ancount, nscount, arcount)):
         for _ in range(count):
             start = offset
-            offset = check_name(data, offset)
-            if offset + 10 > len(data):
+            if offset + 1 < size and data[offset] == 0xC0 and data[offset + 1] == HEADER_LEN:
+                offset += 2  # a pointer to the question's name, checked already
+            else:
+                offset = check_name(data, offset)
+            if offset + 10 > size:
                 raise ValueError("resource record truncated")
-            rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
-            record = Record(start, rtype, ttl, offset + 4, offset + 10 + rdlength)
-            offset = record.end
-            if offset > len(data):
+            rtype, _rclass, ttl, rdlength = unpack(data, offset)
+            end = offset + 10 + rdlength
+            if end > size:
                 raise ValueError("RDATA runs past the message")
-            _check_rdata(data, rtype, record.ttl_offset + 6, offset)
+            if rtype in _RDATA_NAMES:
+                _check_rdata(data, rtype, offset + 10, end)
+            record = Record(start, rtype, ttl, offset + 4, end)
+            offset = end
             if rtype == TYPE_OPT:
                 opt = record
                 ext_rcode = ttl >> 24
             else:
                 section.append(record)
-    if offset != len(data):
+    if offset != size:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
-    return Response(flags, rcode, (ancount, nscount, arcount), skip_name(data, HEADER_LEN) + 4,
+    return Response(flags, rcode, (ancount, nscount, arcount), question_end,
                     sections[0], sections[1], sections[2], opt)
 
 
