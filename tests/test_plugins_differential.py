@@ -6,6 +6,7 @@ match (see :mod:`tests.diffkit`). Both forward to the same fake zone.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,26 @@ async def test_hosts_missing_file_without_cache(tmp_path: Path) -> None:
 """
     await run(corefile, [("inline.example.org.", "A"), ("inline.example.org.", "AAAA"),
                          ("www.example.org.", "A")], tmp_path)
+
+
+async def test_hosts_reload(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 r.example.org\n")
+    corefile = ".:53 {\n  bind 127.0.0.1\n  hosts DIR/hosts {\n    reload 1s\n  }\n}\n"
+    async with Zone(ZONE, SOA) as up, \
+            Pair(corefile.replace("DIR", str(tmp_path)).replace("UPSTREAM", up.spec),
+                 tmp_path) as pair:
+        await pair.check("r.example.org.", "A")
+        hosts.write_text("10.0.0.2 r.example.org\n10.0.0.3 s.example.org\n")
+        deadline = asyncio.get_running_loop().time() + 10.0  # s: reload 1s, with margin
+        while True:
+            ours, theirs = await pair.both("s.example.org.", "A")
+            if ours is not None and theirs is not None and ours.answer and theirs.answer:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the new file was not read"
+            await asyncio.sleep(0.2)
+        for name in ("r.example.org.", "s.example.org."):
+            await pair.check(name, "A")
 
 
 async def test_hosts_over_tcp(tmp_path: Path) -> None:
