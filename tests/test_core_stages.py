@@ -117,18 +117,21 @@ def test_reverse_address(name: str, address: str | None) -> None:
     ("{{.Zone}}|{{ .Class }}|{{ .Type }}|{{ .Remote }}", {}, "example.org.|IN|A|192.0.2.1"),
     ("{{ .Group.a }}-{{ index .Match 1 }}-{{ index .Group \"a\" }}", {}, "1-1-1"),
     ("x {{- .Zone -}} y", {}, "xexample.org.y"),
+    ("{{ parseInt .Group.h 16 8 }}.{{ parseInt (index .Match 1) 10 8 }}", {}, "255.1"),
 ])
 def test_template_placeholders(text: str, data: dict[str, str], expected: str) -> None:
     from nodecache.core.stages.template import Data
     render, _ = compile_text(text)
-    values = Data("ip-1.example.org.", "example.org.", "r", ("ip-1", "1"), {"a": "1", "0": "ip-1"},
+    values = Data("ip-1.example.org.", "example.org.", "r", ("ip-1", "1"),
+                  {"a": "1", "0": "ip-1", "h": "ff"},
                   "IN", "A", "192.0.2.1")
     assert render(values) == expected
 
 
 @pytest.mark.parametrize("text", [
     "{{ .Message.Question }} A 1.2.3.4", "{{ .Meta \"x\" }}", "{{ printf \"%s\" .Name }}",
-    "{{ .Name | lower }}", "{{ .Name }", "{{ index .Match }}",
+    "{{ .Name | lower }}", "{{ .Name }", "{{ index .Match }}", "{{ parseInt .Name 10 8 }}",
+    "{{ parseInt .Group.a 1 8 }}", "{{ parseInt .Group.a 10 65 }}",
 ])
 def test_template_unsupported_placeholder(text: str) -> None:
     with pytest.raises(ValueError):
@@ -365,3 +368,15 @@ def test_rewrite_class() -> None:
     assert isinstance(step, Rewritten) and step.request.qclass == 3 and step.request.qtype == A
     assert RewriteStage(block(".:53 {\n rewrite class CH IN\n}\n").rewrite).serve(
         req("a.example.")) is None
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("x-ff.example.", ["x-ff.example. A 10.0.0.255"]),
+    ("x-1ff.example.", Failure(2)),     # out of range for 8 bits: Go's error, SERVFAIL
+    ("x-fg.example.", Failure(2)),      # not hexadecimal
+])
+def test_template_parse_int(name: str, expected: list[str] | Failure) -> None:
+    stage = TemplateStage([Template(1, A, ("example.",), match=(r"^x-(?P<h>[0-9a-z]+)[.]",),
+                                    answer=("{{ .Name }} 60 IN A 10.0.0.{{ parseInt .Group.h 16 8 }}",))])
+    step = stage.serve(req(name))
+    assert (records(step) if isinstance(expected, list) else step) == expected

@@ -173,6 +173,7 @@ TEMPLATE_QUESTIONS = [
     ("ip-10-1-2-3.example.org.", "TXT"), ("host.example.org.", "A"), ("svc.example.net.", "A"),
     ("svc.example.net.", "AAAA"), ("x.example.org.", "MX"), ("mx.example.org.", "MX"),
     ("deep.sub.example.org.", "A"), ("v4.example.org.", "A"), ("alias.example.org.", "A"),
+    ("ip0a7b7b7b.example.org.", "A"), ("ip0azz7b7b.example.org.", "A"),
 ]
 
 
@@ -232,6 +233,12 @@ TEMPLATE_QUESTIONS = [
     """template IN TXT . {
     match ^(?P<first>[^.]+)[.]
     answer "{{ .Name }} 60 IN TXT \\"{{ .Remote }}\\" \\"{{ .Regex }}\\" \\"{{ index .Group \\"first\\" }}\\""
+  }""",
+    # parseInt (the CoreDNS README's hexadecimal addresses); 'zz' does not parse: SERVFAIL.
+    """template IN A example.org {
+    match "^ip0a(?P<b>[a-z0-9]{2})(?P<c>[a-f0-9]{2})(?P<d>[a-f0-9]{2})[.]example[.]org[.]$"
+    answer "{{ .Name }} 60 IN A 10.{{ parseInt .Group.b 16 8 }}.{{ parseInt (index .Match 2) 16 8 }}.{{ parseInt .Group.d 16 8 }}"
+    fallthrough
   }""",
     # A record that does not render to a valid RR: SERVFAIL.
     """template IN A example.org {

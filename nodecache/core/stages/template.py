@@ -16,7 +16,8 @@ zone-file line (``NAME [TTL] [CLASS] TYPE RDATA``; TTL 3600 and class IN
 when left out; names absolute) with placeholders of Go's text/template:
 ``{{ .Name }}``, ``{{ .Zone }}``, ``{{ .Class }}``, ``{{ .Type }}``,
 ``{{ .Regex }}``, ``{{ .Remote }}``, ``{{ .Group.NAME }}``,
-``{{ index .Match N }}`` and ``{{ index .Group "NAME" }}``. Anything else is
+``{{ index .Match N }}``, ``{{ index .Group "NAME" }}`` and
+``{{ parseInt .Group.NAME BASE BITS }}`` (or of an ``(index ...)``). Anything else is
 refused when the Corefile is read (:func:`compile_text`), as is a group that
 a ``match`` expression does not define.
 
@@ -63,7 +64,7 @@ DEFAULT_TTL = 3600  # s, what miekg/dns gives a record line without one
 #: The placeholders :func:`compile_text` accepts, for error messages.
 SUPPORTED = ("{{ .Name }}", "{{ .Zone }}", "{{ .Class }}", "{{ .Type }}", "{{ .Regex }}",
              "{{ .Remote }}", "{{ .Group.NAME }}", "{{ index .Match N }}",
-             '{{ index .Group "NAME" }}')
+             '{{ index .Group "NAME" }}', "{{ parseInt .Group.NAME BASE BITS }}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ _FIELDS: dict[str, Callable[[Data], str]] = {
 _GROUP_FIELD = re.compile(r"\.Group\.([A-Za-z0-9_]+)")
 _INDEX_MATCH = re.compile(r"index\s+\.Match\s+([0-9]+)")
 _INDEX_GROUP = re.compile(r'index\s+\.Group\s+"([^"\\]*)"')
+#: ``parseInt ARG BASE BITS`` (Go's strconv.ParseUint), ARG a group or ``(index ...)``.
+_PARSE_INT = re.compile(r"parseInt\s+(\.Group\.[A-Za-z0-9_]+|\((index\s+[^()]*)\))"
+                        r"\s+([0-9]+)\s+([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,14 @@ def compile_text(text: str) -> tuple[Render, tuple[Placeholder, ...]]:
 
 
 def _placeholder(action: str, shown: str) -> Placeholder:
+    found = _PARSE_INT.fullmatch(action)
+    if found:
+        inner = _placeholder(found.group(2) or found.group(1), shown)
+        base, bits = int(found.group(3)), int(found.group(4))
+        if base not in (0, *range(2, 37)) or not 0 < bits <= 64:
+            raise ValueError(f"parseInt needs a base of 0 or 2 to 36 and 1 to 64 bits: {shown!r}")
+        return Placeholder(lambda d: _parse_uint(inner.get(d), base, bits),
+                           inner.group, inner.index)
     getter = _FIELDS.get(action)
     if getter is not None:
         return Placeholder(getter)
@@ -147,6 +159,14 @@ def _placeholder(action: str, shown: str) -> Placeholder:
         number = int(found.group(1))
         return Placeholder(lambda d: d.match[number], index=number)
     raise ValueError(f"unsupported placeholder {shown!r} (supported: {', '.join(SUPPORTED)})")
+
+
+def _parse_uint(text: str, base: int, bits: int) -> str:
+    """Go's ``strconv.ParseUint`` printed in decimal; ``ValueError`` as Go's error."""
+    value = int(text, base)  # ValueError on a bad digit, as Go
+    if value < 0 or value >= 1 << bits or text.startswith(("+", "-")):
+        raise ValueError(f"{text!r} is out of range for {bits} bits")
+    return str(value)
 
 
 @dataclass(frozen=True)
