@@ -1,6 +1,7 @@
 """The per-query decision without sockets: an injected clock and a fake upstream function."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 import dns.flags
@@ -13,7 +14,7 @@ from nodecache.config import parse_text
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache
 from nodecache.core.handler import Miss, QueryHandler, Zone
-from nodecache.core.stats import CacheStats, ServerStats
+from nodecache.core.stats import SIZE_BUCKETS, CacheStats, ServerStats
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
@@ -368,5 +369,13 @@ def test_hits_are_counted_at_sync() -> None:
     d.handler.sync_stats()
     assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
     assert zone.stats.requests[("udp", "1", "A")] == 5
-    assert zone.stats.responses[("NOERROR", "cache")] == 4
-    assert zone.stats.responses[("NOERROR", "forward")] == 1
+    # The miss too: as in CoreDNS, the reply is written through the cache.
+    assert zone.stats.responses[("NOERROR", "cache")] == 5
+    # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
+    query_size = len(q().to_wire())
+    reply_size = len(d.handler.handle(q().to_wire(), d.now, 0))  # type: ignore[arg-type]
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert (request.count, request.sum) == (5, 5 * query_size)
+    assert (response.count, response.sum) == (5, 5 * reply_size)
+    assert request.counts[bisect_left(SIZE_BUCKETS, query_size)] == 5
+    assert ("NOERROR", "forward") not in zone.stats.responses
