@@ -29,6 +29,10 @@ TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CONNECTIONS = 1024
 #: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
 TCP_MAX_INFLIGHT = 64
+#: After our FIN, how long the client has to close its side before we close
+#: the socket anyway, s. Waiting for it means nothing it sent is left unread,
+#: so our close sends no RST (which could destroy answers not yet read).
+TCP_FIN_LINGER = 2.0
 
 
 def _family(address: str) -> int:
@@ -130,7 +134,22 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One client connection: length-prefixed queries in, replies out as each completes."""
+    """One client connection: length-prefixed queries in, replies out as each completes.
+
+    Closing it from our side (:meth:`finish`: the idle timeout, the drain at
+    shutdown) never loses a query that was read, and the client can tell
+    where the answers stop (RFC 7766 section 6.2.3):
+
+    1. reading goes on to the next frame boundary: a query half-read is read
+       whole and answered;
+    2. once nothing is half-read and every query read has its answer written,
+       we send FIN (``write_eof``) right behind the last answer;
+    3. the connection stays open for reading until the client closes its side
+       (or TCP_FIN_LINGER passes), so closing sends no RST. Queries that still
+       arrive after our FIN were sent before the client saw it: they are not
+       answered (they cannot be), and the client, seeing EOF, retries them on
+       a new connection, which goes to the successor.
+    """
 
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
@@ -143,6 +162,12 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.addr: object = None
+        #: finish() was called: FIN at the next point between answers.
+        self.finishing = False
+        #: Our FIN is out; the client's side is what we wait for.
+        self.fin_sent = False
+        #: Bytes that arrived after our FIN (queries the client must retry).
+        self.late_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -160,8 +185,7 @@ class TcpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_activity
         if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
-            if self.transport is not None:
-                self.transport.close()
+            self.finish()
             return
         self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
 
@@ -171,7 +195,32 @@ class TcpConnection(asyncio.Protocol):
             self.timer.cancel()
         self.transport = None
 
+    def finish(self) -> None:
+        """Close between answers: FIN once nothing is half-read or unanswered."""
+        self.finishing = True
+        self._fin_if_done()
+
+    def _fin_if_done(self) -> None:
+        transport = self.transport
+        if self.fin_sent or transport is None or self.buffer or self.inflight:
+            return
+        self.fin_sent = True
+        if self.paused:
+            transport.resume_reading()  # to see the client's FIN
+            self.paused = False
+        if self.eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # after every answer already written
+        loop = asyncio.get_running_loop()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = loop.call_later(TCP_FIN_LINGER, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self.fin_sent:
+            self.late_bytes += len(data)  # read, so that closing sends no RST
+            return
         buffer = self.buffer
         buffer += data
         listener = self.listener
@@ -202,6 +251,8 @@ class TcpConnection(asyncio.Protocol):
                 if self.inflight >= TCP_MAX_INFLIGHT and self.transport is not None:
                     self.transport.pause_reading()
                     self.paused = True
+        if self.finishing:
+            self._fin_if_done()
 
     def _deliver(self, reply: bytes) -> None:
         self.inflight -= 1
@@ -210,6 +261,10 @@ class TcpConnection(asyncio.Protocol):
         if self.eof and self.inflight == 0 and self.transport is not None:
             self.transport.close()  # the last answer after a half-close
             return
+        if self.finishing:
+            self._fin_if_done()
+            if self.fin_sent:
+                return
         if self.paused and self.inflight < TCP_MAX_INFLIGHT // 2 and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -222,7 +277,10 @@ class TcpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).
         self.eof = True
-        return self.inflight > 0 or None
+        if self.late_bytes:
+            log.info("%s sent %d bytes after our FIN (unanswered; it retries elsewhere)",
+                     self.addr, self.late_bytes)
+        return (self.inflight > 0 and not self.fin_sent) or None
 
 
 class TcpListener:
@@ -324,6 +382,10 @@ class Listener:
                     await loop.connect_accepted_socket(self.tcp.protocol, sock=conn)
                 except OSError:
                     conn.close()
+            # Each open connection ends between answers (TcpConnection), and its
+            # client reconnects to the successor, which now gets every new one.
+            for connection in list(self.tcp.connections):
+                connection.finish()
 
     def read_queued(self, limit: int = 10000) -> int:
         """Answer the datagrams queued on the UDP socket now; return how many were read."""
@@ -343,8 +405,14 @@ class Listener:
         return count
 
     def busy(self) -> int:
-        """Queries in flight on this listener's open TCP connections."""
-        return sum(c.inflight for c in self.tcp.connections) if self.tcp is not None else 0
+        """Queries in flight on open TCP connections, plus connections not closed yet.
+
+        After :meth:`stop_receiving` every connection is finishing, so this is
+        what the drain waits for: answers owed, and clients to close after our FIN.
+        """
+        if self.tcp is None:
+            return 0
+        return sum(c.inflight + (1 if c.finishing else 0) for c in self.tcp.connections)
 
     async def close(self) -> None:
         self.read_queued()  # the last ones in (none, if stop_receiving ran first)
