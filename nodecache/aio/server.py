@@ -185,6 +185,9 @@ class TcpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_activity
         if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
+            if self.buffer and self.transport is not None:
+                self.transport.close()  # a frame begun long ago will not be finished
+                return
             self.finish()
             return
         self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
