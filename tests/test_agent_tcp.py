@@ -7,6 +7,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from nodecache.aio import agent as agent_module
 from nodecache.aio import server
 from tests.agentkit import AgentKit, make_query
 from tests.fakeupstream import FakeUpstream, answer_from, loop_errors
@@ -253,8 +254,14 @@ async def _pipeline_until_eof(kit: AgentKit, names: list[str], first_id: int,
     return sent, answered, clean
 
 
-async def test_shutdown_ends_pipelined_connections_between_answers() -> None:
-    """No query read from a connection is dropped; the client sees EOF where answers stop."""
+async def test_shutdown_ends_pipelined_connections_between_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No query read from a connection is dropped; the client sees EOF where answers stop.
+
+    Busy connections are served on through the drain and ended TCP_DRAIN_FORCE
+    before its deadline; an idle one is ended at once.
+    """
+    monkeypatch.setattr(agent_module, "SHUTDOWN_GRACE", 2.0)
     async with FakeUpstream(slow_for({"slow.example."})) as up:
         kit = await AgentKit(corefile(up.port)).start()
         stopped = False
@@ -262,16 +269,29 @@ async def test_shutdown_ends_pipelined_connections_between_answers() -> None:
             names = [f"n{i}.example." for i in range(1, 21)]
             for name in names:
                 await kit.query(name)  # cached: the load is mostly hits
+            idle = await kit.tcp_client()
+            await idle.send(make_query("n1.example.", qid=7))
+            assert (await idle.recv()) is not None
             clients = [asyncio.ensure_future(
                 _pipeline_until_eof(kit, names + ["slow.example."], 1000 * (k + 1), 0.002))
                 for k in range(4)]
             await asyncio.sleep(0.5)  # a slow miss is in flight on each connection by now
-            await kit.close()
-            stopped = True
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            stopping = asyncio.ensure_future(kit.close())
+            assert await idle.closed_by_peer(1.0)
+            idle_ended = loop.time() - began
+            await idle.close()
             results = await asyncio.wait_for(asyncio.gather(*clients), 15)
+            busy_ended = loop.time() - began
+            await stopping
+            stopped = True
         finally:
             if not stopped:
                 await kit.close()
+    assert idle_ended < 0.8, idle_ended
+    # The busy ones were served until about a second before the 2 s deadline.
+    assert 0.7 < busy_ended < 2.5, busy_ended
     for sent, answered, clean in results:
         assert clean, "the connection was reset instead of ended with FIN"
         assert len(answered) > 50

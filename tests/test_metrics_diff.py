@@ -10,13 +10,10 @@ node-cache exports exists in ours with the same type and label names; for the
 DNS, cache and plugin families the label values and the counts are equal; the
 size histograms have the same buckets and the same counts in each.
 
-The reference binary is ``../shared/anchors/node-cache.gz`` next to the
-repository (CI has it).
+The reference binary comes from :mod:`tests.anchor`.
 """
 from __future__ import annotations
 
-import gzip
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -27,12 +24,11 @@ import dns.query
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import netns
+from tests import anchor, netns
 from tests import reliabilitykit as kit
 
 pytestmark = pytest.mark.privileged
 
-ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "node-cache.gz"
 REFERENCE, OURS = "127.0.0.10", "127.0.0.11"
 PORT, METRICS, HEALTH = 5391, 9391, 8391
 
@@ -116,12 +112,7 @@ def parse(text: str, server: str) -> tuple[dict[str, str], Samples]:
 
 @pytest.fixture
 def both(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if not ANCHOR.exists():
-        pytest.fail(f"the reference binary is missing: {ANCHOR}")
-    binary = tmp_path / "node-cache"
-    with gzip.open(ANCHOR) as src, open(binary, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    binary.chmod(0o755)
+    binary = anchor.node_cache(tmp_path)
     netns.sweep_stale()
     with netns.namespace("mdiff") as ns:
         netns.run(ns, "ip", "addr", "add", f"{kit.UPSTREAM_IP}/32", "dev", "lo")
@@ -134,11 +125,8 @@ def both(tmp_path: Path):  # type: ignore[no-untyped-def]
                     out = open(tmp_path / f"{name}.log", "ab")
                     if name == "reference":
                         procs.append(netns.popen(
-                            ns, "env", "KUBE_DNS_SERVICE_HOST=127.0.0.20", str(binary),
-                            "-localip", ip, "-conf", str(conf), "-setupinterface=false",
-                            "-setupiptables=false", "-skipteardown",
-                            "-metrics-listen-address", f"{ip}:9392",
-                            "-basecorefile", "/nonexistent", stdout=out, stderr=out))
+                            ns, *anchor.serving_only(binary, ip, conf, f"{ip}:9392"),
+                            stdout=out, stderr=out))
                     else:
                         procs.append(netns.python(
                             ns, "-m", "nodecache", "run", "--conf", str(conf),

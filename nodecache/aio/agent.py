@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
 from nodecache.aio.resolver import Resolver
-from nodecache.aio.server import Listener, queue_fill
+from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
@@ -675,6 +675,9 @@ class Agent:
         while True:
             read = sum(listener.read_queued() for listener in listeners)
             queued += read
+            now = loop.time()
+            for listener in listeners:  # TCP: end idle connections, all of them near the end
+                listener.end_connections(now, force=now >= deadline - TCP_DRAIN_FORCE)
             inflight = sum(len(r.tasks) for r in resolvers) \
                 + sum(listener.busy() for listener in listeners)
             if not read and not inflight:

@@ -29,6 +29,12 @@ TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CONNECTIONS = 1024
 #: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
 TCP_MAX_INFLIGHT = 64
+#: During the drain, a client connection that has sent no query for this long
+#: is ended (FIN); one still busy is served on, until TCP_DRAIN_FORCE before
+#: the drain's deadline, s. A client that keeps sending then loses what it
+#: sends after our FIN unless it retries it on a new connection.
+TCP_DRAIN_IDLE = 0.25
+TCP_DRAIN_FORCE = 1.0
 #: After our FIN, how long the client has to close its side before we close
 #: the socket anyway, s. Waiting for it means nothing it sent is left unread,
 #: so our close sends no RST (which could destroy answers not yet read).
@@ -315,6 +321,8 @@ class Listener:
         self.tcp_sock: socket.socket | None = None
         #: :meth:`stop_receiving` has run: no new datagram or connection comes to us.
         self.receiving = True
+        #: The open TCP connections are being ended (:meth:`end_connections`).
+        self.draining = False
 
     @property
     def slot(self) -> int:
@@ -352,7 +360,8 @@ class Listener:
     #   A wildcard socket (0.0.0.0, ::) would take a route's source address on
     #   connect, so it is only read dry before closing.
     # * TCP: accept whatever completed its handshake, then close the listening
-    #   socket; open connections are served until their queries are answered.
+    #   socket; open connections are served on, and each is ended between
+    #   answers once idle (end_connections, TcpConnection.finish).
 
     async def stop_receiving(self) -> None:
         """Leave the SO_REUSEPORT groups; queued datagrams and open connections stay ours."""
@@ -385,10 +394,7 @@ class Listener:
                     await loop.connect_accepted_socket(self.tcp.protocol, sock=conn)
                 except OSError:
                     conn.close()
-            # Each open connection ends between answers (TcpConnection), and its
-            # client reconnects to the successor, which now gets every new one.
-            for connection in list(self.tcp.connections):
-                connection.finish()
+            self.draining = True
 
     def read_queued(self, limit: int = 10000) -> int:
         """Answer the datagrams queued on the UDP socket now; return how many were read."""
@@ -407,15 +413,28 @@ class Listener:
             udp.datagram_received(data, addr)
         return count
 
-    def busy(self) -> int:
-        """Queries in flight on open TCP connections, plus connections not closed yet.
+    def end_connections(self, now: float, force: bool = False) -> None:
+        """During the drain: end (FIN, between answers) the connections gone idle.
 
-        After :meth:`stop_receiving` every connection is finishing, so this is
-        what the drain waits for: answers owed, and clients to close after our FIN.
+        Each ends once it has sent no query for TCP_DRAIN_IDLE (its client is
+        between bursts, or done), or at once with ``force``; its client
+        reconnects to the successor, which now gets every new connection.
+        """
+        if self.tcp is None:
+            return
+        for connection in list(self.tcp.connections):
+            if force or now - connection.last_activity >= TCP_DRAIN_IDLE:
+                connection.finish()
+
+    def busy(self) -> int:
+        """Queries in flight on open TCP connections, plus, while draining, the connections.
+
+        This is what the drain waits for: answers owed, connections still in
+        use, and clients to close after our FIN.
         """
         if self.tcp is None:
             return 0
-        return sum(c.inflight + (1 if c.finishing else 0) for c in self.tcp.connections)
+        return sum(c.inflight + self.draining for c in self.tcp.connections)
 
     async def close(self) -> None:
         self.read_queued()  # the last ones in (none, if stop_receiving ran first)
