@@ -326,17 +326,92 @@ def dnsperf_tcp(data: Path, start_at: float) -> dict[str, int]:
     return counts
 
 
-def tcp_rollout(topo: netns.NodePod, tmp: Path, start: Any, label: str) -> dict[str, int]:
-    """Old server, dnsperf over TCP, new server beside it, SIGTERM to the old one."""
+#: The long-lived client: one connection opened LONG_LEAD s before the load, one
+#: query every LONG_INTERVAL s (each waits for its answer), LONG_DURATION s in all.
+LONG_LEAD, LONG_INTERVAL, LONG_DURATION = 45.0, 0.02, 60.0
+
+
+def long_client(start_at: float) -> dict[str, int]:
+    """A stub that keeps one TCP connection to V4 open and asks one query at a time.
+
+    On EOF or an error it reconnects and asks the same query again (RFC 7766
+    section 6.2.3); counts what happened. Bounded by LONG_DURATION.
+    """
+    import socket as socketlib  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+    time.sleep(max(0.0, start_at - time.time()))
+    counts = dict.fromkeys(("asked", "answered", "retried", "eof", "reset", "timeout", "lost",
+                            "connections"), 0)
+    sock: socketlib.socket | None = None
+
+    def read_exactly(n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))  # type: ignore[union-attr]
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    end = time.time() + LONG_DURATION
+    qid = 0
+    while time.time() < end:
+        qid = (qid + 1) & 0xFFFF
+        query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) \
+            + kit._wire_name(f"h{qid % kit.HOT}.example.") + b"\x00\x01\x00\x01"
+        counts["asked"] += 1
+        for attempt in range(3):
+            if sock is None:
+                sock = socketlib.create_connection((V4, 53), timeout=2.0)
+                counts["connections"] += 1
+            try:
+                sock.sendall(struct.pack("!H", len(query)) + query)
+                head = read_exactly(2)
+                reply = read_exactly(struct.unpack("!H", head)[0]) if head else None
+            except (ConnectionResetError, BrokenPipeError):
+                counts["reset"] += 1
+                reply = None
+            except socketlib.timeout:
+                counts["timeout"] += 1
+                reply = None
+            else:
+                if reply is None:
+                    counts["eof"] += 1
+            if reply is not None and reply[:2] == query[:2]:
+                counts["answered"] += 1
+                counts["retried"] += attempt > 0
+                break
+            sock.close()
+            sock = None
+        else:
+            counts["lost"] += 1
+        time.sleep(LONG_INTERVAL)
+    if sock is not None:
+        sock.close()
+    return counts
+
+
+def tcp_rollout(topo: netns.NodePod, tmp: Path, start: Any, label: str,
+                long: bool = False) -> tuple[dict[str, int], dict[str, int] | None]:
+    """Old server, dnsperf over TCP, new server beside it, SIGTERM to the old one.
+
+    With ``long``, a client with one long-lived connection (:func:`long_client`)
+    runs from LONG_LEAD s before the load on. Returns dnsperf's counts and the
+    long client's.
+    """
     dnsperf_data(tmp / "queries.txt", int(TCP_RATE * TCP_DURATION))
     old = start("old")
     new = None
     try:
         kit.wait_answering(topo.pod, V4, 53, "h1.example.", proc=old)
         start_at = time.time() + 1.0
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            stub = pool.submit(netns.call, topo.pod, long_client, start_at,
+                               timeout=LONG_DURATION + 60) if long else None
+            if long:
+                start_at += LONG_LEAD
             load = pool.submit(netns.call, topo.pod, dnsperf_tcp, tmp / "queries.txt",
-                               start_at, timeout=TCP_DURATION + 60)
+                               start_at, timeout=LONG_LEAD + TCP_DURATION + 60)
             time.sleep(max(0.0, start_at + TCP_NEW_AT - time.time()))
             new = start("new")
             kit.wait_answering(topo.node, V4, 53, "h2.example.", proc=new)
@@ -344,8 +419,10 @@ def tcp_rollout(topo: netns.NodePod, tmp: Path, start: Any, label: str) -> dict[
             old.send_signal(signal.SIGTERM)
             old.wait(20)
             counts = load.result()
-        print(f"[tcp-rollout] {label}: {counts} (old exited {old.returncode})")
-        return counts
+            stub_counts = stub.result() if stub is not None else None
+        print(f"[tcp-rollout] {label}: dnsperf {counts}, one long connection {stub_counts} "
+              f"(old exited {old.returncode})")
+        return counts, stub_counts
     finally:
         for proc in (old, new):
             if proc is not None:
@@ -361,10 +438,16 @@ def test_tcp_clients_lose_nothing_in_a_rollout(node: tuple[netns.NodePod, Path],
     def start(name: str) -> subprocess.Popen[bytes]:
         return start_agent(topo.node, tmp, name)
 
-    counts = tcp_rollout(topo, tmp, start, "nodecache")
+    counts, stub = tcp_rollout(topo, tmp, start, "nodecache", long=upstream_port == 53)
     assert counts["sent"] >= TCP_RATE * TCP_DURATION * 0.9, counts
     assert counts["lost"] == 0, counts
     assert counts["completed"] == counts["sent"] == counts["noerror"], counts
+    if stub is not None:
+        # The old agent ended the long connection between answers (EOF, never a
+        # reset); the client asked again on a new one, which the new agent answered.
+        assert stub["lost"] == stub["reset"] == stub["timeout"] == 0, stub
+        assert stub["answered"] == stub["asked"] > LONG_DURATION / LONG_INTERVAL / 3, stub
+        assert stub["connections"] <= 3 and stub["eof"] <= 2, stub
 
 
 def test_node_cache_tcp_rollout_for_comparison(node: tuple[netns.NodePod, Path]) -> None:
@@ -388,5 +471,6 @@ def test_node_cache_tcp_rollout_for_comparison(node: tuple[netns.NodePod, Path])
         out.close()
         return proc
 
-    counts = tcp_rollout(topo, tmp, start, "node-cache")
+    counts, stub = tcp_rollout(topo, tmp, start, "node-cache", long=True)
     assert counts["sent"] >= TCP_RATE * TCP_DURATION * 0.9, counts
+    assert stub is not None and stub["asked"] > LONG_DURATION / LONG_INTERVAL / 3, stub
