@@ -99,6 +99,26 @@ def q(name: str = "svc.cluster.local.", rdtype: str = "A", **kw: object) -> dns.
     return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
 
 
+def test_hit_sizes_follow_the_reply_sent() -> None:
+    """EDNS hits carry our OPT, truncated hits their short form: sizes as sent."""
+    many = [f"10.0.0.{i}" for i in range(1, 41)]  # 40 A records: over 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    big = q(use_edns=0, payload=4096).to_wire()
+    plain = q(use_edns=False).to_wire()
+    d.ask(big)  # the miss that stores the entry
+    replies = [d.handler.handle(query, d.now, 0) for query in (big, plain, big)]
+    assert all(isinstance(r, bytes) for r in replies)
+    assert dns.message.from_wire(replies[1]).flags & dns.flags.TC  # truncated for plain UDP
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert request.count == response.count == 4
+    assert request.sum == 3 * len(big) + len(plain)
+    assert response.sum == len(replies[0]) * 2 + len(replies[1]) + len(replies[2])
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[0]))] == 3
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[1]))] == 1
+
+
 def test_ttl_counts_down_and_entry_expires() -> None:
     d = Driver(CLUSTER, answer_a(300))
     assert d.ask(q()).answer[0].ttl == 30  # clamped to success TTL 30

@@ -79,10 +79,11 @@ class Zone:
     stats: ServerStats
     cache: BlockCache | None
     cache_stats: CacheStats | None
-    #: Hit path tally: (slot, qtype bytes, (rcode, positive), duration bucket,
-    #: request size << 16 | reply size) -> answers from cache; folded into the
-    #: exported stats by QueryHandler.sync_stats(), which also buckets the sizes.
-    tally: dict[tuple[int, bytes, tuple[int, bool], int, int], int] = field(default_factory=dict)
+    #: Hit path tally: (slot, entry, duration bucket, sizes) -> answers from the
+    #: cache; folded into the exported stats by QueryHandler.sync_stats(). sizes
+    #: is the query's length, the reply's following from the entry; or, negated,
+    #: query length << 16 | reply length when the reply is not the plain one.
+    tally: dict[tuple[int, Entry, int, int], int] = field(default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
@@ -205,18 +206,19 @@ class QueryHandler:
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
                     reply = _truncated(data, end, opt)
+                    size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 zone = entry.owner
                 if do:
                     zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, end, now, slot)
                 # One dict update counts the request, the response, the cache
-                # hit and the duration bucket; sync_stats() unpacks it.
+                # hit, the duration bucket and both sizes; sync_stats() unpacks
+                # it (the entry gives the type, the rcode and the reply's size).
                 elapsed = _perf() - started
                 tally = zone.tally
-                mark = (slot, data[end - 4:end - 2], entry.tag,
-                        0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed),
-                        size << 16 | len(reply))
+                mark = (slot, entry,
+                        0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
                 return reply
@@ -452,8 +454,8 @@ class QueryHandler:
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
         elapsed = _perf() - miss.started
         if hit is not None:
-            mark = (miss.slot, qtype, hit.tag, bisect_left(TIME_BUCKETS, elapsed),
-                    len(miss.query) << 16 | len(reply))
+            mark = (miss.slot, hit, bisect_left(TIME_BUCKETS, elapsed),
+                    -(len(miss.query) << 16 | len(reply)))
             zone.tally[mark] = zone.tally.get(mark, 0) + 1
             zone.hit_seconds += elapsed
         else:
@@ -479,19 +481,35 @@ class QueryHandler:
             stats = zone.stats
             stats.duration.sum += zone.hit_seconds
             zone.hit_seconds = 0.0
-            for (slot, qtype, (rcode, positive), bucket, sizes), count in tally.items():
+            for (slot, entry, bucket, sizes), count in tally.items():
                 proto = SLOT_PROTO[slot]
+                question = len(key_name(entry.key)) + 4  # qname, qtype, qclass
+                qtype = entry.key[question - 4:question - 2]
+                rcode, positive = entry.tag
                 stats.requests[(proto, SLOT_FAMILY[slot], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
                 stats.duration.count += count
-                stats.request_size[proto].observe(sizes >> 16, count)
-                stats.response_size[proto].observe(sizes & 0xFFFF, count)
+                if sizes < 0:
+                    request, response = -sizes >> 16, -sizes & 0xFFFF
+                else:
+                    # The hit path's reply: header, the question as asked, the
+                    # stored records, and our OPT if the query had one.
+                    request = sizes
+                    response = 12 + question + _body_length(entry) \
+                        + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
+                stats.request_size[proto].observe(request, count)
+                stats.response_size[proto].observe(response, count)
                 if zone.cache_stats is not None:
                     if positive:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
+
+
+def _body_length(entry: Entry) -> int:
+    """Length of an entry's records as sent (every variant and TTL: the same)."""
+    return len(b"\0\0\0\0".join(entry.variants[0]))
 
 
 def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
