@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Callable
 
 from nodecache.core.handler import QueryHandler
@@ -147,7 +149,8 @@ class TcpConnection(asyncio.Protocol):
     where the answers stop (RFC 7766 section 6.2.3):
 
     1. reading goes on to the next frame boundary: a query half-read is read
-       whole and answered;
+       whole and answered, and so is everything already in the kernel's
+       receive queue;
     2. once nothing is half-read and every query read has its answer written,
        we send FIN (``write_eof``) right behind the last answer;
     3. the connection stays open for reading until the client closes its side
@@ -213,6 +216,8 @@ class TcpConnection(asyncio.Protocol):
         transport = self.transport
         if self.fin_sent or transport is None or self.buffer or self.inflight:
             return
+        if _unread(transport):
+            return  # queries the loop has not read yet: data_received comes back here
         self.fin_sent = True
         if self.paused:
             transport.resume_reading()  # to see the client's FIN
@@ -290,6 +295,22 @@ class TcpConnection(asyncio.Protocol):
             log.info("%s sent %d bytes after our FIN (unanswered; it retries elsewhere)",
                      self.addr, self.late_bytes)
         return (self.inflight > 0 and not self.fin_sent) or None
+
+
+def _unread(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the kernel's receive queue of a connection (FIONREAD).
+
+    A FIN must not go out while the client's queries sit there unread: the
+    event loop reads them only at its next poll, and they would be lost.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                  b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class TcpListener:
