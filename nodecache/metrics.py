@@ -347,9 +347,7 @@ class StatsCollector(Collector):
                 requests[(to,)] += n
             for (to, rcode), n in f.responses.items():
                 responses[(rcode, to)] += n
-            for key, h in f.duration.items():
-                # Keyed by upstream, or by (upstream, rcode) when the core splits by rcode.
-                to, rcode = (key, "") if isinstance(key, str) else key
+            for (to, rcode), h in f.duration.items():
                 if h.count:
                     _add_hist(durations, (to, rcode), h)
             for to, n in f.healthcheck_failures.items():

@@ -93,8 +93,9 @@ class ForwardStats:
     requests: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: (upstream, rcode name) -> answers received
     responses: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    #: upstream -> request duration histogram
-    duration: defaultdict[str, Histogram] = field(default_factory=lambda: defaultdict(Histogram))
+    #: (upstream, rcode name) -> request duration histogram
+    duration: defaultdict[tuple[str, str], Histogram] = field(
+        default_factory=lambda: defaultdict(Histogram))
     healthcheck_failures: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: Times every upstream was down and one was tried anyway.
     healthcheck_broken: int = 0
