@@ -10,7 +10,7 @@ node-cache exports exists in ours with the same type and label names; for the
 DNS, cache and plugin families the label values and the counts are equal; the
 size histograms have the same buckets and the same counts in each.
 
-The reference binary comes from :mod:`tests.anchor`.
+The reference binary comes from :mod:`tests.refnodecache`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import dns.query
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import anchor, netns
+from tests import netns, refnodecache
 from tests import reliabilitykit as kit
 
 pytestmark = pytest.mark.privileged
@@ -112,7 +112,7 @@ def parse(text: str, server: str) -> tuple[dict[str, str], Samples]:
 
 @pytest.fixture
 def both(tmp_path: Path):  # type: ignore[no-untyped-def]
-    binary = anchor.node_cache(tmp_path)
+    binary = refnodecache.unpack(tmp_path)
     netns.sweep_stale()
     with netns.namespace("mdiff") as ns:
         netns.run(ns, "ip", "addr", "add", f"{kit.UPSTREAM_IP}/32", "dev", "lo")
@@ -125,8 +125,8 @@ def both(tmp_path: Path):  # type: ignore[no-untyped-def]
                     out = open(tmp_path / f"{name}.log", "ab")
                     if name == "reference":
                         procs.append(netns.popen(
-                            ns, *anchor.serving_only(binary, ip, conf, f"{ip}:9392"),
-                            stdout=out, stderr=out))
+                            ns, *refnodecache.serving_argv(binary, ip, conf, f"{ip}:9392"),
+                            stdout=out, stderr=out, env=refnodecache.ENV))
                     else:
                         procs.append(netns.python(
                             ns, "-m", "nodecache", "run", "--conf", str(conf),

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from nodecache.hostnet.rules import notrack_rules
-from tests import anchor, netns
+from tests import netns, refnodecache
 from tests import reliabilitykit as kit
 from tests.test_hostnet_kernel import precreate_link
 
@@ -460,14 +460,14 @@ def test_node_cache_tcp_rollout_for_comparison(node: tuple[netns.NodePod, Path])
     topo, tmp = node
     (tmp / "Corefile").write_text(tcp_corefile(53))
     netns.run(topo.node, "ip", "addr", "add", f"{V4}/32", "dev", "lo")
-    binary = anchor.node_cache(tmp)
+    binary = refnodecache.unpack(tmp)
     metrics = {"old": "127.0.0.1:9311", "new": "127.0.0.1:9312"}
 
     def start(name: str) -> subprocess.Popen[bytes]:
         out = open(tmp / f"{name}.log", "ab")
-        proc = netns.popen(topo.node, *anchor.serving_only(binary, V4, tmp / "Corefile",
-                                                          metrics[name]),
-                           stdout=out, stderr=subprocess.STDOUT)
+        proc = netns.popen(topo.node, *refnodecache.serving_argv(binary, V4, tmp / "Corefile",
+                                                                 metrics[name]),
+                           stdout=out, stderr=subprocess.STDOUT, env=refnodecache.ENV)
         out.close()
         return proc
 

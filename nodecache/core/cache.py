@@ -12,7 +12,7 @@ stored one. Nothing on the hit path builds message objects.
 
 Entries are not swept when they expire: an expired entry stays until evicted
 or refreshed, which is what lets serve_stale answer with it (RFC 8767).
-Capacity is bounded per class (success/denial) with cachetools; eviction is
+Capacity is bounded per class (success/denial); eviction is
 first-in-first-out, and a refreshed entry moves to the back.
 
 TTL rules (RFC 2308, CoreDNS ``cache``):
@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
-
-import cachetools
 
 from nodecache.config.settings import CacheSettings
 from nodecache.core import wire
@@ -55,8 +54,8 @@ class Kind(Enum):
     SERVFAIL = "servfail"  # stored with the denials, as CoreDNS does
 
 
-#: Shared (rcode, positive) tags.
-_TAGS: dict[tuple[int, bool], tuple[int, bool]] = {}
+#: Shared tags: entries that count alike share one tuple (few distinct ones).
+_TAGS: dict[tuple[int, bool, bytes, int, int], tuple[int, bool, bytes, int, int]] = {}
 
 
 class Entry:
@@ -71,8 +70,15 @@ class Entry:
         self.key = key
         self.kind = kind
         self.rcode = rcode
-        #: (rcode, positive): how a hit is tallied for metrics.
-        self.tag = _TAGS.setdefault((rcode, kind is Kind.SUCCESS), (rcode, kind is Kind.SUCCESS))
+        #: How a hit is tallied for metrics: (rcode, positive, qtype as wire bytes,
+        #: question length, records' length as sent; both in bytes). With the
+        #: query's length that gives the reply's (QueryHandler.sync_stats).
+        name_end = 0
+        while name_end < len(key) and key[name_end]:
+            name_end += 1 + key[name_end]
+        tag = (rcode, kind is Kind.SUCCESS, key[name_end + 1:name_end + 3], name_end + 5,
+               len(b"\0\0\0\0".join(variants[0])) if variants else 0)
+        self.tag = _TAGS.setdefault(tag, tag)
         self.headers = headers
         #: One or more segment lists; more than one when loadbalance rotates A/AAAA.
         self.variants = variants
@@ -234,17 +240,26 @@ def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     return tuple(cuts)
 
 
-class _Store(cachetools.FIFOCache):
-    """A capacity-bounded store that reports evictions."""
+class _Store(OrderedDict[bytes, Entry]):
+    """A capacity-bounded store, first in first out.
+
+    An OrderedDict, not a dict: popping a dict's oldest key again and again
+    makes ``next(iter(d))`` skip ever more deleted slots (measured 4 us per
+    eviction at 9,984 entries; OrderedDict 0.5 us).
+    """
+
+    __slots__ = ("maxsize", "_on_evict")
 
     def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
-        super().__init__(maxsize)
+        super().__init__()
+        self.maxsize = maxsize
         self._on_evict = on_evict
 
-    def popitem(self) -> tuple[bytes, Entry]:
-        key, entry = super().popitem()
-        self._on_evict(key, entry)
-        return key, entry
+    def add(self, key: bytes, entry: Entry) -> None:
+        """Store ``entry`` (``key`` must be absent), evicting the oldest when full."""
+        while len(self) >= self.maxsize:
+            self._on_evict(*self.popitem(last=False))
+        self[key] = entry
 
 
 class BlockCache:
@@ -264,6 +279,9 @@ class BlockCache:
         self.zones = tuple(map(wire.zone_to_wire, settings.zones or block_zones))
         self._no_success = tuple(map(wire.zone_to_wire, settings.disable_success))
         self._no_denial = tuple(map(wire.zone_to_wire, settings.disable_denial))
+        #: Every name routed to this block is cached (no zones of its own, nothing
+        #: disabled): ``may_store`` need not be asked.
+        self.stores_all = not settings.zones and not self._no_success and not self._no_denial
         self._index_add = index_add
         self._index_remove = index_remove
         self.success = _Store(settings.success_capacity, self._evicted)
@@ -310,9 +328,11 @@ class BlockCache:
             left = math.ceil(entry.ttl * s.prefetch_percentage / 100)
             entry.refresh_at = entry.expires - left
             entry.prefetch_at = entry.stored  # every hit is counted
-        self.remove(entry.key)
+        key = entry.key
+        if key in self.success or key in self.denial:
+            self.remove(key)
         store = self.success if entry.kind is Kind.SUCCESS else self.denial
-        store[entry.key] = entry
+        store.add(key, entry)
         self._index_add(entry)
         self.stats.entries_success = len(self.success)
         self.stats.entries_denial = len(self.denial)

@@ -27,6 +27,7 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
+from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
@@ -79,11 +80,12 @@ class Zone:
     stats: ServerStats
     cache: BlockCache | None
     cache_stats: CacheStats | None
-    #: Hit path tally: (slot, entry, duration bucket, sizes) -> answers from the
-    #: cache; folded into the exported stats by QueryHandler.sync_stats(). sizes
-    #: is the query's length, the reply's following from the entry; or, negated,
-    #: query length << 16 | reply length when the reply is not the plain one.
-    tally: dict[tuple[int, Entry, int, int], int] = field(default_factory=dict)
+    #: Hit path tally: (slot, entry tag, duration bucket, sizes) -> answers from
+    #: the cache; folded into the exported stats by QueryHandler.sync_stats().
+    #: sizes is the query's length, the reply's following from the tag; or,
+    #: negated, query length << 16 | reply length when the reply is not the plain one.
+    tally: dict[tuple[int, tuple[int, bool, bytes, int, int], int, int], int] = field(
+        default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
@@ -118,6 +120,8 @@ class Miss:
     stale: Entry | None = None
     #: A background refresh (prefetch or stale refresh): no client waits.
     background: bool = False
+    #: The client's EDNS options (its OPT RDATA), forwarded upstream.
+    options: bytes = b""
 
 
 @dataclass(slots=True)
@@ -205,7 +209,7 @@ class QueryHandler:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
-                    reply = _truncated(data, end, opt)
+                    reply = truncate(reply, limit, opt)
                     size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 zone = entry.owner
                 if do:
@@ -217,7 +221,7 @@ class QueryHandler:
                 # it (the entry gives the type, the rcode and the reply's size).
                 elapsed = _perf() - started
                 tally = zone.tally
-                mark = (slot, entry,
+                mark = (slot, entry.tag,
                         0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
@@ -257,7 +261,7 @@ class QueryHandler:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
         limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
-                    question.end, edns, cd, limit, slot, started)
+                    question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
@@ -318,7 +322,8 @@ class QueryHandler:
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
-                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started)
+                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
+                    options=data[end + 11:])
         return self._decide(miss, lower, now, addr)
 
     def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
@@ -335,21 +340,35 @@ class QueryHandler:
         zone.cache_stats.prefetch += 1
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
-                    wire.MAX_MESSAGE, slot, _perf())
+                    wire.MAX_MESSAGE, slot, _perf(), options=question.options)
         self.refresh(_background(miss, entry))
 
     # -- after the upstream --------------------------------------------------
 
     def upstream_query(self, miss: Miss) -> bytes:
-        """The query to send upstream (ID 0: the forwarder picks one)."""
+        """The query to send upstream (ID 0: the forwarder picks one).
+
+        It carries the client's EDNS options, as CoreDNS's forward does; the
+        cache key does not include them (as CoreDNS's does not), so clients
+        asking the same question with different options share one entry and
+        one upstream query (the first one's options go upstream).
+        """
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
+                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                                options=miss.options)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
-        """Index (and, when cacheable, store) one upstream answer."""
+        """Index (and, when cacheable, store) one upstream answer.
+
+        The answer is walked once: when its question is the miss's (as the
+        forwarder has checked, RFC 5452 section 9.1), the index starts after it.
+        """
         zone = miss.zone
+        end = miss.question_end
+        key = miss.key
+        same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
         try:
-            response = wire.index_response(data)
+            response = wire.index_response(data, end if same else 0)
         except (ValueError, struct.error):
             return Outcome(data, None, None)
         cache = zone.cache
@@ -357,7 +376,7 @@ class QueryHandler:
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(key_name(miss.key), kind):
+            if kind is not None and (cache.stores_all or cache.may_store(key_name(key), kind)):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
@@ -424,7 +443,7 @@ class QueryHandler:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
         reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
         if len(reply) > miss.limit:
-            reply = _truncated(data, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
@@ -443,7 +462,7 @@ class QueryHandler:
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
-            reply = _truncated(query, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
@@ -454,7 +473,7 @@ class QueryHandler:
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
         elapsed = _perf() - miss.started
         if hit is not None:
-            mark = (miss.slot, hit, bisect_left(TIME_BUCKETS, elapsed),
+            mark = (miss.slot, hit.tag, bisect_left(TIME_BUCKETS, elapsed),
                     -(len(miss.query) << 16 | len(reply)))
             zone.tally[mark] = zone.tally.get(mark, 0) + 1
             zone.hit_seconds += elapsed
@@ -481,11 +500,9 @@ class QueryHandler:
             stats = zone.stats
             stats.duration.sum += zone.hit_seconds
             zone.hit_seconds = 0.0
-            for (slot, entry, bucket, sizes), count in tally.items():
+            for (slot, tag, bucket, sizes), count in tally.items():
                 proto = SLOT_PROTO[slot]
-                question = len(key_name(entry.key)) + 4  # qname, qtype, qclass
-                qtype = entry.key[question - 4:question - 2]
-                rcode, positive = entry.tag
+                rcode, positive, qtype, question, records = tag
                 stats.requests[(proto, SLOT_FAMILY[slot], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
@@ -496,7 +513,7 @@ class QueryHandler:
                     # The hit path's reply: header, the question as asked, the
                     # stored records, and our OPT if the query had one.
                     request = sizes
-                    response = 12 + question + _body_length(entry) \
+                    response = 12 + question + records \
                         + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
                 stats.request_size[proto].observe(request, count)
                 stats.response_size[proto].observe(response, count)
@@ -505,19 +522,6 @@ class QueryHandler:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
-
-
-def _body_length(entry: Entry) -> int:
-    """Length of an entry's records as sent (every variant and TTL: the same)."""
-    return len(b"\0\0\0\0".join(entry.variants[0]))
-
-
-def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
-    """An empty reply with TC=1 (RFC 2181 section 9): the client retries over TCP."""
-    flags = wire.QR | wire.AA | wire.TC | wire.RA | (struct.unpack_from("!H", data, 2)[0]
-                                                    & (wire.RD | wire.CD))
-    return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
-        + data[12:question_end] + opt
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:
