@@ -63,10 +63,6 @@ OVERLOAD_HOLD = 0.5
 GC_THRESHOLDS = (50_000, 20, 100)
 #: How often garbage in cycles is collected and the survivors frozen, s.
 GC_INTERVAL = 60.0
-#: How often the hit path's tallies are folded into the counters when nobody
-#: scrapes, s: a tally holds the entries it counted until then, so this bounds
-#: how long an evicted entry stays referenced.
-STATS_FOLD_INTERVAL = 5.0
 #: How long the loop check waits for its probe to come back, s.
 LOOP_PROBE_WAIT = 2.0
 #: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
@@ -281,7 +277,6 @@ class Agent:
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
         self._spawn(self._health_self_check())
-        self._spawn(self._fold_stats_loop())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
 
@@ -473,18 +468,6 @@ class Agent:
                 await asyncio.to_thread(self.hostnet.resync)  # type: ignore[attr-defined]
             except Exception:
                 log.exception("re-checking the interface and rules failed")
-
-    async def _fold_stats_loop(self) -> None:
-        """Fold the hit path's tallies into the counters now and then, scraped or not."""
-        while not self.stopping.is_set():
-            try:
-                await asyncio.wait_for(self.stopping.wait(), STATS_FOLD_INTERVAL)
-                return
-            except asyncio.TimeoutError:
-                pass
-            if self.runtime is not None:
-                for handler in self.runtime.unique_handlers():
-                    handler.sync_stats()
 
     async def _health_self_check(self) -> None:
         """The ``health`` plugin's self-check (coredns_health_request_* metrics)."""
