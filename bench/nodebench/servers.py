@@ -71,14 +71,13 @@ def wait_answer(ns: str, server: str, name: str, daemon: Daemon, seconds: float 
 
 # --- cluster DNS -------------------------------------------------------------
 
-def start_knot(cleanup: Cleanup, topo: T.Topology, work: Path, zone_files: dict[str, Path]) -> Daemon:
-    d = work / "knot"
-    (d / "db").mkdir(parents=True, exist_ok=True)
+def knot_config(d: Path, listen: str, zone_files: dict[str, Path]) -> str:
+    """knot.conf for one knotd worker each way, serving ``zone_files`` (zone -> file) on ``listen``."""
     zones = "\n".join(f"  - domain: {z}.\n    file: \"{p}\"" for z, p in zone_files.items())
-    (d / "knot.conf").write_text(f"""\
+    return f"""\
 server:
   rundir: "{d}"
-  listen: {T.AUTH_DNS}@53
+  listen: {listen}
   udp-workers: 1
   tcp-workers: 1
   background-workers: 1
@@ -95,7 +94,13 @@ template:
     journal-content: none
 zone:
 {zones}
-""")
+"""
+
+
+def start_knot(cleanup: Cleanup, topo: T.Topology, work: Path, zone_files: dict[str, Path]) -> Daemon:
+    d = work / "knot"
+    (d / "db").mkdir(parents=True, exist_ok=True)
+    (d / "knot.conf").write_text(knot_config(d, f"{T.AUTH_DNS}@53", zone_files))
     daemon = start_daemon(cleanup, "knotd", ["knotd", "-c", str(d / "knot.conf")], ns=topo.dns, log_dir=work)
     wait_answer(topo.pod, T.AUTH_DNS, "kube-dns.kube-system.svc.cluster.local", daemon, 60)
     return daemon
@@ -162,17 +167,20 @@ class Cache:
     binary: Path | None = None
 
 
-def unbound_conf(work: Path) -> Path:
+def unbound_conf(work: Path, *, interface: str = T.UNBOUND_IP, port: int = 53,
+                 upstream: str = T.CLUSTER_DNS) -> Path:
+    """unbound.conf configured like the node-local Corefile; ``upstream`` is IP or IP@PORT."""
     d = work / "unbound"
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "unbound.conf"
     fwd = ""
     for zone, tcp in (("cluster.local.", "yes"), ("in-addr.arpa.", "yes"), (".", "no")):
-        fwd += f"forward-zone:\n  name: \"{zone}\"\n  forward-addr: {T.CLUSTER_DNS}\n  forward-tcp-upstream: {tcp}\n"
+        fwd += f"forward-zone:\n  name: \"{zone}\"\n  forward-addr: {upstream}\n  forward-tcp-upstream: {tcp}\n"
+    loopback_upstream = "no" if upstream.startswith("127.") else "yes"
     conf.write_text(f"""\
 server:
-  interface: {T.UNBOUND_IP}
-  port: 53
+  interface: {interface}
+  port: {port}
   do-daemonize: no
   use-systemd: no
   username: ""
@@ -187,7 +195,7 @@ server:
   access-control: 0.0.0.0/0 allow
   module-config: "iterator"
   root-hints: ""
-  do-not-query-localhost: yes
+  do-not-query-localhost: {loopback_upstream}
   qname-minimisation: no
   prefetch: no
   minimal-responses: yes
