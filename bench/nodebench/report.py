@@ -221,7 +221,7 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
         L.append(table(["path", "best us/op", "median us/op", "rounds"], rows) + "\n")
         stages = core.get("miss_stages_us") or {}
         if stages:
-            L.append("A miss by stage (one pass, wall clock, the median call): "
+            L.append("A miss by stage (each stage for all names in turn, best round): "
                      + ", ".join(f"`{k}` {fmt(v)} us" for k, v in stages.items()) + ".\n")
 
     # --- calibration
