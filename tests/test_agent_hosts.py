@@ -90,3 +90,13 @@ def test_loaded_reports_the_files_modification_time(tmp_path: Path) -> None:
     files.check([stage], 102.0)   # not due yet
     files.check([stage], 106.0)   # due, unchanged: not read again
     assert times == [1_700_000_000.0] and stage.entries == 2
+
+
+async def test_reload_timestamp_metric(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 a.example.org\n")
+    os.utime(hosts, (1_700_000_000, 1_700_000_000))
+    corefile = f".:53 {{\n  hosts {hosts}\n  prometheus 127.0.0.1:9153\n}}\n"  # rebound to port 0
+    async with AgentKit(corefile) as kit:
+        samples = await kit.metrics()
+        assert samples[("coredns_hosts_reload_timestamp_seconds", ())] == 1_700_000_000.0
