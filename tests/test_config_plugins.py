@@ -58,7 +58,7 @@ CASES: list[tuple[str, str]] = [
     ('.:53 {\n  template IN A {\n    answer\n  }\n}',
      "Corefile:3:5: template: expected an RR such as '{{ .Name }} 60 IN A 192.0.2.1' after 'answer', found end of line"),
     ('.:53 {\n  template IN A {\n    answer "{{ .Meta \\"x\\" }} 60 IN A 1.2.3.4"\n  }\n}',
-     'Corefile:3:12: template: unsupported placeholder \'{{ .Meta "x" }}\' (supported: {{ .Name }}, {{ .Zone }}, {{ .Class }}, {{ .Type }}, {{ .Regex }}, {{ .Remote }}, {{ .Group.NAME }}, {{ index .Match N }}, {{ index .Group "NAME" }})'),
+     'Corefile:3:12: template: unsupported placeholder \'{{ .Meta "x" }}\' (supported: {{ .Name }}, {{ .Zone }}, {{ .Class }}, {{ .Type }}, {{ .Regex }}, {{ .Remote }}, {{ .Group.NAME }}, {{ index .Match N }}, {{ index .Group "NAME" }}, {{ parseInt .Group.NAME BASE BITS }})'),
     ('.:53 {\n  template IN A {\n    answer "{{ .Name }} 60 IN A {{ .Group.ip }}"\n  }\n}',
      "Corefile:3:12: template: group 'ip' is not defined by 'match .*' (it would render as text in the answer)"),
     ('.:53 {\n  template IN A {\n    match ^(a)$\n    answer "{{ .Name }} 60 IN A {{ index .Match 2 }}"\n  }\n}',

@@ -115,17 +115,20 @@ class _TCPProtocol(asyncio.Protocol):
         self._quickack()
 
     def _quickack(self) -> None:
-        # Acknowledge at once (Linux turns this back off after a while): an
-        # upstream that leaves Nagle on holds its next pipelined answer until
-        # our ACK, which delayed ACK would hold for up to 40 ms.
+        # Acknowledge at once (Linux turns this back off after a while, and
+        # setting it sends an ACK that is due): an upstream that leaves Nagle on
+        # holds its next pipelined answer until our ACK, which delayed ACK would
+        # hold for up to 40 ms.
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except (OSError, AttributeError):
             pass
 
     def data_received(self, data: bytes) -> None:
-        self._quickack()
-        self.owner.handle_events(self, self.conn.receive_data(data, self.owner.loop.time()))
+        conn = self.conn
+        self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
+        if conn.in_flight:  # more answers to come: one syscall per read only then
+            self._quickack()
 
     def eof_received(self) -> bool | None:
         self.owner.handle_events(self, self.conn.receive_data(b"", self.owner.loop.time()))

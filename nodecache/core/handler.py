@@ -221,7 +221,9 @@ class QueryHandler:
 
     def _index_of(self, entry: Entry) -> dict[bytes, Entry]:
         key = entry.key
-        if entry.owner.dns64 is not None and key[len(key_name(key)):][:2] == b"\x00\x1c":
+        owner = entry.owner
+        if owner is not None and owner.dns64 is not None \
+                and key[len(key_name(key)):][:2] == b"\x00\x1c":
             return self.aside
         return self.index
 
