@@ -436,7 +436,7 @@ class QueryHandler:
         assert chain is not None
         resolution = chain.resolve(_request(miss, addr))
         if resolution.answer is None and resolution.rcode is None:
-            if self._forwards(zone, resolution):
+            if self._forwards(miss, resolution):
                 miss.resolution = resolution
                 return miss
             resolution = chain.after_forward(resolution)
@@ -451,11 +451,12 @@ class QueryHandler:
         return self._finish(miss, reply, addr, rcode, resolution.plugin)
 
     @staticmethod
-    def _forwards(zone: Zone, resolution: Resolution) -> bool:
+    def _forwards(miss: Miss, resolution: Resolution) -> bool:
         """Whether forward takes the (possibly rewritten) name."""
+        zone = miss.zone
         if zone.forward_from is None:
             return False
-        name = zone_wire(resolution.request.name)
+        name = zone_wire(resolution.request.name) if resolution.rewritten else key_name(miss.key)
         return wire.is_subdomain(name, zone.forward_from) and not any(
             wire.is_subdomain(name, z) for z in zone.forward_except)
 
@@ -466,7 +467,8 @@ class QueryHandler:
             self.refresh(miss)
             return
         resolution = zone.chain.resolve(_request(miss, None))
-        if resolution.answer is None and resolution.rcode is None and self._forwards(zone, resolution):
+        if resolution.answer is None and resolution.rcode is None \
+                and self._forwards(miss, resolution):
             miss.resolution = resolution
             self.refresh(miss)
             return
