@@ -323,10 +323,22 @@ cli.add_command(teardown_command)
 _RUN_ARGS: list[str] | None = None
 
 
+#: Options of the command group itself; any other leading option means ``run``.
+_GROUP_OPTIONS = frozenset({"-h", "--help", "--version", "-version"})
+
+
+def command_argv(argv: list[str]) -> list[str]:
+    """``argv`` with ``run`` in front when it starts with a flag, as node-cache's image
+    is given its arguments (``-localip ... -conf ...``, no command); pure."""
+    if argv and argv[0].startswith("-") and argv[0] not in _GROUP_OPTIONS:
+        return ["run", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one line on stderr and a non-zero exit for any error."""
     global _RUN_ARGS
-    args = normalize_nodecache_argv(list(sys.argv[1:] if argv is None else argv))
+    args = normalize_nodecache_argv(command_argv(list(sys.argv[1:] if argv is None else argv)))
     _RUN_ARGS = args
     try:
         cli.main(args=args, prog_name="nodecache", standalone_mode=False)
