@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
+from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
@@ -120,7 +121,7 @@ class Agent:
         self.stats = stats or AgentStats()
         self.syncinterval = syncinterval
         self.skipteardown = skipteardown
-        self.pidfile = pidfile
+        self.pidfile = PidFile(pidfile) if pidfile else None
         self.extra_metrics_address = extra_metrics_address
         #: Where the cache is written at shutdown and read back at start (docs/upgrades.md).
         self.cache_snapshot = cache_snapshot
@@ -269,8 +270,7 @@ class Agent:
             added = await asyncio.to_thread(self.hostnet.ensure_rules)  # type: ignore[attr-defined]
             log.info("firewall rules in place (%s added)", added)
         if self.pidfile:
-            with open(self.pidfile, "w", encoding="ascii") as f:
-                f.write(f"{os.getpid()}\n")
+            self.pidfile.write()
         self.ready = True
         self._spawn(self._load_probe())
         self._spawn(self._gc_loop())
@@ -577,15 +577,8 @@ class Agent:
             log.warning("shutdown: gave up waiting for connections to close")
         if self.cache_snapshot and self.runtime is not None:
             self._write_snapshot(self.runtime)
-        if self.pidfile:
-            try:
-                # A successor started with the same arguments wrote its own PID here.
-                with open(self.pidfile, encoding="ascii") as f:
-                    ours = f.read().strip() == str(os.getpid())
-                if ours:
-                    os.unlink(self.pidfile)
-            except OSError:
-                pass
+        if self.pidfile and not successor:  # a successor writes its own (pidfile.py)
+            self.pidfile.remove()
         if self.serving_lock is not None:
             self.serving_lock.release()
 
