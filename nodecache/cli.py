@@ -122,6 +122,9 @@ def cli() -> None:
 @click.option("--metrics-listen-address", default=None,
               help="Also serve /metrics here (node-cache serves setup errors on :9353).")
 @click.option("--prometheus-listen-address", default=None, hidden=True)
+@click.option("--quiet", is_flag=True, default=False, hidden=True,
+              help="Accepted for node-cache compatibility (CoreDNS's -quiet); logging is "
+                   "set by --log-level.")
 @click.option("--reloadwithsignal", is_flag=True, default=False, hidden=True,
               help="Accepted for node-cache compatibility; SIGUSR1 always reloads.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -140,7 +143,7 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
                 setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
                 skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
-                reloadwithsignal: bool, log_level: str, dry_run: bool,
+                reloadwithsignal: bool, log_level: str, dry_run: bool, quiet: bool = False,
                 cache_snapshot: str | None = None, serving_lock: str | None = None,
                 supervise: bool = True,
                 worker: bool = False) -> None:

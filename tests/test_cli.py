@@ -109,3 +109,12 @@ def test_demo_serves_the_sample_cluster_through_the_cache() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert f"dig @127.0.0.1 -p {ports[0]} kubernetes.default.svc.cluster.local" in err
+
+
+def test_bare_flags_mean_run() -> None:
+    # As node-cache's image is given its arguments: no command, only flags.
+    from nodecache.cli import command_argv
+    assert command_argv(["-localip", "169.254.20.10"]) == ["run", "-localip", "169.254.20.10"]
+    assert command_argv(["--conf=/etc/Corefile"]) == ["run", "--conf=/etc/Corefile"]
+    for unchanged in (["check-config", "/etc/Corefile"], ["--help"], ["-h"], ["--version"], []):
+        assert command_argv(unchanged) == unchanged
