@@ -67,18 +67,18 @@ ZONE = "\n".join(
 
 
 @contextlib.contextmanager
-def knot(ns: str, workdir: Path) -> Iterator[KnotServer]:
-    """Knot DNS, authoritative for ``example.``, on 10.200.0.2:53 in ``ns``."""
+def knot(ns: str, workdir: Path, address: str = UPSTREAM_IP) -> Iterator[KnotServer]:
+    """Knot DNS, authoritative for ``example.``, on ``address``:53 in ``ns``."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "example.zone").write_text(ZONE)
     (workdir / "knot.conf").write_text(
-        f"server:\n    listen: {UPSTREAM_IP}@53\n    rundir: {workdir}\n"
+        f"server:\n    listen: {address}@53\n    rundir: {workdir}\n"
         f"    udp-workers: 2\n    tcp-workers: 2\n    tcp-idle-timeout: 60\n"
         f"database:\n    storage: {workdir}\n"
         f"log:\n  - target: stderr\n    any: error\n"
         f"zone:\n  - domain: example.\n    file: {workdir}/example.zone\n"
         f"    storage: {workdir}\n")
-    server = KnotServer(ns, workdir)
+    server = KnotServer(ns, workdir, address)
     server.start()
     try:
         yield server
@@ -90,6 +90,7 @@ def knot(ns: str, workdir: Path) -> Iterator[KnotServer]:
 class KnotServer:
     ns: str
     workdir: Path
+    address: str = UPSTREAM_IP
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -97,7 +98,7 @@ class KnotServer:
         self.proc = netns.popen(self.ns, "knotd", "-c", str(self.workdir / "knot.conf"),
                                 stdout=log, stderr=log)
         log.close()
-        wait_answering(self.ns, UPSTREAM_IP, 53, "h1.example.")
+        wait_answering(self.ns, self.address, 53, "h1.example.")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
