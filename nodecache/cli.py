@@ -318,6 +318,19 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
     _run_async(main)
 
 
+@cli.command("guard")
+@click.option("--serving-lock", default="/run/nodecache/serving.lock", show_default=True,
+              help="The lock every agent of the node holds while serving (a shared hostPath).")
+def guard(serving_lock: str) -> None:
+    """Remove the firewall rules whenever no agent serves (a container beside the agent).
+
+    For when the whole agent container dies (OOM kill, SIGKILL): the kube-dns
+    ClusterIP then falls back to kube-proxy's DNAT until an agent serves again.
+    """
+    from nodecache import guard as guard_module  # noqa: PLC0415
+    sys.exit(guard_module.main([serving_lock]))
+
+
 cli.add_command(setup_command)
 cli.add_command(teardown_command)
 

@@ -134,14 +134,18 @@ def volume_sources(node: Node, spec: podkit.PodSpec, pod: str) -> dict[str, Path
 
 
 def start_pod(node: Node, spec: podkit.PodSpec, name: str) -> str:
+    """Start the pod's containers; the agent's is called ``name``, the others
+    ``name-<container>``."""
     assert spec.host_network
     env = {"KUBE_DNS_UPSTREAM_SERVICE_HOST": CLUSTER_DNS, "KUBE_DNS_SERVICE_HOST": KUBE_DNS,
            "COREDNS_SERVICE_HOST": KUBE_DNS}
-    args = podkit.podman_args(spec.container, name=name, node_ns=node.topo.node,
-                              sources=volume_sources(node, spec, name),
-                              resolv_conf=node.resolv_conf, env=env)
-    node.started.append(name)
-    node.pm.run(*args, node.image, *podkit.command(spec.container))
+    sources = volume_sources(node, spec, name)
+    for cname, container in [("", spec.container), *spec.others.items()]:
+        full = f"{name}-{cname}" if cname else name
+        args = podkit.podman_args(container, name=full, node_ns=node.topo.node,
+                                  sources=sources, resolv_conf=node.resolv_conf, env=env)
+        node.started.append(full)
+        node.pm.run(*args, node.image, *podkit.command(container))
     return name
 
 
@@ -175,10 +179,17 @@ def wait_probe(node: Node, spec: podkit.PodSpec, pod: str, which: str = "readine
 
 
 def stop_pod(node: Node, spec: podkit.PodSpec, pod: str) -> float:
-    """SIGTERM, then SIGKILL after the grace period (as the kubelet); the seconds it took."""
+    """SIGTERM, then SIGKILL after the grace period (as the kubelet), every container at
+    once; the seconds the agent's took."""
     started = time.monotonic()
-    node.pm.run("stop", "--time", str(max(spec.grace, MIN_GRACE)), pod, timeout=120)
-    return time.monotonic() - started
+    grace = str(max(spec.grace, MIN_GRACE))
+    others = [node.pm.popen("stop", "--time", grace, f"{pod}-{c}", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL) for c in spec.others]
+    node.pm.run("stop", "--time", grace, pod, timeout=120)
+    took = time.monotonic() - started
+    for proc in others:
+        proc.wait(120)
+    return took
 
 
 # -- what a pod and the node see ------------------------------------------------------
@@ -385,3 +396,84 @@ def test_node_cache_manifest_with_our_image(node: Node, manifest: str) -> None:
     assert all(holds(node, ip) == kept for ip in local_ips), logs(node, pod)
     text = logs(node, pod)
     assert "RuntimeWarning" not in text and "Traceback" not in text, text
+
+
+# -- the whole agent container killed ---------------------------------------------------
+
+def _answered_after(node: Node, ips: tuple[str, ...], since: float, limit: float) -> dict[str, float]:
+    """From the pod: query each IP every 20 ms until it answers; seconds after ``since``
+    (time.time()) at which each first answered, or ``limit`` if it never did."""
+    def probe_loop() -> dict[str, float]:
+        import socket  # noqa: PLC0415
+
+        import dns.message  # noqa: PLC0415
+        query = dns.message.make_query("h1.example.", "A").to_wire()
+        first: dict[str, float] = {}
+        deadline = since + limit
+        while len(first) < len(ips) and time.time() < deadline:
+            for ip in ips:
+                if ip in first:
+                    continue
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(0.2)
+                    try:
+                        sock.sendto(query, (ip, 53))
+                        sock.recv(512)
+                        first[ip] = time.time() - since
+                    except OSError:
+                        pass
+            time.sleep(0.02)
+        return {ip: first.get(ip, limit) for ip in ips}
+
+    return netns.call(node.topo.pod, probe_loop, timeout=limit + 30)
+
+
+def test_whole_agent_container_sigkill_under_load(node: Node) -> None:
+    """SIGKILL of the agent's whole container (as an OOM kill of PID 1): with the guard,
+    pods get the kube-dns ClusterIP back from kube-proxy at once; without it (node-cache's
+    case) both IPs stay black-holed until the container is restarted."""
+    spec, configmaps = ours()
+    node.configmaps.update(configmaps)
+    pod = start_pod(node, spec, "nodecache-k")
+    guard = f"{pod}-guard"
+    wait_for("serving", lambda: "serving DNS on" in logs(node, pod), node=node, pod=pod)
+    queries = write_queries(node.dir / "queries.txt")
+    load = dnsperf(node, KUBE_DNS, tcp=False, rate=500, seconds=40, queries=queries)
+    figures: dict[str, float] = {}
+    try:
+        # Without the guard: nothing removes the rules.
+        node.pm.run("stop", "--time", "2", guard)
+        killed = time.time()
+        node.pm.run("kill", "--signal", "KILL", pod)
+        without = _answered_after(node, (KUBE_DNS, LOCAL), killed, 3.0)
+        assert without == {KUBE_DNS: 3.0, LOCAL: 3.0}, without
+        assert our_rules(node) == 24
+        restarted = time.time()
+        node.pm.run("start", pod)  # the kubelet's first restart, at once
+        back = _answered_after(node, (KUBE_DNS, LOCAL), restarted, 60.0)
+        figures["restart: both IPs answered again after (s)"] = max(back.values())
+        wait_for("serving", lambda: our_rules(node) == 24, node=node, pod=pod)
+
+        # With the guard.
+        node.pm.run("start", guard)
+        wait_for("the guard", lambda: "guarding" in logs(node, guard))
+        time.sleep(1)
+        killed = time.time()
+        node.pm.run("kill", "--signal", "KILL", pod)
+        with_guard = _answered_after(node, (KUBE_DNS,), killed, 10.0)
+        figures["guard: kube-dns ClusterIP answered again after (s)"] = with_guard[KUBE_DNS]
+        assert with_guard[KUBE_DNS] < 3.0, (with_guard, logs(node, guard))
+        assert our_rules(node) == 0
+        restarted = time.time()
+        node.pm.run("start", pod)
+        back = _answered_after(node, (LOCAL,), restarted, 60.0)
+        figures["guard: link-local IP answered again after restart (s)"] = back[LOCAL]
+        wait_for("the rules back", lambda: our_rules(node) == 24, node=node, pod=pod)
+        assert dig(node, KUBE_DNS) == dig(node, LOCAL) == "10.1.0.1"
+    finally:
+        if load.poll() is None:
+            load.kill()
+        load.communicate()
+    print("\nwhole-container SIGKILL:", ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+    stop_pod(node, spec, pod)
+    assert our_rules(node) == 0

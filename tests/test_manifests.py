@@ -120,8 +120,21 @@ def _daemonset(objs: dict[tuple[str, str], Obj]) -> Obj:
 
 def _container(objs: dict[tuple[str, str], Obj]) -> Obj:
     containers = _daemonset(objs)["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
+    assert [c["name"] for c in containers] == ["node-cache", "guard"]
     return containers[0]
+
+
+def test_guard_beside_the_agent() -> None:
+    """The guard: same image, its own memory limit, the serving lock's directory, no DNS port."""
+    objs = {_key(o): o for o in build(MANIFESTS / "iptables")}
+    agent, guard = _daemonset(objs)["spec"]["template"]["spec"]["containers"]
+    assert guard["image"] == agent["image"]
+    assert guard["args"][0] == "guard"
+    assert guard["resources"]["limits"]["memory"]
+    mounts = {m["name"]: m["mountPath"] for m in guard["volumeMounts"]}
+    assert mounts["run"] == "/run/nodecache" and mounts["xtables-lock"] == "/run/xtables.lock"
+    caps = guard["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"] and set(caps["add"]) == {"NET_ADMIN", "NET_RAW"}
 
 
 def test_objects(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:

@@ -44,7 +44,7 @@ def syncinterval_seconds(value: str) -> str:
     parts = _GO_DURATION_RE.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         return value
-    nanoseconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    nanoseconds = float(sum(float(n) * _GO_UNITS[u] for n, u in parts))
     return str(int(nanoseconds)) if nanoseconds.is_integer() else str(nanoseconds)
 
 
