@@ -312,3 +312,26 @@ def test_services() -> None:
     assert metrics["spec"]["clusterIP"] == "None"
     assert metrics["spec"]["ports"][0]["port"] == 9253
     assert metrics["metadata"]["annotations"]["prometheus.io/port"] == "9253"
+
+
+def test_upgrades_doc_examples_match_the_daemonset() -> None:
+    """docs/upgrades.md's DaemonSet snippets use the manifests' volume names, paths and flags."""
+    import re
+
+    doc = (ROOT / "docs" / "upgrades.md").read_text()
+    objs = {_key(o): o for o in build(MANIFESTS / "iptables")}
+    spec = _daemonset(objs)["spec"]["template"]["spec"]
+    mounts = {(m["name"], m["mountPath"]) for c in spec["containers"] for m in c["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    args = {a: b for c in spec["containers"] for a, b in zip(c["args"], c["args"][1:])}
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        for name, path in re.findall(r"\{name: ([\w-]+), mountPath: ([^}\s]+)\}", block):
+            assert (name, path) in mounts, (name, path)
+        for name, path in re.findall(r"- name: ([\w-]+)\n\s+hostPath: \{path: ([^,]+),", block):
+            assert host_paths.get(name) == path, (name, path)
+        for flag, value in re.findall(r'"(-{1,2}[\w-]+)", "([^"]+)"', block):
+            if flag in args:
+                assert args[flag] == value, (flag, value)
+        assert '"run"' not in block and "--pidfile" not in block, block
