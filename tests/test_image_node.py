@@ -94,7 +94,7 @@ def node(image: tuple[Podman, str], tmp_path: Path) -> Iterator[Node]:
             netns.activate_conntrack(topo.node, "iptables-nft")
             if not dummy_supported():
                 precreate_link(topo.node)  # adopted by the agent, as an operator's would be
-            with kit.knot(kdns, tmp_path / "knot", CLUSTER_DNS):
+            with kit.knot(kdns, tmp_path / "knot", listen=(CLUSTER_DNS,)):
                 n = Node(topo, pm, tag, tmp_path)
                 try:
                     yield n
