@@ -211,7 +211,12 @@ def test_args_per_mode(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     assert not any(a.startswith("--") for a in args)
     expected_ips = {"iptables": "169.254.20.10,10.96.0.10", "ipvs": "169.254.20.10"}[name]
     assert _flag(args, "-localip") == expected_ips
-    assert _flag(args, "-conf") == "/etc/Corefile"
+    # The rendered Corefile goes to an emptyDir: the root filesystem is read-only.
+    assert _flag(args, "-conf") == "/etc/nodecache/Corefile"
+    spec = _daemonset(objs)["spec"]["template"]["spec"]
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in spec["containers"])
+    mounts = {m["mountPath"]: m["name"] for m in _container(objs)["volumeMounts"]}
+    assert {v["name"]: v for v in spec["volumes"]}[mounts["/etc/nodecache"]]["emptyDir"] == {}
     assert _flag(args, "-upstreamsvc") == "kube-dns-upstream"
     # The NOTRACK rules for the probe and the probe itself use the same port.
     assert int(_flag(args, "-health-port")) == _container(objs)["livenessProbe"]["httpGet"]["port"]
