@@ -68,7 +68,7 @@ def run(path: str, *, interval: float = POLL_INTERVAL, rounds: int | None = None
     lock = ServingLock(path)
     log.info("guarding %s: the rules go when no agent holds it", path)
     done = 0
-    while rounds is None or done < rounds:
+    while True:
         lock.wait_exclusive()  # at once if no agent serves (leftovers of a dead one go)
         started = time.monotonic()
         n = remove_all_rules()
@@ -77,6 +77,8 @@ def run(path: str, *, interval: float = POLL_INTERVAL, rounds: int | None = None
                     n, (time.monotonic() - started) * 1000)
         lock.release()
         done += 1
+        if rounds is not None and done >= rounds:
+            return
         _wait_for_agent(lock, interval)
         log.info("an agent serves again")
 
