@@ -155,7 +155,7 @@ def _limit(which: int) -> str:
 
 
 def _write_config(base: pathlib.Path) -> dict[str, str]:
-    for sub in ("root", "runroot", "tmp", "cache"):
+    for sub in ("root", "runroot", "tmp", "cache", "networks"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "storage.conf").write_text(
         "[storage]\n"
@@ -175,7 +175,9 @@ def _write_config(base: pathlib.Path) -> dict[str, str]:
         f'events_logfile_path = "{base / "events.log"}"\n'
         f'tmp_dir = "{base / "tmp"}"\n'
         f'static_dir = "{base / "root" / "libpod"}"\n'
-        f'volume_path = "{base / "root" / "volumes"}"\n')
+        f'volume_path = "{base / "root" / "volumes"}"\n'
+        "[network]\n"
+        f'network_config_dir = "{base / "networks"}"\n')
     (base / "registries.conf").write_text(
         # Nothing is pulled; short names resolve to Docker Hub's (local stand-ins).
         'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n')
@@ -211,12 +213,15 @@ def session(base: pathlib.Path | None = None) -> Iterator[Podman]:
         yield pm
     finally:
         pm.remove_containers()
-        pm.run("system", "reset", "--force", check=False, timeout=300)
+        # Not `system reset`: that also deletes networks outside our storage root.
+        pm.run("rmi", "--all", "--force", check=False, timeout=300)
         _unmount_under(base)
         if made:
             shutil.rmtree(base, ignore_errors=True)
         if not blob_cache_existed:
-            shutil.rmtree(_BLOB_CACHE.parent, ignore_errors=True)
+            shutil.rmtree(_BLOB_CACHE, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                _BLOB_CACHE.parent.rmdir()  # only if nothing else is there
 
 
 def make_stand_in(pm: Podman, reference: str) -> None:
