@@ -335,11 +335,13 @@ def test_our_daemonset_rehearsed(node: Node) -> None:
     for pod in (old, new):
         text = logs(node, pod)
         assert "RuntimeWarning" not in text and "Traceback" not in text, text
+    # dnsperf keeps each connection busy and does not resend what was in flight when
+    # the old agent ends it: past the drain's deadline a few queries per connection
+    # can go (docs/upgrades.md, the same window as node-cache's).
+    assert tcp_lost <= 4 * 4, f"TCP to the local IP: {tcp_lost} of {tcp_sent} lost\n{tcp_out}"
     if tcp_lost:
-        # The old agent closes its TCP connections with queries unanswered on them;
-        # dnsperf reconnects (one lost query per connection).
-        pytest.xfail(f"TCP to the local IP: {tcp_lost} of {tcp_sent} lost until the server "
-                     f"drains TCP connections between answers\n{tcp_out}")
+        pytest.xfail(f"TCP to the local IP: {tcp_lost} of {tcp_sent} lost (connections busy "
+                     f"past the drain)\n{tcp_out}")
 
 
 # -- node-cache's manifests, only the image swapped --------------------------------------
