@@ -32,17 +32,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
 from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
+from nodecache.config import bind
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
+from nodecache.hostnet.ifaddrs import interface_addresses
 from nodecache.metrics import StatsCollector
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,7 @@ class Runtime:
     resolvers: dict[int, Resolver] = field(default_factory=dict)
     forwarders: dict[Zone, Forwarder] = field(default_factory=dict)
     forward_stats: list[ForwardStats] = field(default_factory=list)
+    errors: ErrorReporter = field(default_factory=ErrorReporter)
 
     def unique_handlers(self) -> list[QueryHandler]:
         return list({id(h): h for h in self.handlers.values()}.values())
@@ -143,6 +147,8 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
+        #: The root logger's level before a ``debug`` block lowered it.
+        self._level_before_debug: int | None = None
 
     # -- building ------------------------------------------------------------
 
@@ -236,15 +242,32 @@ class Agent:
             runtime.forwarders[zone] = reuse
             runtime.forward_stats.append(reuse.stats)
         for handler in runtime.unique_handlers():
-            resolver = Resolver(handler, runtime.forwarders, self.stats)  # type: ignore[arg-type]
+            resolver = Resolver(handler, runtime.forwarders, self.stats,  # type: ignore[arg-type]
+                                runtime.errors)
             runtime.resolvers[id(handler)] = resolver
             if any(z.block.log is not None for z in handler.zones.values()):
                 handler.on_log = _log_query
 
+    def _load(self) -> Config:
+        """The configuration with ``bind`` interface names resolved; debug logging applied."""
+        config = self.load_config()
+        if any(b.bind_lines for b in config.blocks):
+            config = bind.resolve(config, interface_addresses)
+        # debug is process-wide, as in CoreDNS: any block turns it on.
+        root = logging.getLogger()
+        if any(b.debug for b in config.blocks):
+            if self._level_before_debug is None:
+                self._level_before_debug = root.level
+            root.setLevel(logging.DEBUG)
+        elif self._level_before_debug is not None:
+            root.setLevel(self._level_before_debug)
+            self._level_before_debug = None
+        return config
+
     # -- start ---------------------------------------------------------------
 
     async def start(self) -> None:
-        config = self.load_config()
+        config = self._load()
         if self.hostnet is not None:
             await asyncio.to_thread(self.hostnet.check_prerequisites)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
@@ -496,7 +519,7 @@ class Agent:
             previous = self.runtime
             assert previous is not None
             try:
-                config = self.load_config()
+                config = self._load()
             except (ConfigError, OSError) as exc:
                 # The same broken file is reported once, not on every poll.
                 if str(exc) != self._last_rejection:
@@ -534,6 +557,7 @@ class Agent:
             return True
 
     async def _close_forwarders(self, runtime: Runtime, keep: Runtime | None) -> None:
+        runtime.errors.close()
         kept = set(map(id, keep.forwarders.values())) if keep else set()
         for forwarder in runtime.forwarders.values():
             if id(forwarder) not in kept:

@@ -24,7 +24,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from nodecache.core import wire
+from nodecache.aio.errorlog import ErrorReporter
+from nodecache.core import querylog, wire
 from nodecache.core.handler import Miss, Outcome, QueryHandler, name_text
 from nodecache.core.stats import AgentStats
 from nodecache.errors import UpstreamError
@@ -49,8 +50,10 @@ class Resolver:
     """Runs misses for one handler; ``forwarders`` maps a Zone to its forwarder."""
 
     def __init__(self, handler: QueryHandler, forwarders: dict[object, Forwarding],
-                 stats: AgentStats | None = None) -> None:
+                 stats: AgentStats | None = None, errors: ErrorReporter | None = None) -> None:
         self.handler = handler
+        #: Writes the ``errors`` plugin's lines.
+        self.errors = errors or ErrorReporter()
         self.forwarders = forwarders
         self.stats = stats or AgentStats()
         #: key -> the followers waiting on the leader's answer.
@@ -102,9 +105,9 @@ class Resolver:
             outcome = handler.absorb(miss, answer, self._loop.time())
         except Exception as exc:  # every failure becomes SERVFAIL/REFUSED/stale for the waiters
             error = exc
-            if miss.zone.block.errors:
-                log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
-                          wire.type_name(miss.qtype), exc)
+            if miss.zone.block.errors is not None:
+                self.errors.report(miss.zone.block, querylog.error_line(
+                    wire.SERVFAIL, name_text(miss.qname), miss.qtype, exc), str(exc))
         finally:
             followers = self.inflight.pop(miss.key, [])
         now = self._loop.time()
