@@ -87,8 +87,12 @@ class Zone:
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
+    udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
 
     def __post_init__(self) -> None:
+        if self.block.bufsize is not None:
+            self.udp_cap = self.block.bufsize
         forward = self.block.forward
         if forward is not None:
             self.forward_from = wire.zone_to_wire(forward.zone)
@@ -202,9 +206,9 @@ class QueryHandler:
                 else:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
-                if len(reply) > limit:
-                    reply = _truncated(data, end, opt)
                 zone = entry.owner
+                if len(reply) > limit or slot < 2 and len(reply) > zone.udp_cap:
+                    reply = _truncated(data, end, opt)
                 if do:
                     zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
@@ -251,7 +255,8 @@ class QueryHandler:
         cd = bool(question.flags & wire.CD)
         if do or cd:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
-        limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
+        limit = wire.MAX_MESSAGE if slot >= 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
+                                                        zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started)
         return self._decide(miss, lower, now, addr)
@@ -313,6 +318,8 @@ class QueryHandler:
             return self._slow(data, now, slot, addr, started)
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
+        if slot < 2:
+            limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started)
         return self._decide(miss, lower, now, addr)
@@ -339,7 +346,8 @@ class QueryHandler:
     def upstream_query(self, miss: Miss) -> bytes:
         """The query to send upstream (ID 0: the forwarder picks one)."""
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
+                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                                payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer."""

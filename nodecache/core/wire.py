@@ -229,11 +229,12 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
     return header + question + additional
 
 
-def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool) -> bytes:
+def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
+                payload: int = OUR_UDP_PAYLOAD) -> bytes:
     """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT."""
     flags = RD | (CD if cd else 0)
     header = _HEADER.pack(0, flags, 1, 0, 0, 1)
-    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do)
+    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, payload)
 
 
 @dataclass(slots=True)
