@@ -366,8 +366,13 @@ class Agent:
         # Everything bound: switch over.
         for address, listener in opened:
             self.listeners[address] = listener
+        blocks_at = runtime.config.listeners()
         for address, handler in runtime.handlers.items():
-            self.listeners[address].swap(handler, runtime.resolvers[id(handler)].submit)
+            # One listener, several blocks: the last with ``timeouts`` sets them (as CoreDNS).
+            timeouts = next((b.timeouts for b in reversed(blocks_at[address]) if b.timeouts),
+                            None)
+            self.listeners[address].swap(handler, runtime.resolvers[id(handler)].submit,
+                                         timeouts)
         for address in [a for a in self.listeners if a not in runtime.handlers]:
             await self.listeners.pop(address).close()
 
