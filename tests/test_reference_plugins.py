@@ -1,0 +1,165 @@
+"""bufsize and timeouts side by side with node-cache: same Corefile, same clients, same answers.
+
+Each test runs the reference binary (../shared/anchors, see referencekit) and
+an in-process agent in front of one fake upstream, then compares what a
+client sees: TC bits, answer counts, the EDNS size asked upstream, and when
+the server closes a TCP connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import dns.exception
+import dns.flags
+import dns.message
+import pytest
+
+from tests.agentkit import AgentKit
+from tests.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
+from tests.referencekit import NodeCache, ask
+
+__all__ = ["loop_errors"]
+pytestmark = pytest.mark.usefixtures("loop_errors")
+
+#: n60: about 1 kB on the wire; n80: about 1.3 kB; n20: about 350 bytes.
+RECORDS = {f"n{n}.example. A": [f"10.0.{i // 250}.{i % 250}" for i in range(n)]
+           for n in (20, 60, 80)}
+
+
+def sized(query: dns.message.Message, proto: str) -> dns.message.Message | bytes:
+    """A real server's answers: over UDP, TC=1 when they do not fit the query's size."""
+    reply = answer_from(RECORDS)(query, proto)
+    if proto == "udp":
+        try:
+            reply.to_wire(max_size=max(query.payload, 512) if query.edns >= 0 else 512)
+        except dns.exception.TooBig:
+            return truncated(query)
+    return reply.to_wire(max_size=65535)
+
+
+def seen(reply: dns.message.Message | None) -> tuple[str, bool, int | None]:
+    """What a client sees: rcode, TC, number of answer records.
+
+    A truncated reply's records are left out: node-cache keeps those that fit
+    (miekg/dns Truncate), nodecache sends none; either way the client retries
+    over TCP. What bufsize decides is whether TC is set.
+    """
+    assert reply is not None
+    tc = bool(reply.flags & dns.flags.TC)
+    return (dns.rcode.to_text(reply.rcode()), tc,
+            None if tc else sum(len(r) for r in reply.answer))
+
+
+# (query name, client EDNS size or None, over TCP)
+BUFSIZE_QUERIES = [
+    ("n60.example.", 4096, False),
+    ("n80.example.", 4096, False),  # over bufsize, under the client's size: TC
+    ("n80.example.", 1232, False),
+    ("n60.example.", 1000, False),  # the client's own smaller size
+    ("n20.example.", None, False),  # no EDNS: 512
+    ("n80.example.", 4096, True),
+]
+
+
+@pytest.mark.parametrize("cache", ["", "cache 30"], ids=["nocache", "cache"])
+async def test_bufsize_answers_match_node_cache(cache: str) -> None:
+    async with FakeUpstream(sized) as up:
+        body = f"    bufsize 1100\n    {cache}\n    forward . 127.0.0.1:{up.port}"
+        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+            for _round in range(2):  # the second round comes from the cache, if any
+                for name, payload, tcp in BUFSIZE_QUERIES:
+                    query = dns.message.make_query(name, "A", use_edns=payload is not None,
+                                                   payload=payload or 0)
+                    theirs = seen(await ask(ref.address, query, tcp=tcp))
+                    ours = seen(await ask(kit.address, query, tcp=tcp))
+                    assert ours == theirs, (name, payload, tcp, ours, theirs)
+        # Both ask upstream for at most 1100 bytes when the client offers 4096.
+        asked = {q.message.payload for q in up.queries
+                 if q.qname == "n60.example." and q.proto == "udp"}
+        assert asked and max(asked) == 1100, asked
+
+
+async def _closed_after(address: tuple[str, int], *, query: bool) -> float:
+    """Seconds until the server closes a TCP connection (after the reply, with ``query``)."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        started = time.monotonic()
+        if query:
+            wire = dns.message.make_query("n20.example.", "A").to_wire()
+            writer.write(struct.pack("!H", len(wire)) + wire)
+            head = await asyncio.wait_for(reader.readexactly(2), 3)
+            await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), 3)
+            started = time.monotonic()
+        try:
+            while await asyncio.wait_for(reader.read(4096), 15):
+                pass
+        except ConnectionError:
+            pass
+        return time.monotonic() - started
+    finally:
+        writer.close()
+
+
+async def test_timeouts_close_connections_as_node_cache_does() -> None:
+    async with FakeUpstream(sized) as up:
+        body = (f"    timeouts {{\n        read 1s\n        idle 2\n    }}\n"
+                f"    forward . 127.0.0.1:{up.port}")
+        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+            for address in (ref.address, kit.address):
+                silent, after_query = await asyncio.gather(
+                    _closed_after(address, query=False), _closed_after(address, query=True))
+                # read 1s for a connection that never sends; idle 2s after an answer.
+                # Wide margins: the machine is shared (our idle check may run 0.5 s late).
+                assert 0.9 <= silent < 1.8, (address, silent)
+                assert 1.9 <= after_query < 3.0, (address, after_query)
+
+
+async def test_default_tcp_timeouts_match_node_cache() -> None:
+    """Without the plugin: CoreDNS's 3 s for the first query."""
+    async with FakeUpstream(sized) as up:
+        body = f"    forward . 127.0.0.1:{up.port}"
+        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+            closed = await asyncio.gather(_closed_after(ref.address, query=False),
+                                          _closed_after(kit.address, query=False))
+            for value in closed:
+                assert 2.9 <= value < 4.0, closed
+
+
+async def test_write_timeout_drops_a_client_that_does_not_read() -> None:
+    """Replies pile up unread: after ``write`` the connection is dropped (ours only:
+    node-cache answers one query at a time, so it stalls instead of piling up)."""
+    async with FakeUpstream(sized) as up, \
+            AgentKit(f". {{\n cache 30\n timeouts {{\n  write 1s\n  idle 30s\n }}\n"
+                     f" forward . 127.0.0.1:{up.port}\n}}") as kit:
+        await kit.query("n80.example.", tcp=True)  # cached: answered at once from now on
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, kit.address)
+            wire = dns.message.make_query("n80.example.", "A").to_wire()
+            framed = struct.pack("!H", len(wire)) + wire
+            listener = kit.agent.listeners[("127.0.0.1", 0)]
+            assert listener.tcp is not None
+            sock.setblocking(True)
+            sock.settimeout(5)
+            started = time.monotonic()
+            # About 1.3 kB per reply: 4,000 of them overflow any send buffer.
+            for _ in range(40):
+                try:
+                    sock.sendall(framed * 100)
+                except OSError:
+                    break
+                await asyncio.sleep(0)
+                if not listener.tcp.connections:
+                    break
+            for _ in range(100):  # then read nothing and wait, at most 10 s
+                if not listener.tcp.connections:
+                    break
+                await asyncio.sleep(0.1)
+            assert not listener.tcp.connections, "the stalled connection is still open"
+            assert time.monotonic() - started < 8
+        finally:
+            sock.close()
