@@ -8,6 +8,7 @@ the server closes a TCP connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import time
@@ -15,6 +16,7 @@ import time
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rcode
 import pytest
 
 from tests.agentkit import AgentKit
@@ -163,3 +165,30 @@ async def test_write_timeout_drops_a_client_that_does_not_read() -> None:
             assert time.monotonic() - started < 8
         finally:
             sock.close()
+
+
+async def test_errors_consolidate_logs_the_line_node_cache_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Three upstream timeouts within the period: one line, the same text, no single lines."""
+    caplog.set_level(logging.INFO)
+    async with FakeUpstream(lambda q, p: None) as up:
+        body = (f'    errors {{\n        consolidate 3s "timeout" warning\n    }}\n'
+                f"    forward . 127.0.0.1:{up.port}")
+        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+            queries = [dns.message.make_query(f"n{i}.example.", "A") for i in range(3)]
+            replies = await asyncio.gather(*(ask(a, q, timeout=8) for q in queries
+                                             for a in (ref.address, kit.address)))
+            assert all(r is not None and r.rcode() == dns.rcode.SERVFAIL for r in replies)
+            ours: list[str] = []
+            for _ in range(80):  # the period ends 3 s after the first failure
+                ours = [r.getMessage() for r in caplog.records if "plugin/errors" in r.getMessage()]
+                theirs = [line for line in ref.log.read_text().splitlines()
+                          if "plugin/errors" in line]
+                if ours and theirs:
+                    break
+                await asyncio.sleep(0.1)
+            expected = "[WARNING] plugin/errors: 3 errors like 'timeout' occurred in last 3s"
+            assert theirs == [expected]
+            assert ours == [expected]
+            assert [r.levelno for r in caplog.records if "plugin/errors" in r.getMessage()] \
+                == [logging.WARNING]
