@@ -54,7 +54,9 @@ def bound_socket(address: str, port: int, kind: int) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
             except OSError:
                 pass
-        sock.bind((address, port))
+        host, _, scope = address.partition("%")
+        # A link-local IPv6 address is bound with its interface (``fe80::1%eth0``).
+        sock.bind((host, port, 0, socket.if_nametoindex(scope)) if scope else (host, port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
