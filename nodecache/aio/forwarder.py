@@ -369,12 +369,13 @@ class Forwarder:
                 if exc.health:
                     self._start_health_check(up)
             except TimeoutError:
-                last = f"{up.name}: timeout"
+                last = f"{up.name}: i/o timeout"  # Go's words: consolidate patterns expect them
                 self._start_health_check(up)
             except OSError as exc:
                 last = f"{up.name}: {exc!r}"
                 self._start_health_check(up)
-        raise UpstreamError(f"no answer within {s.budget}s ({last})")
+        # The last failure ends the text, as in CoreDNS's errors (".* i/o timeout$").
+        raise UpstreamError(f"no answer within {s.budget}s: {last}")
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
