@@ -26,7 +26,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,6 @@ from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
-from nodecache.hostnet.ifaddrs import interface_addresses
 from nodecache.metrics import StatsCollector
 
 log = logging.getLogger(__name__)
@@ -117,9 +116,12 @@ class Agent:
                  extra_metrics_address: str | None = None,
                  watch_interval: float | None = None,
                  cache_snapshot: str | None = None,
-                 serving_lock: str | None = None) -> None:
+                 serving_lock: str | None = None,
+                 interfaces: Callable[[str], Sequence[str] | None] | None = None) -> None:
         #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
         self.load_config = load_config
+        #: An interface's addresses, for ``bind IFACE``; None when the agent cannot look them up.
+        self.interfaces = interfaces
         self.hostnet = hostnet
         self.stats = stats or AgentStats()
         self.syncinterval = syncinterval
@@ -252,7 +254,10 @@ class Agent:
         """The configuration with ``bind`` interface names resolved; debug logging applied."""
         config = self.load_config()
         if any(b.bind_lines for b in config.blocks):
-            config = bind.resolve(config, interface_addresses)
+            if self.interfaces is None:
+                raise ConfigError("bind names an interface, and this agent cannot look"
+                                  " interfaces up", config.path)
+            config = bind.resolve(config, self.interfaces)
         # debug is process-wide, as in CoreDNS: any block turns it on.
         root = logging.getLogger()
         if any(b.debug for b in config.blocks):
