@@ -389,6 +389,19 @@ def test_bind_interfaces_errors(text: str, message: str) -> None:
     assert str(info.value) == message
 
 
+def test_bind_interfaces_serving_a_zone_twice_is_an_error() -> None:
+    config = parse_text(".:53 {\n  bind eth0\n}\n.:53 {\n  bind dummy0 eth0\n}")
+    with pytest.raises(ConfigError) as info:
+        bind.resolve(config, FAKE_INTERFACES.get)
+    assert str(info.value) == ("<string>:5:3: bind: zone '.' is served twice on 10.1.0.5"
+                               " port 53 (first by the block at <string>:1:1)")
+    config = parse_text(".:53 {\n  bind 10.1.0.5\n}\n.:53 {\n  bind eth0\n}")
+    with pytest.raises(ConfigError) as info:
+        bind.resolve(config, FAKE_INTERFACES.get)
+    assert str(info.value) == ("<string>:5:3: bind: zone '.' is served twice on 10.1.0.5"
+                               " port 53 (first by the block at <string>:1:1)")
+
+
 def test_bind_interface_lines_are_kept() -> None:
     config = parse_text(".:53 {\n  bind eth0 10.0.0.1 {\n    except lo\n  }\n}")
     assert config.blocks[0].bind_lines == (

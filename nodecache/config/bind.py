@@ -81,10 +81,19 @@ def resolve(config: Config, interface_addresses: Callable[[str], Sequence[str] |
     :raises ConfigError: A name that is no interface, or a block left with no address.
     """
     blocks = []
-    for block in config.blocks:
+    served: dict[tuple[str, int, str], tuple[int, Source | None]] = {}
+    for index, block in enumerate(config.blocks):
         if block.bind_lines:
             block = dataclasses.replace(block, bind=_addresses(block.bind_lines,
                                                                interface_addresses))
+        # The parser checked literal addresses; those of interfaces are known only now.
+        for address in block.bind:
+            for zone in block.zones:
+                first = served.setdefault((address, block.port, zone), (index, block.source))
+                if first[0] != index:
+                    line = block.bind_lines[0] if block.bind_lines else BindLine((), (), block.source)
+                    raise _error(line, f"zone {zone!r} is served twice on {address} port"
+                                 f" {block.port} (first by the block at {first[1]})")
         blocks.append(block)
     return dataclasses.replace(config, blocks=tuple(blocks))
 
