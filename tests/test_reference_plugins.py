@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import struct
 import time
@@ -19,7 +20,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.agentkit import AgentKit
+from tests.agentkit import AgentKit, negative
 from tests.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
 from tests.referencekit import NodeCache, ask
 
@@ -196,3 +197,47 @@ async def test_errors_consolidate_logs_the_line_node_cache_logs(
             assert ours == [expected]
             assert [r.levelno for r in caplog.records if "plugin/errors" in r.getMessage()] \
                 == [logging.WARNING]
+
+
+def classified(query: dns.message.Message, proto: str) -> dns.message.Message:
+    """One name per kind of answer ``log { class }`` tells apart."""
+    name = query.question[0].name.to_text()
+    if name.startswith("nx-soa."):
+        return negative(query)
+    if name.startswith("nx."):
+        return negative(query, soa_ttl=None)
+    if name.startswith("nodata-soa."):
+        return negative(query, rcode=dns.rcode.NOERROR)
+    if name.startswith("nodata."):
+        return negative(query, rcode=dns.rcode.NOERROR, soa_ttl=None)
+    if name.startswith("refused."):
+        return negative(query, rcode=dns.rcode.REFUSED, soa_ttl=None)
+    if name.startswith("fail."):
+        return negative(query, rcode=dns.rcode.SERVFAIL, soa_ttl=None)
+    return answer_from({f"{name} A": "192.0.2.1"})(query, proto)  # type: ignore[return-value]
+
+
+CLASSIFIED = ["ok.example.", "nx-soa.example.", "nx.example.", "nodata-soa.example.",
+              "nodata.example.", "refused.example.", "fail.example."]
+_LOGGED_NAME = re.compile(r'"A IN (\S+) udp')
+
+
+@pytest.mark.parametrize("classes", ["success", "denial", "error", "denial error", "all"])
+async def test_log_classes_log_the_names_node_cache_logs(
+        classes: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nodecache.query")
+    async with FakeUpstream(classified) as up:
+        body = (f"    log . {{\n        class {classes}\n    }}\n"
+                f"    forward . 127.0.0.1:{up.port}")
+        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+            for name in CLASSIFIED:
+                for address in (ref.address, kit.address):
+                    assert await ask(address, dns.message.make_query(name, "A")) is not None
+            theirs: set[str] = set()
+            for _ in range(30):  # node-cache writes its log lines as it answers
+                theirs = set(_LOGGED_NAME.findall(ref.log.read_text()))
+                if theirs:
+                    break
+                await asyncio.sleep(0.1)
+    ours = {m for r in caplog.records for m in _LOGGED_NAME.findall(r.getMessage())}
+    assert ours == theirs, (classes, sorted(ours), sorted(theirs))

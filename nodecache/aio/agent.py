@@ -39,7 +39,7 @@ from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
 from nodecache.config import bind
-from nodecache.config.settings import Config, ServerBlock
+from nodecache.config.settings import Config, LogSettings, ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
@@ -759,6 +759,10 @@ class _SyncingCollector(StatsCollector):
         return super().collect()
 
 
+_ALL_CLASSES = LogSettings().classes
+_TYPE_SOA = 6
+
+
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
                duration: float) -> None:
     """The ``log`` plugin: one CoreDNS Common Log Format line per answered query."""
@@ -769,9 +773,12 @@ def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
         question = wire.parse_query(query)
         rcode = reply[3] & 0xF if len(reply) >= 12 else None
         ancount = wire.read_u16(reply, 6) if len(reply) >= 12 else 0
-        if settings is not None and rcode is not None and \
-                querylog.log_class(rcode, ancount) not in settings.classes:
-            return
+        if settings is not None and rcode is not None and settings.classes != _ALL_CLASSES:
+            # NXDOMAIN and NODATA are denials only with an SOA (CoreDNS's Typify).
+            soa = ancount == 0 and any(r.rtype == _TYPE_SOA
+                                       for r in wire.index_response(reply).authority)
+            if querylog.log_class(rcode, ancount, soa_in_authority=soa) not in settings.classes:
+                return
         host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
         proto = SLOT_PROTO[slot]
         edns = question.edns
