@@ -48,7 +48,7 @@ def is_ip(text: str) -> bool:
     return True
 
 
-def parse_bind(line: Directive, ctx: BlockContext) -> BindLine:
+def parse_bind(line: Directive, ctx: BlockContext) -> tuple[BindLine]:
     # bind ADDRESS|IFACE... {
     #     except ADDRESS|IFACE...
     # }
@@ -62,8 +62,8 @@ def parse_bind(line: Directive, ctx: BlockContext) -> BindLine:
         while len(opt):
             excepted.append(opt.value(_WHAT, target, explain=True))
     tok = line.name
-    return BindLine(tuple(dict.fromkeys(targets)), tuple(dict.fromkeys(excepted)),
-                    Source(tok.file, tok.line, tok.column))
+    return (BindLine(tuple(dict.fromkeys(targets)), tuple(dict.fromkeys(excepted)),
+                     Source(tok.file, tok.line, tok.column)),)
 
 
 def settle(lines: Sequence[BindLine]) -> dict[str, Any]:

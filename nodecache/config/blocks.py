@@ -68,16 +68,14 @@ def _plugins(node: BlockNode, ctx: BlockContext) -> dict[str, Any]:
             quoted = " (quoted, so not a plugin name)" if line.name.quoted else ""
             raise line.name.error(f"expected a plugin ({', '.join(sorted(PLUGINS))}),"
                                   f" found {name!r}{quoted}")
-        field, parse = PLUGINS[name]
-        if name in REPEATABLE:
-            fields[field] = (*fields.get(field, ()), parse(line, ctx))
-            continue
-        if name in seen:
+        if name in seen and name not in REPEATABLE:
             first = seen[name]
             raise line.name.error(f"{name}: plugin used twice in one server block"
                                   f" (first at {first.file}:{first.line}:{first.column})")
         seen[name] = line.name
-        fields[field] = parse(line, ctx)
+        field, parse = PLUGINS[name]
+        value = parse(line, ctx)
+        fields[field] = fields.get(field, ()) + value if name in REPEATABLE else value
     if "bind_lines" in fields:
         fields.update(bind.settle(fields.pop("bind_lines")))
     return fields

@@ -167,7 +167,8 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "timeouts": ("timeouts", parse_timeouts),
 }
 
-#: Plugins that may appear several times in a block; their values are collected in order.
+#: Plugins that may appear several times in a block; their parsers return
+#: tuples, which are joined in the order written.
 REPEATABLE = frozenset({"bind"})
 
 #: node-cache's plugins that nodecache does not have: what to use instead.
