@@ -8,6 +8,7 @@ Corefile touched: both pick it up on reload.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import dns.message
 import pytest
 
 from tests import netns
-from tests.referencekit import NodeCache
+from tests.refnodecache import node_cache
 
 pytestmark = pytest.mark.privileged
 
@@ -90,18 +91,29 @@ def wait_answering(client: str, addresses: list[str], expected: set[str],
     return got
 
 
-def serve_and_probe(start: object, node: str, client: str, conf: Path,
-                    addresses: list[str]) -> tuple[list[str], list[str], list[str]]:
+def probe(node: str, client: str, conf: Path,
+          addresses: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(answering at start, on loopback inside the node, after an address is added and a reload)."""
     expected = {addresses[0], addresses[3], addresses[4]}
-    proc: subprocess.Popen[bytes] = start()  # type: ignore[operator]
+    first = wait_answering(client, addresses, expected)
+    loopback = netns.call(node, answering, ["127.0.0.1", "::1"], PORT)
+    netns.run(node, "ip", "addr", "add", f"{ADDED_V4}/24", "dev", "vnode")
     try:
-        first = wait_answering(client, addresses, expected)
-        loopback = netns.call(node, answering, ["127.0.0.1", "::1"], PORT)
-        netns.run(node, "ip", "addr", "add", f"{ADDED_V4}/24", "dev", "vnode")
         conf.write_text(corefile("3s"))  # a reload resolves vnode again
         after = wait_answering(client, addresses, expected | {ADDED_V4})
-        return first, loopback, after
+    finally:
+        netns.run(node, "ip", "addr", "del", f"{ADDED_V4}/24", "dev", "vnode", check=False)
+    return first, loopback, after
+
+
+@contextlib.contextmanager
+def nodecache(node: str, conf: Path, workdir: Path) -> Iterator[None]:
+    proc = netns.python(node, "-m", "nodecache", "run", "--conf", str(conf), "--localip", "",
+                        "--pidfile", str(workdir / "pid"), "--serving-lock",
+                        str(workdir / "lock"), background=True,
+                        stdout=(workdir / "nodecache.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        yield
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -109,39 +121,22 @@ def serve_and_probe(start: object, node: str, client: str, conf: Path,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        netns.run(node, "ip", "addr", "del", f"{ADDED_V4}/24", "dev", "vnode", check=False)
-        conf.write_text(corefile())
 
 
 def test_bind_interface_except_and_reload_match_node_cache(
         topo: tuple[str, str, list[str]], tmp_path: Path) -> None:
     node, client, addresses = topo
+    (tmp_path / "theirs").mkdir()
+    with node_cache(corefile(), tmp_path / "theirs", host=NODE_V4, port=PORT, ns=node):
+        theirs = probe(node, client, tmp_path / "theirs" / "Corefile", addresses)
     conf = tmp_path / "Corefile"
     conf.write_text(corefile())
-
-    def start_ours() -> subprocess.Popen[bytes]:
-        return netns.python(node, "-m", "nodecache", "run", "--conf", str(conf), "--localip", "",
-                            "--pidfile", str(tmp_path / "pid"), "--serving-lock",
-                            str(tmp_path / "lock"), background=True,
-                            stdout=(tmp_path / "nodecache.log").open("wb"),
-                            stderr=subprocess.STDOUT)
-
-    reference = NodeCache("")
-
-    def start_theirs() -> subprocess.Popen[bytes]:
-        argv = reference.argv()
-        argv[argv.index("-conf") + 1] = str(conf)
-        return netns.popen(node, *argv, stdout=(tmp_path / "node-cache.log").open("wb"),
-                           stderr=subprocess.STDOUT,
-                           env={"KUBE_DNS_SERVICE_HOST": "10.53.0.53", "PATH": "/usr/bin:/bin"})
-
-    try:
-        theirs = serve_and_probe(start_theirs, node, client, conf, addresses)
-    finally:
-        reference.stop()
-    ours = serve_and_probe(start_ours, node, client, conf, addresses)
+    with nodecache(node, conf, tmp_path):
+        ours = probe(node, client, conf, addresses)
     link = addresses[4]
-    logs = {name: (tmp_path / f"{name}.log").read_text()[-3000:] for name in ("node-cache", "nodecache")}
+    logs = {name: path.read_text()[-3000:] for name, path in (
+        ("node-cache", tmp_path / "theirs" / "node-cache.log"),
+        ("nodecache", tmp_path / "nodecache.log"))}
     # Every address of vnode but the excepted one, the link-local one included
     # (bound with its scope), nothing on loopback; the added one after reload.
     assert sorted(theirs[0]) == sorted([NODE_V4, NODE_V6, link]), (theirs, logs)

@@ -1,6 +1,6 @@
 """bufsize and timeouts side by side with node-cache: same Corefile, same clients, same answers.
 
-Each test runs the reference binary (../shared/anchors, see referencekit) and
+Each test runs the reference binary (tests.refnodecache) and
 an in-process agent in front of one fake upstream, then compares what a
 client sees: TC bits, answer counts, the EDNS size asked upstream, and when
 the server closes a TCP connection.
@@ -13,6 +13,7 @@ import re
 import socket
 import struct
 import time
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -22,7 +23,7 @@ import pytest
 
 from tests.agentkit import AgentKit, negative
 from tests.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
-from tests.referencekit import NodeCache, ask
+from tests.refnodecache import free_port, node_cache
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -30,6 +31,53 @@ pytestmark = pytest.mark.usefixtures("loop_errors")
 #: n60: about 1 kB on the wire; n80: about 1.3 kB; n20: about 350 bytes.
 RECORDS = {f"n{n}.example. A": [f"10.0.{i // 250}.{i % 250}" for i in range(n)]
            for n in (20, 60, 80)}
+
+
+class Reference:
+    """node-cache serving one server block's ``body`` on 127.0.0.1, as an async context."""
+
+    def __init__(self, body: str, workdir: Path) -> None:
+        port = free_port()
+        self.address = ("127.0.0.1", port)
+        self.log = workdir / "node-cache.log"
+        self._serving = node_cache(f".:{port} {{\n    bind 127.0.0.1\n{body}\n}}\n", workdir,
+                                   port=port)
+
+    async def __aenter__(self) -> Reference:
+        await asyncio.to_thread(self._serving.__enter__)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self._serving.__exit__, None, None, None)
+
+
+def _udp_ask(address: tuple[str, int], wire: bytes, timeout: float) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(wire, address)
+        try:
+            return sock.recv(65535)
+        except OSError:
+            return None
+
+
+async def ask(address: tuple[str, int], query: dns.message.Message, *, tcp: bool = False,
+              timeout: float = 3.0) -> dns.message.Message | None:
+    """One query over UDP or a fresh TCP connection; None when nothing came back."""
+    wire = query.to_wire()
+    if not tcp:
+        raw = await asyncio.to_thread(_udp_ask, address, wire, timeout)
+        return None if raw is None else dns.message.from_wire(raw)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+    try:
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        head = await asyncio.wait_for(reader.readexactly(2), timeout)
+        data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), timeout)
+        return dns.message.from_wire(data)
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()
 
 
 def sized(query: dns.message.Message, proto: str) -> dns.message.Message | bytes:
@@ -46,9 +94,10 @@ def sized(query: dns.message.Message, proto: str) -> dns.message.Message | bytes
 def seen(reply: dns.message.Message | None) -> tuple[str, bool, int | None]:
     """What a client sees: rcode, TC, number of answer records.
 
-    A truncated reply's records are left out: node-cache keeps those that fit
-    (miekg/dns Truncate), nodecache sends none; either way the client retries
-    over TCP. What bufsize decides is whether TC is set.
+    A truncated reply's records are left out: when the upstream truncates,
+    node-cache passes its empty TC answer on while nodecache asks again over
+    TCP and sends the records that fit; either way the client retries over
+    TCP. What bufsize decides is whether TC is set.
     """
     assert reply is not None
     tc = bool(reply.flags & dns.flags.TC)
@@ -68,10 +117,10 @@ BUFSIZE_QUERIES = [
 
 
 @pytest.mark.parametrize("cache", ["", "cache 30"], ids=["nocache", "cache"])
-async def test_bufsize_answers_match_node_cache(cache: str) -> None:
+async def test_bufsize_answers_match_node_cache(cache: str, tmp_path: Path) -> None:
     async with FakeUpstream(sized) as up:
         body = f"    bufsize 1100\n    {cache}\n    forward . 127.0.0.1:{up.port}"
-        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+        async with Reference(body, tmp_path) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
             for _round in range(2):  # the second round comes from the cache, if any
                 for name, payload, tcp in BUFSIZE_QUERIES:
                     query = dns.message.make_query(name, "A", use_edns=payload is not None,
@@ -106,11 +155,11 @@ async def _closed_after(address: tuple[str, int], *, query: bool) -> float:
         writer.close()
 
 
-async def test_timeouts_close_connections_as_node_cache_does() -> None:
+async def test_timeouts_close_connections_as_node_cache_does(tmp_path: Path) -> None:
     async with FakeUpstream(sized) as up:
         body = (f"    timeouts {{\n        read 1s\n        idle 2\n    }}\n"
                 f"    forward . 127.0.0.1:{up.port}")
-        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+        async with Reference(body, tmp_path) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
             for address in (ref.address, kit.address):
                 silent, after_query = await asyncio.gather(
                     _closed_after(address, query=False), _closed_after(address, query=True))
@@ -120,11 +169,11 @@ async def test_timeouts_close_connections_as_node_cache_does() -> None:
                 assert 1.9 <= after_query < 3.0, (address, after_query)
 
 
-async def test_default_tcp_timeouts_match_node_cache() -> None:
+async def test_default_tcp_timeouts_match_node_cache(tmp_path: Path) -> None:
     """Without the plugin: CoreDNS's 3 s for the first query."""
     async with FakeUpstream(sized) as up:
         body = f"    forward . 127.0.0.1:{up.port}"
-        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+        async with Reference(body, tmp_path) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
             closed = await asyncio.gather(_closed_after(ref.address, query=False),
                                           _closed_after(kit.address, query=False))
             for value in closed:
@@ -169,7 +218,7 @@ async def test_write_timeout_drops_a_client_that_does_not_read() -> None:
 
 
 async def test_errors_consolidate_logs_the_line_node_cache_logs(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """Three upstream timeouts within the period: one line, the same text, no single lines.
 
     The pattern is the one CoreDNS's README suggests; our failure text ends as Go's does.
@@ -178,7 +227,7 @@ async def test_errors_consolidate_logs_the_line_node_cache_logs(
     async with FakeUpstream(lambda q, p: None) as up:
         body = (f'    errors {{\n        consolidate 3s ".* i/o timeout$" warning\n    }}\n'
                 f"    forward . 127.0.0.1:{up.port}")
-        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+        async with Reference(body, tmp_path) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
             queries = [dns.message.make_query(f"n{i}.example.", "A") for i in range(3)]
             replies = await asyncio.gather(*(ask(a, q, timeout=8) for q in queries
                                              for a in (ref.address, kit.address)))
@@ -224,12 +273,12 @@ _LOGGED_NAME = re.compile(r'"A IN (\S+) udp')
 
 @pytest.mark.parametrize("classes", ["success", "denial", "error", "denial error", "all"])
 async def test_log_classes_log_the_names_node_cache_logs(
-        classes: str, caplog: pytest.LogCaptureFixture) -> None:
+        classes: str, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.INFO, logger="nodecache.query")
     async with FakeUpstream(classified) as up:
         body = (f"    log . {{\n        class {classes}\n    }}\n"
                 f"    forward . 127.0.0.1:{up.port}")
-        async with NodeCache(body) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
+        async with Reference(body, tmp_path) as ref, AgentKit(f". {{\n{body}\n}}") as kit:
             for name in CLASSIFIED:
                 for address in (ref.address, kit.address):
                     assert await ask(address, dns.message.make_query(name, "A")) is not None
