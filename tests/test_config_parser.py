@@ -410,3 +410,13 @@ def test_bind_interface_lines_are_kept() -> None:
         BindLine(("eth0", "10.0.0.1"), ("lo",), Source("<string>", 2, 3)),)
     # check-config on another host still describes it.
     assert "<eth0>:53" in describe(config)
+
+
+def test_describe_spells_out_the_new_plugins() -> None:
+    text = describe(parse_text(
+        '.:53 {\n  bufsize 1100\n  timeouts {\n    idle 1m\n  }\n  debug\n'
+        '  errors {\n    consolidate 5m ".* i/o timeout$" warning\n  }\n}'))
+    for needle in ("bufsize     1100 bytes", "TCP read 3s, write 5s, idle 1m",
+                   "debug       on (DEBUG logging)",
+                   "consolidate 5m '.* i/o timeout$' at warning"):
+        assert needle in text, text
