@@ -250,8 +250,10 @@ class Agent:
                 handler.on_log = _log_query
 
     def _load(self) -> Config:
-        """The configuration with ``bind`` interface names resolved; debug logging applied."""
-        config = self.load_config()
+        return self._resolve(self.load_config())
+
+    def _resolve(self, config: Config) -> Config:
+        """``config`` with ``bind`` interface names resolved; applies ``debug`` logging."""
         if any(b.bind_lines for b in config.blocks):
             if self.interfaces is None:
                 raise ConfigError("bind names an interface, and this agent cannot look"
@@ -271,11 +273,14 @@ class Agent:
     # -- start ---------------------------------------------------------------
 
     async def start(self) -> None:
-        config = self._load()
+        config = self.load_config()
         if self.hostnet is not None:
             await asyncio.to_thread(self.hostnet.check_prerequisites)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
+        # After the interface exists: ``bind nodelocaldns`` names it (node-cache, too,
+        # sets up its interface before the server starts).
+        config = self._resolve(config)
         runtime = self._build(config, None)
         self._set_runtimes(self.runtime, runtime)
         await self._wire(runtime, None)

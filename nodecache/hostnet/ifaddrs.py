@@ -15,7 +15,10 @@ import struct
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWADDR, _RTM_GETADDR = 20, 22
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
+#: An IPv6 address still in duplicate address detection, or failed it: not
+#: bindable (EADDRNOTAVAIL), so not listened on (RFC 4862 section 5.4).
+_IFA_F_DADFAILED, _IFA_F_TENTATIVE = 0x08, 0x40
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
 _RTATTR = struct.Struct("=HH")  # length, type
@@ -30,7 +33,8 @@ def interface_addresses(name: str) -> list[str] | None:
     """Every IPv4 and IPv6 address of interface ``name``; None if there is no such interface.
 
     IPv6 link-local addresses carry the interface as scope (``fe80::1%eth0``),
-    as CoreDNS writes them, so that they can be bound.
+    as CoreDNS writes them, so that they can be bound. Tentative IPv6
+    addresses are left out until a reload finds them settled.
     """
     try:
         index = socket.if_nametoindex(name)
@@ -77,7 +81,7 @@ def _dump() -> list[tuple[int, int, bytes]]:
 
 
 def _address(data: bytes, start: int, end: int) -> tuple[int, int, bytes] | None:
-    family, _plen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, start)
+    family, _plen, flags, _scope, index = _IFADDRMSG.unpack_from(data, start)
     attrs: dict[int, bytes] = {}
     offset = start + _IFADDRMSG.size
     while offset + _RTATTR.size <= end:
@@ -90,5 +94,9 @@ def _address(data: bytes, start: int, end: int) -> tuple[int, int, bytes] | None
     # IFA_ADDRESS names the peer; elsewhere only IFA_ADDRESS is there.
     raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
     if family not in (socket.AF_INET, socket.AF_INET6) or raw is None:
+        return None
+    if len(attrs.get(_IFA_FLAGS, b"")) == 4:  # the full 32 bits, when the kernel sends them
+        (flags,) = struct.unpack("=I", attrs[_IFA_FLAGS])
+    if flags & (_IFA_F_TENTATIVE | _IFA_F_DADFAILED):
         return None
     return family, index, raw
