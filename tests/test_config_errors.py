@@ -243,7 +243,7 @@ CASES: list[tuple[str, str]] = [
     ('.:53 {\n  debug on\n}',
      "Corefile:2:9: debug: expected end of line after 'debug', found 'on'"),
     ('.:53 {\n  pprof localhost:6053\n}',
-     "Corefile:2:3: pprof: node-cache has this plugin, nodecache does not (profile the Python process with py-spy or 'python -X importtime' instead)"),
+     "Corefile:2:3: pprof: node-cache has this plugin, nodecache does not (profile the Python process with py-spy instead)"),
     ('.:53 {\n  trace zipkin localhost:9411\n}',
      "Corefile:2:3: trace: node-cache has this plugin, nodecache does not (use 'log' and the coredns_dns_request_duration_seconds metrics instead)"),
     ('.:53 {\n  dnstap unix:///var/run/dnstap.sock full\n}',

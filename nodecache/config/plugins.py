@@ -175,6 +175,6 @@ REPEATABLE = frozenset({"bind"})
 NOT_IMPLEMENTED = {
     "dnstap": "use 'log' for a line per query, or capture with tcpdump on the node",
     "metadata": "no nodecache plugin reads metadata; remove the line",
-    "pprof": "profile the Python process with py-spy or 'python -X importtime' instead",
+    "pprof": "profile the Python process with py-spy instead",
     "trace": "use 'log' and the coredns_dns_request_duration_seconds metrics instead",
 }
