@@ -163,8 +163,8 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "loop": ("loop", parse_flag("loop")),
     "prometheus": ("prometheus", parse_address_plugin("prometheus", DEFAULT_PROMETHEUS)),
     "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
-    "reload": ("reload", parse_reload),
     "timeouts": ("timeouts", parse_timeouts),
+    "reload": ("reload", parse_reload),
 }
 
 #: Plugins that may appear several times in a block; their parsers return

@@ -188,6 +188,14 @@ class ServerBlock:
     #: Addresses to listen on; empty means every address (0.0.0.0 and ::) unless
     #: ``bind_lines`` is set.
     bind: tuple[str, ...] = ()
+    #: ``bind`` lines with interface names; ``bind`` holds their addresses once resolved
+    #: (:func:`nodecache.config.bind.resolve`), and is empty before.
+    bind_lines: tuple[BindLine, ...] = ()
+    #: ``bufsize``: UDP answers and the EDNS size asked upstream are held to this, bytes.
+    bufsize: int | None = None
+    timeouts: TimeoutSettings | None = None
+    #: ``debug``: log at DEBUG level (process-wide, as CoreDNS).
+    debug: bool = False
     cache: CacheSettings | None = None
     forward: ForwardSettings | None = None
     #: ``errors`` settings, or None when the block does not log errors.
@@ -201,14 +209,6 @@ class ServerBlock:
     #: ``ready`` address (host:port) or None.
     ready: str | None = None
     reload: ReloadSettings | None = None
-    #: ``bufsize``: UDP answers and the EDNS size asked upstream are held to this, bytes.
-    bufsize: int | None = None
-    timeouts: TimeoutSettings | None = None
-    #: ``debug``: log at DEBUG level (process-wide, as CoreDNS).
-    debug: bool = False
-    #: ``bind`` lines with interface names; ``bind`` holds their addresses once resolved
-    #: (:func:`nodecache.config.bind.resolve`), and is empty before.
-    bind_lines: tuple[BindLine, ...] = ()
     source: Source | None = None
 
     @property
