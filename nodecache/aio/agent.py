@@ -189,7 +189,7 @@ class Agent:
             handler = by_blockset.get(ident)
             if handler is None:
                 zones = [z for b in blocks for z in zones_by_block[id(b)]]
-                handler = by_blockset[ident] = QueryHandler(zones)
+                handler = by_blockset[ident] = QueryHandler(zones, on_log=_log_query)
             handlers[address] = handler
         runtime = Runtime(config, all_zones, handlers)
         for handler in runtime.unique_handlers():
@@ -246,8 +246,6 @@ class Agent:
         for handler in runtime.unique_handlers():
             resolver = Resolver(handler, runtime.forwarders, self.stats, runtime.errors)
             runtime.resolvers[id(handler)] = resolver
-            if any(z.block.log is not None for z in handler.zones.values()):
-                handler.on_log = _log_query
 
     def _load(self) -> Config:
         return self._resolve(self.load_config())

@@ -103,6 +103,10 @@ class Zone:
             self.forward_except = tuple(map(wire.zone_to_wire, forward.except_zones))
 
 
+#: A query-log writer: (zone, client address, query, reply, slot, duration in s).
+LogQuery = Callable[["Zone", object, bytes, bytes, int, float], None]
+
+
 @dataclass(slots=True, eq=False)
 class Miss:
     """A query that needs the upstream; carries what the reply must echo."""
@@ -140,14 +144,15 @@ class Outcome:
 class QueryHandler:
     """Answers queries for one set of server blocks (those on one listener set)."""
 
-    def __init__(self, zones: Sequence[Zone]) -> None:
+    def __init__(self, zones: Sequence[Zone], *, on_log: LogQuery | None = None) -> None:
         #: key -> Entry for every block: the hit path's only look-up.
         self.index: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
-        #: Called with a background Miss to refresh (prefetch, stale refresh).
+        #: Called with a background Miss to refresh (prefetch, stale refresh);
+        #: the resolver that runs this handler's misses sets it.
         self.refresh: Callable[[Miss], None] = lambda miss: None
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
-        self.on_log: Callable[[Zone, object, bytes, bytes, int, float], None] | None = None
+        self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
         self.loop_probes: dict[bytes, int] = {}
         self._logging = any(z.block.log is not None for z in zones)
