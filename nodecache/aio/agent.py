@@ -30,8 +30,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
