@@ -19,6 +19,7 @@ from pathlib import Path
 import dns.message
 import pytest
 
+from nodecache.hostnet.ifaddrs import interface_addresses
 from tests import netns
 from tests.refnodecache import node_cache
 
@@ -143,3 +144,24 @@ def test_bind_interface_except_and_reload_match_node_cache(
     assert theirs[1] == [], (theirs, logs)
     assert sorted(theirs[2]) == sorted([NODE_V4, ADDED_V4, NODE_V6, link]), (theirs, logs)
     assert ours == theirs, (ours, logs)
+
+
+def test_interface_addresses_leave_out_tentative_ipv6() -> None:
+    """An address in duplicate address detection cannot be bound yet: not listed until settled."""
+    netns.sweep_stale()
+    with netns.namespace("dada") as a, netns.namespace("dadb") as b, \
+            netns.veth_pair(a, "vdad", b, "vpeer"):
+        netns.run(a, "sysctl", "-qw", "net.ipv6.conf.vdad.accept_dad=1",
+                  "net.ipv6.conf.vdad.dad_transmits=3")
+        netns.run(a, "ip", "addr", "add", "10.54.0.1/24", "dev", "vdad")
+        netns.run(a, "ip", "addr", "add", "fd54::1/64", "dev", "vdad")  # DAD: about 3 s
+        first = netns.call(a, interface_addresses, "vdad")
+        assert "10.54.0.1" in first and "fd54::1" not in first, first
+        settled: list[str] = []
+        for _ in range(100):
+            settled = netns.call(a, interface_addresses, "vdad")
+            if "fd54::1" in settled:
+                break
+            time.sleep(0.1)
+        assert "fd54::1" in settled, settled
+        assert netns.call(a, interface_addresses, "nosuch0") is None
