@@ -22,6 +22,7 @@ from nodecache.errors import ConfigError, NodecacheError
 from nodecache.hostnet.commands import setup as setup_command
 from nodecache.hostnet.commands import teardown as teardown_command
 from nodecache.hostnet.flags import normalize_nodecache_argv
+from nodecache.hostnet.ifaddrs import interface_addresses
 
 log = logging.getLogger("nodecache")
 
@@ -209,7 +210,8 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
                       skipteardown=skipteardown, pidfile=pidfile,
                       extra_metrics_address=metrics_listen_address or prometheus_listen_address,
                       watch_interval=TEMPLATE_WATCH_INTERVAL if basecorefile else None,
-                      cache_snapshot=cache_snapshot, serving_lock=serving_lock)
+                      cache_snapshot=cache_snapshot, serving_lock=serving_lock,
+                      interfaces=interface_addresses)
         if channel is None:
             await agent.run()
             return
