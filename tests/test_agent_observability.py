@@ -106,8 +106,10 @@ async def test_health_and_ready() -> None:
         finally:
             stopping = asyncio.ensure_future(kit.close())
             await asyncio.sleep(0.1)
-            # Lameduck: /health fails while queries are still answered.
-            assert (await kit.http_get("/health"))[0] == 503
+            # Lameduck: /ready fails at once, /health stays 200 (a liveness probe
+            # must not kill a draining agent) and queries are still answered.
+            assert (await kit.http_get("/ready"))[0] == 503
+            assert await kit.http_get("/health") == (200, b"OK")
             assert rcode_text(await kit.query("a.example.")) == "NOERROR"
             await stopping
 

@@ -1,6 +1,7 @@
 """The per-query decision without sockets: an injected clock and a fake upstream function."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 import dns.flags
@@ -13,6 +14,7 @@ from nodecache.config import parse_text
 from nodecache.core import wire
 from nodecache.core.handler import Miss, QueryHandler
 from nodecache.core.runtime import single_handler
+from nodecache.core.stats import SIZE_BUCKETS
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
@@ -82,6 +84,26 @@ CLUSTER = """cluster.local:53 {
 
 def q(name: str = "svc.cluster.local.", rdtype: str = "A", **kw: object) -> dns.message.Message:
     return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+
+
+def test_hit_sizes_follow_the_reply_sent() -> None:
+    """EDNS hits carry our OPT, truncated hits their short form: sizes as sent."""
+    many = [f"10.0.0.{i}" for i in range(1, 41)]  # 40 A records: over 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    big = q(use_edns=0, payload=4096).to_wire()
+    plain = q(use_edns=False).to_wire()
+    d.ask(big)  # the miss that stores the entry
+    replies = [d.handler.handle(query, d.now, 0) for query in (big, plain, big)]
+    assert all(isinstance(r, bytes) for r in replies)
+    assert dns.message.from_wire(replies[1]).flags & dns.flags.TC  # truncated for plain UDP
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert request.count == response.count == 4
+    assert request.sum == 3 * len(big) + len(plain)
+    assert response.sum == len(replies[0]) * 2 + len(replies[1]) + len(replies[2])
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[0]))] == 3
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[1]))] == 1
 
 
 def test_ttl_counts_down_and_entry_expires() -> None:
@@ -357,5 +379,13 @@ def test_hits_are_counted_at_sync() -> None:
     d.handler.sync_stats()
     assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
     assert zone.stats.requests[("udp", "1", "A")] == 5
-    assert zone.stats.responses[("NOERROR", "cache")] == 4
-    assert zone.stats.responses[("NOERROR", "forward")] == 1
+    # The miss too: as in CoreDNS, the reply is written through the cache.
+    assert zone.stats.responses[("NOERROR", "cache")] == 5
+    # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
+    query_size = len(q().to_wire())
+    reply_size = len(d.handler.handle(q().to_wire(), d.now, 0))  # type: ignore[arg-type]
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert (request.count, request.sum) == (5, 5 * query_size)
+    assert (response.count, response.sum) == (5, 5 * reply_size)
+    assert request.counts[bisect_left(SIZE_BUCKETS, query_size)] == 5
+    assert ("NOERROR", "forward") not in zone.stats.responses

@@ -30,20 +30,18 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from nodecache.aio.forwarder import Forwarder
-from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
+from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
 from nodecache.aio.resolver import Resolver
-from nodecache.aio.server import Listener, queue_fill
+from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
-from nodecache.config.settings import Config
+from nodecache.config.settings import Config, ServerBlock
 from nodecache.core import wire
 from nodecache.core import runtime as _runtime
 from nodecache.core.handler import QueryHandler, Zone, zone_wire
-from nodecache.core.stats import AgentStats, ForwardStats
+from nodecache.core.stats import AgentStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
-from nodecache.metrics import StatsCollector
+from nodecache.metrics import StatsCollector, enabled_plugins, make_registry
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +125,8 @@ class Agent:
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.http = HttpEndpoints()
         self.collector = _SyncingCollector(self)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-        self.healthy = True
+        self.registry = make_registry(self.collector)
+        #: /ready: true from serving (listeners bound, rules in place) until SIGTERM.
         self.ready = False
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -141,7 +138,7 @@ class Agent:
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
         zones, handlers = _runtime.build(config, previous.zones if previous else (), self._index,
-                                         on_log=_log_query)
+                                         on_log=_log_query, server_stats=_server_stats)
         return Runtime(config, zones, handlers)
 
     _pending: Runtime | None = None
@@ -204,6 +201,7 @@ class Agent:
         self._spawn(self._gc_loop())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
+        self._spawn(self._health_self_check())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
 
@@ -293,9 +291,9 @@ class Agent:
         await self.http.close()
         self.http = HttpEndpoints()
         for address in prometheus + extra:
-            await self.http.start(address, {"/metrics": metrics_route(self.registry)})
+            await self.http.start(address, {"/metrics": metrics_route(self.registry, self.stats)})
         for address in health:
-            await self.http.start(address, {"/health": health_route(lambda: self.healthy)})
+            await self.http.start(address, {"/health": health_route()})
         for address in ready:
             await self.http.start(address, {"/ready": ready_route(lambda: self.ready)})
         self._http_config = wanted
@@ -396,6 +394,11 @@ class Agent:
             except Exception:
                 log.exception("re-checking the interface and rules failed")
 
+    async def _health_self_check(self) -> None:
+        """The ``health`` plugin's self-check (coredns_health_request_* metrics)."""
+        # self.http is replaced on reload: look the address up afresh each time.
+        await self_check(lambda: self.http.address_of("/health"), "/health", self.stats)
+
     async def _reload_loop(self) -> None:
         """The ``reload`` plugin: poll the Corefile's digest."""
         while not self.stopping.is_set():
@@ -474,7 +477,9 @@ class Agent:
         if self.stopping.is_set():
             return
         self.stopping.set()
-        self.healthy = False
+        # /ready fails from the signal on, so that whatever routes by readiness
+        # stops sending first; /health stays 200 until the listeners close.
+        self.ready = False
         # No reload or resync may start (or finish) behind our back: a reload
         # racing SIGTERM is how node-cache hung (kubernetes/dns#394).
         for task in list(self._tasks):
@@ -496,7 +501,6 @@ class Agent:
                                        SHUTDOWN_GRACE * 2)
             except Exception:
                 log.exception("teardown failed")
-        self.ready = False
         for task in list(self._tasks):
             task.cancel()
         try:
@@ -596,6 +600,9 @@ class Agent:
         while True:
             read = sum(listener.read_queued() for listener in listeners)
             queued += read
+            now = loop.time()
+            for listener in listeners:  # TCP: end idle connections, all of them near the end
+                listener.end_connections(now, force=now >= deadline - TCP_DRAIN_FORCE)
             inflight = sum(r.busy for r in resolvers) \
                 + sum(listener.busy() for listener in listeners)
             if not read and not inflight:
@@ -651,6 +658,10 @@ class _SyncingCollector(StatsCollector):
             for handler in runtime.unique_handlers():
                 handler.sync_stats()
         return super().collect()
+
+
+def _server_stats(block: ServerBlock, zone: str) -> ServerStats:
+    return ServerStats(block.server, zone, plugins=enabled_plugins(block))
 
 
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,

@@ -528,8 +528,9 @@ class Forwarder:
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
-        stats.responses[(up.name, rcode_name(answer[3]))] += 1
-        stats.duration[up.name].observe(self._loop.time() - sent)
+        rcode = rcode_name(answer[3])
+        stats.responses[(up.name, rcode)] += 1
+        stats.duration[(up.name, rcode)].observe(self._loop.time() - sent)
 
     # -- UDP -----------------------------------------------------------------------------
 

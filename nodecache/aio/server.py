@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Callable
 
 from nodecache.core.handler import QueryHandler
@@ -29,6 +31,16 @@ TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CONNECTIONS = 1024
 #: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
 TCP_MAX_INFLIGHT = 64
+#: During the drain, a client connection that has sent no query for this long
+#: is ended (FIN); one still busy is served on, until TCP_DRAIN_FORCE before
+#: the drain's deadline, s. A client that keeps sending then loses what it
+#: sends after our FIN unless it retries it on a new connection.
+TCP_DRAIN_IDLE = 0.25
+TCP_DRAIN_FORCE = 1.0
+#: After our FIN, how long the client has to close its side before we close
+#: the socket anyway, s. Waiting for it means nothing it sent is left unread,
+#: so our close sends no RST (which could destroy answers not yet read).
+TCP_FIN_LINGER = 2.0
 
 
 def _family(address: str) -> int:
@@ -130,7 +142,23 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One client connection: length-prefixed queries in, replies out as each completes."""
+    """One client connection: length-prefixed queries in, replies out as each completes.
+
+    Closing it from our side (:meth:`finish`: the idle timeout, the drain at
+    shutdown) never loses a query that was read, and the client can tell
+    where the answers stop (RFC 7766 section 6.2.3):
+
+    1. reading goes on to the next frame boundary: a query half-read is read
+       whole and answered, and so is everything already in the kernel's
+       receive queue;
+    2. once nothing is half-read and every query read has its answer written,
+       we send FIN (``write_eof``) right behind the last answer;
+    3. the connection stays open for reading until the client closes its side
+       (or TCP_FIN_LINGER passes), so closing sends no RST. Queries that still
+       arrive after our FIN were sent before the client saw it: they are not
+       answered (they cannot be), and the client, seeing EOF, retries them on
+       a new connection, which goes to the successor.
+    """
 
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
@@ -143,6 +171,12 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.addr: object = None
+        #: finish() was called: FIN at the next point between answers.
+        self.finishing = False
+        #: Our FIN is out; the client's side is what we wait for.
+        self.fin_sent = False
+        #: Bytes that arrived after our FIN (queries the client must retry).
+        self.late_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -160,8 +194,10 @@ class TcpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_activity
         if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
-            if self.transport is not None:
-                self.transport.close()
+            if self.buffer and self.transport is not None:
+                self.transport.close()  # a frame begun long ago will not be finished
+                return
+            self.finish()
             return
         self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
 
@@ -171,7 +207,34 @@ class TcpConnection(asyncio.Protocol):
             self.timer.cancel()
         self.transport = None
 
+    def finish(self) -> None:
+        """Close between answers: FIN once nothing is half-read or unanswered."""
+        self.finishing = True
+        self._fin_if_done()
+
+    def _fin_if_done(self) -> None:
+        transport = self.transport
+        if self.fin_sent or transport is None or self.buffer or self.inflight:
+            return
+        if _unread(transport):
+            return  # queries the loop has not read yet: data_received comes back here
+        self.fin_sent = True
+        if self.paused:
+            transport.resume_reading()  # to see the client's FIN
+            self.paused = False
+        if self.eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # after every answer already written
+        loop = asyncio.get_running_loop()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = loop.call_later(TCP_FIN_LINGER, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self.fin_sent:
+            self.late_bytes += len(data)  # read, so that closing sends no RST
+            return
         buffer = self.buffer
         buffer += data
         listener = self.listener
@@ -202,6 +265,8 @@ class TcpConnection(asyncio.Protocol):
                 if self.inflight >= TCP_MAX_INFLIGHT and self.transport is not None:
                     self.transport.pause_reading()
                     self.paused = True
+        if self.finishing:
+            self._fin_if_done()
 
     def _deliver(self, reply: bytes) -> None:
         self.inflight -= 1
@@ -210,6 +275,10 @@ class TcpConnection(asyncio.Protocol):
         if self.eof and self.inflight == 0 and self.transport is not None:
             self.transport.close()  # the last answer after a half-close
             return
+        if self.finishing:
+            self._fin_if_done()
+            if self.fin_sent:
+                return
         if self.paused and self.inflight < TCP_MAX_INFLIGHT // 2 and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -222,7 +291,26 @@ class TcpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).
         self.eof = True
-        return self.inflight > 0 or None
+        if self.late_bytes:
+            log.info("%s sent %d bytes after our FIN (unanswered; it retries elsewhere)",
+                     self.addr, self.late_bytes)
+        return (self.inflight > 0 and not self.fin_sent) or None
+
+
+def _unread(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the kernel's receive queue of a connection (FIONREAD).
+
+    A FIN must not go out while the client's queries sit there unread: the
+    event loop reads them only at its next poll, and they would be lost.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                  b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class TcpListener:
@@ -254,6 +342,8 @@ class Listener:
         self.tcp_sock: socket.socket | None = None
         #: :meth:`stop_receiving` has run: no new datagram or connection comes to us.
         self.receiving = True
+        #: The open TCP connections are being ended (:meth:`end_connections`).
+        self.draining = False
 
     @property
     def slot(self) -> int:
@@ -291,7 +381,8 @@ class Listener:
     #   A wildcard socket (0.0.0.0, ::) would take a route's source address on
     #   connect, so it is only read dry before closing.
     # * TCP: accept whatever completed its handshake, then close the listening
-    #   socket; open connections are served until their queries are answered.
+    #   socket; open connections are served on, and each is ended between
+    #   answers once idle (end_connections, TcpConnection.finish).
 
     async def stop_receiving(self) -> None:
         """Leave the SO_REUSEPORT groups; queued datagrams and open connections stay ours."""
@@ -324,6 +415,7 @@ class Listener:
                     await loop.connect_accepted_socket(self.tcp.protocol, sock=conn)
                 except OSError:
                     conn.close()
+            self.draining = True
 
     def read_queued(self, limit: int = 10000) -> int:
         """Answer the datagrams queued on the UDP socket now; return how many were read."""
@@ -342,9 +434,28 @@ class Listener:
             udp.datagram_received(data, addr)
         return count
 
+    def end_connections(self, now: float, force: bool = False) -> None:
+        """During the drain: end (FIN, between answers) the connections gone idle.
+
+        Each ends once it has sent no query for TCP_DRAIN_IDLE (its client is
+        between bursts, or done), or at once with ``force``; its client
+        reconnects to the successor, which now gets every new connection.
+        """
+        if self.tcp is None:
+            return
+        for connection in list(self.tcp.connections):
+            if force or now - connection.last_activity >= TCP_DRAIN_IDLE:
+                connection.finish()
+
     def busy(self) -> int:
-        """Queries in flight on this listener's open TCP connections."""
-        return sum(c.inflight for c in self.tcp.connections) if self.tcp is not None else 0
+        """Queries in flight on open TCP connections, plus, while draining, the connections.
+
+        This is what the drain waits for: answers owed, connections still in
+        use, and clients to close after our FIN.
+        """
+        if self.tcp is None:
+            return 0
+        return sum(c.inflight + self.draining for c in self.tcp.connections)
 
     async def close(self) -> None:
         self.read_queued()  # the last ones in (none, if stop_receiving ran first)

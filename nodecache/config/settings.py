@@ -157,7 +157,15 @@ class ServerBlock:
 
     @property
     def server(self) -> str:
-        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``."""
+        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``.
+
+        With one ``bind`` address CoreDNS names it: ``dns://169.254.20.10:53``.
+        With several it keeps one series per address; ours are per block, so
+        they keep the unbound spelling (docs/metrics.md).
+        """
+        if len(self.bind) == 1:
+            host = self.bind[0]
+            return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
         return f"dns://:{self.port}"
 
 

@@ -14,7 +14,7 @@ Rules:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from nodecache.config.settings import Config, ServerBlock
@@ -24,6 +24,8 @@ from nodecache.core.stats import CacheStats, ServerStats
 
 #: Listener address -> the handler serving it.
 Handlers = dict[tuple[str, int], QueryHandler]
+#: A zone's counters, made for (block, zone name).
+MakeStats = Callable[[ServerBlock, str], ServerStats]
 
 
 class EntryIndex:
@@ -69,7 +71,12 @@ def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
     return (zone, block.port, block.cache, block.forward, block.loadbalance)
 
 
-def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex) -> list[Zone]:
+def _plain_stats(block: ServerBlock, zone: str) -> ServerStats:
+    return ServerStats(block.server, zone)
+
+
+def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
+                server_stats: MakeStats = _plain_stats) -> list[Zone]:
     """Every zone of every block, reusing ``previous`` zones and caches (rule 1)."""
     old_zones: dict[tuple[object, ...], Zone] = {}
     old_caches: dict[tuple[object, ...], Zone] = {}
@@ -83,7 +90,7 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex) -> 
             if reused is not None and reused.block == block:
                 zones.append(reused)
                 continue
-            zone = Zone(name, block, ServerStats(block.server, name), None, None)
+            zone = Zone(name, block, server_stats(block, name), None, None)
             if block.cache is not None:
                 donor = old_caches.get(_cache_identity(block, name))
                 if donor is not None and donor.cache is not None:
@@ -99,13 +106,14 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex) -> 
 
 
 def build(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
-          on_log: LogQuery | None = None) -> tuple[list[Zone], Handlers]:
+          on_log: LogQuery | None = None,
+          server_stats: MakeStats = _plain_stats) -> tuple[list[Zone], Handlers]:
     """The zones and one handler per set of blocks sharing a listener.
 
     Entries of reused caches are indexed in the new handlers at once; call
     ``index.track`` with the new handlers before the caches change.
     """
-    zones = build_zones(config, previous, index)
+    zones = build_zones(config, previous, index, server_stats=server_stats)
     by_block: dict[int, list[Zone]] = {}
     at = iter(zones)
     for block in config.blocks:
