@@ -44,7 +44,7 @@ from nodecache.config.settings import Config, LogSettings, ServerBlock
 from nodecache.core import wire
 from nodecache.core import runtime as _runtime
 from nodecache.core.handler import QueryHandler, Zone, zone_wire
-from nodecache.core.stats import AgentStats, ForwardStats
+from nodecache.core.stats import AgentStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.metrics import StatsCollector, enabled_plugins, make_registry
 
@@ -150,7 +150,7 @@ class Agent:
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
         zones, handlers = _runtime.build(config, previous.zones if previous else (), self._index,
-                                         on_log=_log_query, plugins=enabled_plugins)
+                                         on_log=_log_query, server_stats=_server_stats)
         self.hosts_files.check(hosts_stages(zones), time.monotonic())
         return Runtime(config, zones, handlers)
 
@@ -710,6 +710,10 @@ class _SyncingCollector(StatsCollector):
 
 _ALL_CLASSES = LogSettings().classes
 _TYPE_SOA = 6
+
+
+def _server_stats(block: ServerBlock, zone: str) -> ServerStats:
+    return ServerStats(block.server, zone, plugins=enabled_plugins(block))
 
 
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,

@@ -24,6 +24,8 @@ from nodecache.core.stats import CacheStats, ServerStats
 
 #: Listener address -> the handler serving it.
 Handlers = dict[tuple[str, int], QueryHandler]
+#: A zone's counters, made for (block, zone name).
+MakeStats = Callable[[ServerBlock, str], ServerStats]
 
 
 class EntryIndex:
@@ -71,12 +73,13 @@ def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
             block.template, block.rewrite, block.dns64, block.whoami)
 
 
-def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex,
-                plugins: Callable[[ServerBlock], tuple[str, ...]] | None = None) -> list[Zone]:
-    """Every zone of every block, reusing ``previous`` zones and caches (rule 1).
+def _plain_stats(block: ServerBlock, zone: str) -> ServerStats:
+    return ServerStats(block.server, zone)
 
-    :param plugins: A block's plugin names, for ``coredns_plugin_enabled``.
-    """
+
+def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
+                server_stats: MakeStats = _plain_stats) -> list[Zone]:
+    """Every zone of every block, reusing ``previous`` zones and caches (rule 1)."""
     old_zones: dict[tuple[object, ...], Zone] = {}
     old_caches: dict[tuple[object, ...], Zone] = {}
     for zone in previous:
@@ -89,9 +92,7 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex,
             if reused is not None and reused.block == block:
                 zones.append(reused)
                 continue
-            stats = ServerStats(block.server, name,
-                                plugins=plugins(block) if plugins is not None else ())
-            zone = Zone(name, block, stats, None, None)
+            zone = Zone(name, block, server_stats(block, name), None, None)
             if block.cache is not None:
                 donor = old_caches.get(_cache_identity(block, name))
                 if donor is not None and donor.cache is not None:
@@ -108,14 +109,13 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex,
 
 def build(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
           on_log: LogQuery | None = None,
-          plugins: Callable[[ServerBlock], tuple[str, ...]] | None = None
-          ) -> tuple[list[Zone], Handlers]:
+          server_stats: MakeStats = _plain_stats) -> tuple[list[Zone], Handlers]:
     """The zones and one handler per set of blocks sharing a listener.
 
     Entries of reused caches are indexed in the new handlers at once; call
     ``index.track`` with the new handlers before the caches change.
     """
-    zones = build_zones(config, previous, index, plugins)
+    zones = build_zones(config, previous, index, server_stats=server_stats)
     by_block: dict[int, list[Zone]] = {}
     at = iter(zones)
     for block in config.blocks:
