@@ -135,8 +135,10 @@ def _add_hist(into: dict[Labels, _Hist], key: Labels, h: Histogram) -> None:
 
 #: ServerBlock fields that are not plugins of the query chain: CoreDNS lists
 #: only the chain's handlers in ``coredns_plugin_enabled`` (not bind, health,
-#: ready or reload, which set the server up but never see a query).
-_NOT_HANDLERS = frozenset({"zones", "port", "bind", "health", "ready", "reload", "source"})
+#: ready, reload, timeouts or debug, which set the server up but never see a
+#: query; node-cache lists bufsize and not those, measured).
+_NOT_HANDLERS = frozenset({"zones", "port", "bind", "bind_lines", "health", "ready", "reload",
+                           "timeouts", "debug", "source"})
 
 
 def enabled_plugins(block: object) -> tuple[str, ...]:

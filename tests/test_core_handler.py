@@ -389,3 +389,59 @@ def test_hits_are_counted_at_sync() -> None:
     assert (response.count, response.sum) == (5, 5 * reply_size)
     assert request.counts[bisect_left(SIZE_BUCKETS, query_size)] == 5
     assert ("NOERROR", "forward") not in zone.stats.responses
+
+
+# -- bufsize -------------------------------------------------------------------
+
+def _records(count: int) -> Upstream:
+    """``count`` A records for any name: 16 bytes each on the wire, plus the header and question."""
+    make = answer_a(30, *(f"10.0.{i // 250}.{i % 250}" for i in range(count)))
+
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        reply = make(q)
+        reply.request_payload = wire.MAX_MESSAGE  # whole, as over TCP
+        return reply
+    return upstream
+
+
+# (bufsize line, records in the answer, client EDNS size or None, TCP, expect TC)
+BUFSIZE_CASES = [
+    ("bufsize 1100", 60, 4096, False, False),  # about 1 kB: fits 1100
+    ("bufsize 1100", 80, 4096, False, True),  # about 1.3 kB: over 1100, under the client's 4096
+    ("bufsize 1100", 80, 1000, False, True),  # the client's smaller size still counts
+    ("bufsize 1100", 60, 1000, False, False),
+    ("bufsize 1100", 80, 4096, True, False),  # TCP: no limit
+    ("bufsize 512", 30, 4096, False, True),  # about 520 bytes
+    ("bufsize 512", 20, None, False, False),  # no EDNS: 512 as always
+    ("", 80, 4096, False, False),  # without bufsize the client's size rules
+]
+
+
+@pytest.mark.parametrize("line,count,payload,tcp,tc", BUFSIZE_CASES)
+@pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
+def test_bufsize_caps_udp_answers(line: str, count: int, payload: int | None, tcp: bool,
+                                  tc: bool, warm: bool) -> None:
+    driver = Driver(f". {{\n cache 30\n {line}\n forward . 127.0.0.1\n}}", _records(count))
+    query = dns.message.make_query("big.example.", "A", use_edns=payload is not None,
+                                   payload=payload or 0)
+    if warm:
+        assert driver.ask(query, tcp=True) is not None
+    result = driver.handler.handle(query.to_wire(), driver.now, 2 if tcp else 0)
+    raw = driver.resolve(result) if isinstance(result, Miss) else result
+    assert isinstance(raw, bytes)
+    reply = dns.message.from_wire(raw)
+    assert bool(reply.flags & dns.flags.TC) is tc
+    answers = len(reply.answer[0]) if reply.answer else 0
+    if tc:  # the leading records that fit, as node-cache sends
+        bufsize = int(line.split()[1])
+        assert len(raw) <= min(bufsize, payload or 512) and answers < count
+    else:
+        assert answers == count
+
+
+@pytest.mark.parametrize("line,payload", [("bufsize 1100", 1100), ("bufsize 4096", 4096),
+                                          ("", wire.OUR_UDP_PAYLOAD)])
+def test_bufsize_is_the_size_asked_upstream(line: str, payload: int) -> None:
+    driver = Driver(f". {{\n {line}\n forward . 127.0.0.1\n}}", _records(1))
+    driver.ask(dns.message.make_query("a.example.", "A", use_edns=0, payload=4096))
+    assert [q.payload for q in driver.upstream_queries] == [payload]

@@ -51,7 +51,9 @@ def corefile(ip: str) -> str:
     return (f"example:{PORT} {{\n    errors\n    cache 30\n    reload\n    loop\n"
             f"    bind {ip}\n    forward . {kit.UPSTREAM_IP}:53 {{\n        force_tcp\n    }}\n"
             f"    prometheus {ip}:{METRICS}\n    health {ip}:{HEALTH}\n}}\n"
+            # bufsize is a handler (in coredns_plugin_enabled), timeouts is not
             f".:{PORT} {{\n    errors\n    cache 30\n    reload\n    loop\n    bind {ip}\n"
+            f"    bufsize 1232\n    timeouts {{\n        idle 30s\n    }}\n"
             f"    forward . {kit.UPSTREAM_IP}:53\n    prometheus {ip}:{METRICS}\n}}\n")
 
 

@@ -593,7 +593,9 @@ class Forwarder:
         elif sock is not None:
             q.sock = None
             q.late.append((q.up, sock, q.qid))
-        self._try_failed(q, Failure.TIMEOUT, f"no answer within {self.settings.try_timeout}s")
+        # Go's words end the text: CoreDNS's consolidate patterns expect them (".* i/o timeout$").
+        self._try_failed(q, Failure.TIMEOUT,
+                         f"no answer within {self.settings.try_timeout}s: i/o timeout")
 
     async def _udp_wait(self, sock: socket.socket, qid: int, deadline: float) -> bytes:
         """The first datagram answering ``qid`` (health checks)."""

@@ -15,6 +15,7 @@ import struct
 import termios
 from collections.abc import Callable
 
+from nodecache.config.settings import TimeoutSettings
 from nodecache.core.handler import QueryHandler
 from nodecache.core.stats import AgentStats
 
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 #: Not more: under a flood a deeper queue only delays every client's answers
 #: past the point where they retry (4 MB measured: seconds behind a flood).
 UDP_RCVBUF = 1024 * 1024
-#: Close a TCP connection with no complete query for this long, s (CoreDNS: 10 s idle).
+#: TCP timeouts without a ``timeouts`` plugin, s (CoreDNS's): a new connection
+#: must bring its first query within READ, later ones within IDLE of the last
+#: activity; a reply the client does not take within WRITE closes it.
+TCP_READ_TIMEOUT = 3.0
 TCP_IDLE_TIMEOUT = 10.0
+TCP_WRITE_TIMEOUT = 5.0
 #: TCP connections per listener; beyond it new ones are closed at once (RFC 7766 section 6.2.2).
 TCP_MAX_CONNECTIONS = 1024
 #: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
@@ -61,7 +66,9 @@ def bound_socket(address: str, port: int, kind: int) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
             except OSError:
                 pass
-        sock.bind((address, port))
+        host, _, scope = address.partition("%")
+        # A link-local IPv6 address is bound with its interface (``fe80::1%eth0``).
+        sock.bind((host, port, 0, socket.if_nametoindex(scope)) if scope else (host, port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -169,7 +176,11 @@ class TcpConnection(asyncio.Protocol):
         #: The client half-closed: close once nothing is in flight.
         self.eof = False
         self.last_activity = 0.0
+        #: A whole query came: the idle timeout applies from now on, not the read one.
+        self.served = False
         self.timer: asyncio.TimerHandle | None = None
+        #: Armed while replies wait in our buffer because the client does not read.
+        self.write_timer: asyncio.TimerHandle | None = None
         self.addr: object = None
         #: finish() was called: FIN at the next point between answers.
         self.finishing = False
@@ -186,25 +197,56 @@ class TcpConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         self.addr = transport.get_extra_info("peername")
+        # pause_writing() as soon as the kernel takes less than we write.
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
-        self.timer = loop.call_later(TCP_IDLE_TIMEOUT, self._check_idle)
+        # The first check comes at the earlier of the two limits: a quick
+        # first query switches the connection to the idle one.
+        self.timer = loop.call_later(min(self._quiet_limit(), self._quiet_limit(served=True)),
+                                     self._check_idle)
+
+    def _quiet_limit(self, served: bool | None = None) -> float:
+        """How long the connection may go without a query now, s."""
+        served = self.served if served is None else served
+        timeouts = self.listener.timeouts
+        if timeouts is None:
+            return TCP_IDLE_TIMEOUT if served else TCP_READ_TIMEOUT
+        return timeouts.idle if served else timeouts.read
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_activity
-        if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
+        limit = self._quiet_limit()
+        if self.inflight == 0 and idle >= limit:
             if self.buffer and self.transport is not None:
                 self.transport.close()  # a frame begun long ago will not be finished
                 return
             self.finish()
             return
-        self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
+        self.timer = loop.call_later(max(limit - idle, 0.5), self._check_idle)
+
+    def pause_writing(self) -> None:
+        timeouts = self.listener.timeouts
+        limit = timeouts.write if timeouts is not None else TCP_WRITE_TIMEOUT
+        self.write_timer = asyncio.get_running_loop().call_later(limit, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_stalled(self) -> None:
+        # The client has not taken a reply within the write timeout: drop the connection.
+        self.write_timer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
+        for timer in (self.timer, self.write_timer):
+            if timer is not None:
+                timer.cancel()
         self.transport = None
 
     def finish(self) -> None:
@@ -246,6 +288,7 @@ class TcpConnection(asyncio.Protocol):
             message = bytes(buffer[2:2 + length])
             del buffer[:2 + length]
             self.last_activity = now
+            self.served = True
             try:
                 result = listener.handler.handle(message, now, listener.slot, self.addr)
             except Exception:
@@ -322,6 +365,8 @@ class TcpListener:
         self.stats = stats
         self.connections: set[TcpConnection] = set()
         self.time = asyncio.get_running_loop().time
+        #: The ``timeouts`` plugin's settings; None: the TCP_*_TIMEOUT defaults.
+        self.timeouts: TimeoutSettings | None = None
 
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
@@ -360,12 +405,15 @@ class Listener:
         self.tcp = TcpListener(handler, self.slot | 2, submit, stats)
         self.server = await loop.create_server(self.tcp.protocol, sock=tcp_sock, backlog=1024)
 
-    def swap(self, handler: QueryHandler, submit: Callable[..., None]) -> None:
+    def swap(self, handler: QueryHandler, submit: Callable[..., None],
+             timeouts: TimeoutSettings | None = None) -> None:
         """Point the open sockets at a new handler (config reload without closing)."""
         for part in (self.udp, self.tcp):
             if part is not None:
                 part.handler = handler
                 part.submit = submit
+        if self.tcp is not None:
+            self.tcp.timeouts = timeouts
 
     # -- draining (docs/upgrades.md) ------------------------------------------
     #

@@ -91,8 +91,12 @@ class Zone:
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
+    udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
 
     def __post_init__(self) -> None:
+        if self.block.bufsize is not None:
+            self.udp_cap = self.block.bufsize
         forward = self.block.forward
         if forward is not None:
             self.forward_from = wire.zone_to_wire(forward.zone)
@@ -213,10 +217,13 @@ class QueryHandler:
                 else:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
-                if len(reply) > limit:
-                    reply = truncate(reply, limit, opt)
-                    size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 zone = entry.owner
+                # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
+                # reply, nearly every one, costs a single compare with a constant.
+                rsize = len(reply)
+                if rsize > 512 and (rsize > limit or slot < 2 and rsize > zone.udp_cap):
+                    reply = truncate(reply, min(limit, zone.udp_cap) if slot < 2 else limit, opt)
+                    size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 if do:
                     zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
@@ -264,7 +271,8 @@ class QueryHandler:
         cd = bool(question.flags & wire.CD)
         if do or cd:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
-        limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
+        limit = wire.MAX_MESSAGE if slot >= 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
+                                                        zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
@@ -326,6 +334,8 @@ class QueryHandler:
             return self._slow(data, now, slot, addr, started)
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
+        if slot < 2:
+            limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
                     options=data[end + 11:])
@@ -360,7 +370,8 @@ class QueryHandler:
         """
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
                                 do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                options=miss.options)
+                                options=miss.options,
+                                payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer.
