@@ -708,12 +708,12 @@ class _SyncingCollector(StatsCollector):
         return super().collect()
 
 
-_ALL_CLASSES = LogSettings().classes
-_TYPE_SOA = 6
-
-
 def _server_stats(block: ServerBlock, zone: str) -> ServerStats:
     return ServerStats(block.server, zone, plugins=enabled_plugins(block))
+
+
+_ALL_CLASSES = LogSettings().classes
+_TYPE_SOA = 6
 
 
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,

@@ -127,7 +127,9 @@ class _TCPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
-        if conn.in_flight:  # more answers to come: one syscall per read only then
+        # More answers to come and no query of ours leaving this loop iteration
+        # to carry the ACK: only then the syscall.
+        if conn.in_flight and not self._flush_pending:
             self._quickack()
 
     def eof_received(self) -> bool | None:
