@@ -258,7 +258,8 @@ class StatsCollector(Collector):
                 requests[(s.server, s.zone, VIEW, proto, family, qtype)] += n
             for (rcode, plugin), n in s.responses.items():
                 responses[(s.server, s.zone, VIEW, rcode, plugin)] += n
-            do[(s.server, s.zone, VIEW)] += s.do_requests
+            if s.do_requests:  # CoreDNS makes the series with the first DO query
+                do[(s.server, s.zone, VIEW)] += s.do_requests
             if s.duration.count:
                 _add_hist(durations, (s.server, s.zone, VIEW), s.duration)
             for proto, h in s.request_size.items():

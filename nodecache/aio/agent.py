@@ -296,7 +296,7 @@ class Agent:
                 listener = self.listeners.get(address)
                 resolver = runtime.resolvers[id(handler)]
                 if listener is None:
-                    listener = Listener(*address)
+                    listener = Listener(*address, runtime.config.server_label(address))
                     await listener.start(handler, resolver.submit, self.stats)
                     opened.append((address, listener))
         except BaseException:
@@ -318,8 +318,8 @@ class Agent:
 
     def _export(self, runtime: Runtime) -> None:
         self.collector.set_sources(
-            servers=[z.stats for z in runtime.zones],
-            caches=[z.cache_stats for z in runtime.zones if z.cache_stats is not None],
+            servers=[s for z in runtime.zones for s in z.all_stats()[0]],
+            caches=[c for z in runtime.zones for c in z.all_stats()[1]],
             forwards=runtime.forward_stats, agent=self.stats)
 
     async def _start_http(self, config: Config) -> None:
@@ -733,7 +733,7 @@ def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
             if querylog.log_class(rcode, ancount, soa_in_authority=soa) not in settings.classes:
                 return
         host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
-        proto = SLOT_PROTO[slot]
+        proto = SLOT_PROTO[slot & 3]
         edns = question.edns
         entry = querylog.QueryLogEntry(
             remote=host, port=port, id=wire.read_u16(query, 0), qtype=question.qtype,

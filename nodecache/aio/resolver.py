@@ -161,7 +161,7 @@ class Resolver:
             else:
                 flight.waiters.append((miss, deliver, addr))
             return
-        source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
+        source = addr[0] if not miss.slot & 2 and isinstance(addr, tuple) else None
         if source is not None:
             held = self.per_source.get(source, 0)
             if held >= OVERLOAD_SHARE and self.overloaded:
@@ -179,8 +179,9 @@ class Resolver:
             # unless rewrite changed the question (the forwarder then reads it)
             question = None if miss.resolution is not None and miss.resolution.rewritten \
                 else miss.key[:miss.question_end - 12]
-            flight.query = forwarder.submit(self.handler.upstream_query(miss), tcp=miss.slot >= 2,
-                                            done=flight.done, question=question)
+            flight.query = forwarder.submit(self.handler.upstream_query(miss),
+                                            tcp=bool(miss.slot & 2), done=flight.done,
+                                            question=question)
         except Exception as exc:  # refused at once: max_concurrent, closed
             flight.done(None, exc)
 

@@ -16,8 +16,8 @@ import termios
 from collections.abc import Callable
 
 from nodecache.config.settings import TimeoutSettings
-from nodecache.core.handler import QueryHandler
-from nodecache.core.stats import AgentStats
+from nodecache.core.handler import SLOT_SERVER_SHIFT, QueryHandler
+from nodecache.core.stats import AgentStats, server_index
 
 log = logging.getLogger(__name__)
 
@@ -375,9 +375,11 @@ class TcpListener:
 class Listener:
     """A UDP and a TCP socket on one address and port, sharing one handler."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, label: str = "") -> None:
         self.address = address
         self.port = port
+        #: The ``server`` label of its queries' metrics; "": that of the block answering.
+        self.label = label
         self.udp: UdpListener | None = None
         self.udp_transport: asyncio.DatagramTransport | None = None
         self.tcp: TcpListener | None = None
@@ -392,7 +394,8 @@ class Listener:
 
     @property
     def slot(self) -> int:
-        return 1 if _family(self.address) == socket.AF_INET6 else 0
+        family = 1 if _family(self.address) == socket.AF_INET6 else 0
+        return server_index(self.label) << SLOT_SERVER_SHIFT | family if self.label else family
 
     async def start(self, handler: QueryHandler, submit: Callable[..., None],
                     stats: AgentStats) -> None:

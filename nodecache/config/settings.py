@@ -228,16 +228,21 @@ class ServerBlock:
 
     @property
     def server(self) -> str:
-        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``.
+        """The ``server`` label CoreDNS puts on metrics of the block's first address."""
+        return self.servers[0]
 
-        With one ``bind`` address CoreDNS names it: ``dns://169.254.20.10:53``.
-        With several it keeps one series per address; ours are per block, so
-        they keep the unbound spelling (docs/metrics.md).
-        """
-        if len(self.bind) == 1:
-            host = self.bind[0]
-            return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
-        return f"dns://:{self.port}"
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The ``server`` label of each address: ``dns://:53`` unbound, else one per
+        ``bind`` address (``dns://169.254.20.10:53``, ``dns://[fd00::a]:53``), as CoreDNS."""
+        if not self.bind:
+            return (f"dns://:{self.port}",)
+        return tuple(server_label(host, self.port) for host in self.bind)
+
+
+def server_label(host: str, port: int) -> str:
+    """CoreDNS's ``server`` label of a bound address."""
+    return f"dns://[{host}]:{port}" if ":" in host else f"dns://{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -261,3 +266,10 @@ class Config:
             for addr in block.bind or ("0.0.0.0", "::"):
                 out.setdefault((addr, block.port), []).append(block)
         return {k: tuple(v) for k, v in out.items()}
+
+    def server_label(self, address: tuple[str, int]) -> str:
+        """The ``server`` label of a listener: its own address if a block binds it."""
+        host, port = address
+        if any(host in b.bind for b in self.blocks if b.port == port):
+            return server_label(host, port)
+        return f"dns://:{port}"

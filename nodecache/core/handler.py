@@ -45,8 +45,12 @@ from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
-#: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
+#: Listener slots: (server index << 8) | (tcp << 1) | ipv6. They label metrics:
+#: proto, family, and server (``stats.SERVER_LABELS``; index 0: the zone's own).
+#: Bit 7 is free: the hit path's tally marks DNSSEC OK queries with it.
 SLOT_UDP4, SLOT_UDP6, SLOT_TCP4, SLOT_TCP6 = 0, 1, 2, 3
+SLOT_DO = 0x80
+SLOT_SERVER_SHIFT = 8
 SLOT_PROTO = ("udp", "udp", "tcp", "tcp")
 SLOT_FAMILY = ("1", "2", "1", "2")
 
@@ -121,6 +125,24 @@ class Zone:
     dns64: DNS64 | None = field(init=False)
     #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
     udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
+
+    #: Each listener address's counters, by server index (the slot's bits 8 and
+    #: up); a slot not listed here counts into ``stats`` and ``cache_stats``.
+    server_stats: dict[int, ServerStats] = field(init=False, default_factory=dict)
+    server_cache_stats: dict[int, CacheStats] = field(init=False, default_factory=dict)
+
+    def stats_for(self, slot: int) -> ServerStats:
+        return self.server_stats.get(slot >> SLOT_SERVER_SHIFT, self.stats)
+
+    def cache_stats_for(self, slot: int) -> CacheStats | None:
+        return self.server_cache_stats.get(slot >> SLOT_SERVER_SHIFT, self.cache_stats)
+
+    def all_stats(self) -> tuple[list[ServerStats], list[CacheStats]]:
+        """Every stats object of the zone, once each (to export)."""
+        servers = {id(s): s for s in (self.stats, *self.server_stats.values())}
+        caches = {id(c): c for c in (self.cache_stats, *self.server_cache_stats.values())
+                  if c is not None}
+        return list(servers.values()), list(caches.values())
 
     def __post_init__(self) -> None:
         self.chain = chain_for(self.block) or None
@@ -256,15 +278,15 @@ class QueryHandler:
             end = data.find(0, 12) + 5
             arcount = data[11]
             if arcount == 0 and size == end:
-                limit = _MAX_PLAIN if slot < 2 else _MAX_MESSAGE
+                limit = _MAX_MESSAGE if slot & 2 else _MAX_PLAIN
                 opt = b""
                 header = data[2] & 1
                 do = 0
             elif arcount == 1 and size >= end + 11 \
                     and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
-                limit = max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN) \
-                    if slot < 2 else _MAX_MESSAGE
+                limit = _MAX_MESSAGE if slot & 2 \
+                    else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN)
                 do = data[end + 7] & 0x80
                 opt = _OPT_DO if do else _OPT_PLAIN
                 header = (data[2] & 1) | 2
@@ -286,19 +308,18 @@ class QueryHandler:
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
                 rsize = len(reply)
-                if rsize > 512 and (rsize > limit or slot < 2 and rsize > zone.udp_cap):
-                    reply = truncate(reply, min(limit, zone.udp_cap) if slot < 2 else limit, opt)
+                if rsize > 512 and (rsize > limit or not slot & 2 and rsize > zone.udp_cap):
+                    reply = truncate(reply, limit if slot & 2 else min(limit, zone.udp_cap), opt)
                     size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
-                if do:
-                    zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, end, now, slot)
                 # One dict update counts the request, the response, the cache
-                # hit, the duration bucket and both sizes; sync_stats() unpacks
-                # it (the entry gives the type, the rcode and the reply's size).
+                # hit, the DO bit, the duration bucket and both sizes, by
+                # listener; sync_stats() unpacks it (the entry gives the type,
+                # the rcode and the reply's size, the slot the server label).
                 elapsed = _perf() - started
                 tally = zone.tally
-                mark = (slot, entry.tag,
+                mark = (slot | do, entry.tag,
                         0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
@@ -336,7 +357,7 @@ class QueryHandler:
         cd = bool(question.flags & wire.CD)
         if do or cd:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
-        limit = wire.MAX_MESSAGE if slot >= 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
+        limit = wire.MAX_MESSAGE if slot & 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
                                                         zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started, options=question.options)
@@ -365,16 +386,18 @@ class QueryHandler:
             if cache is not None and cache.settings.serve_stale \
                     and now < entry.expires + cache.settings.serve_stale:
                 if cache.settings.serve_stale_mode == "immediate":
-                    assert zone.cache_stats is not None
-                    zone.cache_stats.served_stale += 1
+                    cache_stats = zone.cache_stats_for(miss.slot)
+                    assert cache_stats is not None
+                    cache_stats.served_stale += 1
                     reply = self._from_entry(miss, entry, now, stale=True)
                     if not entry.refreshing:
                         entry.refreshing = True
                         self._refresh(_background(miss, entry), now)
                     return self._finish(miss, reply, addr, entry.rcode, "cache")
                 miss.stale = entry
-        if zone.cache_stats is not None:
-            zone.cache_stats.misses += 1
+        cache_stats = zone.cache_stats_for(miss.slot)
+        if cache_stats is not None:
+            cache_stats.misses += 1
         if zone.chain is not None:
             return self._run_chain(miss, now, addr)
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
@@ -411,9 +434,9 @@ class QueryHandler:
         zone = self.route(lower)
         if zone is None:
             return self._slow(data, now, slot, addr, started)
-        edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
+        edns = (limit if not slot & 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
-        if slot < 2:
+        if not slot & 2:
             limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
@@ -430,8 +453,9 @@ class QueryHandler:
         except ClientProtocolError:
             return
         entry.refreshing = True
-        assert zone.cache_stats is not None
-        zone.cache_stats.prefetch += 1
+        cache_stats = zone.cache_stats_for(slot)
+        assert cache_stats is not None
+        cache_stats.prefetch += 1
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
                     wire.MAX_MESSAGE, slot, _perf(), options=question.options)
@@ -652,8 +676,9 @@ class QueryHandler:
             if stale is not None and zone.cache is not None \
                     and now < stale.expires + zone.cache.settings.serve_stale:
                 stale.refreshing = False
-                assert zone.cache_stats is not None
-                zone.cache_stats.served_stale += 1
+                cache_stats = zone.cache_stats_for(miss.slot)
+                assert cache_stats is not None
+                cache_stats.served_stale += 1
                 return self._finish(miss, self._from_entry(miss, stale, now, stale=True), addr,
                                     stale.rcode, "cache")
             rcode = wire.SERVFAIL
@@ -700,7 +725,7 @@ class QueryHandler:
                 hit: Entry | None = None) -> bytes:
         """Count and log one reply from the slow path (``plugin`` labels the response)."""
         zone = miss.zone
-        stats = zone.stats
+        stats = zone.stats_for(miss.slot)
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
         elapsed = _perf() - miss.started
         if hit is not None:
@@ -709,11 +734,11 @@ class QueryHandler:
             zone.tally[mark] = zone.tally.get(mark, 0) + 1
             zone.hit_seconds += elapsed
         else:
-            stats.requests[(SLOT_PROTO[miss.slot], SLOT_FAMILY[miss.slot],
+            stats.requests[(SLOT_PROTO[miss.slot & 3], SLOT_FAMILY[miss.slot & 3],
                             _type_name(qtype))] += 1
             stats.responses[(_rcode_name(rcode), plugin)] += 1
             stats.duration.observe(elapsed)
-            proto = SLOT_PROTO[miss.slot]
+            proto = SLOT_PROTO[miss.slot & 3]
             stats.request_size[proto].observe(len(miss.query))
             # CoreDNS counts what the plugin chain wrote: nothing when the
             # server itself answers an error (plugin ""), so 0 bytes then.
@@ -728,16 +753,19 @@ class QueryHandler:
         """Fold the hit path's tallies into the exported counters (at scrape time)."""
         for zone in {id(z): z for z in self.zones.values()}.values():
             tally, zone.tally = zone.tally, {}
-            stats = zone.stats
-            stats.duration.sum += zone.hit_seconds
-            zone.hit_seconds = 0.0
+            seconds, zone.hit_seconds = zone.hit_seconds, 0.0
+            hits: dict[int, tuple[ServerStats, int]] = {}
             for (slot, tag, bucket, sizes), count in tally.items():
-                proto = SLOT_PROTO[slot]
+                stats = zone.stats_for(slot)
+                hits[id(stats)] = stats, hits.get(id(stats), (stats, 0))[1] + count
+                proto = SLOT_PROTO[slot & 3]
                 rcode, positive, qtype, question, records = tag
-                stats.requests[(proto, SLOT_FAMILY[slot], _type_name(qtype))] += count
+                stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
                 stats.duration.count += count
+                if slot & SLOT_DO:
+                    stats.do_requests += count
                 if sizes < 0:
                     request, response = -sizes >> 16, -sizes & 0xFFFF
                 else:
@@ -748,11 +776,16 @@ class QueryHandler:
                         + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
                 stats.request_size[proto].observe(request, count)
                 stats.response_size[proto].observe(response, count)
-                if zone.cache_stats is not None:
+                cache_stats = zone.cache_stats_for(slot)
+                if cache_stats is not None:
                     if positive:
-                        zone.cache_stats.hits_success += count
+                        cache_stats.hits_success += count
                     else:
-                        zone.cache_stats.hits_denial += count
+                        cache_stats.hits_denial += count
+            # The hit path sums its time per zone: each address gets its share by hits.
+            total = sum(n for _, n in hits.values())
+            for stats, n in hits.values():
+                stats.duration.sum += seconds * n / total
 
 
 #: Look-ups nested inside one another (a template CNAME whose target a template
@@ -781,7 +814,7 @@ def _request(miss: Miss, addr: object) -> Request:
     remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
     qname = name_text(miss.qname)
     return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
-                   SLOT_PROTO[miss.slot], 2 if miss.slot & 1 else 1,
+                   SLOT_PROTO[miss.slot & 3], 2 if miss.slot & 1 else 1,
                    miss.query[12:miss.question_end])
 
 

@@ -20,7 +20,7 @@ from functools import partial
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import LogQuery, QueryHandler, Zone, key_name
-from nodecache.core.stats import CacheStats, ServerStats
+from nodecache.core.stats import CacheStats, ServerStats, server_index
 
 #: Listener address -> the handler serving it.
 Handlers = dict[tuple[str, int], QueryHandler]
@@ -93,6 +93,7 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
                 zones.append(reused)
                 continue
             zone = Zone(name, block, server_stats(block, name), None, None)
+            donor = None
             if block.cache is not None:
                 donor = old_caches.get(_cache_identity(block, name))
                 if donor is not None and donor.cache is not None:
@@ -103,8 +104,27 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
                     zone.cache_stats = CacheStats(block.server, name)
                     zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
                                             partial(index.add, zone), partial(index.remove, zone))
+            _split_servers(zone, donor.server_cache_stats
+                           if donor is not None and donor.cache is not None else {})
             zones.append(zone)
     return zones
+
+
+def _split_servers(zone: Zone, cache_donor: dict[int, CacheStats]) -> None:
+    """Counters for each of the block's addresses: CoreDNS labels each with its own ``server``.
+
+    The first address counts into the zone's own stats; the others get theirs,
+    those of a reused cache keep counting.
+    """
+    first, *others = zone.block.servers
+    zone.server_stats[server_index(first)] = zone.stats
+    if zone.cache_stats is not None:
+        zone.server_cache_stats[server_index(first)] = zone.cache_stats
+    for label in others:
+        index = server_index(label)
+        zone.server_stats[index] = ServerStats(label, zone.name, plugins=zone.stats.plugins)
+        if zone.cache_stats is not None:
+            zone.server_cache_stats[index] = cache_donor.get(index) or CacheStats(label, zone.name)
 
 
 def build(config: Config, previous: Sequence[Zone], index: EntryIndex, *,

@@ -38,6 +38,24 @@ class Histogram:
         self.count += times
 
 
+#: ``server`` labels by index, the index a listener puts into its slot (bits 8 and
+#: up of the slot the handler gets): the label is mapped only at scrape time, so
+#: the hit path keys its counts by the slot it already has. Index 0 is "the
+#: zone's own label" (a handler driven without listeners); entries are never
+#: removed, so a label keeps its index across reloads.
+SERVER_LABELS: list[str] = [""]
+_SERVER_INDEX: dict[str, int] = {}
+
+
+def server_index(label: str) -> int:
+    """The index of the ``server`` label ``label`` (``dns://10.96.0.10:53``), made on first use."""
+    index = _SERVER_INDEX.get(label)
+    if index is None:
+        index = _SERVER_INDEX[label] = len(SERVER_LABELS)
+        SERVER_LABELS.append(label)
+    return index
+
+
 def _size_histograms() -> defaultdict[str, Histogram]:
     return defaultdict(lambda: Histogram(SIZE_BUCKETS))
 
