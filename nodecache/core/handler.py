@@ -144,6 +144,23 @@ class Zone:
                   if c is not None}
         return list(servers.values()), list(caches.values())
 
+    def store(self, entry: Entry, now: float, slot: int) -> None:
+        """Put ``entry`` in the cache, for a query that came in through ``slot``.
+
+        CoreDNS sets an address's ``coredns_cache_entries`` when a reply is stored
+        through it, to the cache's size then: the first address's follow the cache
+        (it keeps them), the others' are set here and do not move the first's.
+        """
+        assert self.cache is not None and self.cache_stats is not None
+        own, first = self.cache_stats_for(slot), self.cache_stats
+        if own is first:
+            self.cache.put(entry, now)
+            return
+        before = first.entries_success, first.entries_denial
+        self.cache.put(entry, now)
+        own.entries_success, own.entries_denial = first.entries_success, first.entries_denial
+        first.entries_success, first.entries_denial = before
+
     def __post_init__(self) -> None:
         self.chain = chain_for(self.block) or None
         self.dns64 = dns64_for(self.block)
@@ -566,7 +583,7 @@ class QueryHandler:
                                         loadbalance=zone.block.loadbalance)
                     entry.owner = zone
                     entry.keep = cache.settings.keepttl
-                    cache.put(entry, now)
+                    zone.store(entry, now, miss.slot)
         if miss.stale is not None:
             miss.stale.refreshing = False
         return Outcome(data, response, entry)
