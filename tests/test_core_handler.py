@@ -12,9 +12,10 @@ import pytest
 
 from nodecache.config import parse_text
 from nodecache.core import wire
-from nodecache.core.handler import Miss, QueryHandler
+from nodecache.core.handler import SLOT_SERVER_SHIFT, SLOT_TCP4, Miss, QueryHandler
 from nodecache.core.runtime import single_handler
-from nodecache.core.stats import SIZE_BUCKETS
+from nodecache.core.stats import SIZE_BUCKETS, server_index
+from nodecache.metrics import StatsCollector, StatsSources
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
@@ -448,3 +449,44 @@ def test_bufsize_is_the_size_asked_upstream(line: str, payload: int) -> None:
     driver = Driver(f". {{\n {line}\n forward . 127.0.0.1\n}}", _records(1))
     driver.ask(dns.message.make_query("a.example.", "A", use_edns=0, payload=4096))
     assert [q.payload for q in driver.upstream_queries] == [payload]
+
+
+TWO_ADDRESSES = """cluster.local:53 {
+    bind 10.0.0.1 10.0.0.2
+    cache 30
+    forward . 127.0.0.1
+}
+"""
+
+
+def test_counts_per_bound_address_by_slot() -> None:
+    """The slot names the address a query came in on; each address counts its own."""
+    d = Driver(TWO_ADDRESSES, answer_a())
+    first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
+    query, do = q().to_wire(), q(want_dnssec=True).to_wire()
+    for data, slot in ((query, first), (do, first), (query, second), (do, second),
+                       (query, second | SLOT_TCP4), (q("b.cluster.local.").to_wire(), second)):
+        result = d.handler.handle(data, d.now, slot)
+        if isinstance(result, Miss):
+            d.resolve(result)
+    d.handler.sync_stats()
+    zone = next(iter(d.handler.zones.values()))
+    one, two = zone.stats_for(first), zone.stats_for(second)
+    assert (one.server, two.server) == ("dns://10.0.0.1:53", "dns://10.0.0.2:53")
+    assert dict(one.requests) == {("udp", "1", "A"): 2}
+    assert dict(two.requests) == {("udp", "1", "A"): 3, ("tcp", "1", "A"): 1}
+    assert (one.do_requests, two.do_requests) == (1, 1)
+    assert (one.duration.count, two.duration.count) == (2, 4)
+    hits_one, hits_two = zone.cache_stats_for(first), zone.cache_stats_for(second)
+    assert hits_one is not None and hits_two is not None
+    # Two misses through the first address, three hits and one miss through the second.
+    assert (hits_one.misses, hits_one.hits_success) == (2, 0)
+    assert (hits_two.misses, hits_two.hits_success) == (1, 3)
+    # Each address's entries gauge is the cache's size at its last store (CoreDNS's).
+    assert (hits_one.entries_success, hits_two.entries_success) == (2, 3)
+    servers, caches = zone.all_stats()
+    families = {f.name: f for f in StatsCollector(StatsSources(tuple(servers), tuple(caches)))
+                .collect()}
+    labelled = {(s.labels["server"], s.value) for s in families["coredns_dns_requests"].samples}
+    assert labelled == {("dns://10.0.0.1:53", 2), ("dns://10.0.0.2:53", 3),
+                        ("dns://10.0.0.2:53", 1)}

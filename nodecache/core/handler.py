@@ -153,7 +153,7 @@ class Zone:
         """
         assert self.cache is not None and self.cache_stats is not None
         own, first = self.cache_stats_for(slot), self.cache_stats
-        if own is first:
+        if own is first or own is None:
             self.cache.put(entry, now)
             return
         before = first.entries_success, first.entries_denial
