@@ -55,7 +55,8 @@ class Kind(Enum):
 
 
 #: Shared tags: entries that count alike share one tuple (few distinct ones).
-_TAGS: dict[tuple[int, bool, bytes, int, int], tuple[int, bool, bytes, int, int]] = {}
+Tag = tuple[int, bool, bytes, int, int, bool]
+_TAGS: dict[Tag, Tag] = {}
 
 
 class Entry:
@@ -71,13 +72,15 @@ class Entry:
         self.kind = kind
         self.rcode = rcode
         #: How a hit is tallied for metrics: (rcode, positive, qtype as wire bytes,
-        #: question length, records' length as sent; both in bytes). With the
-        #: query's length that gives the reply's (QueryHandler.sync_stats).
+        #: question length, records' length as sent; both in bytes, DNSSEC OK).
+        #: With the query's length that gives the reply's (QueryHandler.sync_stats);
+        #: DO is the key's (the byte after the question, bit 2), so the query's.
         name_end = 0
         while name_end < len(key) and key[name_end]:
             name_end += 1 + key[name_end]
         tag = (rcode, kind is Kind.SUCCESS, key[name_end + 1:name_end + 3], name_end + 5,
-               len(b"\0\0\0\0".join(variants[0])) if variants else 0)
+               len(b"\0\0\0\0".join(variants[0])) if variants else 0,
+               len(key) > name_end + 5 and bool(key[name_end + 5] & 2))
         self.tag = _TAGS.setdefault(tag, tag)
         self.headers = headers
         #: One or more segment lists; more than one when loadbalance rotates A/AAAA.

@@ -38,7 +38,8 @@ import dns.message
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution
-from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
+from nodecache.core.cache import (BlockCache, Entry, Kind, Tag, build_entry, classify,
+                                  has_expired_rrsig)
 from nodecache.core.stages import chain_for, dns64_for
 from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
@@ -47,9 +48,7 @@ from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: (server index << 8) | (tcp << 1) | ipv6. They label metrics:
 #: proto, family, and server (``stats.SERVER_LABELS``; index 0: the zone's own).
-#: Bit 7 is free: the hit path's tally marks DNSSEC OK queries with it.
 SLOT_UDP4, SLOT_UDP6, SLOT_TCP4, SLOT_TCP6 = 0, 1, 2, 3
-SLOT_DO = 0x80
 SLOT_SERVER_SHIFT = 8
 SLOT_PROTO = ("udp", "udp", "tcp", "tcp")
 SLOT_FAMILY = ("1", "2", "1", "2")
@@ -113,7 +112,7 @@ class Zone:
     #: the cache; folded into the exported stats by QueryHandler.sync_stats().
     #: sizes is the query's length, the reply's following from the tag; or,
     #: negated, query length << 16 | reply length when the reply is not the plain one.
-    tally: dict[tuple[int, tuple[int, bool, bytes, int, int], int, int], int] = field(
+    tally: dict[tuple[int, Tag, int, int], int] = field(
         default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
@@ -333,10 +332,10 @@ class QueryHandler:
                 # One dict update counts the request, the response, the cache
                 # hit, the DO bit, the duration bucket and both sizes, by
                 # listener; sync_stats() unpacks it (the entry gives the type,
-                # the rcode and the reply's size, the slot the server label).
+                # the rcode, DO and the reply's size, the slot the server label).
                 elapsed = _perf() - started
                 tally = zone.tally
-                mark = (slot | do, entry.tag,
+                mark = (slot, entry.tag,
                         0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
@@ -760,7 +759,7 @@ class QueryHandler:
             # CoreDNS counts what the plugin chain wrote: nothing when the
             # server itself answers an error (plugin ""), so 0 bytes then.
             stats.response_size[proto].observe(len(reply) if plugin else 0)
-        if miss.edns and miss.edns[2]:
+        if hit is None and miss.edns and miss.edns[2]:  # a hit's is its tag's
             stats.do_requests += 1
         if self.on_log is not None and zone.block.log is not None and not miss.background:
             self.on_log(zone, addr, miss.query, reply, miss.slot, elapsed)
@@ -776,12 +775,12 @@ class QueryHandler:
                 stats = zone.stats_for(slot)
                 hits[id(stats)] = stats, hits.get(id(stats), (stats, 0))[1] + count
                 proto = SLOT_PROTO[slot & 3]
-                rcode, positive, qtype, question, records = tag
+                rcode, positive, qtype, question, records, do = tag
                 stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
                 stats.duration.count += count
-                if slot & SLOT_DO:
+                if do:
                     stats.do_requests += count
                 if sizes < 0:
                     request, response = -sizes >> 16, -sizes & 0xFFFF
