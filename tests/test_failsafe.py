@@ -451,7 +451,10 @@ def test_whole_agent_death_with_the_guard_keeps_both_ips_answered(tmp_path: Path
         assert "removed the 4 fallback rules" in guard_log, guard_log
         assert "via KUBE-SVC-DNS" in guard_log if not ipvs else f"via DNAT {UPSTREAM_SVC}" \
             in guard_log, guard_log
+        # The switch itself, from the lock's release by the kernel to the rules removed.
+        switch_ms = [int(m) for m in re.findall(r"removed \d+ rules in (\d+) ms", guard_log)]
         print(f"\nwhole-agent SIGKILL with the guard ({'ipvs' if ipvs else 'iptables'}): "
+              f"fallback in and rules out {switch_ms[-1]} ms after the lock was free; "
               f"first cluster-DNS answer after the kill: ClusterIP {taken[CLUSTER_IP]:.3f}s, "
               f"link-local {taken[LINK_LOCAL]:.3f}s; answered for good from "
               f"{outages[CLUSTER_IP]:.3f}s / {outages[LINK_LOCAL]:.3f}s; agent restarted "
