@@ -12,6 +12,9 @@ Why these rules exist (NODELOCAL.md section 1.3, the node-local DNS KEP):
 * OUTPUT NOTRACK with ``--dport`` covers locally generated queries (hostNetwork
   pods, kubernetes/dns#318); the health-port pair covers the kubelet's probe.
 
+The guard's fallback (:func:`fallback_rules`, used by
+:mod:`nodecache.hostnet.fallback`) is data of the same kind, in ``nat``.
+
 Each rule carries a comment that names nodecache and says exactly which rule
 it is, so the comment alone identifies the rule in ``iptables-save`` or
 ``nft list`` output: that is how the backends find, count and delete ours.
