@@ -124,3 +124,22 @@ def test_the_fallback_goes_only_after_the_agents_rules(monkeypatch: pytest.Monke
 
     guard._hand_back(Recorder(["169.254.20.10"], "10.96.0.11"), 0.01)
     assert seen == ["look", "look", "look", "remove"]
+
+
+def test_no_fallback_with_nftables_and_the_agents_table_stays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With native nftables there is no fallback, and removing it must not touch the table
+    that holds the agent's rules (NftablesFirewall.remove drops the whole table)."""
+    from nodecache.errors import HostNetworkError  # noqa: PLC0415
+    from nodecache.hostnet import fallback as fallback_module  # noqa: PLC0415
+    from nodecache.hostnet.firewall import NftablesFirewall  # noqa: PLC0415
+
+    class Untouchable(NftablesFirewall):
+        def remove(self, rules: object) -> int:
+            raise AssertionError("the agent's nftables table removed")
+
+    monkeypatch.setattr(fallback_module, "choose_firewall", lambda *a, **k: Untouchable())
+    fb = Fallback(["169.254.20.10"], "10.96.0.11", firewall="nftables")
+    with pytest.raises(HostNetworkError, match="needs iptables"):
+        fb.install()
+    assert fb.remove() == 0

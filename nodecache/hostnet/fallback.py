@@ -107,4 +107,6 @@ class Fallback:
         """Take the fallback out (found by comment, wherever it pointed); return rules removed."""
         fw = self._fw or choose_firewall(self.firewall, {self._family}, self.lock_wait)
         self._fw = None
+        if not isinstance(fw, IptablesFirewall):
+            return 0  # never installed there (nftables' remove drops the agent's whole table)
         return fw.remove(fallback_rules(self.local_ips, self.target_ip, self.dns_port))
