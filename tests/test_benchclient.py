@@ -193,6 +193,16 @@ async def test_lookup_timeout_ends_it() -> None:
     assert (r.timeouts, r.queries, r.times) == (1, 1, [])
 
 
+async def test_lookups_stop_at_once() -> None:
+    async with FakeUpstream(lambda q, p: None) as up:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        t0 = time.monotonic()
+        r = await lookup.run("127.0.0.1", ["web"] * 10, resolv.parse(KUBELET), qtypes=("A",), rate=10,
+                             timeout=10, max_seconds=60, stop=stop, port=up.port)
+    assert time.monotonic() - t0 < 1.5 and r.stopped and r.lookups == 0
+
+
 # --- the plots -------------------------------------------------------------------------------
 
 def _decode_png(data: bytes) -> tuple[int, int, bytes]:

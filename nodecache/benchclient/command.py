@@ -78,6 +78,8 @@ _rate = click.FloatRange(min=0.1, max=HARD_MAX_RATE)
                    "and kube-dns.")
 @click.option("--walk-max", type=click.IntRange(0, 65536), default=512, show_default=True,
               help="PTR queries in the walk, at most.")
+@click.option("--discover-rate", type=_rate, default=100.0, show_default=True,
+              help="q/s of the discovery queries.")
 @click.option("--rate", type=_rate, default=100.0, show_default=True,
               help=f"q/s for the latency phases and the steady run (at most {HARD_MAX_RATE:g}).")
 @click.option("--max-rate", type=_rate, default=1000.0, show_default=True,
@@ -149,6 +151,7 @@ def bench_client(**o: Any) -> None:
         lookup_types=tuple(o["lookup_types"].split(",")), steady_seconds=o["steady_seconds"],
         step_seconds=o["step_seconds"], timeout=o["timeout"], sockets=o["sockets"],
         max_seconds=o["max_seconds"], walk_max=o["walk_max"], walk_cidrs=tuple(o["walk_cidrs"]),
+        discover_rate=o["discover_rate"],
         phases=phases, seed=o["seed"],
     )
     from nodecache.cli import _event_loop_policy  # noqa: PLC0415
@@ -185,7 +188,10 @@ async def _main(settings: Settings, conf: resolv.ResolvConf, via: Target, domain
     namespace = conf.namespace or "default"
     try:
         log.info("discovering names via %s (cluster domain %s)", via.address, domain)
-        sample = await runner.discover(via, domain, services, file_queries, file_lookups)
+        try:
+            sample = await runner.discover(via, domain, services, file_queries, file_lookups)
+        except OSError as exc:
+            raise click.ClickException(f"discovery via {via.address}: {exc}") from None
         log.info("sample: %d names, %d lookups", len(sample.queries), len(sample.lookups))
         for t in settings.targets:
             if runner.out_of_time():
@@ -198,7 +204,9 @@ async def _main(settings: Settings, conf: resolv.ResolvConf, via: Target, domain
             loop.remove_signal_handler(sig)
     res = runner.results
     res["sample"] = {"queries": len(sample.queries), "lookups": len(sample.lookups),
-                     "sources": sample.sources}
+                     "sources": sample.sources,
+                     # dnsperf's datafile format, to repeat a phase with dnsperf
+                     "names": [f"{n} {t}" for n, t in sample.queries], "lookup_names": sample.lookups}
     res["meta"] = _meta(settings, conf, domain, t0, "interrupted" if stop.is_set() else
                         "out of time" if runner.remaining() <= 0 else "complete")
     return res, runner.samples

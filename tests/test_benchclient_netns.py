@@ -1,0 +1,184 @@
+"""bench-client end to end in the bench's namespaces, its figures checked against dnsperf's.
+
+The topology is bench/'s (pod -> node -> cluster DNS: Knot behind the delaying
+relay), plus what a cluster adds in front of the cluster DNS: its Service IP,
+DNATed on the node as kube-proxy does. nodecache runs on the node on
+169.254.20.10. The client runs in the pod namespace with a kubelet-style
+resolv.conf bind-mounted over /etc/resolv.conf in a private mount namespace
+of its own (the host's file is never touched), measures both targets, and
+then dnsperf and bench/'s search-path probe measure the same names on the
+same targets at the same rate: the two must agree within a wide margin.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodecache.benchclient.names import ptr_walk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from nodebench import servers as S  # noqa: E402
+from nodebench import topology as T  # noqa: E402
+from nodebench import zone as Z  # noqa: E402
+from nodebench.host import Cleanup, sh  # noqa: E402
+from nodebench.measure import dnsperf, probe, summary_ms  # noqa: E402
+from nodebench.scenarios import LATENCY_ARGS  # noqa: E402
+
+#: The cluster DNS Service IP the pod's resolv.conf names, DNATed to the cluster DNS.
+KUBE_DNS_SERVICE = "10.96.0.53"
+SEARCH = "default.svc.cluster.local svc.cluster.local cluster.local"
+RESOLV_CONF = f"search {SEARCH}\nnameserver {KUBE_DNS_SERVICE}\noptions ndots:5\n"
+RATE = 1000  # q/s, as bench/'s latency scenario (dnsperf -Q 1000)
+
+
+def _dnat(topo: T.Topology, op: str) -> None:
+    for proto in ("udp", "tcp"):
+        sh(["iptables", "-w", "5", "-t", "nat", op, "PREROUTING", "-d", f"{KUBE_DNS_SERVICE}/32", "-p", proto,
+            "--dport", "53", "-j", "DNAT", "--to-destination", f"{T.CLUSTER_DNS}:53"], ns=topo.node,
+           check=op == "-A")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[T.Topology, Path, Z.ClusterZone]]:
+    cleanup = Cleanup()
+    work = Path(tempfile.mkdtemp(prefix="benchclient-"))
+    cleanup.push("remove work", lambda: subprocess.run(["rm", "-rf", str(work)], check=False))
+    try:
+        topo = T.build(cleanup)
+        _dnat(topo, "-A")
+        cleanup.push("remove DNAT", lambda: _dnat(topo, "-D"))
+        zone = Z.generate(work / "zones", services=1000, ttl=30)
+        S.start_knot(cleanup, topo, work, zone.zone_files)
+        S.start_relay(cleanup, topo, work, listen=T.CLUSTER_DNS, delay_ms=0.25, name="relay")
+        ok, why, help_text = S.nodecache_runnable()
+        assert ok, why
+        cache = S.Cache("nodecache", T.NODECACHE_IP, own_notrack=True, cluster_transport="tcp")
+        S.start_cache(cleanup, topo, work, cache, help_text)
+        assert S.dig_ok(topo.pod, KUBE_DNS_SERVICE, "kube-dns.kube-system.svc.cluster.local"), "DNAT"
+        yield topo, work, zone
+    finally:
+        cleanup.run()
+
+
+def _run_client(topo: T.Topology, work: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    resolv = work / "pod-resolv.conf"
+    resolv.write_text(RESOLV_CONF)
+    # Only the client's own mount namespace sees the pod's resolv.conf.
+    inner = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    argv = ["ip", "netns", "exec", topo.pod, "taskset", "-c", str(S.LOADGEN_CPU),
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh", str(resolv),
+            S.python(), "-m", "nodecache", "bench-client", "--out", str(out), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=S._env())
+
+
+def _close(ours: float, theirs: float) -> bool:
+    """Within 0.3 ms or 60 % of each other: the same thing measured by two tools on a
+    loaded two-core machine."""
+    return abs(ours - theirs) <= max(0.3, 0.6 * min(ours, theirs))
+
+
+@pytest.mark.privileged
+@pytest.mark.timeout(600)
+def test_bench_client_in_the_pod_matches_dnsperf(cluster: tuple[T.Topology, Path, Z.ClusterZone],
+                                                  tmp_path: Path) -> None:
+    topo, work, zone = cluster
+    host_resolv = Path("/etc/resolv.conf").read_bytes()
+    lookups = Z.external_names(40, "bc")
+    (work / "lookups.txt").write_text("\n".join(lookups) + "\n")
+    out = tmp_path / "report"
+    cp = _run_client(
+        topo, work, out,
+        "--target", f"kube-dns={KUBE_DNS_SERVICE}", "--target", f"node-cache={T.NODECACHE_IP}",
+        "--walk", "10.100.0.0/24", "--walk", "10.100.1.0/24", "--walk-max", "400", "--discover-rate", "1000",
+        "--sample", "600", "--misses", "600", "--rate", str(RATE),
+        "--lookups-file", str(work / "lookups.txt"), "--lookups", str(len(lookups)), "--lookup-types", "A",
+        "--lookup-rate", "200", "--steady-seconds", "2", "--step-seconds", "1.5", "--max-rate", "4000",
+        "--seed", "7")
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert Path("/etc/resolv.conf").read_bytes() == host_resolv
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["resolv_conf"] == {"nameservers": [KUBE_DNS_SERVICE], "search": SEARCH.split(),
+                                          "ndots": 5, "edns0": False}
+    # Discovery found the cluster's services through the Service IP: the walk's PTRs and their names.
+    walked = {n for n, _ in ptr_walk(["10.100.0.0/24", "10.100.1.0/24"], 400)}
+    assert res["sample"]["sources"]["PTR walk (PTR records)"] == len(walked & set(zone.ptr)) > 300
+    assert res["sample"]["queries"] == 600
+    kd, nc = res["targets"]["kube-dns"], res["targets"]["node-cache"]
+    assert kd["status"] == nc["status"] == "ok"
+    for t in (kd, nc):
+        for phase in ("cold", "hit", "miss", "steady"):
+            assert t[phase]["timeouts"] == 0 and t[phase]["errors"] == 0, (phase, t[phase])
+        assert t["searchpath"]["found"] == len(lookups) and t["searchpath"]["queries_per_lookup"] == 4
+        assert t["throughput"]["steps"][0]["offered_qps"] == RATE
+    # The cache answers hits without the trip to the cluster DNS (0.5 ms of added delay).
+    assert nc["hit"]["latency_ms"]["p50"] + 0.2 < kd["hit"]["latency_ms"]["p50"]
+    assert nc["hit"]["latency_ms"]["p50"] < nc["miss"]["latency_ms"]["p50"]
+    report = (out / "report.md").read_text()
+    assert "| hit latency p50 (ms) |" in report and "node-cache / kube-dns" in report
+    assert "## Summary" in cp.stdout and '"targets"' in cp.stdout  # the report in the log too
+
+    # The same names, targets and rate, measured by dnsperf (bench/'s latency scenario) and by
+    # bench/'s search-path probe, each right after ours. Other work on the machine comes in
+    # bursts, so a pair that disagrees is measured again (three tries); a tool that is off
+    # by more than the margin fails every time.
+    names = work / "sample.txt"
+    names.write_text("\n".join(res["sample"]["names"]) + "\n")
+    lookups_file = work / "lookups.txt"
+    one_phase = ["--walk-max", "0", "--names-file", str(names), "--sample", "600", "--rate", str(RATE),
+                 "--lookups-file", str(lookups_file), "--lookups", str(len(lookups)), "--lookup-types", "A",
+                 "--lookup-rate", "200", "--misses", "600"]
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for label, addr, t in (("kube-dns", KUBE_DNS_SERVICE, kd), ("node-cache", T.NODECACHE_IP, nc)):
+        checks = [("hit", ("hit", "latency_ms", "p50")), ("searchpath", ("searchpath", "lookup_ms", "p50"))]
+        if label == "node-cache":
+            checks.append(("miss", ("miss", "latency_ms", "p50")))
+        for phase, path in checks:
+            key = f"{label} {phase} p50"
+            pairs[key] = []
+            ours = _get(t, path)
+            for attempt in range(3):
+                if attempt:
+                    again = tmp_path / f"{label}-{phase}-{attempt}"
+                    cp = _run_client(topo, work, again, "--target", f"{label}={addr}", "--phases", phase,
+                                     "--seed", str(attempt), *one_phase)
+                    assert cp.returncode == 0, cp.stderr[-2000:]
+                    ours = _get(json.loads((again / "results.json").read_text())["targets"][label], path)
+                theirs = _reference(topo, work, addr, phase, names, lookups_file, attempt)
+                pairs[key].append((ours, theirs))
+                if _close(ours, theirs):
+                    break
+    print("bench-client against dnsperf / bench's probe, p50 ms (ours, theirs) per try:")
+    print(json.dumps(pairs, indent=1))
+    bad = {k: v for k, v in pairs.items() if not _close(*v[-1])}
+    assert not bad, f"bench-client and dnsperf disagree beyond the margin: {bad}"
+
+
+def _get(d: Any, path: tuple[str, ...]) -> float:
+    for p in path:
+        d = d[p]
+    assert isinstance(d, float), (path, d)
+    return d
+
+
+def _reference(topo: T.Topology, work: Path, addr: str, phase: str, names: Path, lookups: Path,
+               attempt: int) -> float:
+    """p50 (ms) of the same phase measured by bench/'s tools: dnsperf paced at RATE, or the probe."""
+    if phase == "searchpath":  # the second pass, as ours: negative answers may have expired
+        probe(topo.pod, "searchpath", addr, lookups, "--search", SEARCH)
+        sp = probe(topo.pod, "searchpath", addr, lookups, "--search", SEARCH)
+        assert sp["failures"] == 0
+        return float(summary_ms(sp["lookups_s"])["p50"])
+    if phase == "miss":  # fresh names, as ours are
+        names = Z.write_queries(work / f"fresh-{attempt}.txt", Z.pod_names(f"bcref{attempt}", 600))
+    r = dnsperf(topo.pod, addr, names, LATENCY_ARGS, verbose=True)
+    assert r.lost == 0
+    return float(summary_ms(r.latencies)["p50"])
