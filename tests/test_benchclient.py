@@ -304,7 +304,8 @@ async def test_command_report_and_sigterm_stop(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--target", "10.96.0.10"], "expected LABEL=IP"),
+    (["--target", "10.96.0.10"], "expected LABEL=ADDRESS"),
+    (["--target", "a=10.96.0.10:dns"], "not a port number"),
     (["--target", "a=10.96.0.10", "--rate", "20000"], "--rate"),
     (["--target", "a=10.96.0.10", "--target", "a=169.254.20.10"], "labels must differ"),
     (["--target", "a=10.96.0.10", "--phases", "hit,warp"], "warp"),

@@ -5,9 +5,10 @@ relay), plus what a cluster adds in front of the cluster DNS: its Service IP,
 DNATed on the node as kube-proxy does. nodecache runs on the node on
 169.254.20.10. The client runs in the pod namespace with a kubelet-style
 resolv.conf bind-mounted over /etc/resolv.conf in a private mount namespace
-of its own (the host's file is never touched), measures both targets, and
-then dnsperf and bench/'s search-path probe measure the same names on the
-same targets at the same rate: the two must agree within a wide margin.
+of its own (the host's file is never touched) and measures both targets as
+the Job does: around the cache, then through it, comparing. Then dnsperf and
+bench/'s search-path probe measure the same names on the same targets at the
+same rate: the two must agree within a wide margin.
 """
 from __future__ import annotations
 
@@ -95,17 +96,22 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: tuple[T.Topology, Path
     lookups = Z.external_names(40, "bc")
     (work / "lookups.txt").write_text("\n".join(lookups) + "\n")
     out = tmp_path / "report"
-    cp = _run_client(
-        topo, work, out,
-        "--target", f"kube-dns={KUBE_DNS_SERVICE}", "--target", f"node-cache={T.NODECACHE_IP}",
-        "--walk", "10.100.0.0/24", "--walk", "10.100.1.0/24", "--walk-max", "400", "--discover-rate", "1000",
-        "--sample", "600", "--misses", "600", "--rate", str(RATE),
-        "--lookups-file", str(work / "lookups.txt"), "--lookups", str(len(lookups)), "--lookup-types", "A",
-        "--lookup-rate", "200", "--steady-seconds", "2", "--step-seconds", "1.5", "--max-rate", "4000",
-        "--seed", "7")
+    common = ["--walk", "10.100.0.0/24", "--walk", "10.100.1.0/24", "--walk-max", "400", "--discover-rate", "1000",
+              "--sample", "600", "--misses", "600", "--rate", str(RATE),
+              "--lookups-file", str(work / "lookups.txt"), "--lookups", str(len(lookups)), "--lookup-types", "A",
+              "--lookup-rate", "200", "--steady-seconds", "2", "--step-seconds", "1.5", "--max-rate", "4000",
+              "--seed", "7"]
+    # Twice, as the Job runs it: around the cache, then through it, compared with the first.
+    cp = _run_client(topo, work, out / "around", "--target", f"kube-dns={KUBE_DNS_SERVICE}", *common)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    cp = _run_client(topo, work, out, "--target", f"node-cache={T.NODECACHE_IP}", "--compare", str(out / "around"),
+                     *common)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert Path("/etc/resolv.conf").read_bytes() == host_resolv
     res = json.loads((out / "results.json").read_text())
+    first = json.loads((out / "around" / "results.json").read_text())
+    assert res["sample"]["names"] == first["sample"]["names"]  # the second run asks the same names
+    res["sample"] = first["sample"]
     assert res["meta"]["resolv_conf"] == {"nameservers": [KUBE_DNS_SERVICE], "search": SEARCH.split(),
                                           "ndots": 5, "edns0": False}
     # Discovery found the cluster's services through the Service IP: the walk's PTRs and their names.
@@ -125,6 +131,14 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: tuple[T.Topology, Path
     report = (out / "report.md").read_text()
     assert "| hit latency p50 (ms) |" in report and "node-cache / kube-dns" in report
     assert "## Summary" in cp.stdout and '"targets"' in cp.stdout  # the report in the log too
+    for plot in ("latency_cdf.png", "searchpath.png", "throughput.png"):
+        assert (out / plot).stat().st_size > 2000 and f"]({plot})" in report
+
+    # A target given by name is resolved through the pod's resolv.conf (search path).
+    by_name = _run_client(topo, work, tmp_path / "by-name", "--target", "kd=kube-dns.kube-system",
+                          "--phases", "hit", "--walk-max", "0", "--sample", "5")
+    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    assert json.loads((tmp_path / "by-name" / "results.json").read_text())["targets"]["kd"]["address"] == T.CLUSTER_DNS
 
     # The same names, targets and rate, measured by dnsperf (bench/'s latency scenario) and by
     # bench/'s search-path probe, each right after ours. Other work on the machine comes in

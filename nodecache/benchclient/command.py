@@ -30,20 +30,35 @@ EXIT_INTERRUPTED = 130
 def _target(value: str) -> Target:
     label, sep, addr = value.partition("=")
     if not sep or not label or not addr:
-        raise click.BadParameter(f"{value!r}: expected LABEL=IP or LABEL=IP:PORT", param_hint="--target")
-    port = 53
-    if addr.count(":") == 1:  # IPv4 with a port; IPv6 takes [addr]:port
+        raise click.BadParameter(f"{value!r}: expected LABEL=ADDRESS or LABEL=ADDRESS:PORT", param_hint="--target")
+    p = "53"
+    if addr.count(":") == 1:  # IPv4 or a name with a port; IPv6 takes [addr]:port
         addr, p = addr.split(":")
-        port = int(p)
     elif addr.startswith("[") and "]:" in addr:
         addr, p = addr[1:].split("]:")
-        port = int(p)
+    if not p.isdigit() or not 0 < int(p) < 65536:
+        raise click.BadParameter(f"{value!r}: port {p!r} is not a port number", param_hint="--target")
+    return Target(label, addr, int(p))
+
+
+def _resolve(t: Target) -> Target:
+    """A target given by name (a Service: ``kube-dns-upstream.kube-system``) resolved as the
+    pod's applications resolve it, through getaddrinfo and the pod's resolv.conf."""
     import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
     try:
-        ipaddress.ip_address(addr)
+        ipaddress.ip_address(t.address)
+        return t
     except ValueError:
-        raise click.BadParameter(f"{addr!r} is not an IP address", param_hint="--target") from None
-    return Target(label, addr, port)
+        pass
+    try:
+        infos = socket.getaddrinfo(t.address, t.port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise click.BadParameter(f"{t.label}={t.address}: cannot resolve {t.address!r}: {exc.strerror}",
+                                 param_hint="--target") from None
+    addr = str(infos[0][4][0])
+    log.info("%s: %s is %s", t.label, t.address, addr)
+    return Target(t.label, addr, t.port)
 
 
 def _read(path: str | None) -> str:
@@ -59,8 +74,9 @@ _rate = click.FloatRange(min=0.1, max=HARD_MAX_RATE)
 
 
 @click.command("bench-client")
-@click.option("--target", "targets", multiple=True, required=True, metavar="LABEL=IP[:PORT]",
-              help="A DNS server to measure, e.g. kube-dns=10.96.0.10 or node-cache=169.254.20.10 "
+@click.option("--target", "targets", multiple=True, required=True, metavar="LABEL=ADDRESS[:PORT]",
+              help="A DNS server to measure, e.g. kube-dns-upstream=10.96.0.11 or node-cache=169.254.20.10; "
+                   "a name (kube-dns-upstream.kube-system) is resolved through the pod's resolver "
                    "(repeat; measured in turn, the report divides the last by the first).")
 @click.option("--resolv-conf", default="/etc/resolv.conf", show_default=True,
               help="The pod's resolv.conf: search list and ndots for the search-path lookups.")
@@ -109,7 +125,8 @@ _rate = click.FloatRange(min=0.1, max=HARD_MAX_RATE)
 @click.option("--out", "out_dir", default="bench-client-results", show_default=True,
               type=click.Path(file_okay=False), help="Where report.md, results.json and the plots go.")
 @click.option("--compare", "compare_dir", type=click.Path(file_okay=False, exists=True),
-              help="An earlier run's --out: its targets come first in this report.")
+              help="An earlier run's --out: its targets come first in this report, and its "
+                   "sample is asked again (no discovery).")
 @click.option("--node", envvar="NODE_NAME", help="Node name for the report [env NODE_NAME].")
 @click.option("--pod", envvar="POD_NAME", help="Pod name for the report [env POD_NAME].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -124,7 +141,7 @@ def bench_client(**o: Any) -> None:
     """
     logging.basicConfig(level=getattr(logging, o["log_level"].upper()), stream=sys.stderr,
                         format="%(asctime)s %(message)s")
-    targets = tuple(_target(t) for t in o["targets"])
+    targets = tuple(_resolve(_target(t)) for t in o["targets"])
     if len({t.label for t in targets}) != len(targets):
         raise click.BadParameter("labels must differ", param_hint="--target")
     phases = tuple(p.strip() for p in o["phases"].split(",") if p.strip())
@@ -156,8 +173,12 @@ def bench_client(**o: Any) -> None:
     )
     from nodecache.cli import _event_loop_policy  # noqa: PLC0415
     _event_loop_policy()
+    reuse = None
+    if previous:  # the same names as the run it is compared with
+        ps = previous[0]["sample"]
+        reuse = ([tuple(n.split()[:2]) for n in ps["names"]], list(ps["lookup_names"]))
     res, samples = asyncio.run(_main(settings, conf, via, domain, list(o["services"]), file_queries,
-                                     file_lookups))
+                                     file_lookups, reuse))
     res["meta"].update(node=o["node"], pod=o["pod"], resolv_conf_path=o["resolv_conf"])
     if previous:
         res, samples = _merge(previous, res, samples)
@@ -177,8 +198,9 @@ def bench_client(**o: Any) -> None:
 
 async def _main(settings: Settings, conf: resolv.ResolvConf, via: Target, domain: str,
                 services: list[str], file_queries: list[names.Query],
-                file_lookups: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    from .runner import Runner  # noqa: PLC0415
+                file_lookups: list[str], reuse: tuple[list[Any], list[str]] | None,
+                ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    from .runner import Runner, Sample  # noqa: PLC0415
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,11 +209,14 @@ async def _main(settings: Settings, conf: resolv.ResolvConf, via: Target, domain
     runner = Runner(settings, conf, stop, progress=log.info)
     namespace = conf.namespace or "default"
     try:
-        log.info("discovering names via %s (cluster domain %s)", via.address, domain)
-        try:
-            sample = await runner.discover(via, domain, services, file_queries, file_lookups)
-        except OSError as exc:
-            raise click.ClickException(f"discovery via {via.address}: {exc}") from None
+        if reuse is not None:
+            sample = Sample(reuse[0], reuse[1], {"the compared run's sample": len(reuse[0])})
+        else:
+            log.info("discovering names via %s (cluster domain %s)", via.address, domain)
+            try:
+                sample = await runner.discover(via, domain, services, file_queries, file_lookups)
+            except OSError as exc:
+                raise click.ClickException(f"discovery via {via.address}: {exc}") from None
         log.info("sample: %d names, %d lookups", len(sample.queries), len(sample.lookups))
         for t in settings.targets:
             if runner.out_of_time():
