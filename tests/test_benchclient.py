@@ -317,3 +317,15 @@ def test_command_rejects_bad_options(args: list[str], message: str, tmp_path: Pa
     cp = subprocess.run(_client(*args, resolv_conf=rc), capture_output=True, text=True, timeout=60, cwd=ROOT,
                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert cp.returncode == 2 and message in cp.stderr, cp.stderr
+
+
+def test_client_drops_are_counted() -> None:
+    """Datagrams the kernel drops at a full socket show in /proc/net/udp, and so in the run."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rx.bind(("127.0.0.1", 0))
+        assert loadgen.socket_drops([rx.fileno()]) == 0
+        for _ in range(200):
+            tx.sendto(b"x" * 512, rx.getsockname())
+        assert loadgen.socket_drops([rx.fileno()]) > 100

@@ -18,7 +18,9 @@ whichever comes first, or at once when ``stop`` is set.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ import dns.rdatatype
 BURST = 64
 #: How often the drain after the last send looks at the stop flag, s.
 DRAIN_POLL = 0.01
+#: Receive buffer per socket, bytes: answers wait here while the loop is busy sending a burst.
+RCVBUF = 1 << 20
 
 
 def query_wire(name: str, qtype: str, *, edns: bool = False) -> bytes:
@@ -58,6 +62,9 @@ class RunResult:
     send_span: float = 0.0
     #: How late each send left against its schedule.
     send_lags: list[float] = field(default_factory=list)
+    #: Answers the kernel dropped because our own sockets' buffers were full
+    #: (/proc/net/udp): loss the client caused, not the target.
+    client_drops: int = 0
     #: The stop flag ended the run early.
     stopped: bool = False
     #: The answer to each query, by index (only when asked to keep them).
@@ -125,6 +132,7 @@ async def run(target: str, wires: Sequence[bytes], *, rate: float, count: int, t
         for _ in range(sockets):
             tr, proto = await loop.create_datagram_endpoint(lambda: _Receiver(state),
                                                             remote_addr=(target, port))
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             transports.append(tr)
             receivers.append(proto)
         ids = [random.randrange(0x10000) for _ in range(sockets)]
@@ -159,10 +167,31 @@ async def run(target: str, wires: Sequence[bytes], *, rate: float, count: int, t
         # Wait for the stragglers, at most one timeout after the last send.
         while state.outstanding > 0 and not stop.is_set() and time.perf_counter() < last_send + timeout:
             await asyncio.sleep(DRAIN_POLL)
+        drops = socket_drops([tr.get_extra_info("socket").fileno() for tr in transports])
     finally:
         for tr in transports:
             tr.close()
-    return _collect(state, sent, start, interval, rate, timeout, stopped=stop.is_set())
+    res = _collect(state, sent, start, interval, rate, timeout, stopped=stop.is_set())
+    res.client_drops = drops
+    return res
+
+
+def socket_drops(fds: Sequence[int]) -> int:
+    """Datagrams the kernel dropped at these UDP sockets (the ``drops`` column of
+    /proc/net/udp and udp6, matched by inode); 0 where that cannot be read."""
+    inodes = {str(os.fstat(fd).st_ino) for fd in fds}
+    total = 0
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[9] in inodes:
+                total += int(fields[12])
+    return total
 
 
 def _collect(state: _Run, sent: int, start: float, interval: float, rate: float, timeout: float,

@@ -113,9 +113,9 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
             rows.append([t, phase, fmt(p["offered_qps"]), f"{p['sent']:,}", f"{p['answered']:,}",
                          f"{p['timeouts']:,}", f"{p['errors']:,}",
                          *(fmt(lat[k]) for k in ("p50", "p90", "p99", "p99.9")),
-                         fmt(p["send_lag_ms"]["p99"])])
+                         fmt(p["send_lag_ms"]["p99"]), f"{p['client_drops']:,}"])
     L.append(table(["target", "phase", "rate (q/s)", "sent", "answered", "timeouts", "errors",
-                    "p50 (ms)", "p90", "p99", "p99.9", "send lag p99 (ms)"], rows) + "\n")
+                    "p50 (ms)", "p90", "p99", "p99.9", "send lag p99 (ms)", "client drops"], rows) + "\n")
     rows = []
     for t, key in ((t, k) for t in labels for k in ("searchpath_cold", "searchpath")):
         sp = res["targets"][t].get(key)
@@ -132,12 +132,15 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
     for t in labels:
         for stp in get(res["targets"][t], ("throughput", "steps")) or []:
             rows.append([t, fmt(stp["offered_qps"]), fmt(stp["answered_qps"]), fmt(stp["loss"], "%"),
-                         fmt(stp["latency_ms"]["p99"])])
+                         fmt(stp["latency_ms"]["p99"]), fmt(stp["send_lag_ms"]["p99"]),
+                         f"{stp['client_drops']:,}"])
     if rows:
         L.append("Throughput ramp:\n")
-        L.append(table(["target", "offered (q/s)", "answered (q/s)", "loss", "p99 (ms)"], rows) + "\n")
-    L.append("The send lag is how late the load generator sent against its schedule; a large "
-             "one means the pod's CPU, not the target, limited the rate.\n")
+        L.append(table(["target", "offered (q/s)", "answered (q/s)", "loss", "p99 (ms)",
+                        "send lag p99 (ms)", "client drops"], rows) + "\n")
+    L.append("The send lag is how late the load generator sent against its schedule, and client "
+             "drops are answers the kernel dropped at the client's own sockets: when either is "
+             "large, the pod's CPU, not the target, limited the run.\n")
     for name, alt in (("latency_cdf.png", "latency CDF: hits solid, misses dashed"),
                       ("searchpath.png", "search-path lookup CDF"),
                       ("throughput.png", "answered against offered rate")):

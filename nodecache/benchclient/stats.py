@@ -48,6 +48,7 @@ def run_summary(r: RunResult, seconds: float | None = None) -> dict[str, Any]:
         "errors": errors,
         "error_rate": errors / counted if counted else math.nan,
         "abandoned": r.abandoned,
+        "client_drops": r.client_drops,
         "truncated": r.truncated,
         "rcodes": dict(sorted(r.rcodes.items())),
         "latency_ms": latency_ms(r.latencies),
