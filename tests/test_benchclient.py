@@ -86,6 +86,9 @@ def test_walk_and_names() -> None:
     assert names.default_walk(["10.96.0.1", "10.96.0.10", "10.97.3.4"]) == ["10.96.0.0/24", "10.97.3.0/24"]
     walk = names.ptr_walk(["10.96.0.0/24", "10.97.0.0/24"], 300)
     assert len(walk) == 300 and walk[0] == ("1.0.96.10.in-addr.arpa", "PTR") and walk[254] == ("1.0.97.10.in-addr.arpa", "PTR")
+    assert names.srv_walk(["web.shop.svc.cluster.local", "ep-1.db.shop.svc.cluster.local"], "cluster.local", 3) == [
+        ("_http._tcp.web.shop.svc.cluster.local", "SRV"), ("_https._tcp.web.shop.svc.cluster.local", "SRV"),
+        ("_grpc._tcp.web.shop.svc.cluster.local", "SRV")]
     assert names.short_service_name("web.shop.svc.cluster.local", "cluster.local") == "web.shop"
     assert names.short_service_name("ep-1.web.shop.svc.cluster.local", "cluster.local") is None
     import random

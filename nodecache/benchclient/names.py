@@ -7,7 +7,8 @@ Without API access the cluster DNS itself is the catalogue:
 * a PTR walk over the Service range (by default the /24s holding those two
   Service IPs) names the other services: the cluster DNS answers a PTR query
   for each Service IP with ``<svc>.<ns>.svc.<domain>`` (Kubernetes DNS
-  specification, section 2.3.3);
+  specification, section 2.3.3); an SRV walk then asks each of them for a few
+  common named ports (``_http._tcp`` and the like);
 * an optional list of services (``name.namespace``) and a names file in
   dnsperf's format (``NAME TYPE`` per line, e.g. from a ConfigMap) add to it.
 
@@ -83,6 +84,24 @@ def ptr_walk(cidrs: Sequence[str], limit: int) -> list[Query]:
             if len(out) >= limit:
                 return out
             out.append((ip.reverse_pointer, "PTR"))
+    return out
+
+
+#: Named ports tried for each service found (``_<port>._<proto>.<svc>``, Kubernetes DNS
+#: specification, section 2.3.1); the cluster DNS answers those the Service defines.
+SRV_PORTS = ("_http._tcp", "_https._tcp", "_grpc._tcp", "_dns._udp")
+
+
+def srv_walk(services: Sequence[str], domain: str, limit: int) -> list[Query]:
+    """SRV queries for common named ports of each service (``svc.ns.svc.<domain>``), at most *limit*."""
+    out: list[Query] = []
+    for s in services:
+        if short_service_name(s, domain) is None:
+            continue
+        for port in SRV_PORTS:
+            if len(out) >= limit:
+                return out
+            out.append((f"{port}.{s}", "SRV"))
     return out
 
 

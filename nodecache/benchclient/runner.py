@@ -89,9 +89,16 @@ class Runner:
         sources["PTR walk (PTR records)"] = len(walked.answered)
         from_ptr = [(t, "A") for t in walked.targets]
         sources["PTR walk (names they point to)"] = len(from_ptr)
+        srv = names.srv_walk([n for n, _ in from_ptr], domain, self.s.walk_max)
+        srv_found = names.Answers()
+        if srv and not self.out_of_time():
+            self.progress(f"discovery: SRV walk ({len(srv)} queries)")
+            r = await self._load(via, srv, rate=self.s.discover_rate, count=len(srv), keep=True)
+            srv_found = names.read_answers(srv, r.answers)
+        sources["SRV walk"] = len(srv_found.answered)
         sources["names file"] = len(file_queries)
         queries = names.dedupe([*file_queries, *found.answered, *from_ptr, *walked.answered,
-                                *[(t, "A") for t in found.targets]])
+                                *srv_found.answered, *[(t, "A") for t in found.targets]])
         if len(queries) > self.s.sample:
             queries = self.rng.sample(queries, self.s.sample)
         lookups = list(file_lookups)
