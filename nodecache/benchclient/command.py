@@ -158,7 +158,7 @@ def bench_client(**o: Any) -> None:
     file_lookups = names.parse_lookups_file(_read(o["lookups_file"]))
     domain = (o["cluster_domain"] or conf.cluster_domain or "cluster.local").strip(".")
     via_addr = o["discover_via"] or (conf.nameservers[0] if conf.nameservers else targets[0].address)
-    via = _target(f"via={via_addr}")
+    via = _resolve(_target(f"via={via_addr}"))
     previous = _load_previous(o["compare_dir"]) if o["compare_dir"] else None
     if previous and set(previous[0]["targets"]) & {t.label for t in targets}:
         raise click.BadParameter("labels must differ from the compared run's", param_hint="--target")
@@ -184,8 +184,13 @@ def bench_client(**o: Any) -> None:
         res, samples = _merge(previous, res, samples)
     from . import report  # noqa: PLC0415
     out = Path(o["out_dir"])
-    text = report.write(res, samples, out)
-    (out / "samples.json").write_text(json.dumps({k: [round(v, 7) for v in vs] for k, vs in samples.items()}))
+    try:
+        text = report.write(res, samples, out)
+        (out / "samples.json").write_text(json.dumps({k: [round(v, 7) for v in vs] for k, vs in samples.items()}))
+    except OSError as exc:  # the log still gets the report
+        click.echo(report.render(res, []))
+        click.echo(json.dumps(report.clean(res)))
+        raise click.ClickException(f"cannot write the report to {out}: {exc.strerror}") from None
     click.echo(text)
     click.echo("results.json:")
     click.echo((out / "results.json").read_text())

@@ -105,17 +105,19 @@ def chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str, xlo
     if diagonal:
         lo, top = max(xticks[0], y0f), min(xticks[-1], yticks[-1])
         c.line(*px(lo, lo), *px(top, top), (150, 150, 150), dash=4)
-    for s in series:
+    for k, s in enumerate(series):
         color = PALETTE[s.color % len(PALETTE)]
+        # Series drawn earlier are wider, so one that a later one covers exactly still shows.
+        width = 2 + 2 * (len(series) - 1 - k) if s.markers else 2
         prev, phase = None, 0
         for vx, vy in zip(s.xs, s.ys):
             if not (math.isfinite(vx) and math.isfinite(vy)) or (xlog and vx <= 0):
                 continue
             p = px(vx, vy)
             if prev is not None:
-                phase = c.line(*prev, *p, color, width=2, dash=5 if s.dashed else 0, phase=phase)
+                phase = c.line(*prev, *p, color, width=width, dash=5 if s.dashed else 0, phase=phase)
             if s.markers:
-                c.rect(p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3, color)
+                c.rect(p[0] - width - 1, p[1] - width - 1, p[0] + width + 1, p[1] + width + 1, color)
             prev = p
     c.text(LEFT, 6, title)
     c.text(LEFT + pw - Canvas.text_width(xlabel), HEIGHT - 18, xlabel)
