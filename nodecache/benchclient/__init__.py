@@ -12,8 +12,11 @@ applications ask:
 * ``loadgen`` is an open-loop UDP load generator on asyncio: queries leave at
   a fixed rate whatever the answers do, each timed from its own send;
 * ``lookup`` times whole search-path lookups as an application sees them;
-* ``runner`` runs the phases for each target within a time budget and a rate
-  cap, and stops at once on SIGTERM/SIGINT with what it has;
-* ``report``, ``plot`` and ``png`` write the Markdown table, the JSON and the
-  PNG plots (a small encoder of our own: the image carries no matplotlib).
+* ``settings`` holds the targets, rates, sizes and the time budget, under a hard
+  rate cap; ``runner`` runs the phases for each target within them, and stops
+  at once on SIGTERM/SIGINT with what it has;
+* ``stats`` sums a run up; ``report``, ``plot`` and ``png`` write the Markdown
+  table, the JSON and the PNG plots (a small encoder of our own: the image
+  carries no matplotlib);
+* ``command`` is the click command, registered in ``nodecache.cli``.
 """
