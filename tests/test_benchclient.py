@@ -189,6 +189,21 @@ async def test_search_path_lookups_as_glibc() -> None:
     assert ports[0] == ports[1] and len(set(ports)) == 4
 
 
+async def test_single_request_asks_one_type_at_a_time() -> None:
+    """With ``options single-request`` AAAA leaves only once A is answered (0.1 s later here);
+    without it both leave together."""
+    gaps = {}
+    for options in ("", "options single-request\n"):
+        async with FakeUpstream(answer_from({}), delay=0.1) as up:
+            conf = resolv.parse(KUBELET + options)
+            r = await lookup.run("127.0.0.1", ["web"], conf, qtypes=("A", "AAAA"), rate=10, timeout=1,
+                                 max_seconds=5, stop=asyncio.Event(), port=up.port)
+            assert (r.not_found, r.queries) == (1, 8)
+            assert [q.qtype for q in up.queries] == ["A", "AAAA"] * 4
+            gaps[options] = up.queries[1].at - up.queries[0].at
+    assert gaps[""] < 0.08 and gaps["options single-request\n"] >= 0.09
+
+
 async def test_lookup_timeout_ends_it() -> None:
     async with FakeUpstream(lambda q, p: None) as up:
         r = await lookup.run("127.0.0.1", ["web"], resolv.parse(KUBELET), qtypes=("A",), rate=10,

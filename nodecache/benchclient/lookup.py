@@ -2,8 +2,9 @@
 
 One lookup is what ``getaddrinfo()`` does in glibc for a name: a new UDP
 socket, then for each candidate from :func:`resolv.candidates` the query
-types asked together (A and AAAA back to back for ``AF_UNSPEC``), waiting for
-all of them before moving on. It succeeds at the first candidate with an
+types asked together (A and AAAA back to back for ``AF_UNSPEC``; one after
+the other with ``options single-request``), waiting for all of them before
+moving on. It succeeds at the first candidate with an
 answer record, moves on after NXDOMAIN, NODATA or SERVFAIL, and fails on a
 timeout (glibc would retry; here a timeout is what is being counted).
 
@@ -49,9 +50,15 @@ class LookupResults:
         return self.found + self.not_found + self.timeouts
 
 
-def _wires(name: str, conf: ResolvConf, qtypes: Sequence[str]) -> list[list[bytes]]:
-    """Per candidate name, its queries (ID 0)."""
-    return [[query_wire(fqdn, t, edns=conf.edns0) for t in qtypes] for fqdn in candidates(name, conf)]
+def _wires(name: str, conf: ResolvConf, qtypes: Sequence[str]) -> list[list[list[bytes]]]:
+    """Per candidate name, its queries (ID 0) in the groups sent together: all types at
+    once, or one at a time with ``options single-request`` (resolv.conf(5))."""
+    sequential = any(o.startswith("single-request") for o in conf.other_options)
+    out = []
+    for fqdn in candidates(name, conf):
+        wires = [query_wire(fqdn, t, edns=conf.edns0) for t in qtypes]
+        out.append([[w] for w in wires] if sequential else [wires])
+    return out
 
 
 def _ask(sock: socket.socket, queries: list[bytes], timeout: float, halt: threading.Event) -> list[bytes] | None:
@@ -79,18 +86,21 @@ def _ask(sock: socket.socket, queries: list[bytes], timeout: float, halt: thread
     return [a for a in answers if a is not None]
 
 
-def _lookup(target: str, port: int, wires: list[list[bytes]], timeout: float,
+def _lookup(target: str, port: int, wires: list[list[list[bytes]]], timeout: float,
             halt: threading.Event) -> tuple[str, int]:
     """("found" | "not_found" | "timeout", queries sent) for one lookup."""
     sent = 0
     family = socket.AF_INET6 if ":" in target else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((target, port))
-        for queries in wires:
-            sent += len(queries)
-            answers = _ask(sock, queries, timeout, halt)
-            if answers is None:
-                return "timeout", sent
+        for groups in wires:
+            answers = []
+            for queries in groups:
+                sent += len(queries)
+                got = _ask(sock, queries, timeout, halt)
+                if got is None:
+                    return "timeout", sent
+                answers += got
             if any(a[3] & 0x0F == NOERROR and int.from_bytes(a[6:8], "big") > 0 for a in answers):
                 return "found", sent
             if not all(a[3] & 0x0F in (NOERROR, NXDOMAIN, SERVFAIL) for a in answers):
@@ -98,7 +108,7 @@ def _lookup(target: str, port: int, wires: list[list[bytes]], timeout: float,
     return "not_found", sent
 
 
-def _run_blocking(target: str, port: int, prepared: list[list[list[bytes]]], rate: float, timeout: float,
+def _run_blocking(target: str, port: int, prepared: list[list[list[list[bytes]]]], rate: float, timeout: float,
                   max_seconds: float, halt: threading.Event) -> LookupResults:
     res = LookupResults()
     start = time.perf_counter()
