@@ -37,18 +37,51 @@ container is OOM-killed), kubelet restarts the container and the new worker's
 from __future__ import annotations
 
 import json
-import logging
 import os
 import select
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from nodecache.aio.servinglock import ServingLock
 
-log = logging.getLogger("nodecache.supervisor")
+
+class _Log:
+    """``logging``'s interface for the few calls made here, without importing it in the
+    parent (about 1 MB of its memory: logging brings threading, traceback, tokenize...).
+
+    Where ``logging`` is loaded already (the worker, the rule-removal helper), records
+    go through it; otherwise lines are written to stderr in the same format as
+    ``logging.basicConfig`` with :data:`LOG_FORMAT`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _emit(self, level: str, msg: str, args: tuple[object, ...]) -> None:
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            logging.getLogger(self.name).log(getattr(logging, level), msg, *args)
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        sys.stderr.write(f"{stamp},{int(now % 1 * 1000):03d} {level} {self.name}: {msg % args}\n")
+        sys.stderr.flush()
+
+    def info(self, msg: str, *args: object) -> None:
+        self._emit("INFO", msg, args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._emit("WARNING", msg, args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._emit("ERROR", msg, args)
+
+
+#: The agent's log line format (``nodecache.cli``).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = _Log("nodecache.supervisor")
 
 #: Environment variable naming the worker's end of the pipe to the parent.
 ENV_FD = "NODECACHE_SUPERVISOR_FD"
@@ -115,7 +148,7 @@ class WorkerChannel:
         _die_with_parent(int(parent) if parent else None)
         return cls(fd)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, object]) -> None:
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
         try:
             os.write(self.fd, data)  # far below PIPE_BUF: one atomic write
@@ -136,9 +169,12 @@ class WorkerChannel:
         self._send({"ready": {"firewall": firewall}})
 
 
-def _another_agent_serves(path: str | None) -> bool:
-    """Whether some other agent holds the serving lock (the dead worker's went with it)."""
-    if not path:
+def _another_agent_serves(path: object) -> bool:
+    """Whether some other agent holds the serving lock (the dead worker's went with it).
+
+    :param path: the lock's path as the worker sent it (JSON: anything; no lock unless a string).
+    """
+    if not isinstance(path, str) or not path:
         return False
     lock = ServingLock(path)
     try:
@@ -180,7 +216,7 @@ class Supervisor:
         self.backoff_max = backoff_max
         self.backoff_reset = backoff_reset
         #: What the current (or last) worker said it installs.
-        self.rules: dict[str, Any] | None = None
+        self.rules: dict[str, object] | None = None
         #: Workers started so far.
         self.starts = 0
         self.stopping = False
@@ -229,7 +265,7 @@ class Supervisor:
         """Start a worker; return its PID and the read end of its pipe."""
         r, w = os.pipe()
         env = dict(os.environ, **{ENV_FD: str(WORKER_FD), ENV_PARENT: str(os.getpid())})
-        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, w, WORKER_FD)]
+        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_DUP2, w, WORKER_FD)]
         if w != WORKER_FD:
             actions.append((os.POSIX_SPAWN_CLOSE, w))
         else:
@@ -414,9 +450,9 @@ def _remove_rules_main(text: str) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["--remove-rules"] and len(argv) == 2:
+        import logging  # noqa: PLC0415 - the firewall code logs through it
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
         return _remove_rules_main(argv[1])
     return Supervisor(worker_argv(argv)).run()
 

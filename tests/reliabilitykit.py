@@ -67,18 +67,26 @@ ZONE = "\n".join(
 
 
 @contextlib.contextmanager
-def knot(ns: str, workdir: Path) -> Iterator[KnotServer]:
-    """Knot DNS, authoritative for ``example.``, on 10.200.0.2:53 in ``ns``."""
+def knot(ns: str, workdir: Path, zones: dict[str, str] | None = None,
+         listen: tuple[str, ...] = (UPSTREAM_IP,), probe: str = "h1.example.",
+         ) -> Iterator[KnotServer]:
+    """Knot DNS in ``ns`` on port 53 of each ``listen`` address, authoritative for
+    ``zones`` (origin -> zone file text; by default ``example.`` as above)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "example.zone").write_text(ZONE)
+    zones = {"example.": ZONE} if zones is None else zones
+    entries = ""
+    for origin, text in zones.items():
+        path = workdir / f"{origin}zone"
+        path.write_text(text)
+        entries += f"  - domain: {origin}\n    file: {path}\n    storage: {workdir}\n"
+    listens = "".join(f"    listen: {ip}@53\n" for ip in listen)
     (workdir / "knot.conf").write_text(
-        f"server:\n    listen: {UPSTREAM_IP}@53\n    rundir: {workdir}\n"
+        f"server:\n{listens}    rundir: {workdir}\n"
         f"    udp-workers: 2\n    tcp-workers: 2\n    tcp-idle-timeout: 60\n"
         f"database:\n    storage: {workdir}\n"
         f"log:\n  - target: stderr\n    any: error\n"
-        f"zone:\n  - domain: example.\n    file: {workdir}/example.zone\n"
-        f"    storage: {workdir}\n")
-    server = KnotServer(ns, workdir)
+        f"zone:\n{entries}")
+    server = KnotServer(ns, workdir, listen[0], probe)
     server.start()
     try:
         yield server
@@ -90,6 +98,9 @@ def knot(ns: str, workdir: Path) -> Iterator[KnotServer]:
 class KnotServer:
     ns: str
     workdir: Path
+    #: An address it listens on and a name it answers, to tell when it is up.
+    ip: str = UPSTREAM_IP
+    probe: str = "h1.example."
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -97,7 +108,7 @@ class KnotServer:
         self.proc = netns.popen(self.ns, "knotd", "-c", str(self.workdir / "knot.conf"),
                                 stdout=log, stderr=log)
         log.close()
-        wait_answering(self.ns, UPSTREAM_IP, 53, "h1.example.")
+        wait_answering(self.ns, self.ip, 53, self.probe)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -224,13 +235,14 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 
 
 def wait_answering(ns: str, host: str, port: int, name: str, timeout: float = 15,
-                   proc: subprocess.Popen[bytes] | None = None) -> None:
+                   proc: subprocess.Popen[bytes] | None = None, tries_time: int = 1) -> None:
+    """Until ``host`` answers ``name`` at all; each try waits ``tries_time`` s for a reply."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode} before answering")
-        res = netns.run(ns, "dig", f"@{host}", "-p", str(port), "+tries=1", "+time=1",
-                        name, check=False)
+        res = netns.run(ns, "dig", f"@{host}", "-p", str(port), "+tries=1",
+                        f"+time={tries_time}", name, check=False)
         if res.returncode == 0 and "status:" in res.stdout:  # any reply, even SERVFAIL
             return
         time.sleep(0.1)

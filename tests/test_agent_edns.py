@@ -68,7 +68,12 @@ async def test_udp_answers_fit_the_client_buffer(name: str, payload: int | None,
         assert reply.question == query.question
         assert bool(reply.flags & dns.flags.TC) == tc
         if tc:
-            assert not reply.answer
+            # As many whole A records as fit after the question and OPT (16 bytes each,
+            # the owner a pointer to the question), as node-cache sends.
+            addresses = [r.address for r in reply.answer[0]]
+            assert len(addresses) == (limit - len(query.to_wire())) // 16
+            assert set(addresses) <= set(RECORDS[f"{name} A"])
+            assert (reply.edns >= 0) == (payload is not None)
             # The client's TCP retry gets everything.
             full = await kit.query(name, tcp=True, **kwargs)
             assert not full.flags & dns.flags.TC
@@ -127,6 +132,27 @@ async def test_unknown_edns_version_gets_badvers(version: int) -> None:
         assert not up.queries
         # Version 0 still works.
         assert (await kit.query("small.example.", edns=0)).rcode() == dns.rcode.NOERROR
+
+
+async def test_client_edns_options_go_upstream_and_replies_keep_our_opt() -> None:
+    # CoreDNS's forward passes the client's options on; the cache key ignores
+    # them, and the reply's OPT is ours (no options echoed back).
+    subnet = dns.edns.ECSOption("192.0.2.0", 24)
+    cookie = dns.edns.GenericOption(10, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    async with FakeUpstream(sized) as up, AgentKit(corefile(up.port)) as kit:
+        for name, options in (("small.example.", [subnet, cookie]), ("small.example.", [])):
+            query = dns.message.make_query(name, "A", use_edns=0, payload=4096, options=options)
+            reply = await kit.ask(query)
+            assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+            assert not reply.options and reply.payload == OUR_UDP_PAYLOAD
+        # strict parse: the slow path passes options on too
+        query = dns.message.make_query("small.example.", "TXT", use_edns=0, options=[cookie])
+        query.flags |= dns.flags.AD
+        assert (await kit.ask(query)) is not None
+        (first, txt) = up.queries
+        assert [o.to_wire() for o in first.message.options] == [subnet.to_wire(), cookie.to_wire()]
+        assert first.message.payload == OUR_UDP_PAYLOAD  # the buffer size is ours
+        assert [o.otype for o in txt.message.options] == [10]
 
 
 async def test_edns_options_in_query_do_not_break_hits() -> None:

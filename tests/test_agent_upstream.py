@@ -384,6 +384,35 @@ async def test_serve_stale_verify_falls_back_to_stale(failure: str) -> None:
         assert str(again.answer[0][0]) == "192.0.2.1"
 
 
+async def test_serve_stale_verify_client_timer_with_slow_upstream() -> None:
+    """RFC 8767 section 5: stale after the 1.8 s client-response timer; the refresh goes on."""
+    numbered = _numbered(ttl=30)
+
+    async def slow(q: dns.message.Message, proto: str) -> dns.message.Message:
+        await asyncio.sleep(2.6)
+        return numbered(q, proto)
+
+    async with FakeUpstream(_numbered()) as up, \
+            AgentKit(corefile(up.port, SHORT.format(mode="verify")),
+                     forward_overrides={"try_timeout": 3.0, "budget": 3.5}) as kit:
+        await kit.query("a.example.")
+        await _expire(kit)
+        up.handler = slow
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        first, second = await asyncio.gather(kit.query("a.example."), kit.query("a.example."))
+        took = loop.time() - began
+        assert 1.7 <= took < 2.4                    # the timer, not the upstream's 2.6 s
+        for reply in (first, second):               # the coalesced follower too
+            assert str(reply.answer[0][0]) == "192.0.2.1" and ttls(reply) == [0]
+        # the refresh lands in the cache once the upstream answers
+        await wait_for(lambda: next(iter(handler_of(kit).index.values())).expires
+                       > loop.time() + 10, timeout=3.0)
+        fresh = await kit.query("a.example.")
+        assert str(fresh.answer[0][0]) == "192.0.2.1" and ttls(fresh)[0] > 1
+        assert len(up.queries) == 2
+
+
 async def test_stale_entries_not_served_past_the_stale_duration() -> None:
     async with FakeUpstream(_numbered()) as up, \
             AgentKit(corefile(up.port, "cache 30 {\n success 100 30 1\n serve_stale 1s\n }")) as kit:

@@ -263,6 +263,8 @@ FORWARD_CASES: list[tuple[str, ForwardSettings]] = [
     ("forward . 10.0.0.1 {\n policy round_robin\n}", fwd(U1, policy="round_robin")),
     ("forward . 10.0.0.1 {\n policy sequential\n}", fwd(U1, policy="sequential")),
     ("forward . 10.0.0.1 {\n max_concurrent 1000\n}", fwd(U1, max_concurrent=1000)),
+    ("forward . 10.0.0.1 {\n failfast_all_unhealthy_upstreams\n}",
+     fwd(U1, failfast_all_unhealthy=True)),
 ]
 
 

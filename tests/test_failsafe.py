@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,3 +294,18 @@ def test_a_worker_that_fails_at_start_is_not_restarted(tmp_path: Path) -> None:
         assert log.count("started worker") == 1, log
         assert "failed before it served; not restarting" in log
         assert netns.ruleset_snapshot(topo.node) == before_rules, log
+
+
+def test_supervisor_holds_no_agent_libraries() -> None:
+    """The parent imports only the basics: no DNS, metrics, netlink, asyncio or logging code."""
+    code = ("import sys, nodecache.supervisor as s; s.log.info('worker %d %s', 7, 'is serving'); "
+            "print(' '.join(sorted(sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=netns.python_env(), check=True)
+    modules = set(res.stdout.split())
+    for heavy in ("asyncio", "logging", "typing", "dns", "prometheus_client", "pyroute2", "click",
+                  "uvloop", "nodecache.config", "nodecache.core", "nodecache.hostnet"):
+        assert heavy not in modules, f"the supervisor imports {heavy}"
+    # Its lines look like the worker's (logging.basicConfig with the agent's format).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO nodecache.supervisor: "
+                        r"worker 7 is serving\n", res.stderr), res.stderr

@@ -142,6 +142,28 @@ async def test_down_upstream_skipped(loop_errors: list) -> None:
             await fwd.close()
 
 
+async def test_all_down_failfast(loop_errors: list) -> None:
+    """failfast_all_unhealthy_upstreams: SERVFAIL at once, nothing sent upstream."""
+    switch = Switch(down=True)
+    async with FakeUpstream(switch) as a, FakeUpstream(switch) as b:
+        fwd, stats = await forwarder(fast(a.upstream, b.upstream, max_fails=1,
+                                          failfast_all_unhealthy=True))
+        try:
+            with pytest.raises(UpstreamError):
+                await fwd.query(query_wire("a.example."), tcp=False)
+            await until(lambda: all(u.health.is_down(1) for u in fwd._upstreams))
+            sent = len(a.queries) + len(b.queries)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with pytest.raises(UpstreamError, match="all upstreams unhealthy"):
+                await fwd.query(query_wire("b.example."), tcp=False)
+            assert loop.time() - began < 0.05
+            assert not [q for q in a.queries + b.queries if q.qname == "b.example."]
+            assert stats.healthcheck_broken == 0 and len(a.queries) + len(b.queries) - sent < 4
+        finally:
+            await fwd.close()
+
+
 async def test_all_down_tries_one_anyway(loop_errors: list) -> None:
     switch = Switch(down=True)
     async with FakeUpstream(switch) as a, FakeUpstream(switch) as b:

@@ -1,4 +1,4 @@
-"""nodecache.core.policy: upstream order, health, and the attempts loop."""
+"""nodecache.core.policy: upstream order and health."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from nodecache.core.policy import (
-    POLICIES, Attempts, RandomPolicy, RoundRobinPolicy, SequentialPolicy, UpstreamHealth,
+    POLICIES, RandomPolicy, RoundRobinPolicy, SequentialPolicy, UpstreamHealth,
     make_policy,
 )
 
@@ -59,46 +59,11 @@ def test_health(max_fails: int, fails: int, down: bool) -> None:
     assert not h.is_down(max_fails)
 
 
-def healths(*down: bool) -> list[UpstreamHealth]:
-    out = []
-    for d in down:
-        h = UpstreamHealth()
-        h.fails = 10 if d else 0
-        out.append(h)
-    return out
-
-
-# (order, which are down, expected (index, broken) sequence)
-ATTEMPT_CASES = [
-    ([0, 1, 2], (False, False, False), [(0, False), (1, False), (2, False), (0, False)]),
-    ([2, 0, 1], (False, False, False), [(2, False), (0, False), (1, False), (2, False)]),
-    ([0, 1, 2], (False, True, False), [(0, False), (2, False), (0, False), (2, False)]),
-    ([0, 1, 2], (True, True, False), [(2, False), (2, False)]),
-]
-
-
-@pytest.mark.parametrize("order,down,expected", ATTEMPT_CASES)
-def test_attempts(order: list[int], down: tuple[bool, ...], expected: list[tuple[int, bool]]) -> None:
-    a = Attempts(order, healths(*down), max_fails=2)
-    assert [a.next() for _ in expected] == expected
-
-
-def test_attempts_all_down_picks_at_random() -> None:
-    a = Attempts([0, 1, 2], healths(True, True, True), max_fails=2, rng=random.Random(3))
-    picks = [a.next() for _ in range(60)]
-    assert all(broken for _, broken in picks)
-    assert {i for i, _ in picks} == {0, 1, 2}
-
-
-def test_attempts_counts_passes() -> None:
-    a = Attempts([0, 1], healths(False, False), max_fails=2)
-    seen = []
-    for _ in range(5):
-        a.next()
-        seen.append(a.passes)
-    assert seen == [0, 0, 1, 1, 2]
-
-
-def test_attempts_max_fails_zero_ignores_fails() -> None:
-    a = Attempts([0, 1], healths(True, True), max_fails=0)
-    assert a.next() == (0, False)
+def test_mark_down_until_a_check_passes() -> None:
+    h = UpstreamHealth()
+    h.mark_down(2)
+    assert h.is_down(2)
+    h.check_succeeded()
+    assert not h.is_down(2)
+    h.mark_down(0)                      # max_fails 0: never down
+    assert not h.is_down(0)

@@ -158,11 +158,12 @@ class Daemon:
 
 def start_daemon(
     cleanup: Cleanup, name: str, argv: Sequence[str], *, ns: str, log_dir: Path,
-    cpu: int | None = None, env: dict[str, str] | None = None,
+    cpu: int | None = None, env: dict[str, str] | None = None, outer: Sequence[str] = (),
 ) -> Daemon:
     """Start *argv* in namespace *ns* (optionally pinned to *cpu*) in its own process group.
 
-    ``ip netns exec`` and ``taskset`` both exec, so the Popen pid is the server's own.
+    ``outer`` goes before ``ip netns exec`` (a cgroup's entry shell). Every
+    wrapper execs, so the Popen pid is the server's own.
     """
     full = list(argv)
     if cpu is not None:
@@ -170,7 +171,7 @@ def start_daemon(
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            in_ns(ns, full), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [*outer, *in_ns(ns, full)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
     d = Daemon(name, proc, log_path)
@@ -211,19 +212,6 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / _TCK
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of *pid* and its descendants, from /proc/<pid>/status."""
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
 
 
 def core_times() -> dict[int, tuple[int, int, int]]:

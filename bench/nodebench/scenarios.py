@@ -15,7 +15,9 @@ from typing import Any
 from . import servers as S
 from . import topology as T
 from . import zone as Z
-from .host import BenchError, Cleanup, Daemon, Interrupted, log, rss_bytes
+from .host import BenchError, Cleanup, Daemon, Interrupted, log
+from .memory import measure as measure_memory
+from .memory import process_memory
 from .measure import PerfResult, conntrack_entries, conntrack_flush, dnsperf, probe, summary_ms
 
 LOSS_LIMIT = 0.001  # 0.1 %
@@ -164,7 +166,7 @@ class Runner:
         p, pod, name = self.plan, self.topo.pod, cache.name
         log(f"== {name} on {cache.ip} (pinned to core {S.SERVER_CPU})")
         daemon = self._start(cache)
-        res["rss_idle_bytes"] = rss_bytes(daemon.pid)
+        res["rss_idle_bytes"] = measure_memory(daemon.pid, cache.cgroup)["rss_bytes"]
 
         # 1. latency: miss then hit, same queries, one outstanding at a time
         log(f"{name}: 1. latency, cache miss then hit ({p.latency_names} names at 1,000 q/s)")
@@ -172,6 +174,12 @@ class Runner:
         hit = dnsperf(pod, cache.ip, self.latency_file, LATENCY_ARGS, verbose=True)
         res["latency"] = {"miss": _perf_dict(miss, latency=True), "hit": _perf_dict(hit, latency=True)}
         self.samples[f"{name}:miss"], self.samples[f"{name}:hit"] = miss.latencies, hit.latencies
+
+        if cache.hit_only:
+            log(f"{name}: 3. maximum hit throughput (<= {LOSS_LIMIT:.1%} loss)")
+            res["throughput"] = self._hit_throughput(cache, daemon)
+            res["memory"] = {"idle": measure_memory(daemon.pid, cache.cgroup)}
+            return
 
         # 2. search path
         log(f"{name}: 2. search path (ndots:5), cold and warm cache")
@@ -205,15 +213,18 @@ class Runner:
         # 5. memory
         log(f"{name}: 5. memory after caching {', '.join(map(str, p.memory_points))} names")
         daemon = self._start(cache)
-        mem: dict[str, Any] = {"idle_bytes": rss_bytes(daemon.pid), "after": {}}
+        idle = measure_memory(daemon.pid, cache.cgroup)
+        mem: dict[str, Any] = {"idle_bytes": idle["rss_bytes"], "idle": idle, "after": {}}
         done = 0
         for point in p.memory_points:
             batch = Z.pod_names(f"r{name}{point}", point - done)
             f = Z.write_queries(self.work / "queries" / f"mem-{name}-{point}.txt", batch)
             r = dnsperf(pod, cache.ip, f, ["-n", "1", "-q", "100", "-c", "4", "-t", "3"])
             done = point
-            mem["after"][str(point)] = {"rss_bytes": rss_bytes(daemon.pid), "answered": r.completed,
-                                       "queries": r.sent}
+            mem["after"][str(point)] = {**measure_memory(daemon.pid, cache.cgroup), "answered": r.completed,
+                                        "queries": r.sent}
+        # The first process alone: nodecache's supervisor (its worker is the child).
+        mem["first_process"] = process_memory(daemon.pid)
         res["memory"] = mem
 
         # 6. conntrack

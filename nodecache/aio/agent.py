@@ -236,7 +236,7 @@ class Agent:
             runtime.forwarders[zone] = reuse
             runtime.forward_stats.append(reuse.stats)
         for handler in runtime.unique_handlers():
-            resolver = Resolver(handler, runtime.forwarders, self.stats)  # type: ignore[arg-type]
+            resolver = Resolver(handler, runtime.forwarders, self.stats)
             runtime.resolvers[id(handler)] = resolver
             if any(z.block.log is not None for z in handler.zones.values()):
                 handler.on_log = _log_query
@@ -664,11 +664,11 @@ class Agent:
         began = loop.time()
         deadline = began + SHUTDOWN_GRACE
         queued = 0
-        at_start = sum(len(r.tasks) for r in resolvers) + sum(lt.busy() for lt in listeners)
+        at_start = sum(r.busy for r in resolvers) + sum(lt.busy() for lt in listeners)
         while True:
             read = sum(listener.read_queued() for listener in listeners)
             queued += read
-            inflight = sum(len(r.tasks) for r in resolvers) \
+            inflight = sum(r.busy for r in resolvers) \
                 + sum(listener.busy() for listener in listeners)
             if not read and not inflight:
                 log.info("drained in %.0f ms: %d queries were in flight, %d more read from "

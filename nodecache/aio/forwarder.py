@@ -1,18 +1,25 @@
 """Forwarding cache misses to the upstreams: the asyncio side.
 
 The decisions live in ``nodecache.core.upstream`` (framing, matching,
-connection lifecycle, pool) and ``nodecache.core.policy`` (order, health);
-this module only moves bytes and runs timers:
+connection lifecycle, pool), ``nodecache.core.plan`` (which upstream next,
+when to give up) and ``nodecache.core.policy`` (order, health); this module
+only moves bytes and arms timers:
 
+* a query is a :class:`_Query` record driven by callbacks: the plan's next
+  step, one timer per try (``call_at``), the answer or failure handed to the
+  ``done`` callback. No task, coroutine or future per query; ``query()`` is
+  an awaitable wrapper for callers that want one.
 * UDP: one fresh connected socket per try (a fresh random source port,
   RFC 5452 section 9.2), read with ``add_reader`` - no transport object.
-* TCP: :class:`_TCPProtocol` feeds a core ``UpstreamConnection`` and
-  resolves the futures its events name.
-* background tasks: the pool reaper and one health-check loop per failed
-  upstream.
+* TCP: :class:`_TCPProtocol` feeds a core ``UpstreamConnection``; queries
+  queued in one loop iteration leave in one ``send``; every complete frame of
+  a read is matched in one pass. Each pool arms one timer at its connections'
+  ``get_timer()`` (idle expiry, ``max_age``).
+* background tasks: dials and one health-check loop per failed upstream.
 
-The per-query path never builds a ``dns.message``: it reads the question key
-from the request bytes and patches message IDs in place.
+The per-query path never builds a ``dns.message``: the question key comes
+from the caller (or is read from the request bytes) and the message ID is
+patched once each way.
 """
 from __future__ import annotations
 
@@ -20,15 +27,18 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.core import plan as _plan
 from nodecache.core import policy as _policy
+from nodecache.core.plan import Failure, classify_errno
 from nodecache.core.stats import ForwardStats
 from nodecache.core.upstream import (
     AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent, ConnState,
     IdSource, UpstreamConnection, health_probe, is_truncated, question_key, rcode_name,
+    same_question,
 )
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError, UpstreamError
 
@@ -38,26 +48,22 @@ log = logging.getLogger(__name__)
 _UDP_MAX = 65535
 #: Read timeout of one health check, s (CoreDNS proxy/health.go: 1 s).
 _HEALTH_TIMEOUT = 1.0
-#: How often the pool reaper runs at most / at least, s.
-_REAP_MIN, _REAP_MAX = 0.01, 1.0
-#: Pause before a new round over upstreams that all failed at once, s (doubles, capped).
-_ROUND_PAUSE, _ROUND_PAUSE_MAX = 0.01, 0.25
 
 
 class _TryFailed(Exception):
-    """One try against one upstream failed."""
+    """One try against one upstream failed, as ``failure``."""
 
-    def __init__(self, detail: str, *, health: bool = True) -> None:
-        super().__init__(detail)
-        #: Whether this failure should trigger a health check of the upstream.
-        self.health = health
+    def __init__(self, failure: Failure, detail: str = "") -> None:
+        super().__init__(detail or failure.value)
+        self.failure = failure
 
 
-class _ConnectionLost(_TryFailed):
-    """The pooled connection carrying the query went away: retry, no health check."""
-
-    def __init__(self, detail: str, *, health: bool = False) -> None:
-        super().__init__(detail, health=health)
+def _failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(exc, OSError):
+        return classify_errno(exc.errno)
+    return Failure.LOCAL
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -71,6 +77,23 @@ def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | 
 def _timeout(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
+
+
+def _read_answer(sock: socket.socket, qid: int, question: bytes | None) -> bytes | OSError | None:
+    """Read what is queued on ``sock``: the first answer to ``qid`` (and ``question``,
+    unless None), the socket's error (an ICMP error, RFC 1122 section 4.1.3.3), or None."""
+    hi, lo = qid >> 8, qid & 0xFF
+    for _ in range(64):  # bounded per wake-up; what does not answer our query is dropped
+        try:
+            data = sock.recv(_UDP_MAX)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return exc
+        if (len(data) >= 12 and data[0] == hi and data[1] == lo and data[2] & 0x80
+                and (question is None or same_question(data, question))):
+            return data
+    return None
 
 
 #: linux/tcp.h TCP_QUICKACK (socket.TCP_QUICKACK where Python exposes it).
@@ -110,6 +133,9 @@ class _TCPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         term = self.conn.connection_lost(str(exc) if exc else "")
+        if term is not None and exc is not None:
+            self.owner._terminated(self.conn, term, _failure_of(exc))  # reset, not a clean EOF
+            term = None
         self.owner.handle_events(self, [term] if term else [])
         self.transport = None
 
@@ -148,27 +174,38 @@ class _UpstreamState:
         self.pool = ConnectionPool(max_age=s.max_age, expire=s.expire, ids=fwd._ids,
                                    **fwd._pool_limits)
         self.protocols: dict[UpstreamConnection, _TCPProtocol] = {}
+        #: The pool's timer (the earliest ``get_timer()`` of its connections).
+        self._timer: asyncio.TimerHandle | None = None
 
     def handle_events(self, proto: _TCPProtocol,
                       events: list[AnswerReceived | ConnectionTerminated]) -> None:
+        fwd = self.fwd
         for ev in events:
             if type(ev) is AnswerReceived:
-                _resolve(ev.token, ev.wire)  # type: ignore[arg-type]
+                fwd._tcp_answered(ev.token, ev.wire)  # type: ignore[arg-type]
             else:
                 self._terminated(proto.conn, ev)  # type: ignore[arg-type]
-        if proto.conn.state is ConnState.CLOSED:
-            self._discard(proto.conn)
+        conn = proto.conn
+        if conn.state is ConnState.CLOSED:
+            self._discard(conn)
+        elif not conn.in_flight and self._timer is None:
+            self.arm()
 
-    def _terminated(self, conn: UpstreamConnection, ev: ConnectionTerminated) -> None:
+    def _terminated(self, conn: UpstreamConnection, ev: ConnectionTerminated,
+                    failure: Failure | None = None) -> None:
+        """Fail the queries ``ev`` lists; ``failure`` says why a dial failed."""
         if ev.reason is ConnEvent.PROTOCOL_ERROR:
             log.debug("upstream %s: closing connection: %s", self.name, ev.detail)
-            exc: _TryFailed = _ConnectionLost(ev.detail, health=True)
+            failure, detail = Failure.PROTOCOL, ev.detail
         elif ev.reason is ConnEvent.CONNECT_FAILED:
-            exc = _TryFailed(f"connect: {ev.detail}")
+            failure, detail = failure or Failure.LOCAL, f"connect: {ev.detail}"
+        elif ev.reason is ConnEvent.PEER_CLOSED and failure is not None:
+            detail = ev.detail
         else:
-            exc = _ConnectionLost(f"{ev.reason.value}: {ev.detail}")
-        for fut in ev.failed:
-            _resolve(fut, exc=exc)  # type: ignore[arg-type]
+            failure, detail = Failure.CLOSED, f"{ev.reason.value}: {ev.detail}"
+        fwd = self.fwd
+        for q in ev.failed:
+            fwd._try_failed(q, failure, detail)  # type: ignore[arg-type]
 
     def _discard(self, conn: UpstreamConnection) -> None:
         self.pool.forget(conn)
@@ -176,11 +213,25 @@ class _UpstreamState:
         if proto is not None:
             proto.close()
 
-    def reap(self, now: float) -> None:
-        for conn, term in self.pool.reap(now):
+    def arm(self) -> None:
+        """Arm the pool's timer at the earliest connection timer, if none is armed."""
+        if self._timer is not None or self.fwd._closed:
+            return
+        when = None
+        for conn in self.pool.connections:
+            at = conn.get_timer()
+            if at is not None and (when is None or at < when):
+                when = at
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for conn, term in self.pool.reap(self.loop.time()):
             if term is not None:
                 self._terminated(conn, term)
             self._discard(conn)
+        self.arm()
 
     async def dial(self, conn: UpstreamConnection, proto: _TCPProtocol) -> None:
         fwd = self.fwd
@@ -189,9 +240,9 @@ class _UpstreamState:
                 await self.loop.create_connection(lambda: proto, *self.addr)
         except (OSError, TimeoutError) as exc:
             term = self.pool.connect_failed(conn, self.loop.time(), repr(exc))
-            if term is not None:
-                self._terminated(conn, term)
             self._discard(conn)
+            if term is not None:
+                self._terminated(conn, term, _failure_of(exc))
             return
         if conn.state is ConnState.CLOSED or fwd._closed:  # closed while dialling
             proto.close()
@@ -200,16 +251,49 @@ class _UpstreamState:
         self.pool.connect_succeeded()
         conn.connected(self.loop.time())
         proto.flush()
+        self.arm()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for conn, proto in list(self.protocols.items()):
-            term = conn.terminate(ConnEvent.CLOSE, "forwarder closed")
-            if term is not None:
-                for fut in term.failed:
-                    _resolve(fut, exc=_TryFailed("forwarder closed", health=False))  # type: ignore[arg-type]
+            conn.terminate(ConnEvent.CLOSE, "forwarder closed")
             proto.close()
         self.protocols.clear()
         self.pool.connections.clear()
+
+
+#: Called once per query: (answer with the upstream's ID, None) or (None, error).
+Done = Callable[[bytes | None, Exception | None], None]
+
+
+class _Query:
+    """One query being forwarded: what it sends, its plan, and its current try."""
+
+    __slots__ = ("request", "question", "plan", "done", "use_tcp", "up", "index", "conn",
+                 "qid", "timer", "sock", "sent")
+
+    def __init__(self, request: bytes, question: bytes, plan: _plan.ForwardPlan, done: Done,
+                 use_tcp: bool) -> None:
+        self.request = request
+        #: The question key answers must match (RFC 5452 section 9.1).
+        self.question = question
+        self.plan = plan
+        self.done: Done | None = done
+        self.use_tcp = use_tcp
+        #: The upstream of the current try, and its index in the plan.
+        self.up: _UpstreamState = None  # type: ignore[assignment]
+        self.index = 0
+        #: The TCP connection carrying the current try, and its ID there.
+        self.conn: UpstreamConnection | None = None
+        self.qid = 0
+        #: The current try's timeout (or the pause before the next pass).
+        self.timer: asyncio.TimerHandle | None = None
+        #: The current UDP try's socket.
+        self.sock: socket.socket | None = None
+        #: When the current try was sent, s (loop time).
+        self.sent = 0.0
 
 
 class Forwarder:
@@ -235,8 +319,11 @@ class Forwarder:
         self._rng = random.Random()
         self._policy = _policy.make_policy(settings.policy, rng=self._rng)
         self._upstreams: list[_UpstreamState] = []
+        self._healths: list[_policy.UpstreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp_waiters: set[asyncio.Future[Any]] = set()
+        #: Queries being forwarded (to fail them at close).
+        self._live: set[_Query] = set()
         self._in_flight = 0
         self._started = False
         self._closed = False
@@ -249,14 +336,12 @@ class Forwarder:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._upstreams = [_UpstreamState(self, u) for u in self.settings.upstreams]
+            self._healths = [u.health for u in self._upstreams]
 
     async def start(self) -> None:
-        """Start the background tasks (pool reaper; health checks start on failures)."""
+        """Bind to the running loop (health checks start on failures, pool timers on use)."""
         self._ensure_loop()
-        if self._started or self._closed:
-            return
         self._started = True
-        self._spawn(self._reaper())
 
     async def close(self) -> None:
         """Close every connection and task. Idempotent; later queries raise UpstreamError."""
@@ -266,9 +351,12 @@ class Forwarder:
         if self._loop is None:
             return
         for fut in list(self._udp_waiters):
-            _resolve(fut, exc=_TryFailed("forwarder closed", health=False))
+            _resolve(fut, exc=_TryFailed(Failure.LOCAL, "forwarder closed"))
         for up in self._upstreams:
             up.close()
+        for q in list(self._live):
+            self._stop_try(q)
+            self._finish(q, None, UpstreamError("forwarder closed"))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -308,73 +396,112 @@ class Forwarder:
         ``settings.max_concurrent`` queries in flight, ClientProtocolError when
         ``request`` has no single question.
         """
+        self._ensure_loop()
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+
+        def done(answer: bytes | None, error: Exception | None) -> None:
+            _resolve(fut, answer, error)
+
+        q = self.submit(request, tcp=tcp, done=done)
+        try:
+            answer = await fut
+        except asyncio.CancelledError:
+            self.cancel(q)
+            raise
+        return request[:2] + answer[2:]
+
+    def submit(self, request: bytes, *, tcp: bool, done: Done,
+               question: bytes | None = None) -> _Query:
+        """Start forwarding ``request``; ``done`` gets the answer (upstream's ID) or the error.
+
+        ``question`` is the request's question key when the caller has it
+        (``core.upstream.question_key``). Raises at once (``done`` is then
+        never called) for a closed forwarder, ``max_concurrent`` or a
+        request without a single question.
+        """
         if self._closed:
             raise UpstreamError("forwarder closed")
         self._ensure_loop()
-        limit = self.settings.max_concurrent
+        s = self.settings
+        limit = s.max_concurrent
         if limit and self._in_flight >= limit:
             self.stats.max_concurrent_rejects += 1
             raise ConcurrencyLimitError(f"concurrent queries exceeded maximum {limit}")
-        question = question_key(request)
         if question is None:
-            raise ClientProtocolError("query has no single well-formed question")
+            question = question_key(request)
+            if question is None:
+                raise ClientProtocolError("query has no single well-formed question")
+        plan = _plan.ForwardPlan(self._policy.order(len(self._upstreams)), self._healths,
+                                 max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
+                                 try_timeout=s.try_timeout, start=self._loop.time(),
+                                 budget=s.budget, rng=self._rng)
+        q = _Query(request, question, plan, done, s.force_tcp or (not s.prefer_udp and tcp))
         self._in_flight += 1
-        try:
-            answer = await self._forward(request, question, tcp)
-        finally:
-            self._in_flight -= 1
-        return request[:2] + answer[2:]
+        self._live.add(q)
+        self._step(q)
+        return q
 
-    async def _forward(self, request: bytes, question: bytes, client_tcp: bool) -> bytes:
-        s = self.settings
-        loop = self._loop
-        use_tcp = s.force_tcp or (not s.prefer_udp and client_tcp)
-        start = loop.time()
-        deadline = start + s.budget
-        attempts = _policy.Attempts(self._policy.order(len(self._upstreams)),
-                                    [u.health for u in self._upstreams], s.max_fails, self._rng)
-        passes, round_start, pause = 0, start, _ROUND_PAUSE
-        last = "no upstream tried"
-        while True:
-            now = loop.time()
-            if now >= deadline or self._closed:
-                break
-            idx, broken = attempts.next()
-            if attempts.passes != passes:
-                # a whole round failed; if it failed fast, pause rather than spin
-                passes = attempts.passes
-                if now - round_start < pause:
-                    await asyncio.sleep(min(pause, deadline - now))
-                    pause = min(pause * 2, _ROUND_PAUSE_MAX)
-                    now = loop.time()
-                    if now >= deadline or self._closed:
-                        break
-                round_start = now
-            if broken:
+    def cancel(self, q: _Query) -> None:
+        """Stop forwarding ``q``; its ``done`` is not called."""
+        if q.done is not None:
+            q.done = None
+            self._stop_try(q)
+            self._finish(q, None, None)
+
+    def _step(self, q: _Query) -> None:
+        """Run the plan's next step for ``q``."""
+        q.timer = None
+        if self._closed:
+            self._finish(q, None, UpstreamError("forwarder closed"))
+            return
+        step = q.plan.next_step(self._loop.time())
+        kind = type(step)
+        if kind is _plan.Try:
+            if step.broken:  # type: ignore[union-attr]
                 self.stats.healthcheck_broken += 1
-            up = self._upstreams[idx]
-            try_deadline = min(now + s.try_timeout, deadline)
-            try:
-                if use_tcp:
-                    return await self._try_tcp(up, request, question, try_deadline)
-                answer = await self._try_udp(up, request, question, try_deadline)
-                if not is_truncated(answer):
-                    return answer
-                # TC=1: ask again over TCP (RFC 7766 section 5)
-                now = loop.time()
-                return await self._try_tcp(up, request, question,
-                                           min(now + s.try_timeout, deadline))
-            except _TryFailed as exc:
-                last = f"{up.name}: {exc}"
-                if exc.health:
-                    self._start_health_check(up)
-            except TimeoutError:
-                last = f"{up.name}: timeout"
-                self._start_health_check(up)
-            except OSError as exc:
-                last = f"{up.name}: {exc!r}"
-                self._start_health_check(up)
-        raise UpstreamError(f"no answer within {s.budget}s ({last})")
+            q.index = step.index  # type: ignore[union-attr]
+            q.up = self._upstreams[q.index]
+            if q.use_tcp:
+                self._try_tcp(q, step.deadline)  # type: ignore[union-attr]
+            else:
+                self._try_udp(q, step.deadline)  # type: ignore[union-attr]
+        elif kind is _plan.Wait:
+            q.timer = self._loop.call_at(step.until, self._step, q)  # type: ignore[union-attr]
+        else:
+            self._finish(q, None, UpstreamError(step.reason))  # type: ignore[union-attr]
+
+    def _try_failed(self, q: _Query, failure: Failure, detail: str) -> None:
+        """The current try of ``q`` ended without an answer: record it, take the next step."""
+        if q.done is None:
+            return
+        self._stop_try(q)
+        rule = q.plan.failed(q.index, failure, f"{q.up.name}: {detail}")
+        if rule.health_check:
+            self._start_health_check(q.up)
+        self._step(q)
+
+    def _stop_try(self, q: _Query) -> None:
+        """Release what the current try holds: its timer, socket, connection slot."""
+        if q.timer is not None:
+            q.timer.cancel()
+            q.timer = None
+        if q.sock is not None:
+            self._loop.remove_reader(q.sock.fileno())
+            q.sock.close()
+            q.sock = None
+        conn = q.conn
+        if conn is not None:
+            q.conn = None
+            conn.give_up(q.qid, self._loop.time(), timed_out=False)
+            if conn.state is ConnState.CLOSED:  # the last query of a draining connection
+                q.up._discard(conn)
+
+    def _finish(self, q: _Query, answer: bytes | None, error: Exception | None) -> None:
+        self._in_flight -= 1
+        self._live.discard(q)
+        done, q.done = q.done, None
+        if done is not None:
+            done(answer, error)
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
@@ -383,45 +510,66 @@ class Forwarder:
 
     # -- UDP -----------------------------------------------------------------------------
 
-    async def _try_udp(self, up: _UpstreamState, request: bytes, question: bytes,
-                       deadline: float) -> bytes:
-        loop = self._loop
+    def _try_udp(self, q: _Query, deadline: float) -> None:
+        up = q.up
         sock = socket.socket(up.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(up.addr)  # the kernel picks a random ephemeral port
             qid = self._ids()
-            sock.send(qid.to_bytes(2, "big") + request[2:])
-            sent = loop.time()
-            self.stats.requests[up.name] += 1
-            answer = await self._udp_wait(sock, qid, question, deadline)
-            self._answered(up, answer, sent)
-            return answer
-        finally:
+            sock.send(qid.to_bytes(2, "big") + q.request[2:])
+        except OSError as exc:
             sock.close()
+            self._try_failed(q, classify_errno(exc.errno), repr(exc))
+            return
+        loop = self._loop
+        q.sock, q.qid, q.sent = sock, qid, loop.time()
+        self.stats.requests[up.name] += 1
+        loop.add_reader(sock.fileno(), self._udp_readable, q)
+        q.timer = loop.call_at(deadline, self._timed_out, q)
 
-    async def _udp_wait(self, sock: socket.socket, qid: int, question: bytes | None,
-                        deadline: float) -> bytes:
-        """The first datagram answering ``qid`` (and ``question``, unless None)."""
+    def _udp_readable(self, q: _Query) -> None:
+        if q.sock is None:
+            return
+        data = _read_answer(q.sock, q.qid, q.question)
+        if data is None:
+            return
+        if isinstance(data, OSError):  # ICMP port unreachable and the like
+            self._try_failed(q, classify_errno(data.errno), repr(data))
+            return
+        self._stop_try(q)
+        self._answered(q.up, data, q.sent)
+        if is_truncated(data):
+            # TC=1: ask again over TCP (RFC 7766 section 5)
+            self._try_tcp(q, min(self._loop.time() + self.settings.try_timeout, q.plan.deadline))
+        else:
+            self._finish(q, data, None)
+
+    def _timed_out(self, q: _Query) -> None:
+        q.timer = None
+        conn = q.conn
+        if conn is not None:  # a timeout drains the connection (core.upstream)
+            q.conn = None
+            up = q.up
+            term = conn.give_up(q.qid, self._loop.time(), timed_out=True)
+            if conn.state is ConnState.CLOSED:
+                up._discard(conn)
+            if term is not None:
+                up._terminated(conn, term)
+        self._try_failed(q, Failure.TIMEOUT, f"no answer within {self.settings.try_timeout}s")
+
+    async def _udp_wait(self, sock: socket.socket, qid: int, deadline: float) -> bytes:
+        """The first datagram answering ``qid`` (health checks)."""
         loop = self._loop
         fut: asyncio.Future[bytes] = loop.create_future()
         fd = sock.fileno()
-        hi, lo = qid >> 8, qid & 0xFF
 
         def readable() -> None:
-            # read everything queued; drop what does not answer our query
-            for _ in range(64):  # bounded per wake-up
-                try:
-                    data = sock.recv(_UDP_MAX)
-                except BlockingIOError:
-                    return
-                except OSError as exc:  # ICMP port unreachable and the like
-                    _resolve(fut, exc=exc)
-                    return
-                if (len(data) >= 12 and data[0] == hi and data[1] == lo and data[2] & 0x80
-                        and (question is None or question_key(data) == question)):
-                    _resolve(fut, data)
-                    return
+            data = _read_answer(sock, qid, None)
+            if isinstance(data, OSError):
+                _resolve(fut, exc=data)
+            elif data is not None:
+                _resolve(fut, data)
 
         loop.add_reader(fd, readable)
         timer = loop.call_at(deadline, _timeout, fut)
@@ -435,57 +583,43 @@ class Forwarder:
 
     # -- TCP -------------------------------------------------------------------------------
 
-    async def _try_tcp(self, up: _UpstreamState, request: bytes, question: bytes,
-                       deadline: float) -> bytes:
+    def _try_tcp(self, q: _Query, deadline: float) -> None:
+        up = q.up
         loop = self._loop
         now = loop.time()
         choice = up.pool.choose(now)
-        if choice is None:
-            # every connection full: not the upstream's fault
-            raise _TryFailed("connection pool full", health=False)
+        if choice is None:  # every connection full: not the upstream's fault
+            self._try_failed(q, Failure.BUSY, "")
+            return
         if type(choice) is Backoff:
-            raise _TryFailed("reconnecting after failed connects", health=False)
+            self._try_failed(q, Failure.BACKOFF, "")
+            return
         conn, new = choice  # type: ignore[misc]
-        fut: asyncio.Future[bytes] = loop.create_future()
-        qid = conn.send(request, question, fut, now)
+        q.qid = conn.send(q.request, q.question, q, now)
+        q.conn, q.sent = conn, now
+        stats = self.stats
         if new:
-            self.stats.conn_opened[up.name] += 1
+            stats.conn_opened[up.name] += 1
             proto = _TCPProtocol(up, conn)
             up.protocols[conn] = proto
             self._spawn(up.dial(conn, proto))
         else:
-            self.stats.conn_reused[up.name] += 1
+            stats.conn_reused[up.name] += 1
             up.protocols[conn].schedule_flush()
-        self.stats.requests[up.name] += 1
-        timer = loop.call_at(deadline, _timeout, fut)
-        try:
-            answer = await fut
-        except BaseException as exc:
-            term = conn.give_up(qid, loop.time(), timed_out=isinstance(exc, TimeoutError))
-            if term is not None:
-                up._terminated(conn, term)
-            if conn.state is ConnState.CLOSED:
-                up._discard(conn)
-            raise
-        finally:
-            timer.cancel()
-        self._answered(up, answer, now)
-        return answer
+        stats.requests[up.name] += 1
+        q.timer = loop.call_at(deadline, self._timed_out, q)
+
+    def _tcp_answered(self, q: _Query, answer: bytes) -> None:
+        q.conn = None  # the connection already forgot the query
+        if q.done is None:
+            return
+        if q.timer is not None:
+            q.timer.cancel()
+            q.timer = None
+        self._answered(q.up, answer, q.sent)
+        self._finish(q, answer, None)
 
     # -- background ------------------------------------------------------------------------
-
-    async def _reaper(self) -> None:
-        s = self.settings
-        interval = min(s.expire, s.max_age or s.expire) / 4
-        interval = max(_REAP_MIN, min(_REAP_MAX, interval))
-        while not self._closed:
-            await asyncio.sleep(interval)
-            now = self._loop.time()
-            for up in self._upstreams:
-                try:
-                    up.reap(now)
-                except Exception:  # never let the reaper die
-                    log.debug("pool reaper failed for %s", up.name, exc_info=True)
 
     def _start_health_check(self, up: _UpstreamState) -> None:
         if self.settings.max_fails == 0 or up.health.checking or self._closed:
@@ -528,7 +662,7 @@ class Forwarder:
                 sock.setblocking(False)
                 sock.connect(up.addr)
                 sock.send(probe)
-                await self._udp_wait(sock, qid, None, deadline)
+                await self._udp_wait(sock, qid, deadline)
                 return True
             finally:
                 sock.close()

@@ -3,8 +3,9 @@
 Rules of this module:
 
 1. Identical misses in flight (same cache key) share one upstream query, as
-   CoreDNS's singleflight does; the first is the *leader* and runs a task,
-   the others wait in its list (no task of their own). Each client still gets
+   CoreDNS's singleflight does; the first is the *leader*: its
+   :class:`_Flight` record is the forwarder's callback, and the others wait
+   in its list. No task or coroutine per miss. Each client still gets
    a reply with its own ID, question case and EDNS.
 2. Shedding: while the agent is ``overloaded`` (this process cannot keep up:
    the agent watches how full its UDP receive queues are), a client address
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from nodecache.core import wire
-from nodecache.core.handler import Miss, Outcome, QueryHandler, name_text
+from nodecache.core.handler import Miss, Outcome, QueryHandler, Zone, name_text
 from nodecache.core.stats import AgentStats
 from nodecache.errors import UpstreamError
 
@@ -36,26 +38,105 @@ log = logging.getLogger(__name__)
 OVERLOAD_SHARE = 4
 
 Deliver = Callable[[bytes], None]
+#: The forwarder's callback: (answer, None) or (None, error).
+Done = Callable[[bytes | None, Exception | None], None]
+
+#: ``serve_stale ... verify``: a client with a stale answer waits this long for
+#: the upstream, s; then it gets the stale answer while the refresh goes on.
+#: RFC 8767 section 5 suggests 1.8 s (unbound's serve-expired-client-timeout).
+CLIENT_RESPONSE_TIMER = 1.8
+_STALE_TIMER_ERROR = UpstreamError(f"no answer within {CLIENT_RESPONSE_TIMER}s"
+                                   " (client-response timer, RFC 8767 section 5)")
 
 
-class Forwarding:
+class Forwarding(Protocol):
     """What the resolver needs from a forwarder (``nodecache.aio.forwarder.Forwarder``)."""
 
-    async def query(self, request: bytes, *, tcp: bool) -> bytes:  # pragma: no cover
-        raise NotImplementedError
+    def submit(self, request: bytes, *, tcp: bool, done: Done,
+               question: bytes | None = None) -> object: ...
+
+    def cancel(self, query: Any) -> None: ...
+
+
+class _Flight:
+    """One upstream query in flight and the clients waiting on it.
+
+    Its :meth:`done` is the forwarder's callback: the upstream answer is
+    absorbed once and every waiter gets its reply from it.
+    """
+
+    __slots__ = ("resolver", "miss", "waiters", "stale_sent", "timer", "query", "forwarder")
+
+    def __init__(self, resolver: Resolver, miss: Miss, first: Deliver, addr: object) -> None:
+        self.resolver = resolver
+        #: The leader: the miss whose query goes upstream.
+        self.miss = miss
+        #: Clients still waiting for a reply (the leader first).
+        self.waiters: list[tuple[Miss, Deliver, object]] = [(miss, first, addr)]
+        #: The client-response timer fired: waiters got the stale answer.
+        self.stale_sent = False
+        self.timer: asyncio.TimerHandle | None = None
+        #: The forwarder's handle of the upstream query (to cancel it at close).
+        self.query: object = None
+        self.forwarder: Forwarding | None = None
+
+    def done(self, answer: bytes | None, error: Exception | None) -> None:
+        resolver = self.resolver
+        handler = resolver.handler
+        miss = self.miss
+        if self.timer is not None:
+            self.timer.cancel()
+        if resolver.inflight.get(miss.key) is self:
+            del resolver.inflight[miss.key]
+        now = resolver._loop.time()
+        outcome: Outcome | None = None
+        if answer is not None:
+            try:
+                outcome = handler.absorb(miss, answer, now)
+            except Exception as exc:  # an answer we cannot store is the upstream's fault
+                error = exc
+        if outcome is None and miss.zone.block.errors:
+            log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
+                      wire.type_name(miss.qtype), error)
+        for waiter, send, where in self.waiters:
+            try:
+                if outcome is not None:
+                    send(handler.reply(waiter, outcome, now, where))
+                else:
+                    send(handler.fail(waiter, error or UpstreamError(), now, where))
+            except Exception:  # one bad reply must not cost the other waiters theirs
+                log.exception("answering %s failed", name_text(waiter.qname))
+        self.waiters = []
+
+    def serve_stale(self) -> None:
+        """The upstream is slow: waiters with a stale answer get it; the query goes on."""
+        self.timer = None
+        self.stale_sent = True
+        handler = self.resolver.handler
+        now = self.resolver._loop.time()
+        keep = []
+        for waiter in self.waiters:
+            miss, send, where = waiter
+            if miss.stale is None:
+                keep.append(waiter)
+                continue
+            try:
+                send(handler.fail(miss, _STALE_TIMER_ERROR, now, where))
+            except Exception:
+                log.exception("answering %s failed", name_text(miss.qname))
+        self.waiters = keep
 
 
 class Resolver:
     """Runs misses for one handler; ``forwarders`` maps a Zone to its forwarder."""
 
-    def __init__(self, handler: QueryHandler, forwarders: dict[object, Forwarding],
+    def __init__(self, handler: QueryHandler, forwarders: Mapping[Zone, Forwarding],
                  stats: AgentStats | None = None) -> None:
         self.handler = handler
         self.forwarders = forwarders
         self.stats = stats or AgentStats()
-        #: key -> the followers waiting on the leader's answer.
-        self.inflight: dict[bytes, list[tuple[Miss, Deliver, object]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: key -> the upstream query in flight for it.
+        self.inflight: dict[bytes, _Flight] = {}
         #: UDP misses in flight per client address (only addresses with some).
         self.per_source: dict[object, int] = {}
         #: Set by the agent while queries queue up on its sockets (it cannot keep up).
@@ -64,12 +145,14 @@ class Resolver:
         handler.refresh = lambda miss: self.submit(miss, _discard, None)
 
     def submit(self, miss: Miss, deliver: Deliver, addr: object) -> None:
-        followers = self.inflight.get(miss.key)
-        if followers is not None:
+        flight = self.inflight.get(miss.key)
+        if flight is not None:
             if miss.background:  # a refresh is already under way
                 self.handler.fail(miss, UpstreamError("refresh in flight"), self._loop.time())
+            elif flight.stale_sent and miss.stale is not None:
+                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr))
             else:
-                followers.append((miss, deliver, addr))
+                flight.waiters.append((miss, deliver, addr))
             return
         source = addr[0] if miss.slot < 2 and isinstance(addr, tuple) else None
         if source is not None:
@@ -79,10 +162,18 @@ class Resolver:
                 return
             self.per_source[source] = held + 1
             deliver = self._releasing(source, deliver)
-        self.inflight[miss.key] = []
-        task = self._loop.create_task(self._lead(miss, deliver, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        flight = self.inflight[miss.key] = _Flight(self, miss, deliver, addr)
+        if miss.stale is not None and not miss.background:
+            # serve_stale ... verify: RFC 8767 section 5's client-response timer
+            flight.timer = self._loop.call_later(CLIENT_RESPONSE_TIMER, flight.serve_stale)
+        try:
+            forwarder = flight.forwarder = self.forwarders[miss.zone]
+            # the question key is the cache key's first part (core.upstream.question_key)
+            flight.query = forwarder.submit(self.handler.upstream_query(miss), tcp=miss.slot >= 2,
+                                            done=flight.done,
+                                            question=miss.key[:miss.question_end - 12])
+        except Exception as exc:  # refused at once: max_concurrent, closed
+            flight.done(None, exc)
 
     def _releasing(self, source: object, deliver: Deliver) -> Deliver:
         def release_then_deliver(reply: bytes) -> None:
@@ -92,40 +183,23 @@ class Resolver:
             deliver(reply)
         return release_then_deliver
 
-    async def _lead(self, miss: Miss, deliver: Deliver, addr: object) -> None:
-        handler = self.handler
-        outcome: Outcome | None = None
-        error: Exception | None = None
-        try:
-            forwarder = self.forwarders[miss.zone]
-            answer = await forwarder.query(handler.upstream_query(miss), tcp=miss.slot >= 2)
-            outcome = handler.absorb(miss, answer, self._loop.time())
-        except Exception as exc:  # every failure becomes SERVFAIL/REFUSED/stale for the waiters
-            error = exc
-            if miss.zone.block.errors:
-                log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
-                          wire.type_name(miss.qtype), exc)
-        finally:
-            followers = self.inflight.pop(miss.key, [])
-        now = self._loop.time()
-        for waiter, send, where in [(miss, deliver, addr), *followers]:
-            try:
-                if outcome is not None:
-                    send(handler.reply(waiter, outcome, now, where))
-                else:
-                    send(handler.fail(waiter, error or UpstreamError(), now, where))
-            except Exception:  # one bad reply must not cost the other waiters theirs
-                log.exception("answering %s failed", name_text(waiter.qname))
-
     def pending(self) -> int:
         """Misses in flight (leaders and their followers)."""
-        return sum(1 + len(f) for f in self.inflight.values())
+        return sum(len(f.waiters) for f in self.inflight.values())
+
+    @property
+    def busy(self) -> int:
+        """Upstream queries in flight."""
+        return len(self.inflight)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        """Stop every upstream query in flight; their clients get no reply."""
+        for flight in list(self.inflight.values()):
+            if flight.timer is not None:
+                flight.timer.cancel()
+            if flight.forwarder is not None and flight.query is not None:
+                flight.forwarder.cancel(flight.query)
+        self.inflight.clear()
 
 
 def _discard(reply: bytes) -> None:

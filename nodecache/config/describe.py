@@ -100,7 +100,8 @@ def _forward(f: ForwardSettings) -> list[str]:
     out = [
         f"{f.zone} -> {' '.join(str(u) for u in f.upstreams)}",
         f"policy {f.policy}, over {proto}",
-        f"max_fails {f.max_fails}, {check}",
+        f"max_fails {f.max_fails}, {check}"
+        + (", SERVFAIL at once when all are down" if f.failfast_all_unhealthy else ""),
         f"pooled connections expire after {_dur(f.expire)} idle"
         + (f" or {_dur(f.max_age)} old" if f.max_age else ""),
         f"max_concurrent {f.max_concurrent}" if f.max_concurrent else "max_concurrent unlimited",

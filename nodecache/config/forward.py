@@ -19,13 +19,12 @@ DNS_PORT = 53
 POLICIES = ("random", "round_robin", "sequential")
 
 _OPTIONS = ("except", "force_tcp", "prefer_udp", "expire", "max_fails", "health_check",
-            "policy", "max_concurrent", "max_age")
+            "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams")
 _NO_TLS = "nodecache forwards over plain DNS (UDP/TCP) only"
 _UNSUPPORTED = {
     "tls": _NO_TLS,
     "tls_servername": _NO_TLS,
     "max_idle_conns": "the pool size follows the load",
-    "failfast_all_unhealthy_upstreams": "not implemented",
     "failover": "not implemented",
     "next": "there is no plugin after forward",
     "max_connect_attempts": "not implemented",
@@ -44,6 +43,7 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
     #     policy random|round_robin|sequential
     #     max_concurrent INTEGER
     #     max_age DURATION
+    #     failfast_all_unhealthy_upstreams
     # }
     # Defaults are ForwardSettings's own.
     args = Args("forward", line)
@@ -67,6 +67,8 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
             out["except_zones"] = tuple(dict.fromkeys(zones))
         elif name in ("force_tcp", "prefer_udp"):
             out[name] = True
+        elif name == "failfast_all_unhealthy_upstreams":
+            out["failfast_all_unhealthy"] = True
         elif name in ("expire", "max_age"):
             out[name] = opt.duration("a DURATION")
         elif name == "max_fails":

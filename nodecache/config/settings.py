@@ -97,10 +97,15 @@ class ForwardSettings:
     policy: str = "random"
     #: Upstream queries in flight at most; beyond it clients get REFUSED. 0 means no limit.
     max_concurrent: int = 0
-    #: Timeout of one try against one upstream, s.
+    #: ``failfast_all_unhealthy_upstreams``: SERVFAIL at once when every upstream
+    #: is down, instead of trying one at random.
+    failfast_all_unhealthy: bool = False
+    #: Timeout of one try against one upstream, s (CoreDNS's read timeout).
     try_timeout: float = 2.0
-    #: Overall budget for one client query, s; then SERVFAIL (or stale).
-    budget: float = 5.0
+    #: Overall budget for one client query, s; then SERVFAIL (or stale). Below the
+    #: 5 s that glibc and musl wait by default, so the client sees the SERVFAIL
+    #: (CoreDNS's 5 s arrives as the client gives up); two tries fit.
+    budget: float = 3.5
 
 
 @dataclass(frozen=True)

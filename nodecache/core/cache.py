@@ -12,7 +12,7 @@ stored one. Nothing on the hit path builds message objects.
 
 Entries are not swept when they expire: an expired entry stays until evicted
 or refreshed, which is what lets serve_stale answer with it (RFC 8767).
-Capacity is bounded per class (success/denial) with cachetools; eviction is
+Capacity is bounded per class (success/denial); eviction is
 first-in-first-out, and a refreshed entry moves to the back.
 
 TTL rules (RFC 2308, CoreDNS ``cache``):
@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
-
-import cachetools
 
 from nodecache.config.settings import CacheSettings
 from nodecache.core import wire
@@ -234,17 +233,26 @@ def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     return tuple(cuts)
 
 
-class _Store(cachetools.FIFOCache):
-    """A capacity-bounded store that reports evictions."""
+class _Store(OrderedDict[bytes, Entry]):
+    """A capacity-bounded store, first in first out.
+
+    An OrderedDict, not a dict: popping a dict's oldest key again and again
+    makes ``next(iter(d))`` skip ever more deleted slots (measured 4 us per
+    eviction at 9,984 entries; OrderedDict 0.5 us).
+    """
+
+    __slots__ = ("maxsize", "_on_evict")
 
     def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
-        super().__init__(maxsize)
+        super().__init__()
+        self.maxsize = maxsize
         self._on_evict = on_evict
 
-    def popitem(self) -> tuple[bytes, Entry]:
-        key, entry = super().popitem()
-        self._on_evict(key, entry)
-        return key, entry
+    def add(self, key: bytes, entry: Entry) -> None:
+        """Store ``entry`` (``key`` must be absent), evicting the oldest when full."""
+        while len(self) >= self.maxsize:
+            self._on_evict(*self.popitem(last=False))
+        self[key] = entry
 
 
 class BlockCache:
@@ -264,6 +272,9 @@ class BlockCache:
         self.zones = tuple(map(wire.zone_to_wire, settings.zones or block_zones))
         self._no_success = tuple(map(wire.zone_to_wire, settings.disable_success))
         self._no_denial = tuple(map(wire.zone_to_wire, settings.disable_denial))
+        #: Every name routed to this block is cached (no zones of its own, nothing
+        #: disabled): ``may_store`` need not be asked.
+        self.stores_all = not settings.zones and not self._no_success and not self._no_denial
         self._index_add = index_add
         self._index_remove = index_remove
         self.success = _Store(settings.success_capacity, self._evicted)
@@ -310,9 +321,11 @@ class BlockCache:
             left = math.ceil(entry.ttl * s.prefetch_percentage / 100)
             entry.refresh_at = entry.expires - left
             entry.prefetch_at = entry.stored  # every hit is counted
-        self.remove(entry.key)
+        key = entry.key
+        if key in self.success or key in self.denial:
+            self.remove(key)
         store = self.success if entry.kind is Kind.SUCCESS else self.denial
-        store[entry.key] = entry
+        store.add(key, entry)
         self._index_add(entry)
         self.stats.entries_success = len(self.success)
         self.stats.entries_denial = len(self.denial)

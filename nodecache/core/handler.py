@@ -27,6 +27,7 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
+from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
 
 #: Listener slots: index = (tcp << 1) | ipv6. They label metrics (proto, family).
@@ -116,6 +117,8 @@ class Miss:
     stale: Entry | None = None
     #: A background refresh (prefetch or stale refresh): no client waits.
     background: bool = False
+    #: The client's EDNS options (its OPT RDATA), forwarded upstream.
+    options: bytes = b""
 
 
 @dataclass(slots=True)
@@ -203,7 +206,7 @@ class QueryHandler:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
                 if len(reply) > limit:
-                    reply = _truncated(data, end, opt)
+                    reply = truncate(reply, limit, opt)
                 zone = entry.owner
                 if do:
                     zone.stats.do_requests += 1
@@ -253,7 +256,7 @@ class QueryHandler:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
         limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
-                    question.end, edns, cd, limit, slot, started)
+                    question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
@@ -314,7 +317,8 @@ class QueryHandler:
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
-                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started)
+                    wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
+                    options=data[end + 11:])
         return self._decide(miss, lower, now, addr)
 
     def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
@@ -331,21 +335,35 @@ class QueryHandler:
         zone.cache_stats.prefetch += 1
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
-                    wire.MAX_MESSAGE, slot, _perf())
+                    wire.MAX_MESSAGE, slot, _perf(), options=question.options)
         self.refresh(_background(miss, entry))
 
     # -- after the upstream --------------------------------------------------
 
     def upstream_query(self, miss: Miss) -> bytes:
-        """The query to send upstream (ID 0: the forwarder picks one)."""
+        """The query to send upstream (ID 0: the forwarder picks one).
+
+        It carries the client's EDNS options, as CoreDNS's forward does; the
+        cache key does not include them (as CoreDNS's does not), so clients
+        asking the same question with different options share one entry and
+        one upstream query (the first one's options go upstream).
+        """
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd)
+                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                                options=miss.options)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
-        """Index (and, when cacheable, store) one upstream answer."""
+        """Index (and, when cacheable, store) one upstream answer.
+
+        The answer is walked once: when its question is the miss's (as the
+        forwarder has checked, RFC 5452 section 9.1), the index starts after it.
+        """
         zone = miss.zone
+        end = miss.question_end
+        key = miss.key
+        same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
         try:
-            response = wire.index_response(data)
+            response = wire.index_response(data, end if same else 0)
         except (ValueError, struct.error):
             return Outcome(data, None, None)
         cache = zone.cache
@@ -353,7 +371,7 @@ class QueryHandler:
         if cache is not None:
             kind, ttl = classify(response, data)
             do = bool(miss.edns and miss.edns[2])
-            if kind is not None and cache.may_store(key_name(miss.key), kind):
+            if kind is not None and (cache.stores_all or cache.may_store(key_name(key), kind)):
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
@@ -417,7 +435,7 @@ class QueryHandler:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
         reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
         if len(reply) > miss.limit:
-            reply = _truncated(data, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
@@ -436,7 +454,7 @@ class QueryHandler:
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
-            reply = _truncated(query, miss.question_end, opt)
+            reply = truncate(reply, miss.limit, opt)
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
@@ -478,14 +496,6 @@ class QueryHandler:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
-
-
-def _truncated(data: bytes, question_end: int, opt: bytes) -> bytes:
-    """An empty reply with TC=1 (RFC 2181 section 9): the client retries over TCP."""
-    flags = wire.QR | wire.AA | wire.TC | wire.RA | (struct.unpack_from("!H", data, 2)[0]
-                                                    & (wire.RD | wire.CD))
-    return data[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0) \
-        + data[12:question_end] + opt
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:

@@ -7,9 +7,7 @@ Mirrors CoreDNS ``plugin/forward/policy.go`` and the loop in ``forward.go``
   ``round_robin``, ``sequential``);
 * :class:`UpstreamHealth` counts consecutive failed health checks; an upstream
   is down once ``fails > max_fails`` (``max_fails`` 0: never down, never checked);
-* :class:`Attempts` walks that order for one query: it skips upstreams that
-  are down, and when every one is down it picks one at random anyway
-  (``healthcheck_broken``).
+* ``nodecache.core.plan.ForwardPlan`` walks that order for one query.
 
 No clock, no I/O: randomness comes from an injectable ``random.Random``.
 """
@@ -102,47 +100,13 @@ class UpstreamHealth:
         """Down after more than ``max_fails`` failed checks; ``max_fails`` 0 = never."""
         return max_fails > 0 and self.fails > max_fails
 
+    def mark_down(self, max_fails: int) -> None:
+        """Down now (a refused connection is conclusive); a passed health check lifts it."""
+        if max_fails > 0:
+            self.fails = max(self.fails, max_fails + 1)
+
     def check_failed(self) -> None:
         self.fails += 1
 
     def check_succeeded(self) -> None:
         self.fails = 0
-
-
-class Attempts:
-    """The upstreams one query tries, in order, until its budget runs out.
-
-    ``next()`` returns ``(index, broken)``: the upstream to try, and whether
-    every upstream was down so this one was picked at random. The order comes
-    round again after the last upstream (the caller stops at its deadline);
-    ``passes`` counts completed rounds, so the caller can pause between
-    rounds that fail at once instead of spinning.
-    """
-
-    __slots__ = ("_order", "_health", "_max_fails", "_rng", "_i", "passes")
-
-    def __init__(self, order: Sequence[int], health: Sequence[UpstreamHealth], max_fails: int,
-                 rng: _random.Random | None = None) -> None:
-        self._order = order
-        self._health = health
-        self._max_fails = max_fails
-        self._rng = rng or _random
-        self._i = 0
-        self.passes = 0
-
-    def next(self) -> tuple[int, bool]:
-        order, n = self._order, len(self._order)
-        for _ in range(n):
-            if self._i >= n:
-                self._i = 0
-                self.passes += 1
-            idx = order[self._i]
-            self._i += 1
-            if not self._health[idx].is_down(self._max_fails):
-                return idx, False
-        # every upstream is down: try one anyway (forward.go, healthcheck_broken)
-        if self._i >= n:
-            self._i = 0
-            self.passes += 1
-        self._i += 1
-        return order[self._rng.randrange(n)], True

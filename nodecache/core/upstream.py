@@ -33,7 +33,7 @@ import dns.rcode
 
 __all__ = [
     "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
-    "question_key", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
+    "question_key", "same_question", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
     "rcode_name", "IdSource", "InFlight",
     "ConnState", "ConnEvent", "TRANSITIONS", "UpstreamConnection",
     "AnswerReceived", "ConnectionTerminated", "Backoff", "ConnectionPool",
@@ -90,6 +90,17 @@ def question_key(wire: bytes) -> bytes | None:
     if end > n:
         return None
     return wire[HEADER_SIZE:i + 1].lower() + wire[i + 1:end]
+
+
+def same_question(wire: bytes, question: bytes) -> bool:
+    """Whether ``wire`` has exactly the one question ``question`` (a :func:`question_key`).
+
+    Equal bytes (name lower-cased) mean an equal label structure, so this is
+    :func:`question_key` without the label walk.
+    """
+    n = len(question)
+    return wire[4:6] == b"\x00\x01" and wire[12:8 + n].lower() == question[:-4] \
+        and wire[8 + n:12 + n] == question[-4:]
 
 
 def get_id(wire: bytes) -> int:
@@ -258,7 +269,7 @@ class InFlight:
             return None
         qid = (answer[0] << 8) | answer[1]
         entry = self._by_id.get(qid)
-        if entry is None or question_key(answer) != entry[0]:
+        if entry is None or not same_question(answer, entry[0]):
             return None
         del self._by_id[qid]
         return entry[1]

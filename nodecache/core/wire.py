@@ -54,6 +54,8 @@ class Question:
     flags: int
     #: Client EDNS: None without OPT, else (payload size, version, DO bit).
     edns: tuple[int, int, bool] | None
+    #: The client OPT's RDATA: its EDNS options as sent (RFC 6891 section 6.1.2).
+    options: bytes = b""
 
     @property
     def key_name(self) -> bytes:
@@ -183,6 +185,7 @@ def parse_query(data: bytes) -> Question:
     qtype, qclass = struct.unpack_from("!HH", data, end)
     offset = end + 4
     edns: tuple[int, int, bool] | None = None
+    options = b""
     try:
         for index in range(ancount + nscount + arcount):
             name_start = offset
@@ -198,17 +201,19 @@ def parse_query(data: bytes) -> Question:
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
                     raise ClientProtocolError("misplaced or repeated OPT record")
                 edns = (max(rclass, MAX_UDP_PLAIN), (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
+                options = data[offset - rdlength:offset]
     except ValueError as exc:
         raise ClientProtocolError(str(exc)) from None
     if offset != len(data):
         raise ClientProtocolError("trailing bytes after the last record")
-    return Question(data[HEADER_LEN:end], qtype, qclass, end + 4, flags, edns)
+    return Question(data[HEADER_LEN:end], qtype, qclass, end + 4, flags, edns, options)
 
 
-def opt_record(do: bool, payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0) -> bytes:
-    """Our OPT pseudo-RR (RFC 6891 section 6.1.2): root owner, no options."""
+def opt_record(do: bool, payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0,
+               options: bytes = b"") -> bytes:
+    """Our OPT pseudo-RR (RFC 6891 section 6.1.2): root owner, ``options`` as RDATA."""
     ttl = (ext_rcode << 24) | (EDNS_DO if do else 0)
-    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, payload, ttl, 0)
+    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, payload, ttl, len(options)) + options
 
 
 def error_response(data: bytes, rcode: int, question_end: int | None,
@@ -229,11 +234,16 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
     return header + question + additional
 
 
-def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool) -> bytes:
-    """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT."""
+def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
+                options: bytes = b"") -> bytes:
+    """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT.
+
+    ``options`` are the client's EDNS options, passed on as CoreDNS's forward
+    does (client subnet, cookies, padding...); the payload size stays ours.
+    """
     flags = RD | (CD if cd else 0)
     header = _HEADER.pack(0, flags, 1, 0, 0, 1)
-    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do)
+    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, options=options)
 
 
 @dataclass(slots=True)
@@ -264,40 +274,57 @@ class Response:
     opt: Record | None
 
 
-def index_response(data: bytes) -> Response:
-    """Index an upstream response. Raises ``ValueError`` when it is malformed."""
-    if len(data) < HEADER_LEN:
+def index_response(data: bytes, question_end: int = 0) -> Response:
+    """Index an upstream response. Raises ``ValueError`` when it is malformed.
+
+    ``question_end`` is where the question ends when the caller has already
+    matched it against its own query (``core.upstream.InFlight.match``): it is
+    then not walked again. Owner names that point at the question (0xC00C,
+    nearly every record of an answer) are known good without following them.
+    """
+    size = len(data)
+    if size < HEADER_LEN:
         raise ValueError("shorter than a DNS header")
     _id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1:
         raise ValueError(f"QDCOUNT is {qdcount}")
-    offset = check_name(data, HEADER_LEN) + 4
-    if offset > len(data):
+    if question_end:
+        offset = question_end
+    else:
+        offset = check_name(data, HEADER_LEN) + 4
+    if offset > size:
         raise ValueError("question truncated")
+    question_end = offset
     sections: list[list[Record]] = [[], [], []]
     opt = None
     ext_rcode = 0
+    unpack = _RR_FIXED.unpack_from
     for section, count in zip(sections, (ancount, nscount, arcount)):
         for _ in range(count):
             start = offset
-            offset = check_name(data, offset)
-            if offset + 10 > len(data):
+            if offset + 1 < size and data[offset] == 0xC0 and data[offset + 1] == HEADER_LEN:
+                offset += 2  # a pointer to the question's name, checked already
+            else:
+                offset = check_name(data, offset)
+            if offset + 10 > size:
                 raise ValueError("resource record truncated")
-            rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
-            record = Record(start, rtype, ttl, offset + 4, offset + 10 + rdlength)
-            offset = record.end
-            if offset > len(data):
+            rtype, _rclass, ttl, rdlength = unpack(data, offset)
+            end = offset + 10 + rdlength
+            if end > size:
                 raise ValueError("RDATA runs past the message")
-            _check_rdata(data, rtype, record.ttl_offset + 6, offset)
+            if rtype in _RDATA_NAMES:
+                _check_rdata(data, rtype, offset + 10, end)
+            record = Record(start, rtype, ttl, offset + 4, end)
+            offset = end
             if rtype == TYPE_OPT:
                 opt = record
                 ext_rcode = ttl >> 24
             else:
                 section.append(record)
-    if offset != len(data):
+    if offset != size:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
-    return Response(flags, rcode, (ancount, nscount, arcount), skip_name(data, HEADER_LEN) + 4,
+    return Response(flags, rcode, (ancount, nscount, arcount), question_end,
                     sections[0], sections[1], sections[2], opt)
 
 

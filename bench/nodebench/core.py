@@ -1,0 +1,205 @@
+"""The core alone: a cache hit and a miss through ``QueryHandler``, no sockets, a fake clock.
+
+What a query costs in nodecache's own DNS code, apart from the kernel, the
+event loop and the upstream: the figure to watch while changing ``core/``,
+and the part of section 3's (hits) and section 4's (misses) CPU per query that
+is ours. It drives only the handler's public surface:
+
+* hit: ``handle(query, now, slot)`` returns the reply bytes;
+* miss: ``handle`` returns a Miss, then ``upstream_query(miss)``, then
+  ``absorb(miss, answer, now)`` with a fake upstream answer (built before the
+  clock starts), then ``reply(miss, outcome, now)``.
+
+The handler is built from the repository's ``Corefile.nodelocal`` (rendered for
+the bench), so the cache settings are the deployed ones. Each miss round uses a
+fresh handler and names never asked before; each hit round asks the names the
+miss round stored. Run it with ``bench/run --core`` or ``python -m nodebench.core``
+(``--profile`` prints a cProfile table; ``--rounds`` keeps it busy for py-spy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+#: Names per round; below the deployed cache's 9984 entries, so nothing is evicted.
+NAMES = 5000
+ROUNDS = 7
+#: The fake clock, s (any value; it never moves during a round).
+NOW = 1000.0
+SLOT_UDP4 = 0
+
+
+def corefile_text() -> str:
+    """The repository's Corefile.nodelocal, rendered as the bench renders it."""
+    from nodecache.k8s.template import render_corefile
+
+    return render_corefile((REPO / "Corefile.nodelocal").read_text(), local_ips=["169.254.20.10"],
+                           dns_server_ips=[], cluster_dns="10.96.0.10", upstream_servers=["10.96.0.10"],
+                           domain="cluster.local", kubedns=None)
+
+
+def build_handler(text: str) -> Any:
+    """A QueryHandler for the Corefile's cluster.local block, wired as the agent wires it."""
+    from nodecache.config import parse_text
+    from nodecache.core.cache import BlockCache
+    from nodecache.core.handler import QueryHandler, Zone
+    from nodecache.core.stats import CacheStats, ServerStats
+
+    config = parse_text(text, default_port=53)
+    handler: Any = None
+    zones = []
+    for block in config.blocks:
+        for name in block.zones:
+            zone = Zone(name, block, ServerStats(block.server, name), None, None)
+            if block.cache is not None:
+                zone.cache_stats = CacheStats(block.server, name)
+                zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
+                                        lambda e: handler.index_add(e), lambda e: handler.index_remove(e))
+            zones.append(zone)
+    handler = QueryHandler(zones)
+    return handler
+
+
+def _wire_name(name: str) -> bytes:
+    return b"".join(bytes((len(p),)) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+
+
+def queries(tag: str, n: int) -> list[bytes]:
+    """*n* A queries for distinct pod names (as dnsperf sends them: RD, no EDNS)."""
+    out = []
+    for i in range(n):
+        name = f"10-{tag}-{i >> 8 & 255}-{i & 255}.default.pod.cluster.local"
+        out.append(struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + _wire_name(name) + b"\0\1\0\1")
+    return out
+
+
+def fake_answer(query: bytes) -> bytes:
+    """The cluster DNS's answer to *query*: one A record, TTL 30 s, name compressed."""
+    question = query[12:]
+    return (query[:2] + struct.pack("!HHHHH", 0x8580, 1, 1, 0, 0) + question
+            + b"\xc0\x0c\0\1\0\1" + struct.pack("!IH", 30, 4) + bytes((10, 1, query[0], query[1])))
+
+
+def _best_and_median(samples: list[float]) -> dict[str, float]:
+    return {"best_us": min(samples), "median_us": statistics.median(samples), "rounds": len(samples)}
+
+
+def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> dict[str, Any]:
+    """Microseconds per operation, best and median over *rounds*, plus per-stage costs of a miss."""
+    from nodecache.core.handler import Miss
+
+    text = corefile_text()
+    _warm_up(text)
+    miss_us: list[float] = []
+    hit_us: list[float] = []
+    stage_ns = {"handle": 0, "upstream_query": 0, "absorb": 0, "reply": 0}
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        handler = build_handler(text)
+        qs = queries(str(r), names)
+        answers = [fake_answer(q) for q in qs]
+        handle, upstream_query, absorb, reply = handler.handle, handler.upstream_query, handler.absorb, handler.reply
+        t0 = clock()
+        for q, a in zip(qs, answers):
+            miss = handle(q, NOW, SLOT_UDP4)
+            upstream_query(miss)
+            reply(miss, absorb(miss, a, NOW), NOW)
+        miss_us.append((clock() - t0) / names / 1000)
+        t0 = clock()
+        for q in qs:
+            handle(q, NOW, SLOT_UDP4)
+        hit_us.append((clock() - t0) / names / 1000)
+        if r == 0:
+            _check(handler, qs, answers, Miss)
+    if stages:
+        handler = build_handler(text)
+        qs = queries("s", names)
+        answers = [fake_answer(q) for q in qs]
+        for q, a in zip(qs, answers):
+            t0 = clock()
+            miss = handler.handle(q, NOW, SLOT_UDP4)
+            t1 = clock()
+            handler.upstream_query(miss)
+            t2 = clock()
+            outcome = handler.absorb(miss, a, NOW)
+            t3 = clock()
+            handler.reply(miss, outcome, NOW)
+            t4 = clock()
+            stage_ns["handle"] += t1 - t0
+            stage_ns["upstream_query"] += t2 - t1
+            stage_ns["absorb"] += t3 - t2
+            stage_ns["reply"] += t4 - t3
+    return {
+        "names": names,
+        "hit": _best_and_median(hit_us),
+        "miss": _best_and_median(miss_us),
+        "miss_stages_us": {k: v / names / 1000 for k, v in stage_ns.items()} if stages else {},
+        "python": sys.version.split()[0],
+    }
+
+
+def _warm_up(text: str) -> None:
+    """One small untimed round: the first miss and hit import and build what they use lazily."""
+    handler = build_handler(text)
+    for q in queries("w", 200):
+        handler.reply(miss := handler.handle(q, NOW, SLOT_UDP4), handler.absorb(miss, fake_answer(q), NOW), NOW)
+        handler.handle(q, NOW, SLOT_UDP4)
+
+
+def _check(handler: Any, qs: list[bytes], answers: list[bytes], miss_type: type) -> None:
+    """The rounds measured what they claim: misses became cached answers, hits answer them."""
+    fresh = build_handler(corefile_text())
+    first = fresh.handle(qs[0], NOW, SLOT_UDP4)
+    if not isinstance(first, miss_type):
+        raise RuntimeError(f"a new name was not a miss: {first!r}")
+    for q, a in ((qs[0], answers[0]), (qs[-1], answers[-1])):
+        got = handler.handle(q, NOW, SLOT_UDP4)
+        if not isinstance(got, bytes) or got[:2] != q[:2] or got[6:8] != b"\0\1" or got[-4:] != a[-4:]:
+            raise RuntimeError(f"a stored name was not answered from the cache: {got!r}")
+
+
+def render(r: dict[str, Any]) -> str:
+    st = r["miss_stages_us"]
+    lines = [f"core alone ({r['names']:,} names per round, {r['hit']['rounds']} rounds, Python {r['python']}):",
+             f"  hit   {r['hit']['best_us']:7.2f} us/op best, {r['hit']['median_us']:7.2f} median",
+             f"  miss  {r['miss']['best_us']:7.2f} us/op best, {r['miss']['median_us']:7.2f} median"
+             " (handle + upstream_query + absorb + reply, fake upstream answer)"]
+    if st:
+        lines.append("  miss stages: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + " us")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nodebench.core", description=__doc__.split("\n")[0])
+    ap.add_argument("--names", type=int, default=NAMES, help=f"names per round (default {NAMES})")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds (default {ROUNDS})")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--profile", action="store_true", help="run once under cProfile and print the top functions")
+    a = ap.parse_args(argv)
+    if not 1 <= a.names <= 9000 or not 1 <= a.rounds <= 10_000:
+        ap.error("--names must be 1..9000 (the cache holds 9984) and --rounds 1..10000")
+    if a.profile:
+        import cProfile
+        import pstats
+
+        _warm_up(corefile_text())
+        run: Callable[[], Any] = lambda: measure(a.names, 1, stages=False)
+        prof = cProfile.Profile()
+        prof.runcall(run)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return 0
+    r = measure(a.names, a.rounds)
+    print(json.dumps(r, indent=2) if a.json else render(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
