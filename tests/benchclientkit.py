@@ -5,7 +5,8 @@ relay on 10.96.0.10); :func:`model_cluster` adds what a cluster puts in front
 of the cluster DNS, a Service IP (:data:`KUBE_DNS_SERVICE`) DNATed on the node
 as kube-proxy does, with the names a cluster has for it
 (``kube-dns-upstream.kube-system``, which the Job in manifests/bench/ measures,
-and ``kubernetes.default``), and starts nodecache on the node on 169.254.20.10.
+and ``kubernetes.default``), and starts nodecache on the node on 169.254.20.10
+(and, if asked, node-cache beside it).
 Everything is removed at the end, also when the test fails.
 """
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _dnat(topo: T.Topology, op: str) -> None:
 
 
 @contextlib.contextmanager
-def model_cluster(services: int = 1000) -> Iterator[Cluster]:
+def model_cluster(services: int = 1000, *, node_cache: bool = False) -> Iterator[Cluster]:
+    """The cluster; with *node_cache* also the reference node-cache (the anchor build beside
+    the project, serving only) on :data:`nodebench.topology.NODE_CACHE_IP`."""
     cleanup = Cleanup()
     work = Path(tempfile.mkdtemp(prefix="benchclient-"))
     cleanup.push("remove work", lambda: shutil.rmtree(work, ignore_errors=True))
@@ -70,6 +73,12 @@ def model_cluster(services: int = 1000) -> Iterator[Cluster]:
         assert ok, why
         cache = S.Cache("nodecache", T.NODECACHE_IP, own_notrack=True, cluster_transport="tcp")
         S.start_cache(cleanup, topo, work, cache, help_text)
+        if node_cache:
+            binary, why = S.node_cache_binary(None, work)
+            assert binary is not None, why
+            ref = S.Cache("node-cache", T.NODE_CACHE_IP, own_notrack=False, cluster_transport="tcp",
+                          binary=binary)
+            S.start_cache(cleanup, topo, work, ref)
         assert S.dig_ok(topo.pod, KUBE_DNS_SERVICE, "kube-dns.kube-system.svc.cluster.local"), "DNAT"
         yield Cluster(topo, work, zone)
     finally:

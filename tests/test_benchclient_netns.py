@@ -31,7 +31,7 @@ RATE = 1000  # q/s, as bench/'s latency scenario (dnsperf -Q 1000)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with model_cluster() as c:
+    with model_cluster(node_cache=True) as c:
         yield c
 
 
@@ -71,7 +71,16 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: Cluster, tmp_path: Pat
     cp = _run_client(topo, work, out, "--target", f"node-cache={T.NODECACHE_IP}", "--compare", str(out / "around"),
                      *common)
     assert cp.returncode == 0, cp.stderr[-3000:]
+    # The reference node-cache beside it, measured the same way, compared with both.
+    ref_out = tmp_path / "with-node-cache"
+    cp_ref = _run_client(topo, work, ref_out, "--target", f"ref-node-cache={T.NODE_CACHE_IP}", "--compare", str(out),
+                         *common)
+    assert cp_ref.returncode == 0, cp_ref.stderr[-3000:]
     assert Path("/etc/resolv.conf").read_bytes() == host_resolv
+    with_ref = json.loads((ref_out / "results.json").read_text())
+    assert list(with_ref["targets"]) == ["kube-dns", "node-cache", "ref-node-cache"]
+    assert with_ref["targets"]["ref-node-cache"]["status"] == "ok"
+    print(cp_ref.stdout.split("## Each phase")[0])
     res = json.loads((out / "results.json").read_text())
     first = json.loads((out / "around" / "results.json").read_text())
     assert res["sample"]["names"] == first["sample"]["names"]  # the second run asks the same names
@@ -115,7 +124,9 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: Cluster, tmp_path: Pat
                  "--lookups-file", str(lookups_file), "--lookups", str(len(lookups)), "--lookup-types", "A",
                  "--lookup-rate", "200", "--misses", "600"]
     pairs: dict[str, list[tuple[float, float]]] = {}
-    for label, addr, t in (("kube-dns", KUBE_DNS_SERVICE, kd), ("node-cache", T.NODECACHE_IP, nc)):
+    ref = with_ref["targets"]["ref-node-cache"]
+    for label, addr, t in (("kube-dns", KUBE_DNS_SERVICE, kd), ("node-cache", T.NODECACHE_IP, nc),
+                           ("ref-node-cache", T.NODE_CACHE_IP, ref)):
         checks = [("hit", ("hit", "latency_ms", "p50")), ("searchpath", ("searchpath", "lookup_ms", "p50"))]
         for phase, path in checks:
             key = f"{label} {phase} p50"

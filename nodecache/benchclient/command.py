@@ -77,7 +77,7 @@ _rate = click.FloatRange(min=0.1, max=HARD_MAX_RATE)
 @click.option("--target", "targets", multiple=True, required=True, metavar="LABEL=ADDRESS[:PORT]",
               help="A DNS server to measure, e.g. kube-dns-upstream=10.96.0.11 or node-cache=169.254.20.10; "
                    "a name (kube-dns-upstream.kube-system) is resolved through the pod's resolver "
-                   "(repeat; measured in turn, the report divides the last by the first).")
+                   "(repeat; measured in turn, the report divides each by the first).")
 @click.option("--resolv-conf", default="/etc/resolv.conf", show_default=True,
               help="The pod's resolv.conf: search list and ndots for the search-path lookups.")
 @click.option("--cluster-domain", help="Default: from the resolv.conf search list, else cluster.local.")

@@ -88,16 +88,12 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
     L.append(table(["target", "address", "status"],
                    [[t, f"{v['address']}:{v['port']}", v["status"]] for t, v in res["targets"].items()]) + "\n")
     L.append("## Summary\n")
-    head = ["figure", *labels]
-    if len(labels) >= 2:
-        head.append(f"{labels[-1]} / {labels[0]}")
+    head = ["figure", *labels, *(f"{t} / {labels[0]}" for t in labels[1:])]
     rows = []
     for label, unit, path in FIGURES:
         vals = [get(res["targets"][t], path) for t in labels]
-        row = [label + (f" ({unit})" if unit and unit != "%" else ""), *(fmt(v, unit) for v in vals)]
-        if len(labels) >= 2:
-            row.append(_ratio(vals[-1], vals[0]))
-        rows.append(row)
+        rows.append([label + (f" ({unit})" if unit and unit != "%" else ""), *(fmt(v, unit) for v in vals),
+                     *(_ratio(v, vals[0]) for v in vals[1:])])
     L.append(table(head, rows) + "\n")
     L.append("Latencies are per query, from its send to its answer; a search-path lookup is the "
              "whole getaddrinfo() as the application waits for it. For throughput higher is "
