@@ -23,6 +23,7 @@ from nodecache.errors import ConfigError, NodecacheError
 from nodecache.hostnet.commands import setup as setup_command
 from nodecache.hostnet.commands import teardown as teardown_command
 from nodecache.hostnet.flags import normalize_nodecache_argv
+from nodecache.hostnet.ifaddrs import interface_addresses
 
 log = logging.getLogger("nodecache")
 
@@ -123,6 +124,9 @@ def cli() -> None:
 @click.option("--metrics-listen-address", default=None,
               help="Also serve /metrics here (node-cache serves setup errors on :9353).")
 @click.option("--prometheus-listen-address", default=None, hidden=True)
+@click.option("--quiet", is_flag=True, default=False, hidden=True,
+              help="Accepted for node-cache compatibility (CoreDNS's -quiet); logging is "
+                   "set by --log-level.")
 @click.option("--reloadwithsignal", is_flag=True, default=False, hidden=True,
               help="Accepted for node-cache compatibility; SIGUSR1 always reloads.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -141,7 +145,7 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
                 setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
                 skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
-                reloadwithsignal: bool, log_level: str, dry_run: bool,
+                reloadwithsignal: bool, log_level: str, dry_run: bool, quiet: bool = False,
                 cache_snapshot: str | None = None, serving_lock: str | None = None,
                 supervise: bool = True,
                 worker: bool = False) -> None:
@@ -207,7 +211,8 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
                       skipteardown=skipteardown, pidfile=pidfile,
                       extra_metrics_address=metrics_listen_address or prometheus_listen_address,
                       watch_interval=TEMPLATE_WATCH_INTERVAL if basecorefile else None,
-                      cache_snapshot=cache_snapshot, serving_lock=serving_lock)
+                      cache_snapshot=cache_snapshot, serving_lock=serving_lock,
+                      interfaces=interface_addresses)
         if channel is None:
             await agent.run()
             return
@@ -316,6 +321,19 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
     _run_async(main)
 
 
+@cli.command("guard")
+@click.option("--serving-lock", default="/run/nodecache/serving.lock", show_default=True,
+              help="The lock every agent of the node holds while serving (a shared hostPath).")
+def guard(serving_lock: str) -> None:
+    """Remove the firewall rules whenever no agent serves (a container beside the agent).
+
+    For when the whole agent container dies (OOM kill, SIGKILL): the kube-dns
+    ClusterIP then falls back to kube-proxy's DNAT until an agent serves again.
+    """
+    from nodecache import guard as guard_module  # noqa: PLC0415
+    sys.exit(guard_module.main([serving_lock]))
+
+
 cli.add_command(setup_command)
 cli.add_command(teardown_command)
 cli.add_command(bench_client_command)
@@ -325,10 +343,22 @@ cli.add_command(bench_client_command)
 _RUN_ARGS: list[str] | None = None
 
 
+#: Options of the command group itself; any other leading option means ``run``.
+_GROUP_OPTIONS = frozenset({"-h", "--help", "--version", "-version"})
+
+
+def command_argv(argv: list[str]) -> list[str]:
+    """``argv`` with ``run`` in front when it starts with a flag, as node-cache's image
+    is given its arguments (``-localip ... -conf ...``, no command); pure."""
+    if argv and argv[0].startswith("-") and argv[0] not in _GROUP_OPTIONS:
+        return ["run", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one line on stderr and a non-zero exit for any error."""
     global _RUN_ARGS
-    args = normalize_nodecache_argv(list(sys.argv[1:] if argv is None else argv))
+    args = normalize_nodecache_argv(command_argv(list(sys.argv[1:] if argv is None else argv)))
     _RUN_ARGS = args
     try:
         cli.main(args=args, prog_name="nodecache", standalone_mode=False)

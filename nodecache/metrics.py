@@ -20,9 +20,10 @@ keeps its counters monotonic.
 from __future__ import annotations
 
 import platform
+import resource
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -41,6 +42,8 @@ from .core.stats import AgentStats, CacheStats, ForwardStats, Histogram, ServerS
 #: node-cache pre-creates these so the series exist at zero from the start.
 SETUP_ERROR_TYPES: tuple[str, ...] = (
     "iptables", "iptables_lock", "interface_add", "interface_check", "configmap")
+#: Go's Prometheus handler pre-creates these status codes of its scrape counter.
+SCRAPE_CODES: tuple[int, ...] = (200, 500, 503)
 #: CoreDNS's default ``view`` label value (no ``view`` plugin).
 VIEW = ""
 #: ``proxy_name`` of the 1.13 ``coredns_proxy_*`` families.
@@ -83,8 +86,19 @@ class _Hist:
         total = 0
         for bound, n in zip(self.bounds + (float("inf"),), self.counts):
             total += n
-            out.append((floatToGoString(bound), float(total)))
+            out.append((_le(bound), float(total)))
         return out
+
+
+def _le(bound: float) -> str:
+    """A bucket bound spelled as Go's client spells it: ``100``, not ``100.0``.
+
+    Dashboards and recording rules written against CoreDNS may match ``le``
+    as a string (``le="511"``), so whole numbers must not grow a ``.0``.
+    """
+    if abs(bound) < 1e21 and bound == int(bound):  # Go's %g switches to 1e+21 there
+        return str(int(bound))
+    return floatToGoString(bound)
 
 
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
@@ -117,6 +131,26 @@ def _add_hist(into: dict[Labels, _Hist], key: Labels, h: Histogram) -> None:
     if key not in into:
         into[key] = _Hist(h.bounds)
     into[key].add(h)
+
+
+#: ServerBlock fields that are not plugins of the query chain: CoreDNS lists
+#: only the chain's handlers in ``coredns_plugin_enabled`` (not bind, health,
+#: ready, reload, timeouts or debug, which set the server up but never see a
+#: query; node-cache lists bufsize and not those, measured).
+_NOT_HANDLERS = frozenset({"zones", "port", "bind", "bind_lines", "health", "ready", "reload",
+                           "timeouts", "debug", "source"})
+
+
+def enabled_plugins(block: object) -> tuple[str, ...]:
+    """The names of a server block's query-chain plugins, as ``coredns_plugin_enabled`` has them.
+
+    Every other field of :class:`~nodecache.config.settings.ServerBlock` is a
+    plugin named after it (``cache``, ``forward``, ``errors``, ``log``, ``loop``,
+    ``loadbalance``, ``prometheus``, ...), enabled when set.
+    """
+    return tuple(sorted(f.name for f in fields(block)  # type: ignore[arg-type]
+                        if f.name not in _NOT_HANDLERS and getattr(block, f.name)
+                        not in (None, False, ())))
 
 
 class StatsCollector(Collector):
@@ -174,6 +208,11 @@ class StatsCollector(Collector):
             labels=["version", "revision", "goversion"])
         build.add_metric([self.version, self.revision, self.goversion], 1)
         yield build
+        # Go's process collector has this one too; Python's does not.
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        yield GaugeMetricFamily("process_virtual_memory_max_bytes",
+                                "Maximum amount of virtual memory available in bytes.",
+                                value=-1 if soft == resource.RLIM_INFINITY else soft)
         yield CounterMetricFamily("coredns_panics_total", "A metrics that counts the number "
                                   "of panics.", value=agent.panics)
         yield CounterMetricFamily("coredns_reload_failed_total",
@@ -185,6 +224,25 @@ class StatsCollector(Collector):
         yield _counter("coredns_nodecache_setup_errors_total",
                        "The number of errors during periodic network setup for node-cache",
                        ["errortype"], errors)
+        health = _Hist(agent.health_duration.bounds)
+        health.add(agent.health_duration)
+        yield _histogram("coredns_health_request_duration_seconds",
+                         "Histogram of the time (in seconds) each request took.", [],
+                         {(): health})
+        yield CounterMetricFamily("coredns_health_request_failures_total",
+                                  "The number of times the health check failed.",
+                                  value=agent.health_failures)
+        yield GaugeMetricFamily("promhttp_metric_handler_requests_in_flight",
+                                "Current number of scrapes being served.",
+                                value=agent.scrapes_in_flight)
+        scrapes: dict[Labels, float] = {(str(code),): 0 for code in SCRAPE_CODES}
+        for code, n in agent.scrapes.items():
+            scrapes[(str(code),)] = n
+        yield _counter("promhttp_metric_handler_requests_total",
+                       "Total number of scrapes by HTTP status code.", ["code"], scrapes)
+        yield GaugeMetricFamily("coredns_hosts_reload_timestamp_seconds",
+                                "The timestamp of the last reload of hosts file.",
+                                value=agent.hosts_reload_timestamp)
 
     def _server_families(self, servers: Sequence[ServerStats],
                          agent: AgentStats) -> Iterator[Metric]:
@@ -192,6 +250,9 @@ class StatsCollector(Collector):
         responses: dict[Labels, float] = defaultdict(float)
         do: dict[Labels, float] = defaultdict(float)
         durations: dict[Labels, _Hist] = {}
+        request_sizes: dict[Labels, _Hist] = {}
+        response_sizes: dict[Labels, _Hist] = {}
+        plugins: dict[Labels, float] = {}
         for s in servers:
             for (proto, family, qtype), n in s.requests.items():
                 requests[(s.server, s.zone, VIEW, proto, family, qtype)] += n
@@ -200,6 +261,12 @@ class StatsCollector(Collector):
             do[(s.server, s.zone, VIEW)] += s.do_requests
             if s.duration.count:
                 _add_hist(durations, (s.server, s.zone, VIEW), s.duration)
+            for proto, h in s.request_size.items():
+                _add_hist(request_sizes, (s.server, s.zone, VIEW, proto), h)
+            for proto, h in s.response_size.items():
+                _add_hist(response_sizes, (s.server, s.zone, VIEW, proto), h)
+            for name in s.plugins:
+                plugins[(s.server, s.zone, VIEW, name)] = 1
         if agent.dropped:
             # CoreDNS reports queries that reach no server block under zone "dropped".
             requests[("", "dropped", VIEW, "", "", "")] += agent.dropped
@@ -215,6 +282,15 @@ class StatsCollector(Collector):
         yield _histogram("coredns_dns_request_duration_seconds",
                          "Histogram of the time (in seconds) each request took per zone.",
                          ["server", "zone", "view"], durations)
+        # CoreDNS's help text says "EDNS0 UDP buffer", but it observes the query's length.
+        yield _histogram("coredns_dns_request_size_bytes",
+                         "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and "
+                         "protocol.", ["server", "zone", "view", "proto"], request_sizes)
+        yield _histogram("coredns_dns_response_size_bytes", "Size of the returned response in "
+                         "bytes.", ["server", "zone", "view", "proto"], response_sizes)
+        yield _gauge("coredns_plugin_enabled", "A metric that indicates whether a plugin is "
+                     "enabled on per server and zone basis.",
+                     ["server", "zone", "view", "name"], plugins)
 
     def _cache_families(self, caches: Sequence[CacheStats]) -> Iterator[Metric]:
         typed = ["server", "type", "zones", "view"]
@@ -273,9 +349,7 @@ class StatsCollector(Collector):
                 requests[(to,)] += n
             for (to, rcode), n in f.responses.items():
                 responses[(rcode, to)] += n
-            for key, h in f.duration.items():
-                # Keyed by upstream, or by (upstream, rcode) when the core splits by rcode.
-                to, rcode = (key, "") if isinstance(key, str) else key
+            for (to, rcode), h in f.duration.items():
                 if h.count:
                     _add_hist(durations, (to, rcode), h)
             for to, n in f.healthcheck_failures.items():

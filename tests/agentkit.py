@@ -57,7 +57,7 @@ def for_tests(config: Config, forward_overrides: dict[str, Any]) -> Config:
     """``config`` rebound to 127.0.0.1 port 0, with forward overrides applied."""
     blocks = []
     for block in config.blocks:
-        changes: dict[str, Any] = {"port": 0, "bind": (LOOPBACK,)}
+        changes: dict[str, Any] = {"port": 0, "bind": (LOOPBACK,), "bind_lines": ()}
         if block.prometheus:
             changes["prometheus"] = _zero_port(block.prometheus)
         if block.health:

@@ -219,7 +219,7 @@ def servers(workdir: Path) -> Iterator[Servers]:
         try:
             with rkit.knot(node, workdir / "knot", ZONES, (AUTH_IP,),
                            "web.default.svc.cluster.local."):
-                (workdir / "node-cache").mkdir()
+                (workdir / "node-cache").mkdir(exist_ok=True)
                 with refnodecache.node_cache(corefile(NODE_CACHE_IP), workdir / "node-cache",
                                              host=NODE_CACHE_IP, port=53, ns=node):
                     relays = [_relay(node, workdir, ip, ms) for ip, ms in RELAYS.items()]

@@ -59,6 +59,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError("no free port")
 
 
+#: node-cache reads the upstream Service's address from the environment.
+ENV = {**os.environ, "KUBE_DNS_SERVICE_HOST": "127.0.0.254"}
+
+
+def unpack(workdir: Path) -> Path:
+    """The binary, unpacked into ``workdir``."""
+    assert ANCHOR.is_file(), f"reference binary missing: {ANCHOR}"
+    binary = workdir / "node-cache"
+    with gzip.open(ANCHOR) as src, open(binary, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    binary.chmod(0o755)
+    return binary
+
+
+def serving_argv(binary: Path, host: str, conf: Path, metrics: str) -> list[str]:
+    """node-cache serving ``conf`` on ``host``, touching no interface or firewall (run with ENV)."""
+    return [str(binary), "-localip", host, "-conf", str(conf), "-setupinterface=false",
+            "-setupiptables=false", "-skipteardown", "-metrics-listen-address", metrics,
+            "-basecorefile", str(conf.parent / "none")]
+
+
 @contextlib.contextmanager
 def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
                port: int, ns: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
@@ -67,21 +88,14 @@ def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
     :param ns: run it inside this network namespace (``tests.netns``) instead
         of the test's own; its metrics then listen on ``host``:9353.
     """
-    assert ANCHOR.is_file(), f"reference binary missing: {ANCHOR}"
-    binary = workdir / "node-cache"
-    with gzip.open(ANCHOR) as src, open(binary, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    binary.chmod(0o755)
+    binary = unpack(workdir)
     (workdir / "Corefile").write_text(corefile)
-    env = {**os.environ, "KUBE_DNS_SERVICE_HOST": "127.0.0.254"}
-    argv = [str(binary), "-localip", host, "-conf", str(workdir / "Corefile"),
-            "-setupinterface=false", "-setupiptables=false", "-skipteardown",
-            "-metrics-listen-address", f"{host}:{free_port(host) if ns is None else 9353}",
-            "-basecorefile", str(workdir / "none")]
+    argv = serving_argv(binary, host, workdir / "Corefile",
+                        f"{host}:{free_port(host) if ns is None else 9353}")
     if ns is not None:
         argv = ["ip", "netns", "exec", ns, *argv]
     proc = subprocess.Popen(argv, stdout=open(workdir / "node-cache.log", "wb"),
-                            stderr=subprocess.STDOUT, env=env)
+                            stderr=subprocess.STDOUT, env=ENV)
     try:
         _wait_serving(proc, host, port, workdir, ns)
         yield proc

@@ -106,8 +106,10 @@ async def test_health_and_ready() -> None:
         finally:
             stopping = asyncio.ensure_future(kit.close())
             await asyncio.sleep(0.1)
-            # Lameduck: /health fails while queries are still answered.
-            assert (await kit.http_get("/health"))[0] == 503
+            # Lameduck: /ready fails at once, /health stays 200 (a liveness probe
+            # must not kill a draining agent) and queries are still answered.
+            assert (await kit.http_get("/ready"))[0] == 503
+            assert await kit.http_get("/health") == (200, b"OK")
             assert rcode_text(await kit.query("a.example.")) == "NOERROR"
             await stopping
 
@@ -167,3 +169,15 @@ async def test_errors_plugin_logs_upstream_failures(caplog: pytest.LogCaptureFix
         errors = [r.getMessage() for r in caplog.records if "plugin/errors" in r.getMessage()]
         assert errors, caplog.text
         assert re.match(r"^\[ERROR\] plugin/errors: 2 a\.example\. A: ", errors[0]), errors[0]
+
+
+async def test_errors_not_matching_a_consolidate_rule_are_logged_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    block = 'errors {\n  consolidate 30s "^refused by policy"\n }'
+    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, block)) as kit:
+        for name in ("a.example.", "b.example."):
+            assert rcode_text(await kit.query(name)) == "SERVFAIL"
+        errors = [r.getMessage() for r in caplog.records if "plugin/errors" in r.getMessage()]
+        assert len(errors) == 2, errors
+        assert re.match(r"^\[ERROR\] plugin/errors: 2 b\.example\. A: no answer within .*"
+                        r": i/o timeout$", errors[1]), errors[1]

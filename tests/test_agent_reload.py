@@ -6,7 +6,7 @@ import logging
 import dns.rcode
 import pytest
 
-from tests.agentkit import AgentKit, handler_of, rcode_text, total, ttls
+from tests.agentkit import AgentKit, handler_of, make_query, rcode_text, total, ttls
 from tests.fakeupstream import FakeUpstream, loop_errors
 
 __all__ = ["loop_errors"]
@@ -135,3 +135,35 @@ async def test_failure_after_switching_listeners_switches_back() -> None:
         assert str(reply.answer[0][0]) == "192.0.2.1"
         assert not two.queries
         assert (await kit.http_get("/metrics"))[0] == 200
+
+
+async def test_debug_logs_at_debug_level_until_a_reload_drops_it() -> None:
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        async with FakeUpstream(records=RECORDS_A) as up, \
+                AgentKit(corefile(up.port, extra="debug")) as kit:
+            assert root.level == logging.DEBUG  # process-wide, as CoreDNS
+            kit.corefile = corefile(up.port)
+            assert await kit.agent.reload()
+            assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)
+
+
+async def test_timeouts_apply_to_the_open_listener_on_reload() -> None:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+        listener = kit.agent.listeners[("127.0.0.1", 0)]
+        assert listener.tcp is not None and listener.tcp.timeouts is None  # the defaults
+        kit.corefile = corefile(up.port, extra="timeouts {\n  idle 1s\n }")
+        assert await kit.agent.reload()
+        assert kit.agent.listeners[("127.0.0.1", 0)] is listener  # same sockets
+        assert listener.tcp.timeouts is not None and listener.tcp.timeouts.idle == 1.0
+        client = await kit.tcp_client()
+        try:
+            await client.send(make_query("a.example."))
+            assert await client.recv() is not None
+            assert await client.closed_by_peer(3.0)  # 1 s idle, checked within 0.5 s
+        finally:
+            await client.close()

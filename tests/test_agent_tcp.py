@@ -7,6 +7,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from nodecache.aio import agent as agent_module
 from nodecache.aio import server
 from tests.agentkit import AgentKit, make_query
 from tests.fakeupstream import FakeUpstream, answer_from, loop_errors
@@ -106,8 +107,14 @@ async def test_idle_connection_closed_after_timeout(monkeypatch: pytest.MonkeyPa
             assert await client.closed_by_peer(2.0)
         finally:
             await client.close()
+        # Our FIN came first; the socket goes once the client's close arrives.
         listener = kit.agent.listeners[("127.0.0.1", 0)]
-        assert listener.tcp is not None and not listener.tcp.connections
+        assert listener.tcp is not None
+        for _ in range(100):
+            if not listener.tcp.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not listener.tcp.connections
 
 
 async def test_connection_with_query_in_flight_is_not_idle(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,3 +211,92 @@ async def test_upstream_connection_reset_mid_stream_recovers() -> None:
         reply = await kit.query("n2.example.")
         assert reply.rcode() == dns.rcode.NOERROR
         assert up.tcp_connections >= 2
+
+
+async def _pipeline_until_eof(kit: AgentKit, names: list[str], first_id: int,
+                              interval: float) -> tuple[list[int], set[int], bool]:
+    """Send queries for ``names`` round-robin until the server's FIN arrives.
+
+    Returns the IDs in sending order, the IDs answered, and whether the
+    connection ended with a clean EOF (not a reset).
+    """
+    client = await kit.tcp_client()
+    sent: list[int] = []
+    answered: set[int] = set()
+    done = asyncio.Event()
+
+    async def write() -> None:
+        qid = first_id
+        while not done.is_set() and len(sent) < 5000:
+            try:
+                await client.send(make_query(names[qid % len(names)], qid=qid))
+            except ConnectionError:
+                return
+            sent.append(qid)
+            qid += 1
+            await asyncio.sleep(interval)
+
+    writer = asyncio.ensure_future(write())
+    clean = False
+    try:
+        while True:
+            reply = await client.recv(timeout=5.0)
+            if reply is None:
+                clean = True  # EOF after the last answer
+                break
+            answered.add(reply.id)
+    except ConnectionError:
+        clean = False
+    finally:
+        done.set()
+        await writer
+        await client.close()
+    return sent, answered, clean
+
+
+async def test_shutdown_ends_pipelined_connections_between_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No query read from a connection is dropped; the client sees EOF where answers stop.
+
+    Busy connections are served on through the drain and ended TCP_DRAIN_FORCE
+    before its deadline; an idle one is ended at once.
+    """
+    monkeypatch.setattr(agent_module, "SHUTDOWN_GRACE", 2.0)
+    async with FakeUpstream(slow_for({"slow.example."})) as up:
+        kit = await AgentKit(corefile(up.port)).start()
+        stopped = False
+        try:
+            names = [f"n{i}.example." for i in range(1, 21)]
+            for name in names:
+                await kit.query(name)  # cached: the load is mostly hits
+            idle = await kit.tcp_client()
+            await idle.send(make_query("n1.example.", qid=7))
+            assert (await idle.recv()) is not None
+            clients = [asyncio.ensure_future(
+                _pipeline_until_eof(kit, names + ["slow.example."], 1000 * (k + 1), 0.002))
+                for k in range(4)]
+            await asyncio.sleep(0.5)  # a slow miss is in flight on each connection by now
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            stopping = asyncio.ensure_future(kit.close())
+            assert await idle.closed_by_peer(1.0)
+            idle_ended = loop.time() - began
+            await idle.close()
+            results = await asyncio.wait_for(asyncio.gather(*clients), 15)
+            busy_ended = loop.time() - began
+            await stopping
+            stopped = True
+        finally:
+            if not stopped:
+                await kit.close()
+    assert idle_ended < 0.8, idle_ended
+    # The busy ones were served until about a second before the 2 s deadline.
+    assert 0.7 < busy_ended < 2.5, busy_ended
+    for sent, answered, clean in results:
+        assert clean, "the connection was reset instead of ended with FIN"
+        assert len(answered) > 50
+        # The server read a prefix of what was sent and answered all of it: the
+        # answered IDs are exactly the first len(answered) sent, with no holes.
+        assert answered == set(sent[:len(answered)]), sorted(set(sent[:len(answered)]) - answered)
+        # What was left unanswered was still on its way when our FIN went out.
+        assert len(sent) - len(answered) < 50

@@ -109,3 +109,24 @@ def test_demo_serves_the_sample_cluster_through_the_cache() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert f"dig @127.0.0.1 -p {ports[0]} kubernetes.default.svc.cluster.local" in err
+
+
+def test_run_with_an_unknown_interface_fails_with_its_position(tmp_path: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:5300 {\n    bind nosuch0 {\n        except lo\n    }\n}\n")
+    assert nodecache("check-config", str(corefile)).returncode == 0  # resolved on the node
+    result = nodecache("run", "--conf", str(corefile), "--localip", "",
+                       "--pidfile", str(tmp_path / "pid"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"nodecache: {corefile}:2:5: bind: no interface named 'nosuch0' on this host"
+        " (expected an IP address or the name of an interface)")
+
+
+def test_bare_flags_mean_run() -> None:
+    # As node-cache's image is given its arguments: no command, only flags.
+    from nodecache.cli import command_argv
+    assert command_argv(["-localip", "169.254.20.10"]) == ["run", "-localip", "169.254.20.10"]
+    assert command_argv(["--conf=/etc/Corefile"]) == ["run", "--conf=/etc/Corefile"]
+    for unchanged in (["check-config", "/etc/Corefile"], ["--help"], ["-h"], ["--version"], []):
+        assert command_argv(unchanged) == unchanged

@@ -24,7 +24,9 @@ import pytest
 from tests import clientkit as ck
 from tests import netns
 
-pytestmark = pytest.mark.privileged
+#: The first test builds the clients (Go: about 20 s from a cold cache) and runs
+#: every look-up (about 90 s); more than the suite's default timeout allows.
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(600)]
 
 #: Wait allowed through nodecache: node-cache's times this, plus SLACK.
 FACTOR = 1.5

@@ -16,6 +16,7 @@ from nodecache.config import (
     load,
     parse_text,
 )
+from nodecache.config.settings import ErrorsSettings
 from nodecache.errors import ConfigError
 
 IMPORTS = Path(__file__).parent / "data" / "corefiles" / "imports"
@@ -33,7 +34,7 @@ def write(root: Path, files: dict[str, str]) -> None:
 def test_fixture_with_snippets_globs_and_env() -> None:
     main = str(IMPORTS / "Corefile")
     config = load(main, env=ENV)
-    common: dict[str, Any] = dict(port=53, errors=True, loop=True, prometheus=":9253")
+    common: dict[str, Any] = dict(port=53, errors=ErrorsSettings(), loop=True, prometheus=":9253")
     assert [b.zones for b in config.blocks] == [
         ("cluster.local.",), ("in-addr.arpa.", "ip6.arpa."), (".",)]
     cluster, reverse, root = config.blocks

@@ -21,7 +21,10 @@ from nodecache.config import (
     load,
     parse_text,
 )
+from nodecache.config import bind
 from nodecache.config.plugins import COMBINED_LOG_FORMAT
+from nodecache.config.settings import BindLine, ConsolidateRule, ErrorsSettings, Source, TimeoutSettings
+from nodecache.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "corefiles"
 
@@ -52,7 +55,7 @@ def test_official_nodelocal_corefile(tmp_path: Path) -> None:
     bind = (LOCAL_DNS, DNS_SERVER)
     clamp30 = CacheSettings(success_max_ttl=30, denial_max_ttl=30)
     to_cluster = ForwardSettings(zone=".", upstreams=(Upstream(CLUSTER_DNS),), force_tcp=True)
-    common: dict[str, Any] = dict(port=53, bind=bind, errors=True, loop=True,
+    common: dict[str, Any] = dict(port=53, bind=bind, errors=ErrorsSettings(), loop=True,
                                   prometheus=":9253", reload=ReloadSettings())
     expected = [
         ServerBlock(zones=("cluster.local.",), **common,
@@ -285,7 +288,25 @@ def test_forward_reads_resolv_conf_relative_to_the_corefile(tmp_path: Path) -> N
 OTHER_CASES: list[tuple[str, str, object]] = [
     ("bind 10.0.0.1", "bind", ("10.0.0.1",)),
     ("bind 10.0.0.1 2001:DB8::1 10.0.0.1", "bind", ("10.0.0.1", "2001:db8::1")),
-    ("errors", "errors", True),
+    ("errors", "errors", ErrorsSettings()),
+    ("debug", "debug", True),
+    ("bufsize", "bufsize", 1232),
+    ("bufsize 512", "bufsize", 512),
+    ("bufsize 4096", "bufsize", 4096),
+    ("timeouts {\n read 10\n}", "timeouts", TimeoutSettings(read=10.0)),
+    ("timeouts {\n read 1s\n write 24h\n idle 1m30s\n}", "timeouts",
+     TimeoutSettings(read=1.0, write=86400.0, idle=90.0)),
+    ("errors stdout", "errors", ErrorsSettings()),
+    ("errors {\n stacktrace\n}", "errors", ErrorsSettings(stacktrace=True)),
+    ('errors {\n consolidate 5m ".* i/o timeout$" warning\n consolidate 30s "^Failed to .+"\n}',
+     "errors", ErrorsSettings(consolidate=(ConsolidateRule(300.0, ".* i/o timeout$", "warning"),
+                                           ConsolidateRule(30.0, "^Failed to .+")))),
+    ("bind 10.0.0.1\nbind ::1 10.0.0.1", "bind", ("10.0.0.1", "::1")),
+    ("bind 10.0.0.1 10.0.0.2 {\n except 10.0.0.1\n}\nbind 10.0.0.3", "bind",
+     ("10.0.0.2", "10.0.0.3")),
+    ("bind 10.0.0.1 10.0.0.2 {\n except 10.0.0.1\n}\nbind 10.0.0.1", "bind",
+     ("10.0.0.2", "10.0.0.1")),
+    ("bind 10.0.0.1", "bind_lines", ()),
     ("loop", "loop", True),
     ("loadbalance", "loadbalance", True),
     ("loadbalance round_robin", "loadbalance", True),
@@ -326,3 +347,76 @@ def test_config_type() -> None:
     assert isinstance(config, Config)
     assert config.path == "<string>"
     assert config.files == ()
+
+
+# -- bind with interface names (resolved by the agent; here with a fake host) --
+
+FAKE_INTERFACES = {"eth0": ["10.1.0.5", "fe80::1%eth0"], "dummy0": ["169.254.20.10"],
+                   "down0": []}
+
+
+def _resolve(text: str) -> tuple[str, ...]:
+    config = parse_text(f".:53 {{\n{text}\n}}")
+    assert config.blocks[0].bind == ()  # nothing listens before the names are resolved
+    with pytest.raises(ValueError):
+        config.listeners()
+    return bind.resolve(config, FAKE_INTERFACES.get).blocks[0].bind
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("bind eth0", ("10.1.0.5", "fe80::1%eth0")),
+    ("bind eth0 {\n except fe80::1%eth0\n}", ("10.1.0.5",)),
+    ("bind eth0 dummy0 {\n except eth0\n}", ("169.254.20.10",)),
+    ("bind dummy0 10.9.9.9", ("169.254.20.10", "10.9.9.9")),
+    ("bind eth0 {\n except 10.1.0.5\n}\nbind 10.1.0.5", ("fe80::1%eth0", "10.1.0.5")),
+    ("bind down0 dummy0", ("169.254.20.10",)),
+])
+def test_bind_interfaces_resolve(text: str, expected: tuple[str, ...]) -> None:
+    assert _resolve(text) == expected
+
+
+@pytest.mark.parametrize("text,message", [
+    ("bind eth9", "<string>:2:1: bind: no interface named 'eth9' on this host"
+                  " (expected an IP address or the name of an interface)"),
+    ("bind 10.0.0.1 {\n except eth9\n}", "<string>:2:1: bind: no interface named 'eth9'"
+                                         " on this host (expected an IP address or the name"
+                                         " of an interface)"),
+    ("bind down0", "<string>:2:1: bind: no address left to listen on (the interfaces named"
+                   " have none, or 'except' removes them all)"),
+])
+def test_bind_interfaces_errors(text: str, message: str) -> None:
+    config = parse_text(f".:53 {{\n{text}\n}}")
+    with pytest.raises(ConfigError) as info:
+        bind.resolve(config, FAKE_INTERFACES.get)
+    assert str(info.value) == message
+
+
+def test_bind_interfaces_serving_a_zone_twice_is_an_error() -> None:
+    config = parse_text(".:53 {\n  bind eth0\n}\n.:53 {\n  bind dummy0 eth0\n}")
+    with pytest.raises(ConfigError) as info:
+        bind.resolve(config, FAKE_INTERFACES.get)
+    assert str(info.value) == ("<string>:5:3: bind: zone '.' is served twice on 10.1.0.5"
+                               " port 53 (first by the block at <string>:1:1)")
+    config = parse_text(".:53 {\n  bind 10.1.0.5\n}\n.:53 {\n  bind eth0\n}")
+    with pytest.raises(ConfigError) as info:
+        bind.resolve(config, FAKE_INTERFACES.get)
+    assert str(info.value) == ("<string>:5:3: bind: zone '.' is served twice on 10.1.0.5"
+                               " port 53 (first by the block at <string>:1:1)")
+
+
+def test_bind_interface_lines_are_kept() -> None:
+    config = parse_text(".:53 {\n  bind eth0 10.0.0.1 {\n    except lo\n  }\n}")
+    assert config.blocks[0].bind_lines == (
+        BindLine(("eth0", "10.0.0.1"), ("lo",), Source("<string>", 2, 3)),)
+    # check-config on another host still describes it.
+    assert "<eth0>:53" in describe(config)
+
+
+def test_describe_spells_out_the_new_plugins() -> None:
+    text = describe(parse_text(
+        '.:53 {\n  bufsize 1100\n  timeouts {\n    idle 1m\n  }\n  debug\n'
+        '  errors {\n    consolidate 5m ".* i/o timeout$" warning\n  }\n}'))
+    for needle in ("bufsize     1100 bytes", "TCP read 3s, write 5s, idle 1m",
+                   "debug       on (DEBUG logging)",
+                   "consolidate 5m '.* i/o timeout$' at warning"):
+        assert needle in text, text

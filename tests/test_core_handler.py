@@ -1,6 +1,7 @@
 """The per-query decision without sockets: an injected clock and a fake upstream function."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 import dns.flags
@@ -13,7 +14,7 @@ from nodecache.config import parse_text
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache
 from nodecache.core.handler import Miss, QueryHandler, Zone
-from nodecache.core.stats import CacheStats, ServerStats
+from nodecache.core.stats import SIZE_BUCKETS, CacheStats, ServerStats
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
@@ -96,6 +97,26 @@ CLUSTER = """cluster.local:53 {
 
 def q(name: str = "svc.cluster.local.", rdtype: str = "A", **kw: object) -> dns.message.Message:
     return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+
+
+def test_hit_sizes_follow_the_reply_sent() -> None:
+    """EDNS hits carry our OPT, truncated hits their short form: sizes as sent."""
+    many = [f"10.0.0.{i}" for i in range(1, 41)]  # 40 A records: over 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    big = q(use_edns=0, payload=4096).to_wire()
+    plain = q(use_edns=False).to_wire()
+    d.ask(big)  # the miss that stores the entry
+    replies = [d.handler.handle(query, d.now, 0) for query in (big, plain, big)]
+    assert all(isinstance(r, bytes) for r in replies)
+    assert dns.message.from_wire(replies[1]).flags & dns.flags.TC  # truncated for plain UDP
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert request.count == response.count == 4
+    assert request.sum == 3 * len(big) + len(plain)
+    assert response.sum == len(replies[0]) * 2 + len(replies[1]) + len(replies[2])
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[0]))] == 3
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[1]))] == 1
 
 
 def test_ttl_counts_down_and_entry_expires() -> None:
@@ -371,5 +392,69 @@ def test_hits_are_counted_at_sync() -> None:
     d.handler.sync_stats()
     assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
     assert zone.stats.requests[("udp", "1", "A")] == 5
-    assert zone.stats.responses[("NOERROR", "cache")] == 4
-    assert zone.stats.responses[("NOERROR", "forward")] == 1
+    # The miss too: as in CoreDNS, the reply is written through the cache.
+    assert zone.stats.responses[("NOERROR", "cache")] == 5
+    # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
+    query_size = len(q().to_wire())
+    reply_size = len(d.handler.handle(q().to_wire(), d.now, 0))  # type: ignore[arg-type]
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert (request.count, request.sum) == (5, 5 * query_size)
+    assert (response.count, response.sum) == (5, 5 * reply_size)
+    assert request.counts[bisect_left(SIZE_BUCKETS, query_size)] == 5
+    assert ("NOERROR", "forward") not in zone.stats.responses
+
+
+# -- bufsize -------------------------------------------------------------------
+
+def _records(count: int) -> Upstream:
+    """``count`` A records for any name: 16 bytes each on the wire, plus the header and question."""
+    make = answer_a(30, *(f"10.0.{i // 250}.{i % 250}" for i in range(count)))
+
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        reply = make(q)
+        reply.request_payload = wire.MAX_MESSAGE  # whole, as over TCP
+        return reply
+    return upstream
+
+
+# (bufsize line, records in the answer, client EDNS size or None, TCP, expect TC)
+BUFSIZE_CASES = [
+    ("bufsize 1100", 60, 4096, False, False),  # about 1 kB: fits 1100
+    ("bufsize 1100", 80, 4096, False, True),  # about 1.3 kB: over 1100, under the client's 4096
+    ("bufsize 1100", 80, 1000, False, True),  # the client's smaller size still counts
+    ("bufsize 1100", 60, 1000, False, False),
+    ("bufsize 1100", 80, 4096, True, False),  # TCP: no limit
+    ("bufsize 512", 30, 4096, False, True),  # about 520 bytes
+    ("bufsize 512", 20, None, False, False),  # no EDNS: 512 as always
+    ("", 80, 4096, False, False),  # without bufsize the client's size rules
+]
+
+
+@pytest.mark.parametrize("line,count,payload,tcp,tc", BUFSIZE_CASES)
+@pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
+def test_bufsize_caps_udp_answers(line: str, count: int, payload: int | None, tcp: bool,
+                                  tc: bool, warm: bool) -> None:
+    driver = Driver(f". {{\n cache 30\n {line}\n forward . 127.0.0.1\n}}", _records(count))
+    query = dns.message.make_query("big.example.", "A", use_edns=payload is not None,
+                                   payload=payload or 0)
+    if warm:
+        assert driver.ask(query, tcp=True) is not None
+    result = driver.handler.handle(query.to_wire(), driver.now, 2 if tcp else 0)
+    raw = driver.resolve(result) if isinstance(result, Miss) else result
+    assert isinstance(raw, bytes)
+    reply = dns.message.from_wire(raw)
+    assert bool(reply.flags & dns.flags.TC) is tc
+    answers = len(reply.answer[0]) if reply.answer else 0
+    if tc:  # the leading records that fit, as node-cache sends
+        bufsize = int(line.split()[1])
+        assert len(raw) <= min(bufsize, payload or 512) and answers < count
+    else:
+        assert answers == count
+
+
+@pytest.mark.parametrize("line,payload", [("bufsize 1100", 1100), ("bufsize 4096", 4096),
+                                          ("", wire.OUR_UDP_PAYLOAD)])
+def test_bufsize_is_the_size_asked_upstream(line: str, payload: int) -> None:
+    driver = Driver(f". {{\n {line}\n forward . 127.0.0.1\n}}", _records(1))
+    driver.ask(dns.message.make_query("a.example.", "A", use_edns=0, payload=4096))
+    assert [q.payload for q in driver.upstream_queries] == [payload]

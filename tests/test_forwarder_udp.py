@@ -38,7 +38,7 @@ async def test_udp_answer_restores_id(loop_errors: list) -> None:
             name = str(up.upstream)
             assert stats.requests[name] == 1
             assert stats.responses[(name, "NOERROR")] == 1
-            assert stats.duration[name].count == 1
+            assert stats.duration[(name, "NOERROR")].count == 1
         finally:
             await fwd.close()
 

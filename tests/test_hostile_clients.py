@@ -66,7 +66,7 @@ async def test_a_byte_at_a_time_is_answered_and_blocks_nobody() -> None:
 @pytest.mark.asyncio
 async def test_a_dribbling_client_that_never_completes_a_query_is_closed(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "TCP_IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(server, "TCP_READ_TIMEOUT", 1.0)  # the first query's
     async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up)) as kit:
         reader, writer = await asyncio.open_connection(*kit.address)
         writer.write(b"\x01\x00")  # a 256-byte query is coming...

@@ -145,3 +145,17 @@ def test_missing_binary_exits_nonzero_with_one_line(node: tuple[netns.NodePod, P
     assert res.returncode != 0
     assert ("iptables-legacy-save not found in PATH (needed for the iptables-legacy "
             "firewall backend)") in res.stdout + res.stderr
+
+
+def test_bind_names_the_interface_the_agent_creates(node: tuple[netns.NodePod, Path]) -> None:
+    """``bind nodelocaldns``: resolved once the agent has put the local IP on it."""
+    topo, tmp = node
+    (tmp / "Corefile").write_text(COREFILE.replace(f"bind {V4}", "bind nodelocaldns"))
+    proc = start_agent(topo, tmp)
+    try:
+        wait_for(lambda: running(proc, tmp), what="the pidfile")
+        assert netns.call(topo.pod, _answer, V4, False)
+        assert netns.call(topo.pod, _answer, V4, True)
+    finally:
+        out = stop(proc)
+    assert f"serving DNS on {V4}:53" in out, out

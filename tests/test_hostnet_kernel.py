@@ -291,6 +291,20 @@ def test_auto_follows_kubelet_hint(topo: netns.NodePod) -> None:
     assert netns.call(topo.node, chosen) == "iptables-nft"  # nft is looked at first
 
 
+def test_auto_without_net_raw_on_a_legacy_node_names_the_capability(topo: netns.NodePod) -> None:
+    """Unreadable legacy tables are an error, not a silent guess of nft."""
+    netns.run(topo.node, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
+    code = ("from nodecache.core.stats import AgentStats; from nodecache.hostnet import HostNetwork; "
+            f"print(HostNetwork(local_ips=['{V4}'], health_port={HEALTH}, "
+            "stats=AgentStats()).firewall.name)")
+    res = netns.run(topo.node, "setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw",
+                    sys.executable, "-c", code, check=False)
+    assert res.returncode != 0
+    assert "NET_RAW capability" in res.stderr and "iptables-legacy-save" in res.stderr, res.stderr
+    # With NET_RAW the same node is detected as legacy.
+    assert netns.run(topo.node, sys.executable, "-c", code).stdout.strip() == "iptables-legacy"
+
+
 def test_auto_does_not_create_legacy_tables(topo: netns.NodePod) -> None:
     """Looking for hints or leftovers must not load legacy tables (iptables-nft would warn)."""
     ok(topo.node, "adopt_leftovers", local_ips=[V4])

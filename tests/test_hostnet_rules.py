@@ -137,6 +137,10 @@ FLAG_CASES = [
     (["-interfacename", "nodelocaldns", "-health-port", "8080", "-conf", "/etc/Corefile"],
      ["--interfacename", "nodelocaldns", "--health-port", "8080", "--conf", "/etc/Corefile"]),
     (["-pidfile=/run/x.pid", "-syncinterval", "60"], ["--pidfile=/run/x.pid", "--syncinterval", "60"]),
+    # a Go duration that node-cache multiplies by a second again (Helm charts pass 1ns)
+    (["-syncinterval", "1ns"], ["--syncinterval", "1"]),
+    (["-syncinterval=90ns", "-quiet"], ["--syncinterval=90", "--quiet"]),
+    (["-syncinterval", "1.5us"], ["--syncinterval", "1500"]),
     (["-h"], ["-h"]),
     (["-p53"], ["-p53"]),
     (["-somethingelse"], ["-somethingelse"]),

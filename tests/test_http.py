@@ -1,4 +1,4 @@
-"""HttpEndpoints over real loopback sockets: routes, health flips, limits."""
+"""HttpEndpoints over real loopback sockets: routes, health and readiness, limits."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +12,10 @@ from nodecache.aio.http import (
     metrics_route,
     parse_address,
     ready_route,
+    self_check,
 )
-from nodecache.core.stats import ServerStats
-from nodecache.metrics import StatsCollector, make_registry
+from nodecache.core.stats import AgentStats, ServerStats
+from nodecache.metrics import StatsCollector, StatsSources, make_registry
 
 
 @pytest.mark.parametrize(("address", "expected"), [
@@ -62,10 +63,10 @@ async def endpoints():
     await asyncio.wait_for(eps.close(), 3)
 
 
-async def test_health_flips_and_ready(endpoints: HttpEndpoints) -> None:
-    state = {"healthy": True, "ready": False}
+async def test_health_stays_ok_and_ready_flips(endpoints: HttpEndpoints) -> None:
+    state = {"ready": False}
     [(_, port)] = await endpoints.start("127.0.0.1:0", {
-        "/health": health_route(lambda: state["healthy"]),
+        "/health": health_route(),
         "/ready": ready_route(lambda: state["ready"]),
     })
     status, headers, body = await request(port, get("/health"))
@@ -74,11 +75,56 @@ async def test_health_flips_and_ready(endpoints: HttpEndpoints) -> None:
     assert (await request(port, get("/ready")))[0] == 503
     state["ready"] = True
     assert (await request(port, get("/ready")))[:3:2] == (200, b"OK")
-    state["healthy"] = False  # lameduck
-    assert (await request(port, get("/health")))[0] == 503
+    state["ready"] = False  # SIGTERM: /ready fails, /health does not
+    assert (await request(port, get("/ready")))[0] == 503
+    assert (await request(port, get("/health")))[0] == 200
     # Query strings are ignored.
-    state["healthy"] = True
     assert (await request(port, get("/health?verbose=1")))[0] == 200
+
+
+async def test_self_check_times_and_counts_failures(endpoints: HttpEndpoints) -> None:
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
+    stats = AgentStats()
+    where: list[tuple[str, int] | None] = [("127.0.0.1", port)]
+    task = asyncio.ensure_future(self_check(lambda: where[0], "/health", stats,
+                                            interval=0.05, timeout=1.0))
+    try:
+        for _ in range(100):
+            if stats.health_duration.count >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert stats.health_duration.count >= 3 and stats.health_failures == 0
+        assert 0 < stats.health_duration.sum < 3.0  # loopback: each well under a second
+        await endpoints.close()  # nothing listens there any more: refused
+        before = stats.health_duration.count
+        for _ in range(100):
+            if stats.health_failures >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert stats.health_failures >= 2
+        assert stats.health_duration.count - before >= stats.health_failures
+        where[0] = None  # no health endpoint: nothing is checked or counted
+        await asyncio.sleep(0.1)
+        counted = stats.health_duration.count
+        await asyncio.sleep(0.2)
+        assert stats.health_duration.count == counted
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_metrics_route_counts_scrapes(endpoints: HttpEndpoints) -> None:
+    stats = AgentStats()
+    registry = make_registry(StatsCollector(StatsSources(agent=stats)), process_metrics=False)
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/metrics": metrics_route(registry, stats)})
+    first = (await request(port, get("/metrics")))[2].decode()
+    # A scrape sees itself in flight and counts the ones before it, as Go's handler.
+    assert "promhttp_metric_handler_requests_in_flight 1.0" in first
+    assert 'promhttp_metric_handler_requests_total{code="200"} 0.0' in first
+    assert 'promhttp_metric_handler_requests_total{code="503"} 0.0' in first
+    second = (await request(port, get("/metrics")))[2].decode()
+    assert 'promhttp_metric_handler_requests_total{code="200"} 1.0' in second
+    assert stats.scrapes_in_flight == 0 and stats.scrapes[200] == 2
 
 
 async def test_metrics_route_serves_exposition(endpoints: HttpEndpoints) -> None:
@@ -101,7 +147,7 @@ async def test_metrics_route_serves_exposition(endpoints: HttpEndpoints) -> None
 
 
 async def test_head_404_405_400(endpoints: HttpEndpoints) -> None:
-    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     status, headers, body = await request(port, get("/health", "HEAD"))
     assert (status, headers["content-length"], body) == (200, "2", b"")
     assert (await request(port, get("/nope")))[0] == 404
@@ -114,7 +160,7 @@ async def test_head_404_405_400(endpoints: HttpEndpoints) -> None:
 
 
 async def test_oversize_request_rejected(endpoints: HttpEndpoints) -> None:
-    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     big = b"GET /health HTTP/1.1\r\nX-Pad: " + b"a" * 4000 + b"\r\n\r\n"
     assert (await request(port, big))[0] == 431
     # The server still answers afterwards.
@@ -122,7 +168,7 @@ async def test_oversize_request_rejected(endpoints: HttpEndpoints) -> None:
 
 
 async def test_slow_client_is_cut_off(endpoints: HttpEndpoints) -> None:
-    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /health HTTP/1.1\r\n")  # never finishes the head
     await writer.drain()
@@ -132,7 +178,7 @@ async def test_slow_client_is_cut_off(endpoints: HttpEndpoints) -> None:
 
 
 async def test_routes_share_one_address(endpoints: HttpEndpoints) -> None:
-    [(host, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(host, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     again = await endpoints.start(f"{host}:{port}", {"/metrics": metrics_route(
         CollectorRegistry())})
     assert again == [(host, port)]
@@ -149,8 +195,8 @@ async def test_two_servers_share_a_port_with_reuseport() -> None:
     """Two agents overlap during an upgrade: both bind the same address."""
     a, b = HttpEndpoints(), HttpEndpoints()
     try:
-        [(_, port)] = await a.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
-        await b.start(f"127.0.0.1:{port}", {"/health": health_route(lambda: True)})
+        [(_, port)] = await a.start("127.0.0.1:0", {"/health": health_route()})
+        await b.start(f"127.0.0.1:{port}", {"/health": health_route()})
         await a.close()
         assert (await request(port, get("/health")))[0] == 200
     finally:
@@ -168,7 +214,7 @@ async def test_route_exception_is_500(endpoints: HttpEndpoints) -> None:
 
 async def test_ipv6_loopback(endpoints: HttpEndpoints) -> None:
     try:
-        bound = await endpoints.start("[::1]:0", {"/health": health_route(lambda: True)})
+        bound = await endpoints.start("[::1]:0", {"/health": health_route()})
     except OSError:
         pytest.skip("IPv6 loopback unavailable")
     assert (await request(bound[0][1], get("/health"), host="::1"))[0] == 200
@@ -176,7 +222,7 @@ async def test_ipv6_loopback(endpoints: HttpEndpoints) -> None:
 
 async def test_close_drops_idle_connections() -> None:
     eps = HttpEndpoints(header_timeout=30)
-    [(_, port)] = await eps.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(_, port)] = await eps.start("127.0.0.1:0", {"/health": health_route()})
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await asyncio.sleep(0.05)
     await asyncio.wait_for(eps.close(), 2)
@@ -185,17 +231,17 @@ async def test_close_drops_idle_connections() -> None:
 
 
 async def test_overlapping_addresses_rejected(endpoints: HttpEndpoints) -> None:
-    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route(lambda: True)})
+    [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     with pytest.raises(ValueError, match="overlaps"):
         await endpoints.start(f"0.0.0.0:{port}", {"/metrics": metrics_route(CollectorRegistry())})
     assert (await request(port, get("/health")))[0] == 200
 
 
 async def test_localhost_and_wildcard_bind(endpoints: HttpEndpoints) -> None:
-    bound = await endpoints.start("localhost:0", {"/health": health_route(lambda: True)})
+    bound = await endpoints.start("localhost:0", {"/health": health_route()})
     assert {port for _, port in bound} == {bound[0][1]}  # one port for every address
     assert "127.0.0.1" in {host for host, _ in bound}
     assert (await request(bound[0][1], get("/health")))[0] == 200
-    bound = await endpoints.start(":0", {"/health": health_route(lambda: True)})
+    bound = await endpoints.start(":0", {"/health": health_route()})
     assert "0.0.0.0" in {host for host, _ in bound}
     assert (await request(bound[0][1], get("/health")))[0] == 200

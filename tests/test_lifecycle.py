@@ -175,13 +175,16 @@ async def test_sigterm_lameduck_then_exit(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             stopped_at = time.monotonic()
             agent.proc.send_signal(signal.SIGTERM)
-            # /health fails first, within a moment of the signal...
-            health = 200
-            while time.monotonic() - stopped_at < 1.0 and health == 200:
-                health = await asyncio.to_thread(agent.http, "health")
-            assert health == 503
-            # ...while queries keep being answered through the lameduck period.
+            # /ready fails first, within a moment of the signal...
+            ready = 200
+            while time.monotonic() - stopped_at < 1.0 and ready == 200:
+                ready = await asyncio.to_thread(agent.http, "ready")
+            assert ready == 503
+            # ...while /health stays 200 (the liveness probe must not kill a
+            # draining agent) and queries keep being answered through lameduck.
+            assert await asyncio.to_thread(agent.http, "health") == 200
             await runner
+            assert await asyncio.to_thread(agent.http, "health") == 200
             assert load.failed == [] and sum(load.answers.values()) == load.sent
             assert agent.proc.poll() is None  # still in lameduck (3 s)
             exit_code = await asyncio.to_thread(agent.proc.wait, 10)

@@ -120,8 +120,21 @@ def _daemonset(objs: dict[tuple[str, str], Obj]) -> Obj:
 
 def _container(objs: dict[tuple[str, str], Obj]) -> Obj:
     containers = _daemonset(objs)["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
+    assert [c["name"] for c in containers] == ["node-cache", "guard"]
     return containers[0]
+
+
+def test_guard_beside_the_agent() -> None:
+    """The guard: same image, its own memory limit, the serving lock's directory, no DNS port."""
+    objs = {_key(o): o for o in build(MANIFESTS / "iptables")}
+    agent, guard = _daemonset(objs)["spec"]["template"]["spec"]["containers"]
+    assert guard["image"] == agent["image"]
+    assert guard["args"][0] == "guard"
+    assert guard["resources"]["limits"]["memory"]
+    mounts = {m["name"]: m["mountPath"] for m in guard["volumeMounts"]}
+    assert mounts["run"] == "/run/nodecache" and mounts["xtables-lock"] == "/run/xtables.lock"
+    caps = guard["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"] and set(caps["add"]) == {"NET_ADMIN", "NET_RAW"}
 
 
 def test_objects(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
@@ -198,7 +211,12 @@ def test_args_per_mode(overlay: tuple[str, dict[tuple[str, str], Obj]]) -> None:
     assert not any(a.startswith("--") for a in args)
     expected_ips = {"iptables": "169.254.20.10,10.96.0.10", "ipvs": "169.254.20.10"}[name]
     assert _flag(args, "-localip") == expected_ips
-    assert _flag(args, "-conf") == "/etc/Corefile"
+    # The rendered Corefile goes to an emptyDir: the root filesystem is read-only.
+    assert _flag(args, "-conf") == "/etc/nodecache/Corefile"
+    spec = _daemonset(objs)["spec"]["template"]["spec"]
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in spec["containers"])
+    mounts = {m["mountPath"]: m["name"] for m in _container(objs)["volumeMounts"]}
+    assert {v["name"]: v for v in spec["volumes"]}[mounts["/etc/nodecache"]]["emptyDir"] == {}
     assert _flag(args, "-upstreamsvc") == "kube-dns-upstream"
     # The NOTRACK rules for the probe and the probe itself use the same port.
     assert int(_flag(args, "-health-port")) == _container(objs)["livenessProbe"]["httpGet"]["port"]
@@ -299,3 +317,26 @@ def test_services() -> None:
     assert metrics["spec"]["clusterIP"] == "None"
     assert metrics["spec"]["ports"][0]["port"] == 9253
     assert metrics["metadata"]["annotations"]["prometheus.io/port"] == "9253"
+
+
+def test_upgrades_doc_examples_match_the_daemonset() -> None:
+    """docs/upgrades.md's DaemonSet snippets use the manifests' volume names, paths and flags."""
+    import re
+
+    doc = (ROOT / "docs" / "upgrades.md").read_text()
+    objs = {_key(o): o for o in build(MANIFESTS / "iptables")}
+    spec = _daemonset(objs)["spec"]["template"]["spec"]
+    mounts = {(m["name"], m["mountPath"]) for c in spec["containers"] for m in c["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    args = {a: b for c in spec["containers"] for a, b in zip(c["args"], c["args"][1:])}
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        for name, path in re.findall(r"\{name: ([\w-]+), mountPath: ([^}\s]+)\}", block):
+            assert (name, path) in mounts, (name, path)
+        for name, path in re.findall(r"- name: ([\w-]+)\n\s+hostPath: \{path: ([^,]+),", block):
+            assert host_paths.get(name) == path, (name, path)
+        for flag, value in re.findall(r'"(-{1,2}[\w-]+)", "([^"]+)"', block):
+            if flag in args:
+                assert args[flag] == value, (flag, value)
+        assert '"run"' not in block and "--pidfile" not in block, block

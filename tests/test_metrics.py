@@ -114,7 +114,7 @@ def test_forward_counters_under_both_names() -> None:
     f.requests[UP] += 9
     f.responses[(UP, "NOERROR")] += 8
     f.responses[(UP, "SERVFAIL")] += 1
-    f.duration[UP].observe(0.003)
+    f.duration[(UP, "NOERROR")].observe(0.003)
     f.healthcheck_failures[UP] += 2
     f.healthcheck_broken = 1
     f.max_concurrent_rejects = 5
@@ -135,18 +135,19 @@ def test_forward_counters_under_both_names() -> None:
         f'coredns_forward_conn_cache_misses_total{{proto="tcp",to="{UP}"}} 3.0',
         f'coredns_proxy_conn_cache_hits_total{{proto="tcp",proxy_name="forward",to="{UP}"}} 12.0',
         f'coredns_proxy_conn_cache_misses_total{{proto="tcp",proxy_name="forward",to="{UP}"}} 3.0',
-        f'coredns_forward_request_duration_seconds_bucket{{le="0.002",rcode="",to="{UP}"}} 0.0',
-        f'coredns_forward_request_duration_seconds_bucket{{le="0.004",rcode="",to="{UP}"}} 1.0',
-        f'coredns_forward_request_duration_seconds_count{{rcode="",to="{UP}"}} 1.0',
+        f'coredns_forward_request_duration_seconds_bucket{{le="0.002",rcode="NOERROR",to="{UP}"}} 0.0',
+        f'coredns_forward_request_duration_seconds_bucket{{le="0.004",rcode="NOERROR",'
+        f'to="{UP}"}} 1.0',
+        f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 1.0',
         f'coredns_proxy_request_duration_seconds_bucket{{le="+Inf",proxy_name="forward",'
-        f'rcode="",to="{UP}"}} 1.0',
+        f'rcode="NOERROR",to="{UP}"}} 1.0',
     ]:
         assert line in lines
 
 
 def test_duration_keyed_by_upstream_and_rcode() -> None:
     f = ForwardStats(SERVER, ".")
-    f.duration[(UP, "NOERROR")].observe(0.001)  # type: ignore[index]
+    f.duration[(UP, "NOERROR")].observe(0.001)
     c = StatsCollector()
     c.set_sources(forwards=[f])
     assert f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 1.0' \
@@ -157,14 +158,15 @@ def test_same_labels_from_two_blocks_are_summed() -> None:
     a, b = ForwardStats("dns://:53", "."), ForwardStats("dns://:53", "in-addr.arpa.")
     a.requests[UP] += 1
     b.requests[UP] += 2
-    a.duration[UP].observe(0.1)
-    b.duration[UP].observe(0.2)
+    a.duration[(UP, "NOERROR")].observe(0.1)
+    b.duration[(UP, "NOERROR")].observe(0.2)
     c = StatsCollector()
     c.set_sources(forwards=[a, b])
     lines = scrape(c)
     assert lines_of(lines, "coredns_forward_requests_total") == [
         f'coredns_forward_requests_total{{to="{UP}"}} 3.0']
-    assert f'coredns_forward_request_duration_seconds_count{{rcode="",to="{UP}"}} 2.0' in lines
+    assert f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 2.0' \
+        in lines
 
 
 def test_agent_counters_and_extra_setup_error_type() -> None:

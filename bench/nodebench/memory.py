@@ -95,6 +95,12 @@ class MemoryCgroup:
             return None
         cg = cls(path, version)
         cleanup.push(f"remove cgroup {path}", cg.remove)
+        if version == 2 and not (path / "memory.current").exists():
+            try:  # the memory controller is not handed down to children yet
+                (base / "cgroup.subtree_control").write_text("+memory")
+            except OSError as exc:
+                log(f"cannot enable the memory controller under {base}: {exc}; working set not measured")
+                return None
         return cg
 
     def prefix(self) -> list[str]:

@@ -212,7 +212,7 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
     if core:
         L.append("## 0. The core alone\n")
         L.append(f"`QueryHandler` with no sockets and a fake clock (bench/nodebench/core.py, `bench/run --core`), "
-                 f"pinned to the server core: {core['names']:,} new pod names per round, each a miss answered "
+                 f"pinned to the server core, timed in CPU time: {core['names']:,} new pod names per round, each a miss answered "
                  "by a fake upstream answer (handle, upstream_query, absorb, reply), then each asked again (a "
                  "hit). What sections 3 and 4 spend per query above this is the event loop's, the kernel's and "
                  "the forwarder's.\n")
@@ -221,7 +221,7 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
         L.append(table(["path", "best us/op", "median us/op", "rounds"], rows) + "\n")
         stages = core.get("miss_stages_us") or {}
         if stages:
-            L.append("A miss by stage (one pass, timed per call): "
+            L.append("A miss by stage (each stage for all names in turn, best round): "
                      + ", ".join(f"`{k}` {fmt(v)} us" for k, v in stages.items()) + ".\n")
 
     # --- calibration

@@ -26,24 +26,25 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
+from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwarder import Forwarder
-from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route
+from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
+from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
-from nodecache.aio.server import Listener, queue_fill
+from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
 from nodecache.aio.servinglock import ServingLock
-from nodecache.config.settings import Config, ServerBlock
+from nodecache.config import bind
+from nodecache.config.settings import Config, LogSettings, ServerBlock
 from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry
 from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
-from nodecache.metrics import StatsCollector
+from nodecache.metrics import StatsCollector, enabled_plugins, make_registry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Runtime:
     resolvers: dict[int, Resolver] = field(default_factory=dict)
     forwarders: dict[Zone, Forwarder] = field(default_factory=dict)
     forward_stats: list[ForwardStats] = field(default_factory=list)
+    errors: ErrorReporter = field(default_factory=ErrorReporter)
 
     def unique_handlers(self) -> list[QueryHandler]:
         return list({id(h): h for h in self.handlers.values()}.values())
@@ -113,14 +115,17 @@ class Agent:
                  extra_metrics_address: str | None = None,
                  watch_interval: float | None = None,
                  cache_snapshot: str | None = None,
-                 serving_lock: str | None = None) -> None:
+                 serving_lock: str | None = None,
+                 interfaces: Callable[[str], Sequence[str] | None] | None = None) -> None:
         #: Returns a fresh Config (reads and renders the Corefile); raises ConfigError.
         self.load_config = load_config
+        #: An interface's addresses, for ``bind IFACE``; None when the agent cannot look them up.
+        self.interfaces = interfaces
         self.hostnet = hostnet
         self.stats = stats or AgentStats()
         self.syncinterval = syncinterval
         self.skipteardown = skipteardown
-        self.pidfile = pidfile
+        self.pidfile = PidFile(pidfile) if pidfile else None
         self.extra_metrics_address = extra_metrics_address
         #: Where the cache is written at shutdown and read back at start (docs/upgrades.md).
         self.cache_snapshot = cache_snapshot
@@ -134,15 +139,16 @@ class Agent:
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.http = HttpEndpoints()
         self.collector = _SyncingCollector(self)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-        self.healthy = True
+        self.registry = make_registry(self.collector)
+        #: /ready: true from serving (listeners bound, rules in place) until SIGTERM.
         self.ready = False
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
+        #: The root logger's level before a ``debug`` block lowered it.
+        self._level_before_debug: int | None = None
 
     # -- building ------------------------------------------------------------
 
@@ -161,7 +167,8 @@ class Agent:
                 if reused is not None and reused.block == block:
                     zone = reused
                 else:
-                    zone = Zone(name, block, ServerStats(block.server, name), None, None)
+                    stats = ServerStats(block.server, name, plugins=enabled_plugins(block))
+                    zone = Zone(name, block, stats, None, None)
                     if block.cache is not None:
                         donor = old_caches.get(_cache_identity(block, name))
                         if donor is not None and donor.cache is not None:
@@ -181,7 +188,7 @@ class Agent:
             handler = by_blockset.get(ident)
             if handler is None:
                 zones = [z for b in blocks for z in zones_by_block[id(b)]]
-                handler = by_blockset[ident] = QueryHandler(zones)
+                handler = by_blockset[ident] = QueryHandler(zones, on_log=_log_query)
             handlers[address] = handler
         runtime = Runtime(config, all_zones, handlers)
         for handler in runtime.unique_handlers():
@@ -236,10 +243,29 @@ class Agent:
             runtime.forwarders[zone] = reuse
             runtime.forward_stats.append(reuse.stats)
         for handler in runtime.unique_handlers():
-            resolver = Resolver(handler, runtime.forwarders, self.stats)
+            resolver = Resolver(handler, runtime.forwarders, self.stats, runtime.errors)
             runtime.resolvers[id(handler)] = resolver
-            if any(z.block.log is not None for z in handler.zones.values()):
-                handler.on_log = _log_query
+
+    def _load(self) -> Config:
+        return self._resolve(self.load_config())
+
+    def _resolve(self, config: Config) -> Config:
+        """``config`` with ``bind`` interface names resolved; applies ``debug`` logging."""
+        if any(b.bind_lines for b in config.blocks):
+            if self.interfaces is None:
+                raise ConfigError("bind names an interface, and this agent cannot look"
+                                  " interfaces up", config.path)
+            config = bind.resolve(config, self.interfaces)
+        # debug is process-wide, as in CoreDNS: any block turns it on.
+        root = logging.getLogger()
+        if any(b.debug for b in config.blocks):
+            if self._level_before_debug is None:
+                self._level_before_debug = root.level
+            root.setLevel(logging.DEBUG)
+        elif self._level_before_debug is not None:
+            root.setLevel(self._level_before_debug)
+            self._level_before_debug = None
+        return config
 
     # -- start ---------------------------------------------------------------
 
@@ -249,6 +275,9 @@ class Agent:
             await asyncio.to_thread(self.hostnet.check_prerequisites)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
             await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
+        # After the interface exists: ``bind nodelocaldns`` names it (node-cache, too,
+        # sets up its interface before the server starts).
+        config = self._resolve(config)
         runtime = self._build(config, None)
         self._set_runtimes(self.runtime, runtime)
         await self._wire(runtime, None)
@@ -269,13 +298,13 @@ class Agent:
             added = await asyncio.to_thread(self.hostnet.ensure_rules)  # type: ignore[attr-defined]
             log.info("firewall rules in place (%s added)", added)
         if self.pidfile:
-            with open(self.pidfile, "w", encoding="ascii") as f:
-                f.write(f"{os.getpid()}\n")
+            self.pidfile.write()
         self.ready = True
         self._spawn(self._load_probe())
         self._spawn(self._gc_loop())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
+        self._spawn(self._health_self_check())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
 
@@ -343,8 +372,13 @@ class Agent:
         # Everything bound: switch over.
         for address, listener in opened:
             self.listeners[address] = listener
+        blocks_at = runtime.config.listeners()
         for address, handler in runtime.handlers.items():
-            self.listeners[address].swap(handler, runtime.resolvers[id(handler)].submit)
+            # One listener, several blocks: the last with ``timeouts`` sets them (as CoreDNS).
+            timeouts = next((b.timeouts for b in reversed(blocks_at[address]) if b.timeouts),
+                            None)
+            self.listeners[address].swap(handler, runtime.resolvers[id(handler)].submit,
+                                         timeouts)
         for address in [a for a in self.listeners if a not in runtime.handlers]:
             await self.listeners.pop(address).close()
 
@@ -365,9 +399,9 @@ class Agent:
         await self.http.close()
         self.http = HttpEndpoints()
         for address in prometheus + extra:
-            await self.http.start(address, {"/metrics": metrics_route(self.registry)})
+            await self.http.start(address, {"/metrics": metrics_route(self.registry, self.stats)})
         for address in health:
-            await self.http.start(address, {"/health": health_route(lambda: self.healthy)})
+            await self.http.start(address, {"/health": health_route()})
         for address in ready:
             await self.http.start(address, {"/ready": ready_route(lambda: self.ready)})
         self._http_config = wanted
@@ -468,6 +502,11 @@ class Agent:
             except Exception:
                 log.exception("re-checking the interface and rules failed")
 
+    async def _health_self_check(self) -> None:
+        """The ``health`` plugin's self-check (coredns_health_request_* metrics)."""
+        # self.http is replaced on reload: look the address up afresh each time.
+        await self_check(lambda: self.http.address_of("/health"), "/health", self.stats)
+
     async def _reload_loop(self) -> None:
         """The ``reload`` plugin: poll the Corefile's digest."""
         while not self.stopping.is_set():
@@ -496,7 +535,7 @@ class Agent:
             previous = self.runtime
             assert previous is not None
             try:
-                config = self.load_config()
+                config = self._load()
             except (ConfigError, OSError) as exc:
                 # The same broken file is reported once, not on every poll.
                 if str(exc) != self._last_rejection:
@@ -534,6 +573,7 @@ class Agent:
             return True
 
     async def _close_forwarders(self, runtime: Runtime, keep: Runtime | None) -> None:
+        runtime.errors.close()
         kept = set(map(id, keep.forwarders.values())) if keep else set()
         for forwarder in runtime.forwarders.values():
             if id(forwarder) not in kept:
@@ -546,7 +586,9 @@ class Agent:
         if self.stopping.is_set():
             return
         self.stopping.set()
-        self.healthy = False
+        # /ready fails from the signal on, so that whatever routes by readiness
+        # stops sending first; /health stays 200 until the listeners close.
+        self.ready = False
         # No reload or resync may start (or finish) behind our back: a reload
         # racing SIGTERM is how node-cache hung (kubernetes/dns#394).
         for task in list(self._tasks):
@@ -568,7 +610,6 @@ class Agent:
                                        SHUTDOWN_GRACE * 2)
             except Exception:
                 log.exception("teardown failed")
-        self.ready = False
         for task in list(self._tasks):
             task.cancel()
         try:
@@ -577,15 +618,8 @@ class Agent:
             log.warning("shutdown: gave up waiting for connections to close")
         if self.cache_snapshot and self.runtime is not None:
             self._write_snapshot(self.runtime)
-        if self.pidfile:
-            try:
-                # A successor started with the same arguments wrote its own PID here.
-                with open(self.pidfile, encoding="ascii") as f:
-                    ours = f.read().strip() == str(os.getpid())
-                if ours:
-                    os.unlink(self.pidfile)
-            except OSError:
-                pass
+        if self.pidfile and not successor:  # a successor writes its own (pidfile.py)
+            self.pidfile.remove()
         if self.serving_lock is not None:
             self.serving_lock.release()
 
@@ -668,6 +702,9 @@ class Agent:
         while True:
             read = sum(listener.read_queued() for listener in listeners)
             queued += read
+            now = loop.time()
+            for listener in listeners:  # TCP: end idle connections, all of them near the end
+                listener.end_connections(now, force=now >= deadline - TCP_DRAIN_FORCE)
             inflight = sum(r.busy for r in resolvers) \
                 + sum(listener.busy() for listener in listeners)
             if not read and not inflight:
@@ -725,6 +762,10 @@ class _SyncingCollector(StatsCollector):
         return super().collect()
 
 
+_ALL_CLASSES = LogSettings().classes
+_TYPE_SOA = 6
+
+
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
                duration: float) -> None:
     """The ``log`` plugin: one CoreDNS Common Log Format line per answered query."""
@@ -735,9 +776,12 @@ def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
         question = wire.parse_query(query)
         rcode = reply[3] & 0xF if len(reply) >= 12 else None
         ancount = wire.read_u16(reply, 6) if len(reply) >= 12 else 0
-        if settings is not None and rcode is not None and \
-                querylog.log_class(rcode, ancount) not in settings.classes:
-            return
+        if settings is not None and rcode is not None and settings.classes != _ALL_CLASSES:
+            # NXDOMAIN and NODATA are denials only with an SOA (CoreDNS's Typify).
+            soa = ancount == 0 and any(r.rtype == _TYPE_SOA
+                                       for r in wire.index_response(reply).authority)
+            if querylog.log_class(rcode, ancount, soa_in_authority=soa) not in settings.classes:
+                return
         host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
         proto = SLOT_PROTO[slot]
         edns = question.edns

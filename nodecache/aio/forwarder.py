@@ -505,8 +505,9 @@ class Forwarder:
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
-        stats.responses[(up.name, rcode_name(answer[3]))] += 1
-        stats.duration[up.name].observe(self._loop.time() - sent)
+        rcode = rcode_name(answer[3])
+        stats.responses[(up.name, rcode)] += 1
+        stats.duration[(up.name, rcode)].observe(self._loop.time() - sent)
 
     # -- UDP -----------------------------------------------------------------------------
 
@@ -556,7 +557,9 @@ class Forwarder:
                 up._discard(conn)
             if term is not None:
                 up._terminated(conn, term)
-        self._try_failed(q, Failure.TIMEOUT, f"no answer within {self.settings.try_timeout}s")
+        # Go's words end the text: CoreDNS's consolidate patterns expect them (".* i/o timeout$").
+        self._try_failed(q, Failure.TIMEOUT,
+                         f"no answer within {self.settings.try_timeout}s: i/o timeout")
 
     async def _udp_wait(self, sock: socket.socket, qid: int, deadline: float) -> bytes:
         """The first datagram answering ``qid`` (health checks)."""

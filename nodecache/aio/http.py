@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from nodecache.core.stats import AgentStats
+
 log = logging.getLogger(__name__)
 
 #: status, Content-Type, body
@@ -39,6 +41,10 @@ MAX_REQUEST_SIZE = 8192  # bytes
 HEADER_TIMEOUT = 5.0  # s
 #: Connections served at once per endpoint set; more are closed at once.
 MAX_CONNECTIONS = 64
+#: The health self-check runs this often and gives up after this long, s
+#: (CoreDNS ``plugin/health``: every second, a 3 s client timeout).
+SELF_CHECK_INTERVAL = 1.0
+SELF_CHECK_TIMEOUT = 3.0
 
 TEXT = "text/plain; charset=utf-8"
 #: The classic text format: every name we export is a legacy (ASCII) name, so the
@@ -74,22 +80,40 @@ def parse_address(address: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
-def metrics_route(registry: CollectorRegistry) -> Route:
-    """``/metrics``: the Prometheus text exposition of ``registry``."""
+def metrics_route(registry: CollectorRegistry, stats: AgentStats | None = None) -> Route:
+    """``/metrics``: the Prometheus text exposition of ``registry``.
+
+    :param stats: Where scrapes are counted (``promhttp_metric_handler_requests_*``):
+        a scrape sees itself in flight, and is counted by status once answered.
+    """
 
     def route() -> Response:
-        return 200, METRICS_CONTENT_TYPE, generate_latest(registry)
+        if stats is None:
+            return 200, METRICS_CONTENT_TYPE, generate_latest(registry)
+        stats.scrapes_in_flight += 1
+        status = 500
+        try:
+            body = generate_latest(registry)
+            status = 200
+        finally:
+            stats.scrapes_in_flight -= 1
+            stats.scrapes[status] += 1
+        return status, METRICS_CONTENT_TYPE, body
 
     return route
 
 
-def health_route(healthy: Callable[[], bool]) -> Route:
-    """``/health``: 200 ``OK`` while ``healthy()`` is true, else 503 (lameduck)."""
+def health_route() -> Route:
+    """``/health``: 200 ``OK`` for as long as it is served.
+
+    As CoreDNS's ``health``: it stays 200 through lameduck and the drain (the
+    agent still answers queries then, and a failing liveness probe would get
+    a draining agent killed); it goes away with the listeners. Whether the
+    agent should get new traffic is ``/ready``'s business.
+    """
 
     def route() -> Response:
-        if healthy():
-            return 200, TEXT, b"OK"
-        return 503, TEXT, b"Shutting down"
+        return 200, TEXT, b"OK"
 
     return route
 
@@ -103,6 +127,52 @@ def ready_route(ready: Callable[[], bool]) -> Route:
         return 503, TEXT, b"Not ready"
 
     return route
+
+
+async def self_check(address_of: Callable[[], tuple[str, int] | None], path: str,
+                     stats: AgentStats, *,
+                     interval: float = SELF_CHECK_INTERVAL,
+                     timeout: float = SELF_CHECK_TIMEOUT) -> None:
+    """CoreDNS ``health``'s self-check: GET ``path`` from ourselves every ``interval``.
+
+    ``address_of()`` says where ``path`` is served now (None: nowhere, skip).
+
+    Each check's duration goes into ``stats.health_duration``; a check that gets
+    no HTTP answer within ``timeout`` (refused, reset, timed out) counts in
+    ``stats.health_failures``, and so does any status but 200. Runs until cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        address = address_of()
+        if address is None:
+            continue
+        began = loop.time()
+        try:
+            ok = await asyncio.wait_for(_get_ok(address, path), timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.warning("local health request to http://%s:%d%s failed: %s", *address, path,
+                        exc or type(exc).__name__)
+            ok = False
+        stats.health_duration.observe(loop.time() - began)
+        if not ok:
+            stats.health_failures += 1
+
+
+async def _get_ok(address: tuple[str, int], path: str) -> bool:
+    """Whether ``GET path`` on ``address`` answers 200."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\n"
+                     "Connection: close\r\n\r\n".encode("latin-1"))
+        await writer.drain()
+        status = await reader.readline()
+        await reader.read()  # the rest, up to the close
+        return status.split(b" ", 2)[1:2] == [b"200"]
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 class _Endpoint:
@@ -165,6 +235,14 @@ class HttpEndpoints:
         bound = self._bound(endpoint)
         self._endpoints[(host, bound[0][1] if bound else port)] = endpoint
         return bound
+
+    def address_of(self, path: str) -> tuple[str, int] | None:
+        """An address to connect to for ``path`` (a wildcard listener: its loopback)."""
+        for endpoint in self._endpoints.values():
+            if path in endpoint.routes:
+                for host, port in self._bound(endpoint):
+                    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
+        return None
 
     def addresses(self) -> list[tuple[str, int]]:
         """Every (host, port) currently listening."""

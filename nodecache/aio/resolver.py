@@ -26,7 +26,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from nodecache.core import wire
+from nodecache.aio.errorlog import ErrorReporter
+from nodecache.core import querylog, wire
 from nodecache.core.handler import Miss, Outcome, QueryHandler, Zone, name_text
 from nodecache.core.stats import AgentStats
 from nodecache.errors import UpstreamError
@@ -95,9 +96,9 @@ class _Flight:
                 outcome = handler.absorb(miss, answer, now)
             except Exception as exc:  # an answer we cannot store is the upstream's fault
                 error = exc
-        if outcome is None and miss.zone.block.errors:
-            log.error("[ERROR] plugin/errors: 2 %s %s: %s", name_text(miss.qname),
-                      wire.type_name(miss.qtype), error)
+        if outcome is None and miss.zone.block.errors is not None:
+            resolver.errors.report(miss.zone.block, querylog.error_line(
+                wire.SERVFAIL, name_text(miss.qname), miss.qtype, error), str(error))
         for waiter, send, where in self.waiters:
             try:
                 if outcome is not None:
@@ -131,8 +132,10 @@ class Resolver:
     """Runs misses for one handler; ``forwarders`` maps a Zone to its forwarder."""
 
     def __init__(self, handler: QueryHandler, forwarders: Mapping[Zone, Forwarding],
-                 stats: AgentStats | None = None) -> None:
+                 stats: AgentStats | None = None, errors: ErrorReporter | None = None) -> None:
         self.handler = handler
+        #: Writes the ``errors`` plugin's lines.
+        self.errors = errors or ErrorReporter()
         self.forwarders = forwarders
         self.stats = stats or AgentStats()
         #: key -> the upstream query in flight for it.

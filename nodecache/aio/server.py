@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Callable
 
+from nodecache.config.settings import TimeoutSettings
 from nodecache.core.handler import QueryHandler
 from nodecache.core.stats import AgentStats
 
@@ -23,12 +26,26 @@ log = logging.getLogger(__name__)
 #: Not more: under a flood a deeper queue only delays every client's answers
 #: past the point where they retry (4 MB measured: seconds behind a flood).
 UDP_RCVBUF = 1024 * 1024
-#: Close a TCP connection with no complete query for this long, s (CoreDNS: 10 s idle).
+#: TCP timeouts without a ``timeouts`` plugin, s (CoreDNS's): a new connection
+#: must bring its first query within READ, later ones within IDLE of the last
+#: activity; a reply the client does not take within WRITE closes it.
+TCP_READ_TIMEOUT = 3.0
 TCP_IDLE_TIMEOUT = 10.0
+TCP_WRITE_TIMEOUT = 5.0
 #: TCP connections per listener; beyond it new ones are closed at once (RFC 7766 section 6.2.2).
 TCP_MAX_CONNECTIONS = 1024
 #: Queries in flight on one client connection before we stop reading from it (RFC 7766 section 6.2.1.1).
 TCP_MAX_INFLIGHT = 64
+#: During the drain, a client connection that has sent no query for this long
+#: is ended (FIN); one still busy is served on, until TCP_DRAIN_FORCE before
+#: the drain's deadline, s. A client that keeps sending then loses what it
+#: sends after our FIN unless it retries it on a new connection.
+TCP_DRAIN_IDLE = 0.25
+TCP_DRAIN_FORCE = 1.0
+#: After our FIN, how long the client has to close its side before we close
+#: the socket anyway, s. Waiting for it means nothing it sent is left unread,
+#: so our close sends no RST (which could destroy answers not yet read).
+TCP_FIN_LINGER = 2.0
 
 
 def _family(address: str) -> int:
@@ -49,7 +66,9 @@ def bound_socket(address: str, port: int, kind: int) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
             except OSError:
                 pass
-        sock.bind((address, port))
+        host, _, scope = address.partition("%")
+        # A link-local IPv6 address is bound with its interface (``fe80::1%eth0``).
+        sock.bind((host, port, 0, socket.if_nametoindex(scope)) if scope else (host, port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -130,7 +149,23 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One client connection: length-prefixed queries in, replies out as each completes."""
+    """One client connection: length-prefixed queries in, replies out as each completes.
+
+    Closing it from our side (:meth:`finish`: the idle timeout, the drain at
+    shutdown) never loses a query that was read, and the client can tell
+    where the answers stop (RFC 7766 section 6.2.3):
+
+    1. reading goes on to the next frame boundary: a query half-read is read
+       whole and answered, and so is everything already in the kernel's
+       receive queue;
+    2. once nothing is half-read and every query read has its answer written,
+       we send FIN (``write_eof``) right behind the last answer;
+    3. the connection stays open for reading until the client closes its side
+       (or TCP_FIN_LINGER passes), so closing sends no RST. Queries that still
+       arrive after our FIN were sent before the client saw it: they are not
+       answered (they cannot be), and the client, seeing EOF, retries them on
+       a new connection, which goes to the successor.
+    """
 
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
@@ -141,8 +176,18 @@ class TcpConnection(asyncio.Protocol):
         #: The client half-closed: close once nothing is in flight.
         self.eof = False
         self.last_activity = 0.0
+        #: A whole query came: the idle timeout applies from now on, not the read one.
+        self.served = False
         self.timer: asyncio.TimerHandle | None = None
+        #: Armed while replies wait in our buffer because the client does not read.
+        self.write_timer: asyncio.TimerHandle | None = None
         self.addr: object = None
+        #: finish() was called: FIN at the next point between answers.
+        self.finishing = False
+        #: Our FIN is out; the client's side is what we wait for.
+        self.fin_sent = False
+        #: Bytes that arrived after our FIN (queries the client must retry).
+        self.late_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -152,26 +197,86 @@ class TcpConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         self.addr = transport.get_extra_info("peername")
+        # pause_writing() as soon as the kernel takes less than we write.
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
-        self.timer = loop.call_later(TCP_IDLE_TIMEOUT, self._check_idle)
+        # The first check comes at the earlier of the two limits: a quick
+        # first query switches the connection to the idle one.
+        self.timer = loop.call_later(min(self._quiet_limit(), self._quiet_limit(served=True)),
+                                     self._check_idle)
+
+    def _quiet_limit(self, served: bool | None = None) -> float:
+        """How long the connection may go without a query now, s."""
+        served = self.served if served is None else served
+        timeouts = self.listener.timeouts
+        if timeouts is None:
+            return TCP_IDLE_TIMEOUT if served else TCP_READ_TIMEOUT
+        return timeouts.idle if served else timeouts.read
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
         idle = loop.time() - self.last_activity
-        if self.inflight == 0 and idle >= TCP_IDLE_TIMEOUT:
-            if self.transport is not None:
-                self.transport.close()
+        limit = self._quiet_limit()
+        if self.inflight == 0 and idle >= limit:
+            if self.buffer and self.transport is not None:
+                self.transport.close()  # a frame begun long ago will not be finished
+                return
+            self.finish()
             return
-        self.timer = loop.call_later(max(TCP_IDLE_TIMEOUT - idle, 0.5), self._check_idle)
+        self.timer = loop.call_later(max(limit - idle, 0.5), self._check_idle)
+
+    def pause_writing(self) -> None:
+        timeouts = self.listener.timeouts
+        limit = timeouts.write if timeouts is not None else TCP_WRITE_TIMEOUT
+        self.write_timer = asyncio.get_running_loop().call_later(limit, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_stalled(self) -> None:
+        # The client has not taken a reply within the write timeout: drop the connection.
+        self.write_timer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
+        for timer in (self.timer, self.write_timer):
+            if timer is not None:
+                timer.cancel()
         self.transport = None
 
+    def finish(self) -> None:
+        """Close between answers: FIN once nothing is half-read or unanswered."""
+        self.finishing = True
+        self._fin_if_done()
+
+    def _fin_if_done(self) -> None:
+        transport = self.transport
+        if self.fin_sent or transport is None or self.buffer or self.inflight:
+            return
+        if _unread(transport):
+            return  # queries the loop has not read yet: data_received comes back here
+        self.fin_sent = True
+        if self.paused:
+            transport.resume_reading()  # to see the client's FIN
+            self.paused = False
+        if self.eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # after every answer already written
+        loop = asyncio.get_running_loop()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = loop.call_later(TCP_FIN_LINGER, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self.fin_sent:
+            self.late_bytes += len(data)  # read, so that closing sends no RST
+            return
         buffer = self.buffer
         buffer += data
         listener = self.listener
@@ -183,6 +288,7 @@ class TcpConnection(asyncio.Protocol):
             message = bytes(buffer[2:2 + length])
             del buffer[:2 + length]
             self.last_activity = now
+            self.served = True
             try:
                 result = listener.handler.handle(message, now, listener.slot, self.addr)
             except Exception:
@@ -202,6 +308,8 @@ class TcpConnection(asyncio.Protocol):
                 if self.inflight >= TCP_MAX_INFLIGHT and self.transport is not None:
                     self.transport.pause_reading()
                     self.paused = True
+        if self.finishing:
+            self._fin_if_done()
 
     def _deliver(self, reply: bytes) -> None:
         self.inflight -= 1
@@ -210,6 +318,10 @@ class TcpConnection(asyncio.Protocol):
         if self.eof and self.inflight == 0 and self.transport is not None:
             self.transport.close()  # the last answer after a half-close
             return
+        if self.finishing:
+            self._fin_if_done()
+            if self.fin_sent:
+                return
         if self.paused and self.inflight < TCP_MAX_INFLIGHT // 2 and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -222,7 +334,26 @@ class TcpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).
         self.eof = True
-        return self.inflight > 0 or None
+        if self.late_bytes:
+            log.info("%s sent %d bytes after our FIN (unanswered; it retries elsewhere)",
+                     self.addr, self.late_bytes)
+        return (self.inflight > 0 and not self.fin_sent) or None
+
+
+def _unread(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the kernel's receive queue of a connection (FIONREAD).
+
+    A FIN must not go out while the client's queries sit there unread: the
+    event loop reads them only at its next poll, and they would be lost.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                  b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class TcpListener:
@@ -234,6 +365,8 @@ class TcpListener:
         self.stats = stats
         self.connections: set[TcpConnection] = set()
         self.time = asyncio.get_running_loop().time
+        #: The ``timeouts`` plugin's settings; None: the TCP_*_TIMEOUT defaults.
+        self.timeouts: TimeoutSettings | None = None
 
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
@@ -254,6 +387,8 @@ class Listener:
         self.tcp_sock: socket.socket | None = None
         #: :meth:`stop_receiving` has run: no new datagram or connection comes to us.
         self.receiving = True
+        #: The open TCP connections are being ended (:meth:`end_connections`).
+        self.draining = False
 
     @property
     def slot(self) -> int:
@@ -270,12 +405,15 @@ class Listener:
         self.tcp = TcpListener(handler, self.slot | 2, submit, stats)
         self.server = await loop.create_server(self.tcp.protocol, sock=tcp_sock, backlog=1024)
 
-    def swap(self, handler: QueryHandler, submit: Callable[..., None]) -> None:
+    def swap(self, handler: QueryHandler, submit: Callable[..., None],
+             timeouts: TimeoutSettings | None = None) -> None:
         """Point the open sockets at a new handler (config reload without closing)."""
         for part in (self.udp, self.tcp):
             if part is not None:
                 part.handler = handler
                 part.submit = submit
+        if self.tcp is not None:
+            self.tcp.timeouts = timeouts
 
     # -- draining (docs/upgrades.md) ------------------------------------------
     #
@@ -291,7 +429,8 @@ class Listener:
     #   A wildcard socket (0.0.0.0, ::) would take a route's source address on
     #   connect, so it is only read dry before closing.
     # * TCP: accept whatever completed its handshake, then close the listening
-    #   socket; open connections are served until their queries are answered.
+    #   socket; open connections are served on, and each is ended between
+    #   answers once idle (end_connections, TcpConnection.finish).
 
     async def stop_receiving(self) -> None:
         """Leave the SO_REUSEPORT groups; queued datagrams and open connections stay ours."""
@@ -324,6 +463,7 @@ class Listener:
                     await loop.connect_accepted_socket(self.tcp.protocol, sock=conn)
                 except OSError:
                     conn.close()
+            self.draining = True
 
     def read_queued(self, limit: int = 10000) -> int:
         """Answer the datagrams queued on the UDP socket now; return how many were read."""
@@ -342,9 +482,28 @@ class Listener:
             udp.datagram_received(data, addr)
         return count
 
+    def end_connections(self, now: float, force: bool = False) -> None:
+        """During the drain: end (FIN, between answers) the connections gone idle.
+
+        Each ends once it has sent no query for TCP_DRAIN_IDLE (its client is
+        between bursts, or done), or at once with ``force``; its client
+        reconnects to the successor, which now gets every new connection.
+        """
+        if self.tcp is None:
+            return
+        for connection in list(self.tcp.connections):
+            if force or now - connection.last_activity >= TCP_DRAIN_IDLE:
+                connection.finish()
+
     def busy(self) -> int:
-        """Queries in flight on this listener's open TCP connections."""
-        return sum(c.inflight for c in self.tcp.connections) if self.tcp is not None else 0
+        """Queries in flight on open TCP connections, plus, while draining, the connections.
+
+        This is what the drain waits for: answers owed, connections still in
+        use, and clients to close after our FIN.
+        """
+        if self.tcp is None:
+            return 0
+        return sum(c.inflight + self.draining for c in self.tcp.connections)
 
     async def close(self) -> None:
         self.read_queued()  # the last ones in (none, if stop_receiving ran first)

@@ -58,6 +58,10 @@ class ServingLock:
             raise
         return True
 
+    def wait_exclusive(self) -> None:
+        """Block until no one else holds the lock, then hold it exclusively (the guard)."""
+        fcntl.flock(self._open(), fcntl.LOCK_EX)
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # drops the lock

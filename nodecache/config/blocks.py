@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nodecache.config import values
+from nodecache.config import bind, values
 from nodecache.config.context import BlockContext
 from nodecache.config.lexer import Token
 from nodecache.config.parser import BlockNode
-from nodecache.config.plugins import PLUGINS
+from nodecache.config.plugins import NOT_IMPLEMENTED, PLUGINS, REPEATABLE
 from nodecache.config.settings import ServerBlock, Source
 from nodecache.errors import ConfigError
 
@@ -61,17 +61,23 @@ def _plugins(node: BlockNode, ctx: BlockContext) -> dict[str, Any]:
     seen: dict[str, Token] = {}
     for line in node.directives:
         name = line.name.text
+        if not line.name.quoted and name in NOT_IMPLEMENTED:
+            raise line.name.error(f"{name}: node-cache has this plugin, nodecache does not"
+                                  f" ({NOT_IMPLEMENTED[name]})")
         if line.name.quoted or name not in PLUGINS:
             quoted = " (quoted, so not a plugin name)" if line.name.quoted else ""
             raise line.name.error(f"expected a plugin ({', '.join(sorted(PLUGINS))}),"
                                   f" found {name!r}{quoted}")
-        if name in seen:
+        if name in seen and name not in REPEATABLE:
             first = seen[name]
             raise line.name.error(f"{name}: plugin used twice in one server block"
                                   f" (first at {first.file}:{first.line}:{first.column})")
         seen[name] = line.name
         field, parse = PLUGINS[name]
-        fields[field] = parse(line, ctx)
+        value = parse(line, ctx)
+        fields[field] = fields.get(field, ()) + value if name in REPEATABLE else value
+    if "bind_lines" in fields:
+        fields.update(bind.settle(fields.pop("bind_lines")))
     return fields
 
 

@@ -5,6 +5,7 @@ terse Corefile (``cache 30``) actually means.
 """
 from __future__ import annotations
 
+from nodecache.config import bind
 from nodecache.config.settings import CacheSettings, Config, ForwardSettings, ServerBlock
 
 _LABEL_WIDTH = 12
@@ -17,7 +18,8 @@ def describe(config: Config) -> str:
     if imported:
         lines.append("Also read: " + ", ".join(imported))
     lines += ["", "Listeners (UDP and TCP):"]
-    listeners = config.listeners()
+    # Interfaces are resolved when the agent starts: shown by name here.
+    listeners = bind.resolve(config, lambda name: [f"<{name}>"]).listeners()
     width = max((len(_hostport(a, p)) for a, p in listeners), default=0)
     for (address, port), blocks in listeners.items():
         zones = " ".join(z for b in blocks for z in b.zones)
@@ -35,10 +37,27 @@ def _block(block: ServerBlock) -> list[str]:
         out.append(f"  {label:<{_LABEL_WIDTH}}{values[0]}")
         out.extend(f"  {'':<{_LABEL_WIDTH}}{v}" for v in values[1:])
 
-    add("bind", " ".join(block.bind) if block.bind else "every address (0.0.0.0 and ::)")
+    if block.bind_lines:
+        add("bind", *(" ".join(line.targets)
+                      + (f" except {' '.join(line.excepted)}" if line.excepted else "")
+                      for line in block.bind_lines))
+    else:
+        add("bind", " ".join(block.bind) if block.bind else "every address (0.0.0.0 and ::)")
+    if block.bufsize is not None:
+        add("bufsize", f"{block.bufsize} bytes (UDP answers and the size asked upstream)")
+    if block.timeouts is not None:
+        t = block.timeouts
+        add("timeouts", f"TCP read {_dur(t.read)}, write {_dur(t.write)}, idle {_dur(t.idle)}")
+    if block.debug:
+        add("debug", "on (DEBUG logging)")
     add("cache", *(_cache(block.cache) if block.cache else ["off"]))
     add("forward", *(_forward(block.forward) if block.forward else ["off (queries are refused)"]))
-    add("errors", "on" if block.errors else "off")
+    if block.errors is None:
+        add("errors", "off")
+    else:
+        add("errors", "on" + (", stack traces" if block.errors.stacktrace else ""),
+            *(f"consolidate {_dur(r.period)} {r.pattern!r} at {r.level}"
+              for r in block.errors.consolidate))
     if block.log is None:
         add("log", "off")
     else:

@@ -12,11 +12,14 @@ from typing import Any
 
 from nodecache.config import values
 from nodecache.config.args import Args, no_block, options
+from nodecache.config.bind import parse_bind
 from nodecache.config.cache import parse_cache
 from nodecache.config.context import BlockContext
+from nodecache.config.errors import parse_errors
 from nodecache.config.forward import parse_forward
 from nodecache.config.parser import Directive
 from nodecache.config.settings import HealthSettings, LogSettings, ReloadSettings
+from nodecache.config.timeouts import parse_timeouts
 
 DEFAULT_PROMETHEUS = "localhost:9153"
 DEFAULT_HEALTH = ":8080"
@@ -29,24 +32,14 @@ COMMON_LOG_FORMAT = ('{remote}:{port} - {>id} "{type} {class} {name} {proto} {si
                      ' {>bufsize}" {rcode} {>rflags} {rsize} {duration}')
 COMBINED_LOG_FORMAT = COMMON_LOG_FORMAT + ' "{>opcode}"'
 LOG_CLASSES = ("success", "denial", "error", "all")
-
-
-def parse_bind(line: Directive, ctx: BlockContext) -> tuple[str, ...]:
-    # bind ADDRESS...
-    # Interface names are refused rather than resolved: the addresses an
-    # interface has depend on when the agent starts, and check-config on
-    # another machine would disagree with the node. List the addresses.
-    no_block("bind", line)
-    args = Args("bind", line)
-    addresses: list[str] = []
-    while not addresses or len(args):
-        addresses.append(args.value("an IP ADDRESS", values.ip,
-                                    hint="binding to an interface by name is not supported"))
-    return tuple(dict.fromkeys(addresses))
+#: RFC 6891 section 6.2.5: below 512 is treated as 512; CoreDNS's upper bound.
+MIN_BUFSIZE, MAX_BUFSIZE = 512, 4096  # bytes
+#: DNS Flag Day 2020: no IP fragmentation on the usual paths.
+DEFAULT_BUFSIZE = 1232  # bytes
 
 
 def parse_flag(plugin: str) -> Callable[[Directive, BlockContext], bool]:
-    """Parser for a plugin that takes no arguments and no block (errors, loop)."""
+    """Parser for a plugin that takes no arguments and no block (debug, loop)."""
 
     def parse(line: Directive, ctx: BlockContext) -> bool:
         # PLUGIN
@@ -55,6 +48,18 @@ def parse_flag(plugin: str) -> Callable[[Directive, BlockContext], bool]:
         return True
 
     return parse
+
+
+def parse_bufsize(line: Directive, ctx: BlockContext) -> int:
+    # bufsize [SIZE]
+    no_block("bufsize", line)
+    args = Args("bufsize", line)
+    size = DEFAULT_BUFSIZE
+    if len(args):
+        size = args.integer(f"a SIZE from {MIN_BUFSIZE} to {MAX_BUFSIZE} bytes",
+                            minimum=MIN_BUFSIZE, maximum=MAX_BUFSIZE)
+    args.end()
+    return size
 
 
 def parse_loadbalance(line: Directive, ctx: BlockContext) -> bool:
@@ -146,9 +151,11 @@ def parse_reload(line: Directive, ctx: BlockContext) -> ReloadSettings:
 
 #: Directive name -> (ServerBlock field, parser).
 PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
-    "bind": ("bind", parse_bind),
+    "bind": ("bind_lines", parse_bind),
+    "bufsize": ("bufsize", parse_bufsize),
     "cache": ("cache", parse_cache),
-    "errors": ("errors", parse_flag("errors")),
+    "debug": ("debug", parse_flag("debug")),
+    "errors": ("errors", parse_errors),
     "forward": ("forward", parse_forward),
     "health": ("health", parse_health),
     "loadbalance": ("loadbalance", parse_loadbalance),
@@ -156,5 +163,18 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "loop": ("loop", parse_flag("loop")),
     "prometheus": ("prometheus", parse_address_plugin("prometheus", DEFAULT_PROMETHEUS)),
     "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
+    "timeouts": ("timeouts", parse_timeouts),
     "reload": ("reload", parse_reload),
+}
+
+#: Plugins that may appear several times in a block; their parsers return
+#: tuples, which are joined in the order written.
+REPEATABLE = frozenset({"bind"})
+
+#: node-cache's plugins that nodecache does not have: what to use instead.
+NOT_IMPLEMENTED = {
+    "dnstap": "use 'log' for a line per query, or capture with tcpdump on the node",
+    "metadata": "no nodecache plugin reads metadata; remove the line",
+    "pprof": "profile the Python process with py-spy instead",
+    "trace": "use 'log' and the coredns_dns_request_duration_seconds metrics instead",
 }

@@ -134,16 +134,72 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class TimeoutSettings:
+    """The ``timeouts`` plugin: TCP listener timeouts, s (CoreDNS's defaults)."""
+
+    #: Time a new connection has to deliver its first whole query.
+    read: float = 3.0
+    #: Time a reply may wait for the client to take it (the send buffer to drain).
+    write: float = 5.0
+    #: Time a connection may sit with no query after its first one.
+    idle: float = 10.0
+
+
+@dataclass(frozen=True)
+class ConsolidateRule:
+    """One ``consolidate DURATION REGEXP [LEVEL]`` line of the ``errors`` plugin."""
+
+    #: Errors matching it are counted for this long after the first, s, then logged as one line.
+    period: float
+    #: A regular expression searched for in the error text.
+    pattern: str
+    #: ``error``, ``warning``, ``info`` or ``debug``.
+    level: str = "error"
+
+
+@dataclass(frozen=True)
+class ErrorsSettings:
+    """The ``errors`` plugin: log upstream failures, some of them consolidated."""
+
+    #: In order: an error counts for the first rule it matches.
+    consolidate: tuple[ConsolidateRule, ...] = ()
+    #: Log the stack trace of a failure inside the agent (nodecache always does).
+    stacktrace: bool = False
+
+
+@dataclass(frozen=True)
+class BindLine:
+    """One ``bind`` line naming interfaces: resolved to addresses at start and on reload."""
+
+    #: IP addresses and interface names to listen on.
+    targets: tuple[str, ...]
+    #: IP addresses and interface names not to listen on (``except``).
+    excepted: tuple[str, ...] = ()
+    #: The ``bind`` directive, for errors found when resolving.
+    source: Source | None = None
+
+
+@dataclass(frozen=True)
 class ServerBlock:
     """One Corefile server block: the zones it serves and its plugins."""
 
     zones: tuple[str, ...]
     port: int
-    #: Addresses to listen on; empty means every address (0.0.0.0 and ::).
+    #: Addresses to listen on; empty means every address (0.0.0.0 and ::) unless
+    #: ``bind_lines`` is set.
     bind: tuple[str, ...] = ()
+    #: ``bind`` lines with interface names; ``bind`` holds their addresses once resolved
+    #: (:func:`nodecache.config.bind.resolve`), and is empty before.
+    bind_lines: tuple[BindLine, ...] = ()
+    #: ``bufsize``: UDP answers and the EDNS size asked upstream are held to this, bytes.
+    bufsize: int | None = None
+    timeouts: TimeoutSettings | None = None
+    #: ``debug``: log at DEBUG level (process-wide, as CoreDNS).
+    debug: bool = False
     cache: CacheSettings | None = None
     forward: ForwardSettings | None = None
-    errors: bool = False
+    #: ``errors`` settings, or None when the block does not log errors.
+    errors: ErrorsSettings | None = None
     log: LogSettings | None = None
     loop: bool = False
     loadbalance: bool = False
@@ -157,7 +213,15 @@ class ServerBlock:
 
     @property
     def server(self) -> str:
-        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``."""
+        """The ``server`` label CoreDNS puts on metrics: ``dns://:53``.
+
+        With one ``bind`` address CoreDNS names it: ``dns://169.254.20.10:53``.
+        With several it keeps one series per address; ours are per block, so
+        they keep the unbound spelling (docs/metrics.md).
+        """
+        if len(self.bind) == 1:
+            host = self.bind[0]
+            return f"dns://[{host}]:{self.port}" if ":" in host else f"dns://{host}:{self.port}"
         return f"dns://:{self.port}"
 
 
@@ -177,6 +241,8 @@ class Config:
         """Each (address, port) to listen on, with the blocks served there."""
         out: dict[tuple[str, int], list[ServerBlock]] = {}
         for block in self.blocks:
+            if block.bind_lines and not block.bind:
+                raise ValueError("bind names interfaces: resolve them first (config.bind.resolve)")
             for addr in block.bind or ("0.0.0.0", "::"):
                 out.setdefault((addr, block.port), []).append(block)
         return {k: tuple(v) for k, v in out.items()}

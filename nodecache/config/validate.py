@@ -10,7 +10,8 @@ def validate(built: list[BuiltBlock]) -> None:
     seen: dict[tuple[str, int, str], Token] = {}
     for item in built:
         block = item.block
-        for address in block.bind or ("0.0.0.0", "::"):
+        # Interface names are resolved by the agent; their addresses are not known here.
+        for address in block.bind or (() if block.bind_lines else ("0.0.0.0", "::")):
             for zone, tok in item.zone_tokens.items():
                 key = (address, block.port, zone)
                 if key in seen:

@@ -54,8 +54,8 @@ class Kind(Enum):
     SERVFAIL = "servfail"  # stored with the denials, as CoreDNS does
 
 
-#: Shared (rcode, positive) tags.
-_TAGS: dict[tuple[int, bool], tuple[int, bool]] = {}
+#: Shared tags: entries that count alike share one tuple (few distinct ones).
+_TAGS: dict[tuple[int, bool, bytes, int, int], tuple[int, bool, bytes, int, int]] = {}
 
 
 class Entry:
@@ -70,8 +70,15 @@ class Entry:
         self.key = key
         self.kind = kind
         self.rcode = rcode
-        #: (rcode, positive): how a hit is tallied for metrics.
-        self.tag = _TAGS.setdefault((rcode, kind is Kind.SUCCESS), (rcode, kind is Kind.SUCCESS))
+        #: How a hit is tallied for metrics: (rcode, positive, qtype as wire bytes,
+        #: question length, records' length as sent; both in bytes). With the
+        #: query's length that gives the reply's (QueryHandler.sync_stats).
+        name_end = 0
+        while name_end < len(key) and key[name_end]:
+            name_end += 1 + key[name_end]
+        tag = (rcode, kind is Kind.SUCCESS, key[name_end + 1:name_end + 3], name_end + 5,
+               len(b"\0\0\0\0".join(variants[0])) if variants else 0)
+        self.tag = _TAGS.setdefault(tag, tag)
         self.headers = headers
         #: One or more segment lists; more than one when loadbalance rotates A/AAAA.
         self.variants = variants

@@ -80,20 +80,31 @@ class Zone:
     stats: ServerStats
     cache: BlockCache | None
     cache_stats: CacheStats | None
-    #: Hit path tally: (slot, qtype bytes, (rcode, positive), duration bucket) -> answers
-    #: from cache; folded into the exported stats by QueryHandler.sync_stats().
-    tally: dict[tuple[int, bytes, tuple[int, bool], int], int] = field(default_factory=dict)
+    #: Hit path tally: (slot, entry tag, duration bucket, sizes) -> answers from
+    #: the cache; folded into the exported stats by QueryHandler.sync_stats().
+    #: sizes is the query's length, the reply's following from the tag; or,
+    #: negated, query length << 16 | reply length when the reply is not the plain one.
+    tally: dict[tuple[int, tuple[int, bool, bytes, int, int], int, int], int] = field(
+        default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
+    udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
 
     def __post_init__(self) -> None:
+        if self.block.bufsize is not None:
+            self.udp_cap = self.block.bufsize
         forward = self.block.forward
         if forward is not None:
             self.forward_from = wire.zone_to_wire(forward.zone)
             self.forward_except = tuple(map(wire.zone_to_wire, forward.except_zones))
+
+
+#: A query-log writer: (zone, client address, query, reply, slot, duration in s).
+LogQuery = Callable[["Zone", object, bytes, bytes, int, float], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -133,14 +144,15 @@ class Outcome:
 class QueryHandler:
     """Answers queries for one set of server blocks (those on one listener set)."""
 
-    def __init__(self, zones: Sequence[Zone]) -> None:
+    def __init__(self, zones: Sequence[Zone], *, on_log: LogQuery | None = None) -> None:
         #: key -> Entry for every block: the hit path's only look-up.
         self.index: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
-        #: Called with a background Miss to refresh (prefetch, stale refresh).
+        #: Called with a background Miss to refresh (prefetch, stale refresh);
+        #: the resolver that runs this handler's misses sets it.
         self.refresh: Callable[[Miss], None] = lambda miss: None
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
-        self.on_log: Callable[[Zone, object, bytes, bytes, int, float], None] | None = None
+        self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
         self.loop_probes: dict[bytes, int] = {}
         self._logging = any(z.block.log is not None for z in zones)
@@ -205,19 +217,24 @@ class QueryHandler:
                 else:
                     body = entry.body(ttl)
                 reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
-                if len(reply) > limit:
-                    reply = truncate(reply, limit, opt)
                 zone = entry.owner
+                # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
+                # reply, nearly every one, costs a single compare with a constant.
+                rsize = len(reply)
+                if rsize > 512 and (rsize > limit or slot < 2 and rsize > zone.udp_cap):
+                    reply = truncate(reply, min(limit, zone.udp_cap) if slot < 2 else limit, opt)
+                    size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 if do:
                     zone.stats.do_requests += 1
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, end, now, slot)
                 # One dict update counts the request, the response, the cache
-                # hit and the duration bucket; sync_stats() unpacks it.
+                # hit, the duration bucket and both sizes; sync_stats() unpacks
+                # it (the entry gives the type, the rcode and the reply's size).
                 elapsed = _perf() - started
                 tally = zone.tally
-                mark = (slot, data[end - 4:end - 2], entry.tag,
-                        0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed))
+                mark = (slot, entry.tag,
+                        0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
                 zone.hit_seconds += elapsed
                 return reply
@@ -254,7 +271,8 @@ class QueryHandler:
         cd = bool(question.flags & wire.CD)
         if do or cd:
             key += bytes(((2 if do else 0) | (1 if cd else 0),))
-        limit = wire.MAX_MESSAGE if slot >= 2 else (edns[0] if edns else wire.MAX_UDP_PLAIN)
+        limit = wire.MAX_MESSAGE if slot >= 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
+                                                        zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
@@ -316,6 +334,8 @@ class QueryHandler:
             return self._slow(data, now, slot, addr, started)
         edns = (limit if slot < 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
+        if slot < 2:
+            limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
                     options=data[end + 11:])
@@ -350,7 +370,8 @@ class QueryHandler:
         """
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
                                 do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                options=miss.options)
+                                options=miss.options,
+                                payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer.
@@ -397,7 +418,10 @@ class QueryHandler:
             return self.fail(miss, ValueError("upstream SERVFAIL"), now, addr)
         else:
             reply = self._passthrough(miss, outcome.data, response)
-        return self._finish(miss, reply, addr, response.rcode, "forward")
+        # CoreDNS labels a reply with the plugin that wrote it; with cache in the
+        # block that is cache's writer even when forward found the answer.
+        plugin = "cache" if miss.zone.cache is not None else "forward"
+        return self._finish(miss, reply, addr, response.rcode, plugin)
 
     def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
         """The reply when the upstream did not answer usefully."""
@@ -465,7 +489,8 @@ class QueryHandler:
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
         elapsed = _perf() - miss.started
         if hit is not None:
-            mark = (miss.slot, qtype, hit.tag, bisect_left(TIME_BUCKETS, elapsed))
+            mark = (miss.slot, hit.tag, bisect_left(TIME_BUCKETS, elapsed),
+                    -(len(miss.query) << 16 | len(reply)))
             zone.tally[mark] = zone.tally.get(mark, 0) + 1
             zone.hit_seconds += elapsed
         else:
@@ -473,6 +498,11 @@ class QueryHandler:
                             _type_name(qtype))] += 1
             stats.responses[(_rcode_name(rcode), plugin)] += 1
             stats.duration.observe(elapsed)
+            proto = SLOT_PROTO[miss.slot]
+            stats.request_size[proto].observe(len(miss.query))
+            # CoreDNS counts what the plugin chain wrote: nothing when the
+            # server itself answers an error (plugin ""), so 0 bytes then.
+            stats.response_size[proto].observe(len(reply) if plugin else 0)
         if miss.edns and miss.edns[2]:
             stats.do_requests += 1
         if self.on_log is not None and zone.block.log is not None and not miss.background:
@@ -486,11 +516,23 @@ class QueryHandler:
             stats = zone.stats
             stats.duration.sum += zone.hit_seconds
             zone.hit_seconds = 0.0
-            for (slot, qtype, (rcode, positive), bucket), count in tally.items():
-                stats.requests[(SLOT_PROTO[slot], SLOT_FAMILY[slot], _type_name(qtype))] += count
+            for (slot, tag, bucket, sizes), count in tally.items():
+                proto = SLOT_PROTO[slot]
+                rcode, positive, qtype, question, records = tag
+                stats.requests[(proto, SLOT_FAMILY[slot], _type_name(qtype))] += count
                 stats.responses[(_rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
                 stats.duration.count += count
+                if sizes < 0:
+                    request, response = -sizes >> 16, -sizes & 0xFFFF
+                else:
+                    # The hit path's reply: header, the question as asked, the
+                    # stored records, and our OPT if the query had one.
+                    request = sizes
+                    response = 12 + question + records \
+                        + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
+                stats.request_size[proto].observe(request, count)
+                stats.response_size[proto].observe(response, count)
                 if zone.cache_stats is not None:
                     if positive:
                         zone.cache_stats.hits_success += count
@@ -508,8 +550,17 @@ def _background(miss: Miss, origin: Entry) -> Miss:
 _RCODE_NAMES: dict[int, str] = {}
 
 
+#: The query types CoreDNS's metrics name (``plugin/metrics/vars``); every other
+#: type is counted as "other", which keeps the label's cardinality bounded.
+_MONITORED_TYPES = frozenset({"A", "AAAA", "MX", "SOA", "CNAME", "PTR", "TXT", "NS", "SRV",
+                              "DS", "DNSKEY", "RRSIG", "NSEC", "NSEC3", "HTTPS", "IXFR",
+                              "AXFR", "ANY"})
+
+
 def _type_name(qtype: bytes) -> str:
-    return wire.type_name(int.from_bytes(qtype, "big"))
+    """The ``type`` label of a query type, as CoreDNS's metrics spell it."""
+    name = wire.type_name(int.from_bytes(qtype, "big"))
+    return name if name in _MONITORED_TYPES else "other"
 
 
 def _rcode_name(rcode: int) -> str:

@@ -175,7 +175,8 @@ class ForwardPlan:
     def next_step(self, now: float) -> Try | Wait | GiveUp:
         """What to do now: the next try, a pause, or give up."""
         if now + MIN_TRY > self.deadline:
-            return GiveUp(f"no answer within the budget ({self.last})")
+            # The last failure ends the text, as the last try's error does in CoreDNS.
+            return GiveUp(f"no answer within the budget: {self.last}")
         order, n = self._order, len(self._order)
         max_fails, health = self._max_fails, self._health
         while True:

@@ -235,15 +235,17 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
 
 def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
-                options: bytes = b"") -> bytes:
+                options: bytes = b"", payload: int = OUR_UDP_PAYLOAD) -> bytes:
     """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT.
 
     ``options`` are the client's EDNS options, passed on as CoreDNS's forward
-    does (client subnet, cookies, padding...); the payload size stays ours.
+    does (client subnet, cookies, padding...); the payload size is ours
+    (``bufsize``'s when the block has it).
     """
     flags = RD | (CD if cd else 0)
     header = _HEADER.pack(0, flags, 1, 0, 0, 1)
-    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, options=options)
+    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, payload,
+                                                                           options=options)
 
 
 @dataclass(slots=True)

@@ -320,6 +320,15 @@ def _has_hint(save_tool: str) -> bool:
     if "legacy" in save_tool and not legacy_table_loaded(6 if "ip6" in save_tool else 4, "mangle"):
         return False
     res = _run([save_tool, "-t", "mangle"])
+    if res.returncode != 0 and "legacy" in save_tool:
+        # The table is there (legacy_table_loaded) but unreadable: guessing nft
+        # now would put our rules beside kube-proxy's legacy ones, where the
+        # kernel evaluates both and ours may come too late.
+        raise HostNetworkError(
+            f"{save_tool}: {_first_line(res.stderr)}: this node has iptables-legacy tables, "
+            f"and which iptables kubelet uses cannot be told without reading them; "
+            f"iptables-legacy needs the NET_RAW capability (add it to the container's "
+            f"securityContext), or name the backend with --firewall")
     return res.returncode == 0 and any(
         f":{chain} " in res.stdout or f":{chain}\n" in res.stdout for chain in KUBELET_HINT_CHAINS)
 
@@ -330,6 +339,8 @@ def detect_iptables_mode() -> str:
     Kubelet creates ``KUBE-IPTABLES-HINT`` (and ``KUBE-KUBELET-CANARY``) in
     ``mangle`` with whichever iptables the node uses. Look with nft first (v4,
     then v6), then legacy; with no hint anywhere, nft is the default.
+
+    :raises HostNetworkError: legacy tables exist but cannot be read (no NET_RAW).
     """
     for mode in ("nft", "legacy"):
         for fam in ("ip", "ip6"):

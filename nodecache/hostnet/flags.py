@@ -28,6 +28,26 @@ NODECACHE_FLAGS = BOOL_FLAGS | frozenset({
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
+#: Go's time.ParseDuration units, in nanoseconds.
+_GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+             "m": 60_000_000_000, "h": 3_600_000_000_000}
+_GO_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def syncinterval_seconds(value: str) -> str:
+    """node-cache's ``-syncinterval`` value as our seconds; pure.
+
+    The flag is a Go ``time.Duration`` that node-cache multiplies by one second
+    again, so ``1ns`` means 1 s and ``60ns`` 60 s (charts pass ``1ns``). A bare
+    number passes through as seconds.
+    """
+    parts = _GO_DURATION_RE.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return value
+    nanoseconds = float(sum(float(n) * _GO_UNITS[u] for n, u in parts))
+    return str(int(nanoseconds)) if nanoseconds.is_integer() else str(nanoseconds)
+
+
 _FLAG_RE = re.compile(r"(-{1,2})([A-Za-z][A-Za-z0-9._-]*)(?:=(.*))?", re.S)
 
 
@@ -37,12 +57,18 @@ def normalize_nodecache_argv(argv: list[str]) -> list[str]:
     * ``-localip X`` -> ``--localip X``; ``-localip=X`` -> ``--localip=X``;
     * ``-setupiptables`` / ``-setupiptables=true`` -> ``--setupiptables``;
     * ``-setupiptables=false`` (or ``--setupiptables=false``) -> ``--no-setupiptables``;
+    * ``-syncinterval 1ns`` -> ``--syncinterval 1`` (:func:`syncinterval_seconds`);
     * everything else, including ``--x`` forms and anything after ``--``, is unchanged.
     """
     out: list[str] = []
+    duration_next = False
     for i, arg in enumerate(argv):
         if arg == "--":
             return out + argv[i:]
+        if duration_next:
+            duration_next = False
+            out.append(syncinterval_seconds(arg))
+            continue
         m = _FLAG_RE.fullmatch(arg)
         if m is None:
             out.append(arg)
@@ -55,6 +81,11 @@ def normalize_nodecache_argv(argv: list[str]) -> list[str]:
             if value in _FALSE:
                 out.append(f"--no-{name}")
                 continue
+        if name == "syncinterval":
+            if value is None:
+                duration_next = True
+            else:
+                arg = f"{dashes}{name}={syncinterval_seconds(value)}"
         if dashes == "-" and name in NODECACHE_FLAGS:
             out.append("-" + arg)
         else:

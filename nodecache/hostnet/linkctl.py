@@ -3,7 +3,7 @@
 pyroute2's netlink layer costs about 10 MB of resident memory once imported
 (some 160 modules), a fifth of the agent's footprint, for work done once at
 start and then once per sync interval. :class:`ChildLink` keeps the serving
-process free of it: each operation starts ``python -m nodecache.hostnet.linkctl``,
+process free of it: each operation starts a child Python (:data:`CHILD_ARGV`),
 which runs the same :class:`~nodecache.hostnet.link.LinkManager` code and
 exits. What the manager remembers between calls (its ``LinkRecord``) travels
 as JSON on stdin and stdout, so the child is stateless.
@@ -31,6 +31,11 @@ OPERATIONS = frozenset({"adopt_leftovers", "ensure", "teardown"})
 #: bounds a wedged child, e.g. on a node under memory pressure).
 CHILD_TIMEOUT = 30.0
 
+#: The child's command line after the interpreter. Not ``-m`` on this module:
+#: importing the package already imports it, and runpy then warns that the
+#: module is in sys.modules before it runs it as ``__main__``.
+CHILD_ARGV = ("-c", "from nodecache.hostnet.linkctl import main; main()")
+
 _ERRORS: dict[str, type[InterfaceError]] = {
     "InterfaceError": InterfaceError, "InterfaceCheckError": InterfaceCheckError}
 
@@ -49,7 +54,7 @@ class ChildLink:
                    "record": dataclasses.asdict(self.record) if self.record else None,
                    "alias_ours": self._alias_ours}
         try:
-            done = subprocess.run([sys.executable, "-m", "nodecache.hostnet.linkctl"],
+            done = subprocess.run([sys.executable, *CHILD_ARGV],
                                   input=json.dumps(request), capture_output=True, text=True,
                                   timeout=CHILD_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -97,7 +102,3 @@ def main() -> None:
     print(json.dumps({"result": result,
                       "record": dataclasses.asdict(manager.record) if manager.record else None,
                       "alias_ours": manager._alias_ours}))
-
-
-if __name__ == "__main__":
-    main()
