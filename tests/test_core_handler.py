@@ -12,29 +12,16 @@ import pytest
 
 from nodecache.config import parse_text
 from nodecache.core import wire
-from nodecache.core.cache import BlockCache
-from nodecache.core.handler import Miss, QueryHandler, Zone
-from nodecache.core.stats import SIZE_BUCKETS, CacheStats, ServerStats
+from nodecache.core.handler import Miss, QueryHandler
+from nodecache.core.runtime import single_handler
+from nodecache.core.stats import SIZE_BUCKETS
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
 
 
 def make_handler(corefile: str) -> QueryHandler:
-    config = parse_text(corefile, default_port=53)
-    handler: QueryHandler | None = None
-    zones = []
-    for block in config.blocks:
-        for name in block.zones:
-            zone = Zone(name, block, ServerStats(block.server, name), None, None)
-            if block.cache is not None:
-                zone.cache_stats = CacheStats(block.server, name)
-                zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
-                                        lambda e: handler.index_add(e),  # type: ignore[union-attr]
-                                        lambda e: handler.index_remove(e))  # type: ignore[union-attr]
-            zones.append(zone)
-    handler = QueryHandler(zones)
-    return handler
+    return single_handler(parse_text(corefile, default_port=53))
 
 
 class Driver:
