@@ -99,7 +99,7 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: Cluster, tmp_path: Pat
         for phase in ("cold", "hit", "miss", "steady"):
             # A few UDP queries may drop at the busy relay; more is a counting error.
             assert t[phase]["timeouts"] + t[phase]["errors"] <= 0.01 * t[phase]["sent"], (phase, t[phase])
-        assert t["searchpath"]["found"] >= len(lookups) - 1 and t["searchpath"]["queries_per_lookup"] == 4
+        assert t["searchpath"]["found"] >= len(lookups) - 1 and 3.9 <= t["searchpath"]["queries_per_lookup"] <= 4
         first_step = t["throughput"]["steps"][0]
         assert first_step["offered_qps"] == RATE and 0.8 * RATE < first_step["sent_qps"] < 1.2 * RATE
     report = (out / "report.md").read_text()
