@@ -17,9 +17,10 @@ import dns.message
 import dns.rrset
 
 from nodecache.aio.agent import GC_THRESHOLDS
+from nodecache.config import parse_text
 from nodecache.core.handler import Miss
+from nodecache.core.runtime import single_handler
 from nodecache.core.upstream import AnswerReceived, IdSource, UpstreamConnection, frame, question_key
-from tests.test_core_handler import make_handler
 
 COREFILE = """cluster.local:53 {
     cache {
@@ -49,7 +50,7 @@ def run(n: int) -> dict[str, float]:
     names = [f"svc{i}.ns{i % 50}.svc.cluster.local." for i in range(n)]
     queries = [dns.message.make_query(name, "A").to_wire() for name in names]
     answers = _answers(names)
-    handler = make_handler(COREFILE)
+    handler = single_handler(parse_text(COREFILE, default_port=53))
     conn = UpstreamConnection(now=0.0, max_in_flight=1 << 16, max_age=0, expire=10, ids=IdSource())
     conn.connected(0.0)
     now = 1000.0

@@ -76,6 +76,10 @@ async def test_cache_survives_when_cache_settings_unchanged(change: str) -> None
         assert rcode_text(reply) == "NOERROR"
         assert len(up.queries) == 1  # answered from the kept cache
         assert handler_of(kit).index
+        # answers stored after the reload are hits too (the kept cache fills the new index)
+        for _ in range(2):
+            assert rcode_text(await kit.query("b.example.")) == "NOERROR"
+        assert [q.qname for q in up.queries] == ["a.example.", "b.example."]
 
 
 async def test_cache_dropped_when_cache_settings_change() -> None:

@@ -126,11 +126,7 @@ def expected(case: Case, client: str, answer: ck.Answer) -> bool:
 
 
 #: Known gaps: (case label -> why), run and reported but not yet held to the rule.
-KNOWN_GAPS = {
-    "upstream slow (2 s)": "a 2 s round trip meets the 2 s per-try timeout of both caches: "
-    "nodecache's tries all time out within its 3.5 s budget, node-cache's retries sometimes "
-    "get the late answer (Go after 5-9 s)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [

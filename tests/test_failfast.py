@@ -23,7 +23,7 @@ import pytest
 
 from nodecache.config.settings import ForwardSettings
 from tests.agentkit import AgentKit, rcode_text
-from tests.fakeupstream import FakeUpstream, loop_errors
+from tests.fakeupstream import FakeUpstream, loop_errors, make_answer
 from tests.refnodecache import closed_port, free_port, node_cache
 
 __all__ = ["loop_errors"]
@@ -104,3 +104,24 @@ async def test_silent_upstream_servfail_before_the_client_gives_up() -> None:
     for rcode, took in results:
         assert rcode == "SERVFAIL"
         assert ForwardSettings.budget - 0.3 <= took < 4.0   # before the client's 5 s
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_answer_just_past_the_try_timeout_is_not_lost(transport: str) -> None:
+    """A try that times out still takes its answer while the next try runs."""
+    delay = ForwardSettings.try_timeout + 0.4
+
+    async def late(query: dns.message.Message, proto: str) -> dns.message.Message:
+        await asyncio.sleep(delay)
+        return make_answer(query, ["192.0.2.7"])
+
+    options = "force_tcp" if transport == "tcp" else ""
+    async with FakeUpstream(late) as up, \
+            AgentKit(corefile(f"127.0.0.1:{up.port}", options), forward_overrides=DEFAULTS) as kit:
+        began = time.monotonic()
+        reply = await kit.query("late.example.", timeout=CLIENT_TIMEOUT)
+        took = time.monotonic() - began
+    assert rcode_text(reply) == "NOERROR" and str(reply.answer[0][0]) == "192.0.2.7"
+    assert delay - 0.1 <= took < delay + 1.0
+    # the second try went out; the first one answered (health-check probes aside)
+    assert [q.qname for q in up.queries if q.qtype == "A"] == ["late.example."] * 2

@@ -287,3 +287,49 @@ async def test_many_concurrent_tcp(loop_errors: list) -> None:
             assert up.tcp_connections <= 8
         finally:
             await fwd.close()
+
+
+async def test_pipelined_answers_behind_nagle_do_not_wait_for_delayed_ack(loop_errors: list) -> None:
+    """An upstream with Nagle on (no TCP_NODELAY) writes each answer on its own:
+    the second waits for our ACK of the first, which must come at once, not
+    after the up-to-40 ms delayed ACK."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    rounds = 20
+
+    async def serve() -> None:
+        conn, _ = await loop.sock_accept(listener)
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # Nagle on
+            buf = b""
+            answered = 0
+            while answered < 2 * rounds:
+                data = await loop.sock_recv(conn, 65535)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                    size = int.from_bytes(buf[:2], "big")
+                    query, buf = dns.message.from_wire(buf[2:2 + size]), buf[2 + size:]
+                    answer = ok(query, "tcp").to_wire()  # type: ignore[union-attr]
+                    await loop.sock_sendall(conn, len(answer).to_bytes(2, "big") + answer)
+                    answered += 1
+
+    server = asyncio.ensure_future(serve())
+    fwd, _ = await forwarder(fast(Upstream("127.0.0.1", listener.getsockname()[1]),
+                                  try_timeout=2.0, budget=3.0), max_connections=1)
+    try:
+        began = loop.time()
+        for r in range(rounds):  # two queries in flight each round
+            await asyncio.gather(fwd.query(query_wire(f"n{1 + r % 50}.example."), tcp=True),
+                                 fwd.query(query_wire(f"n{2 + r % 50}.example."), tcp=True))
+        took = loop.time() - began
+        # delayed ACK would cost up to 40 ms a round: 20 rounds, well under 0.4 s
+        assert took < 0.4, f"{rounds} rounds took {took:.3f} s"
+    finally:
+        await fwd.close()
+        server.cancel()
+        listener.close()

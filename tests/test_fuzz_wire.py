@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodecache.aio.agent import Agent
 from nodecache.config import parse_text
 from nodecache.core import wire
 from nodecache.core.handler import Miss, QueryHandler
+from nodecache.core.runtime import EntryIndex, build
 from nodecache.errors import ClientProtocolError, UpstreamError
 
 COREFILE = """
@@ -57,11 +57,10 @@ NOW = 1000.0
 
 def make_handler() -> QueryHandler:
     """A handler built exactly as the agent builds it, with a few cached answers."""
-    config = parse_text(COREFILE)
-    agent = Agent(lambda: config)
-    runtime = agent._build(config, None)
-    agent._set_runtimes(runtime, None)
-    handler = runtime.unique_handlers()[0]
+    index = EntryIndex()
+    _, handlers = build(parse_text(COREFILE), (), index)
+    index.track(handlers.values())
+    (handler,) = set(handlers.values())
     for name in NAMES:
         for rdtype in ("A", "AAAA", "MX"):
             query = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=name == ".")

@@ -380,6 +380,28 @@ def test_query_timeout_drains() -> None:
     assert late == []                                # answer to a given-up query: dropped
 
 
+def test_timed_out_query_still_takes_its_late_answer() -> None:
+    conn = new_conn()
+    conn.connected(0.0)
+    qa, qb = query("a."), query("b.")
+    ida = conn.send(qa, question_key(qa), "a", 0.0)
+    idb = conn.send(qb, question_key(qb), "b", 0.0)
+    assert conn.timed_out(ida) is None
+    assert conn.state is ConnState.DRAINING and not conn.accepting and len(conn.in_flight) == 2
+    (late,) = conn.receive_data(frame(answer_to(set_id(qa, ida))), 2.5)
+    assert type(late) is AnswerReceived and late.token == "a"
+    conn.give_up(idb, 3.0, timed_out=False)          # the last one: drained, closed
+    assert conn.state is ConnState.CLOSED
+
+
+def test_timed_out_while_connecting_closes() -> None:
+    conn = new_conn()
+    qa = query("a.")
+    ida = conn.send(qa, question_key(qa), "a", 0.0)
+    ev = conn.timed_out(ida)
+    assert ev is not None and ev.failed == ("a",) and conn.state is ConnState.CLOSED
+
+
 # -- pool -----------------------------------------------------------------------------
 
 def new_pool(**kw: object) -> ConnectionPool:

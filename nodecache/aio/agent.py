@@ -32,6 +32,8 @@ from typing import Any
 
 from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwarder import Forwarder
+from nodecache.aio.hostsfile import TICK as HOSTS_TICK
+from nodecache.aio.hostsfile import HostsFiles, hosts_stages
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
 from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
@@ -40,9 +42,9 @@ from nodecache.aio.servinglock import ServingLock
 from nodecache.config import bind
 from nodecache.config.settings import Config, LogSettings, ServerBlock
 from nodecache.core import wire
-from nodecache.core.cache import BlockCache, Entry
-from nodecache.core.handler import QueryHandler, Zone, key_name, zone_wire
-from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
+from nodecache.core import runtime as _runtime
+from nodecache.core.handler import QueryHandler, Zone, zone_wire
+from nodecache.core.stats import AgentStats, ForwardStats, ServerStats
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.metrics import StatsCollector, enabled_plugins, make_registry
 
@@ -97,15 +99,6 @@ class Runtime:
         return list({id(h): h for h in self.handlers.values()}.values())
 
 
-def _cache_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
-    """What must be equal for a zone's cache to survive a reload."""
-    return (zone, block.port, block.cache)
-
-
-def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
-    return (zone, block.port, block.cache, block.forward, block.loadbalance)
-
-
 class Agent:
     """Serves one Config at a time."""
 
@@ -136,6 +129,8 @@ class Agent:
         #: has ``reload`` (template mode: ConfigMap changes apply within seconds).
         self.watch_interval = watch_interval
         self.runtime: Runtime | None = None
+        #: Which handlers index each zone's cache entries (core.runtime rule 2).
+        self._index = _runtime.EntryIndex()
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.http = HttpEndpoints()
         self.collector = _SyncingCollector(self)
@@ -147,86 +142,24 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
+        self.hosts_files = HostsFiles(self.stats.hosts_reloaded)
         #: The root logger's level before a ``debug`` block lowered it.
         self._level_before_debug: int | None = None
 
     # -- building ------------------------------------------------------------
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
-        old_zones: dict[tuple[object, ...], Zone] = {}
-        old_caches: dict[tuple[object, ...], Zone] = {}
-        if previous is not None:
-            for zone in previous.zones:
-                old_zones[_zone_identity(zone.block, zone.name)] = zone
-                old_caches[_cache_identity(zone.block, zone.name)] = zone
-        zones_by_block: dict[int, list[Zone]] = {}
-        all_zones: list[Zone] = []
-        for block in config.blocks:
-            for name in block.zones:
-                reused = old_zones.get(_zone_identity(block, name))
-                if reused is not None and reused.block == block:
-                    zone = reused
-                else:
-                    stats = ServerStats(block.server, name, plugins=enabled_plugins(block))
-                    zone = Zone(name, block, stats, None, None)
-                    if block.cache is not None:
-                        donor = old_caches.get(_cache_identity(block, name))
-                        if donor is not None and donor.cache is not None:
-                            zone.cache, zone.cache_stats = donor.cache, donor.cache_stats
-                            for entry in zone.cache.entries():
-                                entry.owner = zone
-                        else:
-                            zone.cache_stats = CacheStats(block.server, name)
-                            zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
-                                                    self._index_add(zone), self._index_remove(zone))
-                zones_by_block.setdefault(id(block), []).append(zone)
-                all_zones.append(zone)
-        handlers: dict[tuple[str, int], QueryHandler] = {}
-        by_blockset: dict[tuple[int, ...], QueryHandler] = {}
-        for address, blocks in config.listeners().items():
-            ident = tuple(id(b) for b in blocks)
-            handler = by_blockset.get(ident)
-            if handler is None:
-                zones = [z for b in blocks for z in zones_by_block[id(b)]]
-                handler = by_blockset[ident] = QueryHandler(zones, on_log=_log_query)
-            handlers[address] = handler
-        runtime = Runtime(config, all_zones, handlers)
-        for handler in runtime.unique_handlers():
-            for zone in {id(z): z for z in handler.zones.values()}.values():
-                if zone.cache is not None:
-                    for entry in zone.cache.entries():
-                        if handler.route(key_name(entry.key)) is zone:
-                            handler.index_add(entry)
-        return runtime
-
-    def _index_add(self, zone: Zone) -> Callable[[Entry], None]:
-        def add(entry: Entry) -> None:
-            for handler in self._handlers_of.get(zone, ()):
-                handler.index_add(entry)
-        return add
-
-    def _index_remove(self, zone: Zone) -> Callable[[Entry], None]:
-        def remove(entry: Entry) -> None:
-            for handler in self._handlers_of.get(zone, ()):
-                handler.index_remove(entry)
-        return remove
+        zones, handlers = _runtime.build(config, previous.zones if previous else (), self._index,
+                                         on_log=_log_query, server_stats=_server_stats)
+        self.hosts_files.check(hosts_stages(zones), time.monotonic())
+        return Runtime(config, zones, handlers)
 
     _pending: Runtime | None = None
-    #: Zone -> the handlers (of the running and of a pending runtime) whose
-    #: look-up index holds that zone's entries. Recomputed on every switch,
-    #: so a cache insert or eviction costs one dict look-up, not a search.
-    _handlers_of: dict[Zone, list[QueryHandler]] = {}
 
     def _set_runtimes(self, running: Runtime | None, pending: Runtime | None) -> None:
         self.runtime, self._pending = running, pending
-        handlers_of: dict[Zone, list[QueryHandler]] = {}
-        for runtime in (running, pending):
-            if runtime is None:
-                continue
-            for handler in runtime.unique_handlers():
-                for zone in {id(z): z for z in handler.zones.values()}.values():
-                    handlers_of.setdefault(zone, []).append(handler)
-        self._handlers_of = handlers_of
+        self._index.track(h for r in (running, pending) if r is not None
+                          for h in r.unique_handlers())
 
     async def _wire(self, runtime: Runtime, previous: Runtime | None) -> None:
         """Create forwarders (reusing unchanged ones) and resolvers."""
@@ -304,6 +237,7 @@ class Agent:
         self._spawn(self._gc_loop())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
+        self._spawn(self._hosts_loop())
         self._spawn(self._health_self_check())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
@@ -453,6 +387,18 @@ class Agent:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _hosts_loop(self) -> None:
+        """Re-read changed hosts files (hosts' ``reload``)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), HOSTS_TICK)
+                return
+            except asyncio.TimeoutError:
+                pass
+            runtime = self.runtime
+            if runtime is not None:
+                self.hosts_files.check(hosts_stages(runtime.zones), time.monotonic())
 
     async def _gc_loop(self) -> None:
         """Collect cyclic garbage on our schedule and keep live objects out of later walks."""
@@ -760,6 +706,10 @@ class _SyncingCollector(StatsCollector):
             for handler in runtime.unique_handlers():
                 handler.sync_stats()
         return super().collect()
+
+
+def _server_stats(block: ServerBlock, zone: str) -> ServerStats:
+    return ServerStats(block.server, zone, plugins=enabled_plugins(block))
 
 
 _ALL_CLASSES = LogSettings().classes

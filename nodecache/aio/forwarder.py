@@ -115,17 +115,22 @@ class _TCPProtocol(asyncio.Protocol):
         self._quickack()
 
     def _quickack(self) -> None:
-        # Acknowledge at once (Linux turns this back off after a while): an
-        # upstream that leaves Nagle on holds its next pipelined answer until
-        # our ACK, which delayed ACK would hold for up to 40 ms.
+        # Acknowledge at once (Linux turns this back off after a while, and
+        # setting it sends an ACK that is due): an upstream that leaves Nagle on
+        # holds its next pipelined answer until our ACK, which delayed ACK would
+        # hold for up to 40 ms.
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except (OSError, AttributeError):
             pass
 
     def data_received(self, data: bytes) -> None:
-        self._quickack()
-        self.owner.handle_events(self, self.conn.receive_data(data, self.owner.loop.time()))
+        conn = self.conn
+        self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
+        # More answers to come and no query of ours leaving this loop iteration
+        # to carry the ACK: only then the syscall.
+        if conn.in_flight and not self._flush_pending:
+            self._quickack()
 
     def eof_received(self) -> bool | None:
         self.owner.handle_events(self, self.conn.receive_data(b"", self.owner.loop.time()))
@@ -182,7 +187,7 @@ class _UpstreamState:
         fwd = self.fwd
         for ev in events:
             if type(ev) is AnswerReceived:
-                fwd._tcp_answered(ev.token, ev.wire)  # type: ignore[arg-type]
+                fwd._tcp_answered(ev.token, ev.wire, proto.conn)  # type: ignore[arg-type]
             else:
                 self._terminated(proto.conn, ev)  # type: ignore[arg-type]
         conn = proto.conn
@@ -272,7 +277,7 @@ class _Query:
     """One query being forwarded: what it sends, its plan, and its current try."""
 
     __slots__ = ("request", "question", "plan", "done", "use_tcp", "up", "index", "conn",
-                 "qid", "timer", "sock", "sent")
+                 "qid", "timer", "sock", "sent", "late")
 
     def __init__(self, request: bytes, question: bytes, plan: _plan.ForwardPlan, done: Done,
                  use_tcp: bool) -> None:
@@ -294,6 +299,9 @@ class _Query:
         self.sock: socket.socket | None = None
         #: When the current try was sent, s (loop time).
         self.sent = 0.0
+        #: Earlier tries that timed out but whose answer is still taken:
+        #: (upstream, UDP socket or TCP connection, ID).
+        self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] = []
 
 
 class Forwarder:
@@ -496,7 +504,24 @@ class Forwarder:
             if conn.state is ConnState.CLOSED:  # the last query of a draining connection
                 q.up._discard(conn)
 
+    def _release_late(self, q: _Query, answered: object = None) -> None:
+        """Stop listening for the earlier tries' answers (``answered`` already gave one)."""
+        now = self._loop.time()
+        for up, where, qid in q.late:
+            if where is answered:
+                continue
+            if isinstance(where, UpstreamConnection):
+                where.give_up(qid, now, timed_out=False)
+                if where.state is ConnState.CLOSED:
+                    up._discard(where)
+            else:
+                self._loop.remove_reader(where.fileno())
+                where.close()
+        q.late.clear()
+
     def _finish(self, q: _Query, answer: bytes | None, error: Exception | None) -> None:
+        if q.late:
+            self._release_late(q)
         self._in_flight -= 1
         self._live.discard(q)
         done, q.done = q.done, None
@@ -526,37 +551,48 @@ class Forwarder:
         loop = self._loop
         q.sock, q.qid, q.sent = sock, qid, loop.time()
         self.stats.requests[up.name] += 1
-        loop.add_reader(sock.fileno(), self._udp_readable, q)
+        loop.add_reader(sock.fileno(), self._udp_readable, q, sock, qid)
         q.timer = loop.call_at(deadline, self._timed_out, q)
 
-    def _udp_readable(self, q: _Query) -> None:
-        if q.sock is None:
+    def _udp_readable(self, q: _Query, sock: socket.socket, qid: int) -> None:
+        data = _read_answer(sock, qid, q.question)
+        if data is None or q.done is None:
             return
-        data = _read_answer(q.sock, q.qid, q.question)
-        if data is None:
-            return
+        current = sock is q.sock
         if isinstance(data, OSError):  # ICMP port unreachable and the like
-            self._try_failed(q, classify_errno(data.errno), repr(data))
-            return
+            if current:
+                self._try_failed(q, classify_errno(data.errno), repr(data))
+            return  # an earlier try's socket: the current try goes on
+        up = q.up
+        if not current:
+            up = next(u for u, where, _ in q.late if where is sock)
         self._stop_try(q)
-        self._answered(q.up, data, q.sent)
+        self._answered(up, data, q.sent)
         if is_truncated(data):
             # TC=1: ask again over TCP (RFC 7766 section 5)
+            q.up = up
             self._try_tcp(q, min(self._loop.time() + self.settings.try_timeout, q.plan.deadline))
         else:
             self._finish(q, data, None)
 
     def _timed_out(self, q: _Query) -> None:
+        """The current try timed out: its answer is still taken while the next try runs
+        (an upstream answering in just over the try timeout is not lost)."""
         q.timer = None
-        conn = q.conn
+        conn, sock = q.conn, q.sock
         if conn is not None:  # a timeout drains the connection (core.upstream)
             q.conn = None
             up = q.up
-            term = conn.give_up(q.qid, self._loop.time(), timed_out=True)
+            term = conn.timed_out(q.qid)
             if conn.state is ConnState.CLOSED:
                 up._discard(conn)
+            elif q.qid in conn.in_flight:
+                q.late.append((up, conn, q.qid))
             if term is not None:
                 up._terminated(conn, term)
+        elif sock is not None:
+            q.sock = None
+            q.late.append((q.up, sock, q.qid))
         # Go's words end the text: CoreDNS's consolidate patterns expect them (".* i/o timeout$").
         self._try_failed(q, Failure.TIMEOUT,
                          f"no answer within {self.settings.try_timeout}s: i/o timeout")
@@ -612,14 +648,18 @@ class Forwarder:
         stats.requests[up.name] += 1
         q.timer = loop.call_at(deadline, self._timed_out, q)
 
-    def _tcp_answered(self, q: _Query, answer: bytes) -> None:
-        q.conn = None  # the connection already forgot the query
+    def _tcp_answered(self, q: _Query, answer: bytes, conn: UpstreamConnection) -> None:
         if q.done is None:
             return
-        if q.timer is not None:
-            q.timer.cancel()
-            q.timer = None
-        self._answered(q.up, answer, q.sent)
+        up = q.up
+        if conn is q.conn:
+            q.conn = None  # the connection already forgot the query
+        else:  # a late answer to an earlier try
+            up = next((u for u, where, _ in q.late if where is conn), up)
+        self._stop_try(q)
+        if q.late:
+            self._release_late(q, answered=conn)
+        self._answered(up, answer, q.sent)
         self._finish(q, answer, None)
 
     # -- background ------------------------------------------------------------------------

@@ -274,6 +274,9 @@ class InFlight:
         del self._by_id[qid]
         return entry[1]
 
+    def __contains__(self, qid: int) -> bool:
+        return qid in self._by_id
+
     def discard(self, qid: int) -> Hashable | None:
         entry = self._by_id.pop(qid, None)
         return None if entry is None else entry[1]
@@ -462,6 +465,19 @@ class UpstreamConnection:
                 return self.terminate(ConnEvent.QUERY_TIMEOUT, "timed out while connecting")
             self._apply(ConnEvent.QUERY_TIMEOUT)
         self._maybe_drained()
+        return None
+
+    def timed_out(self, qid: int) -> ConnectionTerminated | None:
+        """A query's try timed out, but its answer may still come and is still wanted.
+
+        The connection takes no new queries (it may be stuck behind the slow
+        one) and keeps the query in flight until ``give_up``. One still
+        dialling is closed; the returned event lists the queries queued on it.
+        """
+        if self.state is ConnState.CONNECTING:
+            return self.terminate(ConnEvent.QUERY_TIMEOUT, "timed out while connecting")
+        if qid in self.in_flight:
+            self._apply(ConnEvent.QUERY_TIMEOUT)
         return None
 
     def _maybe_drained(self) -> None:
