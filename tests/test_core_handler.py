@@ -490,3 +490,20 @@ def test_counts_per_bound_address_by_slot() -> None:
     labelled = {(s.labels["server"], s.value) for s in families["coredns_dns_requests"].samples}
     assert labelled == {("dns://10.0.0.1:53", 2), ("dns://10.0.0.2:53", 3),
                         ("dns://10.0.0.2:53", 1)}
+
+
+def test_evictions_count_under_the_address_that_stored() -> None:
+    """A store through the second address that evicts counts the eviction there."""
+    d = Driver(TWO_ADDRESSES.replace("cache 30", "cache 30 {\n        success 1\n    }"),
+               answer_a())
+    first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
+    for name, slot in (("a.cluster.local.", first), ("b.cluster.local.", second),
+                       ("c.cluster.local.", second)):
+        result = d.handler.handle(q(name).to_wire(), d.now, slot)
+        assert isinstance(result, Miss)
+        d.resolve(result)
+    zone = next(iter(d.handler.zones.values()))
+    one, two = zone.cache_stats_for(first), zone.cache_stats_for(second)
+    assert one is not None and two is not None
+    assert (one.evictions_success, two.evictions_success) == (0, 2)
+    assert (one.entries_success, two.entries_success) == (1, 1)

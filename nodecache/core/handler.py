@@ -147,18 +147,23 @@ class Zone:
         """Put ``entry`` in the cache, for a query that came in through ``slot``.
 
         CoreDNS sets an address's ``coredns_cache_entries`` when a reply is stored
-        through it, to the cache's size then: the first address's follow the cache
-        (it keeps them), the others' are set here and do not move the first's.
+        through it, to the cache's size then, and counts the evictions the store
+        makes under it: the cache keeps the first address's counts, the others'
+        are moved here and do not change the first's.
         """
         assert self.cache is not None and self.cache_stats is not None
         own, first = self.cache_stats_for(slot), self.cache_stats
         if own is first or own is None:
             self.cache.put(entry, now)
             return
-        before = first.entries_success, first.entries_denial
+        before = (first.entries_success, first.entries_denial, first.evictions_success,
+                  first.evictions_denial)
         self.cache.put(entry, now)
         own.entries_success, own.entries_denial = first.entries_success, first.entries_denial
-        first.entries_success, first.entries_denial = before
+        own.evictions_success += first.evictions_success - before[2]
+        own.evictions_denial += first.evictions_denial - before[3]
+        (first.entries_success, first.entries_denial, first.evictions_success,
+         first.evictions_denial) = before
 
     def __post_init__(self) -> None:
         self.chain = chain_for(self.block) or None
