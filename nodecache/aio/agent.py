@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodecache.aio.errorlog import ErrorReporter
+from nodecache.aio.forwardchain import ForwardChain, forwarder_for, stats_of
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.hostsfile import TICK as HOSTS_TICK
 from nodecache.aio.hostsfile import HostsFiles, hosts_stages
@@ -91,7 +92,7 @@ class Runtime:
     #: listener (address, port) -> handler
     handlers: dict[tuple[str, int], QueryHandler]
     resolvers: dict[int, Resolver] = field(default_factory=dict)
-    forwarders: dict[Zone, Forwarder] = field(default_factory=dict)
+    forwarders: dict[Zone, Forwarder | ForwardChain] = field(default_factory=dict)
     forward_stats: list[ForwardStats] = field(default_factory=list)
     errors: ErrorReporter = field(default_factory=ErrorReporter)
 
@@ -170,11 +171,10 @@ class Agent:
                 continue
             reuse = next((f for z, f in old.items() if z is zone), None)
             if reuse is None:
-                stats = ForwardStats(zone.block.server, zone.name)
-                reuse = Forwarder(forward, stats)
+                reuse = forwarder_for(zone.block, zone.name)
                 await reuse.start()
             runtime.forwarders[zone] = reuse
-            runtime.forward_stats.append(reuse.stats)
+            runtime.forward_stats.extend(stats_of(reuse))
         for handler in runtime.unique_handlers():
             resolver = Resolver(handler, runtime.forwarders, self.stats, runtime.errors)
             runtime.resolvers[id(handler)] = resolver

@@ -326,6 +326,7 @@ class Forwarder:
         self._ids = IdSource()
         self._rng = random.Random()
         self._policy = _policy.make_policy(settings.policy, rng=self._rng)
+        self._failover = frozenset(settings.failover_rcodes)
         self._upstreams: list[_UpstreamState] = []
         self._healths: list[_policy.UpstreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -442,7 +443,9 @@ class Forwarder:
         plan = _plan.ForwardPlan(self._policy.order(len(self._upstreams)), self._healths,
                                  max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
                                  try_timeout=s.try_timeout, start=self._loop.time(),
-                                 budget=s.budget, rng=self._rng)
+                                 budget=s.budget, rng=self._rng,
+                                 max_connect_attempts=s.max_connect_attempts,
+                                 failover=self._failover)
         q = _Query(request, question, plan, done, s.force_tcp or (not s.prefer_udp and tcp))
         self._in_flight += 1
         self._live.add(q)
@@ -475,6 +478,8 @@ class Forwarder:
                 self._try_udp(q, step.deadline)  # type: ignore[union-attr]
         elif kind is _plan.Wait:
             q.timer = self._loop.call_at(step.until, self._step, q)  # type: ignore[union-attr]
+        elif q.plan.fallback is not None:  # failover passed over this answer
+            self._finish(q, q.plan.fallback, None)
         else:
             self._finish(q, None, UpstreamError(step.reason))  # type: ignore[union-attr]
 
@@ -573,7 +578,7 @@ class Forwarder:
             q.up = up
             self._try_tcp(q, min(self._loop.time() + self.settings.try_timeout, q.plan.deadline))
         else:
-            self._finish(q, data, None)
+            self._deliver(q, data)
 
     def _timed_out(self, q: _Query) -> None:
         """The current try timed out: its answer is still taken while the next try runs
@@ -660,7 +665,14 @@ class Forwarder:
         if q.late:
             self._release_late(q, answered=conn)
         self._answered(up, answer, q.sent)
-        self._finish(q, answer, None)
+        self._deliver(q, answer)
+
+    def _deliver(self, q: _Query, answer: bytes) -> None:
+        """An answer for ``q``: the client's, unless ``failover`` tries the next upstream."""
+        if q.plan.fails_over(answer):
+            self._step(q)
+        else:
+            self._finish(q, answer, None)
 
     # -- background ------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ import dataclasses
 import os
 from typing import Any
 
+import dns.rcode
+
 from nodecache.config import values
 from nodecache.config.args import Args, options
 from nodecache.config.context import BlockContext
@@ -19,15 +21,13 @@ DNS_PORT = 53
 POLICIES = ("random", "round_robin", "sequential")
 
 _OPTIONS = ("except", "force_tcp", "prefer_udp", "expire", "max_fails", "health_check",
-            "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams")
+            "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams",
+            "next", "failover", "max_connect_attempts")
 _NO_TLS = "nodecache forwards over plain DNS (UDP/TCP) only"
 _UNSUPPORTED = {
     "tls": _NO_TLS,
     "tls_servername": _NO_TLS,
     "max_idle_conns": "the pool size follows the load",
-    "failover": "not implemented",
-    "next": "there is no plugin after forward",
-    "max_connect_attempts": "not implemented",
 }
 _TO_WHAT = "an upstream (IP, IP:PORT, [IPv6]:PORT, dns://IP[:PORT]) or a resolv.conf file"
 
@@ -44,6 +44,9 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
     #     max_concurrent INTEGER
     #     max_age DURATION
     #     failfast_all_unhealthy_upstreams
+    #     next RCODE...
+    #     failover RCODE...
+    #     max_connect_attempts INTEGER
     # }
     # Defaults are ForwardSettings's own.
     args = Args("forward", line)
@@ -73,6 +76,12 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
             out[name] = opt.duration("a DURATION")
         elif name == "max_fails":
             out[name] = opt.integer("a non-negative integer")
+        elif name == "max_connect_attempts":
+            out[name] = opt.integer("a non-negative integer (0: no limit)")
+        elif name == "next":
+            out["next_rcodes"] = _rcodes(opt)
+        elif name == "failover":
+            out["failover_rcodes"] = _rcodes(opt, noerror=False)
         elif name == "max_concurrent":
             out[name] = opt.integer("a non-negative integer (0: no limit)")
         elif name == "health_check":
@@ -83,6 +92,28 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
         opt.end()
     return dataclasses.replace(ForwardSettings(zone=from_zones[0], upstreams=tuple(upstreams)),
                                **out)
+
+
+#: RCODE names as CoreDNS spells them (RFC 6895 section 2.3), upper case.
+_RCODES = {r.name: r.value for r in dns.rcode.Rcode} | {"BADSIG": dns.rcode.BADSIG}
+
+
+def _rcode(text: str) -> int:
+    try:
+        return _RCODES[text.upper()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
+def _rcodes(opt: Args, noerror: bool = True) -> tuple[int, ...]:
+    """``RCODE...``: one name at least (NXDOMAIN, SERVFAIL, REFUSED...), any case."""
+    what = "an RCODE name such as NXDOMAIN, SERVFAIL or REFUSED"
+    allowed = None if noerror else (lambda rc: rc != dns.rcode.NOERROR)
+    hint = "" if noerror else "NOERROR cannot be a failover rcode"
+    found = [opt.value(what, _rcode, allowed, check_hint=hint)]
+    while len(opt):
+        found.append(opt.value(what, _rcode, allowed, check_hint=hint))
+    return tuple(dict.fromkeys(found))
 
 
 def _health_check_flags(opt: Args, out: dict[str, Any]) -> None:

@@ -107,6 +107,14 @@ class ForwardSettings:
     #: ``failfast_all_unhealthy_upstreams``: SERVFAIL at once when every upstream
     #: is down, instead of trying one at random.
     failfast_all_unhealthy: bool = False
+    #: ``next RCODE...``: an answer with one of these rcodes goes to the next
+    #: ``forward`` of the block instead of the client (the last forward keeps it).
+    next_rcodes: tuple[int, ...] = ()
+    #: ``failover RCODE...``: an answer with one of these rcodes is followed by a
+    #: try of the next upstream; once each upstream answered so, the last answer stands.
+    failover_rcodes: tuple[int, ...] = ()
+    #: ``max_connect_attempts``: failed tries of one query at most; 0 means no limit.
+    max_connect_attempts: int = 0
     #: Timeout of one try against one upstream, s (CoreDNS's read timeout).
     try_timeout: float = 2.0
     #: Overall budget for one client query, s; then SERVFAIL (or stale). Below the
@@ -204,7 +212,11 @@ class ServerBlock:
     #: ``debug``: log at DEBUG level (process-wide, as CoreDNS).
     debug: bool = False
     cache: CacheSettings | None = None
+    #: The first ``forward`` of the block.
     forward: ForwardSettings | None = None
+    #: The block's further ``forward`` lines, in the order written: CoreDNS chains
+    #: them after the first; the first whose FROM zone takes a name forwards it.
+    later_forwards: tuple[ForwardSettings, ...] = ()
     #: ``errors`` settings, or None when the block does not log errors.
     errors: ErrorsSettings | None = None
     log: LogSettings | None = None
