@@ -147,7 +147,7 @@ CASES: list[tuple[str, str]] = [
     ('.:53 {\n  forward . 1.1.1.1 {\n    failfast_all_unhealthy_upstreams yes\n  }\n}',
      "Corefile:3:38: forward: expected end of line after 'failfast_all_unhealthy_upstreams', found 'yes'"),
     ('.:53 {\n  forward . 1.1.1.1 {\n    bogus\n  }\n}',
-     "Corefile:3:5: forward: expected an option (except, force_tcp, prefer_udp, expire, max_fails, health_check, policy, max_concurrent, max_age, failfast_all_unhealthy_upstreams), found 'bogus'"),
+     "Corefile:3:5: forward: expected an option (except, force_tcp, prefer_udp, expire, max_fails, health_check, policy, max_concurrent, max_age, failfast_all_unhealthy_upstreams, next, failover, max_connect_attempts), found 'bogus'"),
     ('.:53 {\n  forward . 1.1.1.1 {\n    force_tcp\n    force_tcp\n  }\n}',
      "Corefile:4:5: forward: option 'force_tcp' given twice (first at Corefile:3:5)"),
     ('.:53 {\n  forward . 1.1.1.1 {\n    force_tcp yes\n  }\n}',
