@@ -58,6 +58,8 @@ def _block(block: ServerBlock) -> list[str]:
         add(label, *values)
     add("forward", *(_forward(block.forward) if block.forward
                      else ["off (what no plugin answers gets SERVFAIL)"]))
+    for later in block.later_forwards:  # chained in the order written
+        add("forward", *_forward(later))
     if block.whoami:
         add("whoami", "on (answers what forward does not take)")
     if block.errors is None:
@@ -161,7 +163,15 @@ def _forward(f: ForwardSettings) -> list[str]:
     ]
     if f.except_zones:
         out.insert(1, f"except {' '.join(f.except_zones)}")
+    hand_on = (("next forward on", f.next_rcodes), ("next upstream on", f.failover_rcodes))
+    out.extend(f"{what} {' '.join(map(_rcode, codes))}" for what, codes in hand_on if codes)
+    if f.max_connect_attempts:
+        out.append(f"max_connect_attempts {f.max_connect_attempts}")
     return out
+
+
+def _rcode(value: int) -> str:
+    return dns.rcode.to_text(dns.rcode.Rcode.make(value))
 
 
 def _rcode_text(rcode: int) -> str:
