@@ -85,6 +85,14 @@ async def test_forward_chain_matches_node_cache(case: str, tmp_path: Path) -> No
                 await pair.check(name, rdtype)
 
 
+@pytest.mark.parametrize("case", ["next", "failover", "next after failure"])
+async def test_forward_chain_over_tcp_matches_node_cache(case: str, tmp_path: Path) -> None:
+    async with upstreams() as specs:
+        async with Pair(fill(CASES[case], specs), tmp_path) as pair:  # type: ignore[arg-type]
+            for name, rdtype in QUESTIONS[:4]:
+                await pair.check(name, rdtype, tcp=True)
+
+
 async def test_max_connect_attempts_matches_node_cache(tmp_path: Path) -> None:
     # The first upstream refuses (nothing listens); one failed try is all a query may
     # take, so it is SERVFAIL although B would answer. Without the cap B answers.
