@@ -40,6 +40,9 @@ ERRORS: list[tuple[str, str]] = [
      " after 'max_connect_attempts', found '-1'"),
     (_block("  forward . 10.0.0.1 {\n    max_connect_attempts 2 3\n  }\n"),
      "Corefile:3:28: forward: expected end of line after 'max_connect_attempts 2', found '3'"),
+    (_block("  forward . 10.0.0.1 {\n    max_idle_conns many\n  }\n"),
+     "Corefile:3:20: forward: expected a non-negative integer (0: no limit)"
+     " after 'max_idle_conns', found 'many'"),
     (_block("  forward . 10.0.0.1\n  forward example.org\n"),
      "Corefile:3:11: forward: expected at least one TO: an upstream (IP, IP:PORT, [IPv6]:PORT,"
      " dns://IP[:PORT]) or a resolv.conf file after 'forward example.org', found end of line"),
@@ -58,7 +61,7 @@ def test_error(text: str, expected: str) -> None:
 def test_forward_lines_in_order_with_their_options() -> None:
     config = parse_text(_block(
         "  forward example.org 10.0.0.1 {\n    next nxdomain REFUSED NXDOMAIN\n"
-        "    failover SERVFAIL refused\n    max_connect_attempts 3\n  }\n"
+        "    failover SERVFAIL refused\n    max_connect_attempts 3\n    max_idle_conns 2\n  }\n"
         "  forward . 10.0.0.2\n  forward example.net 10.0.0.3\n"), path="Corefile", env={})
     block = config.blocks[0]
     assert block.forward is not None
@@ -66,6 +69,7 @@ def test_forward_lines_in_order_with_their_options() -> None:
     assert block.forward.next_rcodes == (dns.rcode.NXDOMAIN, dns.rcode.REFUSED)
     assert block.forward.failover_rcodes == (dns.rcode.SERVFAIL, dns.rcode.REFUSED)
     assert block.forward.max_connect_attempts == 3
+    assert block.forward.max_idle_conns == 2
     assert [f.zone for f in block.later_forwards] == [".", "example.net."]
     assert [str(f.upstreams[0]) for f in block.later_forwards] == ["10.0.0.2:53", "10.0.0.3:53"]
     assert block.later_forwards[0].next_rcodes == ()

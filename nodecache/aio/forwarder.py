@@ -177,7 +177,7 @@ class _UpstreamState:
         self.health = _policy.UpstreamHealth()
         s = fwd.settings
         self.pool = ConnectionPool(max_age=s.max_age, expire=s.expire, ids=fwd._ids,
-                                   **fwd._pool_limits)
+                                   max_idle=s.max_idle_conns, **fwd._pool_limits)
         self.protocols: dict[UpstreamConnection, _TCPProtocol] = {}
         #: The pool's timer (the earliest ``get_timer()`` of its connections).
         self._timer: asyncio.TimerHandle | None = None
@@ -191,6 +191,8 @@ class _UpstreamState:
             else:
                 self._terminated(proto.conn, ev)  # type: ignore[arg-type]
         conn = proto.conn
+        if conn.state is not ConnState.CLOSED and self.pool.surplus_idle(conn):
+            conn.terminate(ConnEvent.IDLE, "max_idle_conns")
         if conn.state is ConnState.CLOSED:
             self._discard(conn)
         elif not conn.in_flight and self._timer is None:

@@ -22,12 +22,11 @@ POLICIES = ("random", "round_robin", "sequential")
 
 _OPTIONS = ("except", "force_tcp", "prefer_udp", "expire", "max_fails", "health_check",
             "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams",
-            "next", "failover", "max_connect_attempts")
+            "next", "failover", "max_connect_attempts", "max_idle_conns")
 _NO_TLS = "nodecache forwards over plain DNS (UDP/TCP) only"
 _UNSUPPORTED = {
     "tls": _NO_TLS,
     "tls_servername": _NO_TLS,
-    "max_idle_conns": "the pool size follows the load",
 }
 _TO_WHAT = "an upstream (IP, IP:PORT, [IPv6]:PORT, dns://IP[:PORT]) or a resolv.conf file"
 
@@ -47,6 +46,7 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
     #     next RCODE...
     #     failover RCODE...
     #     max_connect_attempts INTEGER
+    #     max_idle_conns INTEGER
     # }
     # Defaults are ForwardSettings's own.
     args = Args("forward", line)
@@ -76,7 +76,7 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
             out[name] = opt.duration("a DURATION")
         elif name == "max_fails":
             out[name] = opt.integer("a non-negative integer")
-        elif name == "max_connect_attempts":
+        elif name in ("max_connect_attempts", "max_idle_conns"):
             out[name] = opt.integer("a non-negative integer (0: no limit)")
         elif name == "next":
             out["next_rcodes"] = _rcodes(opt)

@@ -115,6 +115,8 @@ class ForwardSettings:
     failover_rcodes: tuple[int, ...] = ()
     #: ``max_connect_attempts``: failed tries of one query at most; 0 means no limit.
     max_connect_attempts: int = 0
+    #: ``max_idle_conns``: idle pooled TCP connections kept per upstream; 0 means no limit.
+    max_idle_conns: int = 0
     #: Timeout of one try against one upstream, s (CoreDNS's read timeout).
     try_timeout: float = 2.0
     #: Overall budget for one client query, s; then SERVFAIL (or stale). Below the
