@@ -45,7 +45,8 @@ ERRORS: list[tuple[str, str]] = [
      " after 'max_idle_conns', found 'many'"),
     (_block("  forward . 10.0.0.1\n  forward example.org\n"),
      "Corefile:3:11: forward: expected at least one TO: an upstream (IP, IP:PORT, [IPv6]:PORT,"
-     " dns://IP[:PORT]) or a resolv.conf file after 'forward example.org', found end of line"),
+     " dns://IP[:PORT], tls://IP[:PORT]) or a resolv.conf file after 'forward example.org',"
+     " found end of line"),
     (_block("  forward . 10.0.0.1\n  forward example..org 10.0.0.2\n"),
      "Corefile:3:11: forward: expected a FROM zone after 'forward', found 'example..org'"),
 ]

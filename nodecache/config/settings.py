@@ -71,6 +71,8 @@ class Upstream:
 
     host: str
     port: int = 53
+    #: ``tls://``: DNS over TLS (RFC 7858), always over a pooled TCP connection.
+    tls: bool = False
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -117,6 +119,11 @@ class ForwardSettings:
     max_connect_attempts: int = 0
     #: ``max_idle_conns``: idle pooled TCP connections kept per upstream; 0 means no limit.
     max_idle_conns: int = 0
+    #: ``tls [CERT KEY [CA]]`` (or ``tls CA``) for ``tls://`` upstreams: absolute paths.
+    tls_files: tuple[str, ...] = ()
+    #: ``tls_servername``: the name the upstreams' certificates must carry (and SNI);
+    #: "" checks the certificate against the upstream's IP address.
+    tls_servername: str = ""
     #: Timeout of one try against one upstream, s (CoreDNS's read timeout).
     try_timeout: float = 2.0
     #: Overall budget for one client query, s; then SERVFAIL (or stale). Below the
