@@ -7,12 +7,14 @@ www.example.org different addresses), so the reply shows which forward took it.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import dns.message
 import dns.rcode
 import pytest
 
+from tests.agentkit import AgentKit, rcode_text
 from tests.diffkit import Pair, Zone
 from tests.fakeupstream import FakeUpstream
 from tests.refnodecache import closed_port
@@ -107,3 +109,17 @@ async def test_max_connect_attempts_matches_node_cache(tmp_path: Path) -> None:
         async with Pair(fill(uncapped, specs), tmp_path) as pair:  # type: ignore[arg-type]
             reply = await pair.check("www.example.org.", "A", times=1)
             assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+
+
+async def test_failover_stops_once_each_upstream_answered() -> None:
+    # Better than node-cache: CoreDNS 1.13.2 starts the list over and sends
+    # queries until its 5 s deadline (thousands on loopback), then SERVFAIL.
+    async with FakeUpstream(handler=_servfail) as a, FakeUpstream(handler=_servfail) as b:
+        text = (f".:53 {{\n  forward . 127.0.0.1:{a.port} 127.0.0.1:{b.port} {{\n"
+                "    policy sequential\n    failover SERVFAIL\n  }\n}\n")
+        async with AgentKit(text) as kit:
+            started = time.monotonic()
+            reply = await kit.query("x.example.org.")
+            assert rcode_text(reply) == "SERVFAIL"
+            assert time.monotonic() - started < 1.5  # wide margin: loopback answers in ms
+            assert (len(a.queries), len(b.queries)) == (1, 1)
