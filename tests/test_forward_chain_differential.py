@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.message
@@ -67,10 +68,10 @@ CASES = {
 
 
 @contextlib.asynccontextmanager
-async def upstreams() -> object:
+async def upstreams() -> AsyncIterator[dict[str, str]]:
     async with Zone(ZONE_A, SOA) as a, Zone(ZONE_B, SOA) as b, \
             FakeUpstream(handler=_servfail) as f:
-        yield {"A": a.spec, "B": b.spec, "F": f"127.0.0.1:{f.port}"}
+        yield {"A": f"127.0.0.1:{a.port}", "B": f"127.0.0.1:{b.port}", "F": f"127.0.0.1:{f.port}"}
 
 
 def fill(corefile: str, specs: dict[str, str]) -> str:
@@ -82,7 +83,7 @@ def fill(corefile: str, specs: dict[str, str]) -> str:
 @pytest.mark.parametrize("case", list(CASES))
 async def test_forward_chain_matches_node_cache(case: str, tmp_path: Path) -> None:
     async with upstreams() as specs:
-        async with Pair(fill(CASES[case], specs), tmp_path) as pair:  # type: ignore[arg-type]
+        async with Pair(fill(CASES[case], specs), tmp_path) as pair:
             for name, rdtype in QUESTIONS:
                 await pair.check(name, rdtype)
 
@@ -90,7 +91,7 @@ async def test_forward_chain_matches_node_cache(case: str, tmp_path: Path) -> No
 @pytest.mark.parametrize("case", ["next", "failover", "next after failure"])
 async def test_forward_chain_over_tcp_matches_node_cache(case: str, tmp_path: Path) -> None:
     async with upstreams() as specs:
-        async with Pair(fill(CASES[case], specs), tmp_path) as pair:  # type: ignore[arg-type]
+        async with Pair(fill(CASES[case], specs), tmp_path) as pair:
             for name, rdtype in QUESTIONS[:4]:
                 await pair.check(name, rdtype, tcp=True)
 
@@ -102,11 +103,11 @@ async def test_max_connect_attempts_matches_node_cache(tmp_path: Path) -> None:
     async with upstreams() as specs:
         capped = block(f"  forward . {refused} B {{\n    policy sequential\n"
                        "    max_connect_attempts 1\n  }\n")
-        async with Pair(fill(capped, specs), tmp_path) as pair:  # type: ignore[arg-type]
+        async with Pair(fill(capped, specs), tmp_path) as pair:
             reply = await pair.check("www.example.org.", "A", times=1)
             assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
         uncapped = block(f"  forward . {refused} B {{\n    policy sequential\n  }}\n")
-        async with Pair(fill(uncapped, specs), tmp_path) as pair:  # type: ignore[arg-type]
+        async with Pair(fill(uncapped, specs), tmp_path) as pair:
             reply = await pair.check("www.example.org.", "A", times=1)
             assert reply is not None and reply.rcode() == dns.rcode.NOERROR
 

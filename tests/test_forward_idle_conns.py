@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import dns.message
 import pytest
@@ -72,7 +73,7 @@ def test_closed_connection_is_never_surplus() -> None:
 async def test_idle_connections_beyond_the_cap_close(cap: int) -> None:
     ok = answer_from(RECORDS)
 
-    async def slow(query: dns.message.Message, proto: str) -> object:
+    async def slow(query: dns.message.Message, proto: str) -> Any:
         await asyncio.sleep(0.05)  # keeps the burst's queries in flight together
         return ok(query, proto)
 
