@@ -9,11 +9,11 @@ Order matters on a node (NODELOCAL.md 1.2, 1.5):
   when complete; listeners that stay are re-pointed, never closed; caches whose
   settings did not change keep their entries; any failure keeps the old one;
 * shutdown: /health fails for ``lameduck`` while queries are still answered;
-  if another agent serves on the node by then (it holds the serving lock, see
-  :class:`~nodecache.aio.servinglock.ServingLock`), this one hands over: it leaves the SO_REUSEPORT groups,
-  answers what it already has, and exits without touching the rules. Otherwise
-  it is the last one: the rules go (kube-dns takes over the ClusterIP), then the
-  listeners are drained and closed. docs/upgrades.md has the whole story.
+  if another agent serves on the node by then (it holds the serving lock,
+  aio/servinglock.py; aio/handover.py), this one hands over: it leaves the
+  SO_REUSEPORT groups, answers what it already has, and exits without touching
+  the rules. Otherwise it is the last one: the rules go (kube-dns takes over
+  the ClusterIP), then the listeners are drained and closed. docs/upgrades.md has the whole story.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from nodecache.aio.loopcheck import check_loops
 from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
-from nodecache.aio.servinglock import ServingLock, successor_serving, take_shared
+from nodecache.aio.handover import successor_serving, take_shared
+from nodecache.aio.servinglock import ServingLock
 from nodecache.config import bind
 from nodecache.config.settings import Config
 from nodecache.core import querylog

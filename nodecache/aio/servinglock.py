@@ -1,24 +1,13 @@
 """The serving lock: which agent on a node is the last one (and so tears down).
 
-:class:`ServingLock` is the flock itself; :func:`take_shared` and
-:func:`successor_serving` are the agent's two moves with it (rules 3 and 2).
+The supervisor holds one too, so this module imports no asyncio or logging
+(see supervisor.py); the agent's moves with it are in handover.py.
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
-import logging
 import os
-
-from nodecache.errors import NodecacheError
-
-log = logging.getLogger(__name__)
-
-#: How often the old agent looks for a successor during lameduck, s.
-SUCCESSOR_POLL = 0.1
-#: How long a starting agent waits for an exiting one to finish its teardown, s.
-SERVING_LOCK_WAIT = 30.0
 
 
 class ServingLock:
@@ -81,51 +70,3 @@ class ServingLock:
         if self.fd is not None:
             os.close(self.fd)  # drops the lock
             self.fd = None
-
-
-async def take_shared(lock: ServingLock) -> bool:
-    """Hold ``lock`` shared, waiting (bounded) while an exiting agent tears down (rule 3).
-
-    :returns: Whether we waited: the exiting agent may then have removed the
-        interface or its addresses.
-    :raises NodecacheError: Someone held it exclusively for SERVING_LOCK_WAIT.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SERVING_LOCK_WAIT
-    waited = False
-    while not lock.try_shared():
-        if loop.time() >= deadline:
-            raise NodecacheError(
-                f"another agent has held {lock.path} exclusively for "
-                f"{SERVING_LOCK_WAIT:.0f}s (a teardown that does not finish)")
-        if not waited:
-            log.info("waiting for the exiting agent to finish its teardown (%s)", lock.path)
-            waited = True
-        await asyncio.sleep(SUCCESSOR_POLL)
-    return waited
-
-
-async def successor_serving(lock: ServingLock | None, lameduck: float) -> bool:
-    """Lameduck, cut short once another agent holds ``lock``.
-
-    Returns whether a successor serves; if not, we hold the lock exclusively
-    (rule 2) until we exit. Without a lock there is never a successor.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + lameduck
-    if lock is None:
-        if lameduck:
-            await asyncio.sleep(lameduck)
-        return False
-    while True:
-        try:
-            if not lock.try_exclusive():
-                return True
-        except OSError as exc:
-            log.warning("serving lock %s: %s; acting as the last agent", lock.path, exc)
-            return False
-        left = deadline - loop.time()
-        if left <= 0:
-            return False
-        lock.try_shared()  # back to shared while we wait: a successor may start
-        await asyncio.sleep(min(SUCCESSOR_POLL, left))
