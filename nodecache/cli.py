@@ -141,15 +141,16 @@ def cli() -> None:
                    "(docs/upgrades.md).")
 @click.option("--worker", is_flag=True, default=False, hidden=True,
               help="Serve as the supervised child of 'nodecache run' (set by the supervisor).")
-def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upstreamsvc: str,
-                localip: str, domain: str | None, resolv_conf: str, setupinterface: bool,
-                setupiptables: bool, interfacename: str, firewall: str, syncinterval: float,
-                skipteardown: bool, health_port: int | None, pidfile: str | None, dns_port: int,
+@click.pass_obj
+def run_command(run_args: list[str] | None, conf: str, basecorefile: str | None,
+                kubednscm: str | None, upstreamsvc: str, localip: str, domain: str | None,
+                resolv_conf: str, setupinterface: bool, setupiptables: bool,
+                interfacename: str, firewall: str, syncinterval: float, skipteardown: bool,
+                health_port: int | None, pidfile: str | None, dns_port: int,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
                 reloadwithsignal: bool, log_level: str, dry_run: bool, quiet: bool = False,
                 cache_snapshot: str | None = None, serving_lock: str | None = None,
-                supervise: bool = True,
-                worker: bool = False) -> None:
+                supervise: bool = True, worker: bool = False) -> None:
     """Serve DNS from the cache (node-cache compatible flags)."""
     from nodecache import config as corefile  # noqa: PLC0415
     from nodecache.configsource import FileSource, TemplateSource  # noqa: PLC0415
@@ -196,8 +197,8 @@ def run_command(conf: str, basecorefile: str | None, kubednscm: str | None, upst
         return
     from nodecache import supervisor  # noqa: PLC0415
     channel = supervisor.WorkerChannel.from_env() if worker else None
-    if hostnet is not None and supervise and not worker and _RUN_ARGS is not None:
-        supervisor.become_supervisor(_RUN_ARGS)  # does not return
+    if hostnet is not None and supervise and not worker and run_args is not None:
+        supervisor.become_supervisor(run_args)  # does not return
     from nodecache.aio.agent import DEFAULT_SERVING_LOCK, Agent  # noqa: PLC0415
     if serving_lock is None and hostnet is not None:
         serving_lock = os.path.join(os.path.dirname(os.path.abspath(pidfile)), "serving.lock") \
@@ -359,10 +360,6 @@ cli.add_command(teardown_command)
 cli.add_command(bench_client_command)
 
 
-#: The normalised arguments of this process, for the supervised worker's command line.
-_RUN_ARGS: list[str] | None = None
-
-
 #: Options of the command group itself; any other leading option means ``run``.
 _GROUP_OPTIONS = frozenset({"-h", "--help", "--version", "-version"})
 
@@ -377,11 +374,11 @@ def command_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one line on stderr and a non-zero exit for any error."""
-    global _RUN_ARGS
     args = normalize_nodecache_argv(command_argv(list(sys.argv[1:] if argv is None else argv)))
-    _RUN_ARGS = args
     try:
-        cli.main(args=args, prog_name="nodecache", standalone_mode=False)
+        # The context object: the normalised arguments, for the supervised worker's
+        # command line (``run`` re-executes itself with them).
+        cli.main(args=args, prog_name="nodecache", standalone_mode=False, obj=args)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.UsageError as exc:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import platform
 import resource
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
+from .config.settings import ServerBlock
 from .core.stats import AgentStats, CacheStats, ForwardStats, Histogram, ServerStats
 
 #: node-cache pre-creates these so the series exist at zero from the start.
@@ -153,20 +154,28 @@ def enabled_plugins(block: object) -> tuple[str, ...]:
                         not in (None, False, ())))
 
 
+def server_stats(block: ServerBlock, zone: str) -> ServerStats:
+    """A zone's counters, knowing which plugins its block enables (``coredns_plugin_enabled``)."""
+    return ServerStats(block.server, zone, plugins=enabled_plugins(block))
+
+
 class StatsCollector(Collector):
     """Reads the plain counters at scrape time and yields CoreDNS-named families.
 
     :param sources: The stats objects to export; replace them with :meth:`set_sources`.
     :param version: ``coredns_build_info`` ``version``.
     :param revision: ``coredns_build_info`` ``revision`` (a VCS revision, if known).
+    :param sync: Called before each scrape, to fold tallies kept elsewhere into the
+        counters (the hit path counts in a dict of its own: ``QueryHandler.sync_stats``).
 
     ``collect()`` runs on whichever thread scrapes; the counters are plain ints
     whose reads are atomic, so a scrape sees each value at some instant.
     """
 
     def __init__(self, sources: StatsSources | None = None, *, version: str = __version__,
-                 revision: str = "") -> None:
+                 revision: str = "", sync: Callable[[], None] | None = None) -> None:
         self._sources = sources or StatsSources()
+        self._sync = sync
         self.version = version
         self.revision = revision
         self.goversion = "python " + ".".join(platform.python_version_tuple()[:2])
@@ -192,6 +201,8 @@ class StatsCollector(Collector):
             yield family
 
     def collect(self) -> Iterator[Metric]:
+        if self._sync is not None:
+            self._sync()
         yield from self._families(self._sources)
 
     def _families(self, src: StatsSources) -> Iterator[Metric]:

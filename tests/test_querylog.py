@@ -4,11 +4,16 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+import dns.message
+import dns.rcode
+import dns.rrset
 import pytest
 
+from nodecache.config.settings import LogSettings
 from nodecache.core.querylog import (
     COMBINED_LOG_FORMAT,
     QueryLogEntry,
+    answered_line,
     effective_bufsize,
     error_line,
     format_duration,
@@ -154,3 +159,43 @@ def test_log_class_default_assumes_soa() -> None:
 ])
 def test_error_line(args: tuple[int, str, int, object], line: str) -> None:
     assert error_line(*args) == line
+
+
+def _exchange(rcode: int, *, answer: bool = False, soa: bool = False) -> tuple[bytes, bytes]:
+    query = dns.message.make_query("Host.Example.", "AAAA", use_edns=0, payload=1232,
+                                   want_dnssec=True)
+    query.id = 513
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    if answer:
+        response.answer.append(dns.rrset.from_text("host.example.", 30, "IN", "AAAA", "::1"))
+    if soa:
+        response.authority.append(dns.rrset.from_text("example.", 30, "IN", "SOA",
+                                                      "ns. host. 1 2 3 4 30"))
+    return query.to_wire(), response.to_wire()
+
+
+def test_answered_line_reads_both_messages() -> None:
+    query, reply = _exchange(dns.rcode.NOERROR, answer=True)
+    line = answered_line(LogSettings(), ("10.0.0.7", 40000), query, reply, "udp", 0.0015)
+    assert line == (f'[INFO] 10.0.0.7:40000 - 513 "AAAA IN host.example. udp {len(query)} '
+                    f'true 1232" NOERROR qr,rd {len(reply)} 0.0015s')
+
+
+@pytest.mark.parametrize(("rcode", "answer", "soa", "classes", "logged"), [
+    (dns.rcode.NXDOMAIN, False, True, {"denial"}, True),
+    (dns.rcode.NXDOMAIN, False, True, {"success", "error"}, False),
+    (dns.rcode.NXDOMAIN, False, False, {"error"}, True),  # no SOA: not a denial
+    (dns.rcode.NOERROR, False, True, {"denial"}, True),  # NODATA
+    (dns.rcode.NOERROR, True, False, {"denial", "error"}, False),
+    (dns.rcode.SERVFAIL, False, False, {"error"}, True),
+])
+def test_answered_line_keeps_only_the_classes_asked_for(rcode: int, answer: bool, soa: bool,
+                                                        classes: set[str],
+                                                        logged: bool) -> None:
+    query, reply = _exchange(rcode, answer=answer, soa=soa)
+    line = answered_line(LogSettings(classes=frozenset(classes)), None, query, reply, "tcp", 0.1)
+    assert (line is not None) == logged
+    if line is not None:
+        assert line.startswith('[INFO] -:0 - 513 "AAAA IN host.example. tcp ')
+        assert " 65535\" " in line  # bufsize over TCP

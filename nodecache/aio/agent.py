@@ -9,11 +9,11 @@ Order matters on a node (NODELOCAL.md 1.2, 1.5):
   when complete; listeners that stay are re-pointed, never closed; caches whose
   settings did not change keep their entries; any failure keeps the old one;
 * shutdown: /health fails for ``lameduck`` while queries are still answered;
-  if another agent serves on the node by then (it holds the serving lock, see
-  :class:`ServingLock`), this one hands over: it leaves the SO_REUSEPORT groups,
-  answers what it already has, and exits without touching the rules. Otherwise
-  it is the last one: the rules go (kube-dns takes over the ClusterIP), then the
-  listeners are drained and closed. docs/upgrades.md has the whole story.
+  if another agent serves on the node by then (it holds the serving lock,
+  aio/servinglock.py; aio/handover.py), this one hands over: it leaves the
+  SO_REUSEPORT groups, answers what it already has, and exits without touching
+  the rules. Otherwise it is the last one: the rules go (kube-dns takes over
+  the ClusterIP), then the listeners are drained and closed. docs/upgrades.md has the whole story.
 """
 from __future__ import annotations
 
@@ -23,30 +23,31 @@ import logging
 import os
 import random
 import signal
-import socket
-import struct
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nodecache.aio.errorlog import ErrorReporter
+from nodecache.aio.forwardchain import ForwardChain, forwarder_for, stats_of
 from nodecache.aio.forwarder import Forwarder
 from nodecache.aio.hostsfile import TICK as HOSTS_TICK
 from nodecache.aio.hostsfile import HostsFiles, hosts_stages
-from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
+from nodecache.aio.http import HttpEndpoints, PluginEndpoints, self_check
+from nodecache.aio.loopcheck import check_loops
 from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
+from nodecache.aio.handover import successor_serving, take_shared
 from nodecache.aio.servinglock import ServingLock
 from nodecache.config import bind
-from nodecache.config.settings import Config, LogSettings, ServerBlock
-from nodecache.core import wire
+from nodecache.config.settings import Config
+from nodecache.core import querylog
 from nodecache.core import runtime as _runtime
-from nodecache.core.handler import QueryHandler, Zone, zone_wire
-from nodecache.core.stats import AgentStats, ForwardStats, ServerStats
+from nodecache.core.handler import SLOT_PROTO, QueryHandler, Zone
+from nodecache.core.stats import AgentStats, ForwardStats
 from nodecache.errors import ConfigError, NodecacheError
-from nodecache.metrics import StatsCollector, enabled_plugins, make_registry
+from nodecache.metrics import StatsCollector, make_registry, server_stats
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,24 @@ OVERLOAD_HOLD = 0.5
 GC_THRESHOLDS = (50_000, 20, 100)
 #: How often garbage in cycles is collected and the survivors frozen, s.
 GC_INTERVAL = 60.0
-#: How long the loop check waits for its probe to come back, s.
-LOOP_PROBE_WAIT = 2.0
 #: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
 SHUTDOWN_GRACE = 5.0
-#: How often the old agent looks for a successor during lameduck, s.
-SUCCESSOR_POLL = 0.1
-#: How long a starting agent waits for an exiting one to finish its teardown, s.
-SERVING_LOCK_WAIT = 30.0
 #: Where the serving lock lives when neither --serving-lock nor --pidfile says.
 DEFAULT_SERVING_LOCK = "/run/nodecache/serving.lock"
 
 
-class LoopDetected(NodecacheError):
-    """A forwarding loop was detected (the upstream sends our queries back to us)."""
+class HostNet(Protocol):
+    """The node's interface and firewall rules (``nodecache.hostnet.HostNetwork``).
+
+    Each call blocks (netlink, iptables): the agent runs them in a thread.
+    """
+
+    def check_prerequisites(self) -> None: ...
+    def adopt_leftovers(self) -> None: ...
+    def ensure_interface(self) -> None: ...
+    def ensure_rules(self) -> int: ...
+    def resync(self) -> None: ...
+    def teardown(self) -> None: ...
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Runtime:
     #: listener (address, port) -> handler
     handlers: dict[tuple[str, int], QueryHandler]
     resolvers: dict[int, Resolver] = field(default_factory=dict)
-    forwarders: dict[Zone, Forwarder] = field(default_factory=dict)
+    forwarders: dict[Zone, Forwarder | ForwardChain] = field(default_factory=dict)
     forward_stats: list[ForwardStats] = field(default_factory=list)
     errors: ErrorReporter = field(default_factory=ErrorReporter)
 
@@ -102,7 +107,7 @@ class Runtime:
 class Agent:
     """Serves one Config at a time."""
 
-    def __init__(self, load_config: Callable[[], Config], *, hostnet: object | None = None,
+    def __init__(self, load_config: Callable[[], Config], *, hostnet: HostNet | None = None,
                  stats: AgentStats | None = None, syncinterval: float = 60.0,
                  skipteardown: bool = False, pidfile: str | None = None,
                  extra_metrics_address: str | None = None,
@@ -119,7 +124,6 @@ class Agent:
         self.syncinterval = syncinterval
         self.skipteardown = skipteardown
         self.pidfile = PidFile(pidfile) if pidfile else None
-        self.extra_metrics_address = extra_metrics_address
         #: Where the cache is written at shutdown and read back at start (docs/upgrades.md).
         self.cache_snapshot = cache_snapshot
         #: Held shared while serving; tells an exiting agent whether a successor
@@ -132,15 +136,15 @@ class Agent:
         #: Which handlers index each zone's cache entries (core.runtime rule 2).
         self._index = _runtime.EntryIndex()
         self.listeners: dict[tuple[str, int], Listener] = {}
-        self.http = HttpEndpoints()
-        self.collector = _SyncingCollector(self)
+        self.collector = StatsCollector(sync=self._sync_stats)
         self.registry = make_registry(self.collector)
         #: /ready: true from serving (listeners bound, rules in place) until SIGTERM.
         self.ready = False
+        self._http = PluginEndpoints(self.registry, self.stats, lambda: self.ready,
+                                     extra_metrics_address=extra_metrics_address)
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
         self.hosts_files = HostsFiles(self.stats.hosts_reloaded)
         #: The root logger's level before a ``debug`` block lowered it.
@@ -150,7 +154,7 @@ class Agent:
 
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
         zones, handlers = _runtime.build(config, previous.zones if previous else (), self._index,
-                                         on_log=_log_query, server_stats=_server_stats)
+                                         on_log=_log_query, server_stats=server_stats)
         self.hosts_files.check(hosts_stages(zones), time.monotonic())
         return Runtime(config, zones, handlers)
 
@@ -170,11 +174,10 @@ class Agent:
                 continue
             reuse = next((f for z, f in old.items() if z is zone), None)
             if reuse is None:
-                stats = ForwardStats(zone.block.server, zone.name)
-                reuse = Forwarder(forward, stats)
+                reuse = forwarder_for(zone.block, zone.name)
                 await reuse.start()
             runtime.forwarders[zone] = reuse
-            runtime.forward_stats.append(reuse.stats)
+            runtime.forward_stats.extend(stats_of(reuse))
         for handler in runtime.unique_handlers():
             resolver = Resolver(handler, runtime.forwarders, self.stats, runtime.errors)
             runtime.resolvers[id(handler)] = resolver
@@ -205,9 +208,9 @@ class Agent:
     async def start(self) -> None:
         config = self.load_config()
         if self.hostnet is not None:
-            await asyncio.to_thread(self.hostnet.check_prerequisites)  # type: ignore[attr-defined]
-            await asyncio.to_thread(self.hostnet.adopt_leftovers)  # type: ignore[attr-defined]
-            await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
+            await asyncio.to_thread(self.hostnet.check_prerequisites)
+            await asyncio.to_thread(self.hostnet.adopt_leftovers)
+            await asyncio.to_thread(self.hostnet.ensure_interface)
         # After the interface exists: ``bind nodelocaldns`` names it (node-cache, too,
         # sets up its interface before the server starts).
         config = self._resolve(config)
@@ -223,12 +226,15 @@ class Agent:
             raise NodecacheError(f"cannot listen: {exc}") from exc
         self._set_runtimes(runtime, None)
         self._export(runtime)
-        await self._start_http(runtime.config)
-        await self._check_loops(runtime)
-        if self.serving_lock is not None:
-            await self._take_serving_lock()
+        await self._http.apply(runtime.config)
+        await check_loops(runtime.zones, runtime.handlers,
+                          {a: lt.port for a, lt in self.listeners.items()})
+        if self.serving_lock is not None and await take_shared(self.serving_lock) \
+                and self.hostnet is not None:
+            # The exiting agent may have removed the link or its addresses: put them back.
+            await asyncio.to_thread(self.hostnet.ensure_interface)
         if self.hostnet is not None:
-            added = await asyncio.to_thread(self.hostnet.ensure_rules)  # type: ignore[attr-defined]
+            added = await asyncio.to_thread(self.hostnet.ensure_rules)
             log.info("firewall rules in place (%s added)", added)
         if self.pidfile:
             self.pidfile.write()
@@ -241,53 +247,6 @@ class Agent:
         self._spawn(self._health_self_check())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
-
-    async def _take_serving_lock(self) -> None:
-        """Hold the serving lock shared; wait while an exiting agent tears down."""
-        lock = self.serving_lock
-        assert lock is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SERVING_LOCK_WAIT
-        waited = False
-        while not lock.try_shared():
-            if loop.time() >= deadline:
-                raise NodecacheError(
-                    f"another agent has held {lock.path} exclusively for "
-                    f"{SERVING_LOCK_WAIT:.0f}s (a teardown that does not finish)")
-            if not waited:
-                log.info("waiting for the exiting agent to finish its teardown (%s)",
-                         lock.path)
-                waited = True
-            await asyncio.sleep(SUCCESSOR_POLL)
-        if waited and self.hostnet is not None:
-            # It may have removed the link or its addresses: put them back first.
-            await asyncio.to_thread(self.hostnet.ensure_interface)  # type: ignore[attr-defined]
-
-    async def _successor_serving(self, lameduck: float) -> bool:
-        """Lameduck, cut short once another agent holds the serving lock.
-
-        Returns whether a successor serves; if not, we hold the lock exclusively
-        (ServingLock rule 2) until we exit.
-        """
-        lock = self.serving_lock
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + lameduck
-        if lock is None:
-            if lameduck:
-                await asyncio.sleep(lameduck)
-            return False
-        while True:
-            try:
-                if not lock.try_exclusive():
-                    return True
-            except OSError as exc:
-                log.warning("serving lock %s: %s; acting as the last agent", lock.path, exc)
-                return False
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            lock.try_shared()  # back to shared while we wait: a successor may start
-            await asyncio.sleep(min(SUCCESSOR_POLL, left))
 
     async def _open_listeners(self, runtime: Runtime) -> None:
         opened: list[tuple[tuple[str, int], Listener]] = []
@@ -316,70 +275,22 @@ class Agent:
         for address in [a for a in self.listeners if a not in runtime.handlers]:
             await self.listeners.pop(address).close()
 
+    @property
+    def http(self) -> HttpEndpoints:
+        """The HTTP listeners serving now (replaced when a reload moves them)."""
+        return self._http.endpoints
+
+    def _sync_stats(self) -> None:
+        """Fold the hit path's tallies into the counters (before each scrape)."""
+        if self.runtime is not None:
+            for handler in self.runtime.unique_handlers():
+                handler.sync_stats()
+
     def _export(self, runtime: Runtime) -> None:
         self.collector.set_sources(
             servers=[s for z in runtime.zones for s in z.all_stats()[0]],
             caches=[c for z in runtime.zones for c in z.all_stats()[1]],
             forwards=runtime.forward_stats, agent=self.stats)
-
-    async def _start_http(self, config: Config) -> None:
-        prometheus = sorted({b.prometheus for b in config.blocks if b.prometheus})
-        health = sorted({b.health.address for b in config.blocks if b.health})
-        ready = sorted({b.ready for b in config.blocks if b.ready})
-        extra = [self.extra_metrics_address] if self.extra_metrics_address else []
-        wanted = (tuple(prometheus + extra), tuple(health), tuple(ready))
-        if wanted == self._http_config:
-            return
-        await self.http.close()
-        self.http = HttpEndpoints()
-        for address in prometheus + extra:
-            await self.http.start(address, {"/metrics": metrics_route(self.registry, self.stats)})
-        for address in health:
-            await self.http.start(address, {"/health": health_route()})
-        for address in ready:
-            await self.http.start(address, {"/ready": ready_route(lambda: self.ready)})
-        self._http_config = wanted
-
-    async def _check_loops(self, runtime: Runtime) -> None:
-        """The ``loop`` plugin: send a probe to ourselves; seeing it again means a loop."""
-        probes: list[tuple[QueryHandler, bytes, tuple[str, int]]] = []
-        for zone in runtime.zones:
-            if not zone.block.loop or zone.block.forward is None:
-                continue
-            address = next((a for a, h in runtime.handlers.items()
-                            if zone in h.zones.values()), None)
-            if address is None:
-                continue
-            handler = runtime.handlers[address]
-            label = f"{random.getrandbits(63)}.{random.getrandbits(63)}"
-            name = zone_wire(f"{label}.{zone.name}" if zone.name != "." else f"{label}.")
-            handler.loop_probes[name] = 0
-            probes.append((handler, name, (address[0], self.listeners[address].port)))
-        if not probes:
-            return
-        loop = asyncio.get_running_loop()
-        for handler, name, (host, port) in probes:
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-            query = struct.pack("!HHHHHH", random.getrandbits(16), wire.RD, 1, 0, 0, 0) + name \
-                + struct.pack("!HH", 13, wire.CLASS_IN)  # HINFO, as CoreDNS's loop plugin
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)
-                try:
-                    sock.connect((host, port))
-                    sock.send(query)  # a datagram never blocks here
-                    await asyncio.wait_for(loop.sock_recv(sock, 512), LOOP_PROBE_WAIT)
-                except (OSError, asyncio.TimeoutError):
-                    pass
-            seen = handler.loop_probes.pop(name, 0)
-            # Once from us; a second time means the upstream sent it back.
-            if seen >= 2:
-                looped = handler.route(name)
-                raise LoopDetected(
-                    f"Loop ({host}:{port} -> upstream) detected for zone "
-                    f"{looped.name if looped else '?'}: the upstream "
-                    f"forwards our queries back to us; see the node's resolv.conf "
-                    f"(a systemd-resolved stub such as 127.0.0.53 is the usual cause)")
 
     # -- running -------------------------------------------------------------
 
@@ -444,13 +355,13 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
             try:
-                await asyncio.to_thread(self.hostnet.resync)  # type: ignore[attr-defined]
+                await asyncio.to_thread(self.hostnet.resync)
             except Exception:
                 log.exception("re-checking the interface and rules failed")
 
     async def _health_self_check(self) -> None:
         """The ``health`` plugin's self-check (coredns_health_request_* metrics)."""
-        # self.http is replaced on reload: look the address up afresh each time.
+        # The endpoints are replaced on reload: look the address up afresh each time.
         await self_check(lambda: self.http.address_of("/health"), "/health", self.stats)
 
     async def _reload_loop(self) -> None:
@@ -497,16 +408,16 @@ class Agent:
             try:
                 await self._wire(runtime, previous)
                 await self._open_listeners(runtime)
-                await self._start_http(config)
+                await self._http.apply(config)
             except (OSError, NodecacheError, ValueError) as exc:
                 self._set_runtimes(self.runtime, None)
                 await self._close_forwarders(runtime, previous)
                 # Back to the previous listeners (keyed by the Corefile's address: with
                 # port 0 a listener's bound port differs) and HTTP endpoints.
-                self._http_config = None
+                self._http.forget()
                 try:
                     await self._open_listeners(previous)
-                    await self._start_http(previous.config)
+                    await self._http.apply(previous.config)
                 except (OSError, NodecacheError, ValueError):
                     log.exception("reload: could not fully restore the running configuration")
                 self.stats.reload_failed += 1
@@ -544,7 +455,7 @@ class Agent:
                        default=0.0) if runtime else 0.0
         if lameduck:
             log.info("lameduck: still answering for %.1fs", lameduck)
-        successor = await self._successor_serving(lameduck)
+        successor = await successor_serving(self.serving_lock, lameduck)
         if successor:
             log.info("another agent serves on this node (%s): handing over to it",
                      self.serving_lock.path if self.serving_lock else "")
@@ -552,7 +463,7 @@ class Agent:
             log.info("skipping teardown: the interface and rules stay for the other agent")
         elif self.hostnet is not None and not self.skipteardown:
             try:
-                await asyncio.wait_for(asyncio.to_thread(self.hostnet.teardown),  # type: ignore
+                await asyncio.wait_for(asyncio.to_thread(self.hostnet.teardown),
                                        SHUTDOWN_GRACE * 2)
             except Exception:
                 log.exception("teardown failed")
@@ -676,7 +587,7 @@ class Agent:
             for resolver in runtime.resolvers.values():
                 await resolver.close()
             await self._close_forwarders(runtime, None)
-        await self.http.close()
+        await self._http.close()
 
     async def run(self) -> None:
         """Start, then serve until SIGTERM/SIGINT; SIGUSR1 reloads."""
@@ -693,57 +604,14 @@ class Agent:
             await self.shutdown()
 
 
-class _SyncingCollector(StatsCollector):
-    """Folds the hit path's tallies into the counters before each scrape."""
-
-    def __init__(self, agent: Agent) -> None:
-        super().__init__()
-        self._agent = agent
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        runtime = self._agent.runtime
-        if runtime is not None:
-            for handler in runtime.unique_handlers():
-                handler.sync_stats()
-        return super().collect()
-
-
-def _server_stats(block: ServerBlock, zone: str) -> ServerStats:
-    return ServerStats(block.server, zone, plugins=enabled_plugins(block))
-
-
-_ALL_CLASSES = LogSettings().classes
-_TYPE_SOA = 6
-
-
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,
                duration: float) -> None:
     """The ``log`` plugin: one CoreDNS Common Log Format line per answered query."""
-    from nodecache.core import querylog  # noqa: PLC0415
-    from nodecache.core.handler import SLOT_PROTO, name_text  # noqa: PLC0415
-    settings = zone.block.log
     try:
-        question = wire.parse_query(query)
-        rcode = reply[3] & 0xF if len(reply) >= 12 else None
-        ancount = wire.read_u16(reply, 6) if len(reply) >= 12 else 0
-        if settings is not None and rcode is not None and settings.classes != _ALL_CLASSES:
-            # NXDOMAIN and NODATA are denials only with an SOA (CoreDNS's Typify).
-            soa = ancount == 0 and any(r.rtype == _TYPE_SOA
-                                       for r in wire.index_response(reply).authority)
-            if querylog.log_class(rcode, ancount, soa_in_authority=soa) not in settings.classes:
-                return
-        host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
-        proto = SLOT_PROTO[slot & 3]
-        edns = question.edns
-        entry = querylog.QueryLogEntry(
-            remote=host, port=port, id=wire.read_u16(query, 0), qtype=question.qtype,
-            qclass=question.qclass, qname=name_text(question.qname), proto=proto,
-            size=len(query), do=bool(edns and edns[2]),
-            bufsize=querylog.effective_bufsize(proto, edns[0] if edns else None),
-            rcode=rcode, rflags=wire.read_u16(reply, 2) if len(reply) >= 4 else None,
-            rsize=len(reply), duration=duration)
-        line = querylog.query_line(entry, settings.format if settings else None)
+        line = querylog.answered_line(zone.block.log, addr, query, reply, SLOT_PROTO[slot & 3],
+                                      duration)
     except Exception:  # a log line must never cost the answer
         log.debug("could not format a query log line", exc_info=True)
         return
-    logging.getLogger("nodecache.query").info("%s", line)
+    if line is not None:
+        logging.getLogger("nodecache.query").info("%s", line)

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from nodecache.aio.dot import client_context
 from nodecache.config.settings import ForwardSettings, Upstream
 from nodecache.core import plan as _plan
 from nodecache.core import policy as _policy
@@ -108,6 +109,7 @@ class _TCPProtocol(asyncio.Protocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self._flush_pending = False
+        self._tls_noted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -126,6 +128,10 @@ class _TCPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
+        if self.owner.tls is not None and not self._tls_noted:
+            self._tls_noted = True
+            self.owner.tls.note(self.transport.get_extra_info("ssl_object")
+                                if self.transport is not None else None)
         self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
         # More answers to come and no query of ours leaving this loop iteration
         # to carry the ACK: only then the syscall.
@@ -177,8 +183,11 @@ class _UpstreamState:
         self.health = _policy.UpstreamHealth()
         s = fwd.settings
         self.pool = ConnectionPool(max_age=s.max_age, expire=s.expire, ids=fwd._ids,
-                                   **fwd._pool_limits)
+                                   max_idle=s.max_idle_conns, **fwd._pool_limits)
         self.protocols: dict[UpstreamConnection, _TCPProtocol] = {}
+        #: ``tls://``: the TLS client context (its session is resumed) and the name checked.
+        self.tls = client_context(s) if upstream.tls else None
+        self.tls_name = s.tls_servername or upstream.host
         #: The pool's timer (the earliest ``get_timer()`` of its connections).
         self._timer: asyncio.TimerHandle | None = None
 
@@ -191,6 +200,8 @@ class _UpstreamState:
             else:
                 self._terminated(proto.conn, ev)  # type: ignore[arg-type]
         conn = proto.conn
+        if conn.state is not ConnState.CLOSED and self.pool.surplus_idle(conn):
+            conn.terminate(ConnEvent.IDLE, "max_idle_conns")
         if conn.state is ConnState.CLOSED:
             self._discard(conn)
         elif not conn.in_flight and self._timer is None:
@@ -242,7 +253,7 @@ class _UpstreamState:
         fwd = self.fwd
         try:
             async with asyncio.timeout(fwd.settings.try_timeout):
-                await self.loop.create_connection(lambda: proto, *self.addr)
+                await self.loop.create_connection(lambda: proto, *self.addr, **self.tls_args())
         except (OSError, TimeoutError) as exc:
             term = self.pool.connect_failed(conn, self.loop.time(), repr(exc))
             self._discard(conn)
@@ -257,6 +268,12 @@ class _UpstreamState:
         conn.connected(self.loop.time())
         proto.flush()
         self.arm()
+
+    def tls_args(self) -> dict[str, Any]:
+        """Keyword arguments of a TCP connect: TLS and the name checked, for ``tls://``."""
+        if self.tls is None:
+            return {}
+        return {"ssl": self.tls, "server_hostname": self.tls_name}
 
     def close(self) -> None:
         if self._timer is not None:
@@ -326,6 +343,7 @@ class Forwarder:
         self._ids = IdSource()
         self._rng = random.Random()
         self._policy = _policy.make_policy(settings.policy, rng=self._rng)
+        self._failover = frozenset(settings.failover_rcodes)
         self._upstreams: list[_UpstreamState] = []
         self._healths: list[_policy.UpstreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -442,7 +460,9 @@ class Forwarder:
         plan = _plan.ForwardPlan(self._policy.order(len(self._upstreams)), self._healths,
                                  max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
                                  try_timeout=s.try_timeout, start=self._loop.time(),
-                                 budget=s.budget, rng=self._rng)
+                                 budget=s.budget, rng=self._rng,
+                                 max_connect_attempts=s.max_connect_attempts,
+                                 failover=self._failover)
         q = _Query(request, question, plan, done, s.force_tcp or (not s.prefer_udp and tcp))
         self._in_flight += 1
         self._live.add(q)
@@ -469,12 +489,14 @@ class Forwarder:
                 self.stats.healthcheck_broken += 1
             q.index = step.index  # type: ignore[union-attr]
             q.up = self._upstreams[q.index]
-            if q.use_tcp:
+            if q.use_tcp or q.up.tls is not None:
                 self._try_tcp(q, step.deadline)  # type: ignore[union-attr]
             else:
                 self._try_udp(q, step.deadline)  # type: ignore[union-attr]
         elif kind is _plan.Wait:
             q.timer = self._loop.call_at(step.until, self._step, q)  # type: ignore[union-attr]
+        elif q.plan.fallback is not None:  # failover passed over this answer
+            self._finish(q, q.plan.fallback, None)
         else:
             self._finish(q, None, UpstreamError(step.reason))  # type: ignore[union-attr]
 
@@ -573,7 +595,7 @@ class Forwarder:
             q.up = up
             self._try_tcp(q, min(self._loop.time() + self.settings.try_timeout, q.plan.deadline))
         else:
-            self._finish(q, data, None)
+            self._deliver(q, data)
 
     def _timed_out(self, q: _Query) -> None:
         """The current try timed out: its answer is still taken while the next try runs
@@ -660,7 +682,14 @@ class Forwarder:
         if q.late:
             self._release_late(q, answered=conn)
         self._answered(up, answer, q.sent)
-        self._finish(q, answer, None)
+        self._deliver(q, answer)
+
+    def _deliver(self, q: _Query, answer: bytes) -> None:
+        """An answer for ``q``: the client's, unless ``failover`` tries the next upstream."""
+        if q.plan.fails_over(answer):
+            self._step(q)
+        else:
+            self._finish(q, answer, None)
 
     # -- background ------------------------------------------------------------------------
 
@@ -690,9 +719,9 @@ class Forwarder:
         qid = self._ids()
         probe = qid.to_bytes(2, "big") + self._probe[2:]
         try:
-            if self.settings.force_tcp:
+            if self.settings.force_tcp or up.tls is not None:
                 async with asyncio.timeout_at(deadline):
-                    reader, writer = await asyncio.open_connection(*up.addr)
+                    reader, writer = await asyncio.open_connection(*up.addr, **up.tls_args())
                     try:
                         writer.write(len(probe).to_bytes(2, "big") + probe)
                         length = int.from_bytes(await reader.readexactly(2), "big")

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from nodecache.config.settings import Config
 from nodecache.core.stats import AgentStats
 
 log = logging.getLogger(__name__)
@@ -359,6 +360,59 @@ class HttpEndpoints:
                   "Connection: close\r\n\r\n").encode("latin-1")
         writer.write(header if head_only else header + body)
         await writer.drain()
+
+
+class PluginEndpoints:
+    """The ``prometheus``, ``health`` and ``ready`` plugins of the running Config.
+
+    :param registry: What ``/metrics`` exposes.
+    :param ready: Whether ``/ready`` answers 200 now.
+    :param extra_metrics_address: ``/metrics`` also here, whatever the Corefile says.
+
+    :meth:`apply` rebinds only when an address changed, so a reload that keeps
+    them keeps the listeners (and the connections of a scrape in progress).
+    """
+
+    def __init__(self, registry: CollectorRegistry, stats: AgentStats,
+                 ready: Callable[[], bool], *, extra_metrics_address: str | None = None) -> None:
+        self.registry = registry
+        self.stats = stats
+        self.ready = ready
+        self.extra_metrics_address = extra_metrics_address
+        #: Replaced on every rebind: look addresses up here each time.
+        self.endpoints = HttpEndpoints()
+        self._serving: tuple[object, ...] | None = None
+
+    async def apply(self, config: Config) -> None:
+        """Serve the addresses ``config`` asks for.
+
+        :raises ValueError: An address cannot be parsed or overlaps another.
+        :raises OSError: Binding failed.
+        """
+        prometheus = sorted({b.prometheus for b in config.blocks if b.prometheus})
+        health = sorted({b.health.address for b in config.blocks if b.health})
+        ready = sorted({b.ready for b in config.blocks if b.ready})
+        extra = [self.extra_metrics_address] if self.extra_metrics_address else []
+        wanted = (tuple(prometheus + extra), tuple(health), tuple(ready))
+        if wanted == self._serving:
+            return
+        await self.endpoints.close()
+        self.endpoints = HttpEndpoints()
+        for address in prometheus + extra:
+            await self.endpoints.start(address,
+                                       {"/metrics": metrics_route(self.registry, self.stats)})
+        for address in health:
+            await self.endpoints.start(address, {"/health": health_route()})
+        for address in ready:
+            await self.endpoints.start(address, {"/ready": ready_route(self.ready)})
+        self._serving = wanted
+
+    def forget(self) -> None:
+        """The next :meth:`apply` rebinds (after a failed one left some addresses unbound)."""
+        self._serving = None
+
+    async def close(self) -> None:
+        await self.endpoints.close()
 
 
 def _wildcard(host: str | None) -> bool:

@@ -1,4 +1,8 @@
-"""The serving lock: which agent on a node is the last one (and so tears down)."""
+"""The serving lock: which agent on a node is the last one (and so tears down).
+
+The supervisor holds one too, so this module imports no asyncio or logging
+(see supervisor.py); the agent's moves with it are in handover.py.
+"""
 from __future__ import annotations
 
 import errno

@@ -8,6 +8,7 @@ from typing import Any
 
 from nodecache.config import bind, values
 from nodecache.config.context import BlockContext
+from nodecache.config.forward import parse_forward
 from nodecache.config.lexer import Token
 from nodecache.config.parser import BlockNode
 from nodecache.config.plugins import NOT_IMPLEMENTED, PLUGINS, REPEATABLE
@@ -68,6 +69,9 @@ def _plugins(node: BlockNode, ctx: BlockContext) -> dict[str, Any]:
             quoted = " (quoted, so not a plugin name)" if line.name.quoted else ""
             raise line.name.error(f"expected a plugin ({', '.join(sorted(PLUGINS))}),"
                                   f" found {name!r}{quoted}")
+        if name == "forward" and name in seen:  # CoreDNS chains them in this order
+            fields["later_forwards"] = fields.get("later_forwards", ()) + (parse_forward(line, ctx),)
+            continue
         if name in seen and name not in REPEATABLE:
             first = seen[name]
             raise line.name.error(f"{name}: plugin used twice in one server block"

@@ -58,6 +58,8 @@ def _block(block: ServerBlock) -> list[str]:
         add(label, *values)
     add("forward", *(_forward(block.forward) if block.forward
                      else ["off (what no plugin answers gets SERVFAIL)"]))
+    for later in block.later_forwards:  # chained in the order written
+        add("forward", *_forward(later))
     if block.whoami:
         add("whoami", "on (answers what forward does not take)")
     if block.errors is None:
@@ -150,7 +152,7 @@ def _forward(f: ForwardSettings) -> list[str]:
              + (f" for {f.health_check_domain}" if f.health_check_domain != "." else "")
              if f.health_check else "health checks off")
     out = [
-        f"{f.zone} -> {' '.join(str(u) for u in f.upstreams)}",
+        f"{f.zone} -> {' '.join(('tls://' if u.tls else '') + str(u) for u in f.upstreams)}",
         f"policy {f.policy}, over {proto}",
         f"max_fails {f.max_fails}, {check}"
         + (", SERVFAIL at once when all are down" if f.failfast_all_unhealthy else ""),
@@ -161,7 +163,18 @@ def _forward(f: ForwardSettings) -> list[str]:
     ]
     if f.except_zones:
         out.insert(1, f"except {' '.join(f.except_zones)}")
+    hand_on = (("next forward on", f.next_rcodes), ("next upstream on", f.failover_rcodes))
+    out.extend(f"{what} {' '.join(map(_rcode, codes))}" for what, codes in hand_on if codes)
+    if any(u.tls for u in f.upstreams):
+        out.append(f"TLS: certificate for {f.tls_servername or 'the upstream address'}"
+                   + (f", files {' '.join(f.tls_files)}" if f.tls_files else ", system CAs"))
+    if f.max_connect_attempts:
+        out.append(f"max_connect_attempts {f.max_connect_attempts}")
     return out
+
+
+def _rcode(value: int) -> str:
+    return dns.rcode.to_text(dns.rcode.Rcode.make(value))
 
 
 def _rcode_text(rcode: int) -> str:

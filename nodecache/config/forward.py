@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from typing import Any
+
+import dns.rcode
 
 from nodecache.config import values
 from nodecache.config.args import Args, options
@@ -19,17 +22,13 @@ DNS_PORT = 53
 POLICIES = ("random", "round_robin", "sequential")
 
 _OPTIONS = ("except", "force_tcp", "prefer_udp", "expire", "max_fails", "health_check",
-            "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams")
-_NO_TLS = "nodecache forwards over plain DNS (UDP/TCP) only"
-_UNSUPPORTED = {
-    "tls": _NO_TLS,
-    "tls_servername": _NO_TLS,
-    "max_idle_conns": "the pool size follows the load",
-    "failover": "not implemented",
-    "next": "there is no plugin after forward",
-    "max_connect_attempts": "not implemented",
-}
-_TO_WHAT = "an upstream (IP, IP:PORT, [IPv6]:PORT, dns://IP[:PORT]) or a resolv.conf file"
+            "policy", "max_concurrent", "max_age", "failfast_all_unhealthy_upstreams",
+            "next", "failover", "max_connect_attempts", "max_idle_conns", "tls", "tls_servername")
+_UNSUPPORTED: dict[str, str] = {}
+_TO_WHAT = ("an upstream (IP, IP:PORT, [IPv6]:PORT, dns://IP[:PORT], tls://IP[:PORT])"
+            " or a resolv.conf file")
+#: DNS over TLS's port (RFC 7858 section 3.1).
+DOT_PORT = 853
 
 
 def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
@@ -44,6 +43,12 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
     #     max_concurrent INTEGER
     #     max_age DURATION
     #     failfast_all_unhealthy_upstreams
+    #     next RCODE...
+    #     failover RCODE...
+    #     max_connect_attempts INTEGER
+    #     max_idle_conns INTEGER
+    #     tls [CERT KEY [CA]] | tls CA
+    #     tls_servername NAME
     # }
     # Defaults are ForwardSettings's own.
     args = Args("forward", line)
@@ -73,6 +78,16 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
             out[name] = opt.duration("a DURATION")
         elif name == "max_fails":
             out[name] = opt.integer("a non-negative integer")
+        elif name in ("max_connect_attempts", "max_idle_conns"):
+            out[name] = opt.integer("a non-negative integer (0: no limit)")
+        elif name == "tls":
+            out["tls_files"] = _tls_files(opt, line)
+        elif name == "tls_servername":
+            out["tls_servername"] = opt.value("a server NAME", str)
+        elif name == "next":
+            out["next_rcodes"] = _rcodes(opt)
+        elif name == "failover":
+            out["failover_rcodes"] = _rcodes(opt, noerror=False)
         elif name == "max_concurrent":
             out[name] = opt.integer("a non-negative integer (0: no limit)")
         elif name == "health_check":
@@ -83,6 +98,28 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
         opt.end()
     return dataclasses.replace(ForwardSettings(zone=from_zones[0], upstreams=tuple(upstreams)),
                                **out)
+
+
+#: RCODE names as CoreDNS spells them (RFC 6895 section 2.3), upper case.
+_RCODES = {r.name: r.value for r in dns.rcode.Rcode} | {"BADSIG": dns.rcode.BADSIG}
+
+
+def _rcode(text: str) -> int:
+    try:
+        return _RCODES[text.upper()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
+def _rcodes(opt: Args, noerror: bool = True) -> tuple[int, ...]:
+    """``RCODE...``: one name at least (NXDOMAIN, SERVFAIL, REFUSED...), any case."""
+    what = "an RCODE name such as NXDOMAIN, SERVFAIL or REFUSED"
+    allowed = None if noerror else (lambda rc: rc != dns.rcode.NOERROR)
+    hint = "" if noerror else "NOERROR cannot be a failover rcode"
+    found = [opt.value(what, _rcode, allowed, check_hint=hint)]
+    while len(opt):
+        found.append(opt.value(what, _rcode, allowed, check_hint=hint))
+    return tuple(dict.fromkeys(found))
 
 
 def _health_check_flags(opt: Args, out: dict[str, Any]) -> None:
@@ -105,7 +142,10 @@ def _upstreams(tok: Token, ctx: BlockContext) -> list[Upstream]:
     scheme, sep, rest = text.partition("://")
     if sep:
         if scheme.lower() == "tls":
-            raise tok.error(f"forward: tls:// upstreams are not supported ({_NO_TLS}), found {text!r}")
+            try:
+                return [_address(rest, DOT_PORT, tls=True)]
+            except ValueError as exc:
+                raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r} ({exc})") from None
         if scheme.lower() != "dns":
             raise tok.error(f"forward: expected {_TO_WHAT}, found {text!r}"
                             f" (transport {scheme!r} is not supported)")
@@ -125,9 +165,33 @@ def _upstreams(tok: Token, ctx: BlockContext) -> list[Upstream]:
     return _resolv_conf(tok, path, ctx)
 
 
-def _address(text: str) -> Upstream:
+def _address(text: str, default_port: int = DNS_PORT, tls: bool = False) -> Upstream:
     host, port_text = values.split_host_port(text)
-    return Upstream(values.ip(host), DNS_PORT if port_text is None else values.port(port_text))
+    return Upstream(values.ip(host), default_port if port_text is None else values.port(port_text),
+                    tls)
+
+
+def _tls_files(opt: Args, line: Directive) -> tuple[str, ...]:
+    """``tls [CERT KEY [CA]]`` or ``tls CA`` (CoreDNS's pkg/tls): files read now, to fail here."""
+    toks = list(opt.rest())
+    if len(toks) > 3:
+        raise toks[3].error("forward: expected end of line after 'tls CERT KEY CA',"
+                            f" found {toks[3].text!r}")
+    paths = [t.text if os.path.isabs(t.text) else os.path.join(os.path.dirname(t.file), t.text)
+             for t in toks]
+    for tok, path in zip(toks, paths):
+        if not os.path.isfile(path):
+            raise tok.error(f"forward: tls: no such file {path!r}")
+    context = ssl.create_default_context()
+    try:
+        if len(paths) in (1, 3):
+            context.load_verify_locations(cafile=paths[-1])
+        if len(paths) >= 2:
+            context.load_cert_chain(paths[0], paths[1])
+    except (ssl.SSLError, OSError) as exc:
+        raise (toks[0] if toks else line.name).error(
+            f"forward: tls: cannot load {' '.join(paths)}: {exc}") from None
+    return tuple(paths)
 
 
 def _resolv_conf(tok: Token, path: str, ctx: BlockContext) -> list[Upstream]:

@@ -71,6 +71,8 @@ class Upstream:
 
     host: str
     port: int = 53
+    #: ``tls://``: DNS over TLS (RFC 7858), always over a pooled TCP connection.
+    tls: bool = False
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -107,6 +109,21 @@ class ForwardSettings:
     #: ``failfast_all_unhealthy_upstreams``: SERVFAIL at once when every upstream
     #: is down, instead of trying one at random.
     failfast_all_unhealthy: bool = False
+    #: ``next RCODE...``: an answer with one of these rcodes goes to the next
+    #: ``forward`` of the block instead of the client (the last forward keeps it).
+    next_rcodes: tuple[int, ...] = ()
+    #: ``failover RCODE...``: an answer with one of these rcodes is followed by a
+    #: try of the next upstream; once each upstream answered so, the last answer stands.
+    failover_rcodes: tuple[int, ...] = ()
+    #: ``max_connect_attempts``: failed tries of one query at most; 0 means no limit.
+    max_connect_attempts: int = 0
+    #: ``max_idle_conns``: idle pooled TCP connections kept per upstream; 0 means no limit.
+    max_idle_conns: int = 0
+    #: ``tls [CERT KEY [CA]]`` (or ``tls CA``) for ``tls://`` upstreams: absolute paths.
+    tls_files: tuple[str, ...] = ()
+    #: ``tls_servername``: the name the upstreams' certificates must carry (and SNI);
+    #: "" checks the certificate against the upstream's IP address.
+    tls_servername: str = ""
     #: Timeout of one try against one upstream, s (CoreDNS's read timeout).
     try_timeout: float = 2.0
     #: Overall budget for one client query, s; then SERVFAIL (or stale). Below the
@@ -204,7 +221,11 @@ class ServerBlock:
     #: ``debug``: log at DEBUG level (process-wide, as CoreDNS).
     debug: bool = False
     cache: CacheSettings | None = None
+    #: The first ``forward`` of the block.
     forward: ForwardSettings | None = None
+    #: The block's further ``forward`` lines, in the order written: CoreDNS chains
+    #: them after the first; the first whose FROM zone takes a name forwards it.
+    later_forwards: tuple[ForwardSettings, ...] = ()
     #: ``errors`` settings, or None when the block does not log errors.
     errors: ErrorsSettings | None = None
     log: LogSettings | None = None

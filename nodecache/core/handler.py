@@ -38,6 +38,7 @@ import dns.message
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution
+from nodecache.core.forwards import ForwardRoute, first_taker, routes_of
 from nodecache.core.cache import (BlockCache, Entry, Kind, Tag, build_entry, classify,
                                   has_expired_rrsig)
 from nodecache.core.stages import chain_for, dns64_for
@@ -116,9 +117,8 @@ class Zone:
         default_factory=dict)
     #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
     hit_seconds: float = 0.0
-    #: forward's FROM zone and ``except`` zones in wire form; None without forward.
-    forward_from: bytes | None = field(init=False, default=None)
-    forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: The block's ``forward`` lines, in order (empty without forward).
+    forward_routes: tuple[ForwardRoute, ...] = field(init=False, default=())
     #: The block's answering plugins, run on a cache miss; None without any.
     chain: Chain | None = field(init=False)
     dns64: DNS64 | None = field(init=False)
@@ -172,8 +172,7 @@ class Zone:
             self.udp_cap = self.block.bufsize
         forward = self.block.forward
         if forward is not None:
-            self.forward_from = wire.zone_to_wire(forward.zone)
-            self.forward_except = tuple(map(wire.zone_to_wire, forward.except_zones))
+            self.forward_routes = routes_of((forward, *self.block.later_forwards))
 
 
 #: A query-log writer: (zone, client address, query, reply, slot, duration in s).
@@ -421,8 +420,7 @@ class QueryHandler:
             cache_stats.misses += 1
         if zone.chain is not None:
             return self._run_chain(miss, now, addr)
-        if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
-                wire.is_subdomain(lower, z) for z in zone.forward_except):
+        if first_taker(zone.forward_routes, lower) is None:
             # CoreDNS's NextOrFailure: no plugin takes the name (node-cache: SERVFAIL).
             reply = wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
             return self._finish(miss, reply, addr, wire.SERVFAIL, "")
@@ -508,12 +506,11 @@ class QueryHandler:
     @staticmethod
     def _forwards(miss: Miss, resolution: Resolution) -> bool:
         """Whether forward takes the (possibly rewritten) name."""
-        zone = miss.zone
-        if zone.forward_from is None:
+        routes = miss.zone.forward_routes
+        if not routes:
             return False
         name = zone_wire(resolution.request.name) if resolution.rewritten else key_name(miss.key)
-        return wire.is_subdomain(name, zone.forward_from) and not any(
-            wire.is_subdomain(name, z) for z in zone.forward_except)
+        return first_taker(routes, name) is not None
 
     def _refresh(self, miss: Miss, now: float) -> None:
         """Refresh an entry in the background, through the chain when the block has one."""

@@ -22,6 +22,13 @@ Rules:
    stale answer) in milliseconds instead of at the end of the budget.
 4. A pass that failed fast and may be repeated waits ``ROUND_PAUSE`` first
    (doubling up to ``ROUND_PAUSE_MAX``): a retry loop never spins.
+5. ``max_connect_attempts N``: after N failed tries the query gives up
+   (CoreDNS counts failed connects only, not answers).
+6. ``failover RCODE...``: an answer with such an rcode is kept and the next
+   upstream tried, until every upstream has answered so; then that answer
+   stands, as it does when the upstreams left fail without one. (CoreDNS 1.13
+   starts the list over and retries until its 5 s deadline, then SERVFAILs;
+   later releases return the answer, as here.)
 """
 from __future__ import annotations
 
@@ -150,11 +157,13 @@ class ForwardPlan:
     """
 
     __slots__ = ("_order", "_health", "_max_fails", "_failfast", "_rng", "_try_timeout",
-                 "deadline", "_i", "_tried", "_pass_start", "_pause", "_retry", "_last_pass", "last")
+                 "deadline", "_i", "_tried", "_pass_start", "_pause", "_retry", "_last_pass", "last",
+                 "_attempts_left", "_failover", "_failovers", "fallback")
 
     def __init__(self, order: Sequence[int], health: Sequence[UpstreamHealth], *,
                  max_fails: int, failfast: bool, try_timeout: float, start: float,
-                 budget: float, rng: _random.Random | None = None) -> None:
+                 budget: float, rng: _random.Random | None = None,
+                 max_connect_attempts: int = 0, failover: frozenset[int] = frozenset()) -> None:
         self._order = order
         self._health = health
         self._max_fails = max_fails
@@ -171,9 +180,18 @@ class ForwardPlan:
         self._last_pass = False
         #: The last failure, as text for the log.
         self.last = "no upstream tried"
+        #: Failed tries left before giving up (rule 5); None: no limit.
+        self._attempts_left = max_connect_attempts or None
+        self._failover = failover
+        self._failovers = 0
+        #: The last answer passed over by ``failover`` (rule 6): the reply when
+        #: the plan gives up.
+        self.fallback: bytes | None = None
 
     def next_step(self, now: float) -> Try | Wait | GiveUp:
         """What to do now: the next try, a pause, or give up."""
+        if self._attempts_left == 0:
+            return GiveUp(f"max_connect_attempts reached: {self.last}")
         if now + MIN_TRY > self.deadline:
             # The last failure ends the text, as the last try's error does in CoreDNS.
             return GiveUp(f"no answer within the budget: {self.last}")
@@ -211,9 +229,22 @@ class ForwardPlan:
     def failed(self, index: int, failure: Failure, detail: str = "") -> FailureRule:
         """Record how a try ended; returns the rule (the adapter starts health checks)."""
         rule = FAILURES[failure]
+        if self._attempts_left is not None:
+            self._attempts_left -= 1
         if rule.mark_down:
             self._health[index].mark_down(self._max_fails)
         if rule.retry:
             self._retry = True
         self.last = f"{failure.value}: {detail}" if detail else failure.value
         return rule
+
+    def fails_over(self, answer: bytes) -> bool:
+        """An upstream answered: True to try the next upstream instead (rule 6)."""
+        if not self._failover or answer[3] & 0x0F not in self._failover:
+            return False
+        self._failovers += 1
+        if self._failovers >= len(self._order):
+            return False
+        self.fallback = answer
+        self.last = f"failover on rcode {answer[3] & 0x0F}"
+        return True

@@ -23,6 +23,9 @@ from decimal import Decimal
 
 import dns.rcode
 
+from nodecache.config.settings import LogSettings
+from nodecache.core import wire
+from nodecache.core.handler import name_text
 from nodecache.core.wire import class_name, type_name
 
 #: CoreDNS ``replacer`` prints this for a placeholder without a value.
@@ -32,6 +35,8 @@ COMMON_LOG_FORMAT = ('{remote}:{port} - {>id} "{type} {class} {name} {proto} {si
 COMBINED_LOG_FORMAT = COMMON_LOG_FORMAT + ' "{>opcode}"'
 #: Log classes (``log { class ... }``), CoreDNS ``plugin/pkg/response/classify.go``.
 SUCCESS, DENIAL, ERROR = "success", "denial", "error"
+_ALL_CLASSES = LogSettings().classes
+_TYPE_SOA = 6
 
 # Response header flags in the order CoreDNS prints them (RFC 1035 section 4.1.1,
 # RFC 4035 section 3.2 for AD/CD).
@@ -201,6 +206,37 @@ def query_line(entry: QueryLogEntry, template: str | None = None, *,
     if template is None or template == "{common}":
         return "[INFO] " + format_common(entry)
     return "[INFO] " + render(template, entry, when=when)
+
+
+def answered_line(settings: LogSettings | None, addr: object, query: bytes, reply: bytes,
+                  proto: str, duration: float) -> str | None:
+    """The ``log`` line for one answered query; None when ``log { class }`` leaves it out.
+
+    :param addr: The client's address tuple (anything else prints as ``-``).
+    :param proto: ``"udp"`` or ``"tcp"``.
+    :param duration: From receiving ``query`` to sending ``reply``, s.
+    :raises ClientProtocolError: ``query`` cannot be parsed.
+    :raises ValueError: ``reply`` cannot be indexed (class filtering only).
+    """
+    question = wire.parse_query(query)
+    rcode = reply[3] & 0xF if len(reply) >= wire.HEADER_LEN else None
+    ancount = wire.read_u16(reply, 6) if len(reply) >= wire.HEADER_LEN else 0
+    if settings is not None and rcode is not None and settings.classes != _ALL_CLASSES:
+        # NXDOMAIN and NODATA are denials only with an SOA (CoreDNS's Typify).
+        soa = ancount == 0 and any(r.rtype == _TYPE_SOA
+                                   for r in wire.index_response(reply).authority)
+        if log_class(rcode, ancount, soa_in_authority=soa) not in settings.classes:
+            return None
+    host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else ("-", 0)
+    edns = question.edns
+    entry = QueryLogEntry(
+        remote=host, port=port, id=wire.read_u16(query, 0), qtype=question.qtype,
+        qclass=question.qclass, qname=name_text(question.qname), proto=proto,
+        size=len(query), do=bool(edns and edns[2]),
+        bufsize=effective_bufsize(proto, edns[0] if edns else None),
+        rcode=rcode, rflags=wire.read_u16(reply, 2) if len(reply) >= 4 else None,
+        rsize=len(reply), duration=duration)
+    return query_line(entry, settings.format if settings else None)
 
 
 def log_class(rcode: int, answer_count: int, *, soa_in_authority: bool = True) -> str:

@@ -576,8 +576,10 @@ class ConnectionPool:
     def __init__(self, *, max_age: float, expire: float, ids: Callable[[], int],
                  max_connections: int = MAX_CONNECTIONS, max_in_flight: int = MAX_IN_FLIGHT,
                  spread: int = SPREAD, backoff_min: float = BACKOFF_MIN,
-                 backoff_max: float = BACKOFF_MAX) -> None:
+                 backoff_max: float = BACKOFF_MAX, max_idle: int = 0) -> None:
         self.max_age = max_age
+        #: ``max_idle_conns``: idle connections kept at most; 0 means no limit.
+        self.max_idle = max_idle
         self.expire = expire
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
@@ -628,6 +630,15 @@ class ConnectionPool:
             self.connections.append(conn)
             return conn, True
         return None
+
+    def surplus_idle(self, conn: UpstreamConnection) -> bool:
+        """``max_idle_conns``: True when ``conn``, open with nothing in flight, is one idle
+        connection more than the pool keeps (the adapter then closes it)."""
+        if not self.max_idle or conn.in_flight or conn.state is not ConnState.OPEN:
+            return False
+        idle = sum(1 for c in self.connections
+                   if c is not conn and c.state is ConnState.OPEN and not c.in_flight)
+        return idle >= self.max_idle
 
     def connect_succeeded(self) -> None:
         self._backoff = 0.0

@@ -235,17 +235,18 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
 
 def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
-                options: bytes = b"", payload: int = OUR_UDP_PAYLOAD) -> bytes:
-    """An upstream query with ID 0 (the forwarder sets its own), RD set, and our OPT.
+                options: bytes = b"", payload: int = OUR_UDP_PAYLOAD, qid: int = 0,
+                edns: bool = True) -> bytes:
+    """A query with RD set and our OPT; ID 0 unless given (the forwarder sets its own).
 
     ``options`` are the client's EDNS options, passed on as CoreDNS's forward
     does (client subnet, cookies, padding...); the payload size is ours
-    (``bufsize``'s when the block has it).
+    (``bufsize``'s when the block has it). ``edns=False``: no OPT at all.
     """
     flags = RD | (CD if cd else 0)
-    header = _HEADER.pack(0, flags, 1, 0, 0, 1)
-    return header + qname + struct.pack("!HH", qtype, qclass) + opt_record(do, payload,
-                                                                           options=options)
+    header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
+    question = header + qname + struct.pack("!HH", qtype, qclass)
+    return question + opt_record(do, payload, options=options) if edns else question
 
 
 @dataclass(slots=True)
