@@ -18,13 +18,12 @@ from nodecache.core.handler import Miss
 from tests.kit.agentkit import (LOOPBACK, AgentKit, handler_of, make_query, negative, rcode_text,
                             ttls)
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer, truncated
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
 
 
-def corefile(port: int, cache: str = "cache 30") -> str:
-    return f". {{\n {cache}\n forward . 127.0.0.1:{port}\n}}\n"
 
 
 def udp_ttl(reply: bytes) -> int:
@@ -38,7 +37,7 @@ def udp_ttl(reply: bytes) -> int:
 
 async def test_ttl_counts_down_in_real_time() -> None:
     async with FakeUpstream(answer_from({"a.example. A": "192.0.2.1"}, ttl=10)) as up, \
-            AgentKit(corefile(up.port, "cache 30")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30")) as kit:
         first = await kit.query("a.example.")
         assert ttls(first) == [10]
         await asyncio.sleep(1.1)
@@ -112,7 +111,7 @@ STORE_CASES = [
 @pytest.mark.parametrize("cache,handler,rcode,ttl", [c[1:] for c in STORE_CASES],
                          ids=[c[0] for c in STORE_CASES])
 async def test_store_and_ttl(cache: str, handler, rcode: str, ttl: int | None) -> None:
-    async with FakeUpstream(handler) as up, AgentKit(corefile(up.port, cache)) as kit:
+    async with FakeUpstream(handler) as up, AgentKit(corefile(up.port, cache=cache)) as kit:
         first = await kit.query("a.example.")
         second = await kit.query("a.example.")
         assert rcode_text(first) == rcode_text(second) == rcode
@@ -129,7 +128,7 @@ async def test_store_and_ttl(cache: str, handler, rcode: str, ttl: int | None) -
 
 async def test_servfail_cached_for_servfail_duration() -> None:
     async with FakeUpstream(lambda q, p: make_answer(q, rcode=dns.rcode.SERVFAIL)) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n servfail 2s\n }")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30 {\n servfail 2s\n }")) as kit:
         first = await kit.query("a.example.")
         second = await kit.query("a.example.")
         assert rcode_text(first) == rcode_text(second) == "SERVFAIL"
@@ -143,7 +142,7 @@ async def test_servfail_cached_for_servfail_duration() -> None:
 
 async def test_servfail_zero_disables_caching() -> None:
     async with FakeUpstream(lambda q, p: make_answer(q, rcode=dns.rcode.SERVFAIL)) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n servfail 0\n }")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30 {\n servfail 0\n }")) as kit:
         for _ in range(2):
             assert rcode_text(await kit.query("a.example.")) == "SERVFAIL"
         assert len(up.queries) == 2
@@ -257,7 +256,7 @@ async def test_rd_echoed_from_client() -> None:
 async def test_capacity_evicts() -> None:
     records = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 6)}
     async with FakeUpstream(records=records) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n success 2\n }")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30 {\n success 2\n }")) as kit:
         for i in range(1, 6):
             await kit.query(f"n{i}.example.")
         index = handler_of(kit).index

@@ -12,6 +12,7 @@ import pytest
 from nodecache.core.wire import OUR_UDP_PAYLOAD
 from tests.kit.agentkit import AgentKit, make_query, rcode_text
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -34,8 +35,6 @@ def sized(query: dns.message.Message, proto: str) -> dns.message.Message | bytes
     return reply.to_wire(max_size=65535)  # over TCP: whole, whatever the query's payload
 
 
-def corefile(port: int) -> str:
-    return f". {{\n cache 30\n forward . 127.0.0.1:{port}\n}}\n"
 
 
 # (name, EDNS payload or None for no OPT, expect TC over UDP)

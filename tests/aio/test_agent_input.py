@@ -9,6 +9,7 @@ import pytest
 
 from tests.kit.agentkit import AgentKit, make_query, rcode_text
 from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -22,8 +23,6 @@ def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
 
 
-def corefile(port: int) -> str:
-    return f". {{\n cache 30\n forward . 127.0.0.1:{port}\n}}\n"
 
 
 # (id, datagram, expected rcode or None for "no reply")

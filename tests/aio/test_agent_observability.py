@@ -12,6 +12,9 @@ import pytest
 
 from tests.kit.agentkit import AgentKit, make_query, rcode_text, total
 from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.corefiles import corefile
+
+ENDPOINTS = ("prometheus 127.0.0.1:9153", "health 127.0.0.1:8080", "ready 127.0.0.1:8181")
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -19,13 +22,10 @@ pytestmark = pytest.mark.usefixtures("loop_errors")
 RECORDS = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.2"}
 
 
-def corefile(port: int, extra: str = "") -> str:
-    return (f". {{\n cache 30\n forward . 127.0.0.1:{port}\n prometheus 127.0.0.1:9153\n"
-            f" health 127.0.0.1:8080\n ready 127.0.0.1:8181\n {extra}\n}}\n")
 
 
 async def test_metrics_grow_with_traffic() -> None:
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port, *ENDPOINTS)) as kit:
         before = await kit.metrics()
         await kit.query("a.example.")  # miss (udp)
         await kit.query("a.example.")  # hit (udp)
@@ -62,7 +62,7 @@ async def test_metrics_grow_with_traffic() -> None:
 
 
 async def test_metrics_labels_match_coredns() -> None:
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port, *ENDPOINTS)) as kit:
         await kit.query("a.example.")
         samples = await kit.metrics()
         requests = [dict(have) for name, have in samples if name == "coredns_dns_requests_total"]
@@ -77,7 +77,7 @@ async def test_metrics_labels_match_coredns() -> None:
 
 
 async def test_upstream_failures_counted() -> None:
-    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, *ENDPOINTS)) as kit:
         before = await kit.metrics()
         assert rcode_text(await kit.query("a.example.")) == "SERVFAIL"
         after = await kit.metrics()
@@ -96,7 +96,7 @@ async def test_upstream_failures_counted() -> None:
 
 async def test_health_and_ready() -> None:
     async with FakeUpstream(records=RECORDS) as up:
-        kit = AgentKit(corefile(up.port, "health 127.0.0.1:8080 {\n lameduck 0.3s\n }")
+        kit = AgentKit(corefile(up.port, *ENDPOINTS, "health 127.0.0.1:8080 {\n lameduck 0.3s\n }")
                        .replace(" health 127.0.0.1:8080\n", "", 1))
         await kit.start()
         try:
@@ -122,7 +122,7 @@ LINE = re.compile(r'^\[INFO\] 127\.0\.0\.1:(\d+) - (\d+) "(\S+) IN (\S+) (udp|tc
 
 async def test_log_plugin_lines(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="nodecache.query")
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port, "log")) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port, *ENDPOINTS, "log")) as kit:
         asked = [("a.example.", "A", False, {}), ("A.Example.", "A", False, {}),
                  ("a.example.", "A", True, {}), ("nx.example.", "AAAA", False,
                                                   {"dnssec": True, "payload": 1232})]
@@ -155,7 +155,7 @@ async def test_log_plugin_lines(caplog: pytest.LogCaptureFixture) -> None:
 async def test_log_class_filter(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="nodecache.query")
     async with FakeUpstream(records=RECORDS) as up, \
-            AgentKit(corefile(up.port, "log . {\n class denial error\n }")) as kit:
+            AgentKit(corefile(up.port, *ENDPOINTS, "log . {\n class denial error\n }")) as kit:
         await kit.query("a.example.")  # success: not logged
         await kit.query("nx.example.")  # NXDOMAIN without SOA: an error class
         lines = [r.getMessage() for r in caplog.records if r.name == "nodecache.query"]
@@ -164,7 +164,7 @@ async def test_log_class_filter(caplog: pytest.LogCaptureFixture) -> None:
 
 async def test_errors_plugin_logs_upstream_failures(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
-    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, "errors")) as kit:
+    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, *ENDPOINTS, "errors")) as kit:
         await kit.query("a.example.")
         errors = [r.getMessage() for r in caplog.records if "plugin/errors" in r.getMessage()]
         assert errors, caplog.text
@@ -174,7 +174,7 @@ async def test_errors_plugin_logs_upstream_failures(caplog: pytest.LogCaptureFix
 async def test_errors_not_matching_a_consolidate_rule_are_logged_each(
         caplog: pytest.LogCaptureFixture) -> None:
     block = 'errors {\n  consolidate 30s "^refused by policy"\n }'
-    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, block)) as kit:
+    async with FakeUpstream(lambda q, p: None) as up, AgentKit(corefile(up.port, *ENDPOINTS, block)) as kit:
         for name in ("a.example.", "b.example."):
             assert rcode_text(await kit.query(name)) == "SERVFAIL"
         errors = [r.getMessage() for r in caplog.records if "plugin/errors" in r.getMessage()]

@@ -8,6 +8,9 @@ import pytest
 
 from tests.kit.agentkit import AgentKit, handler_of, make_query, rcode_text, total, ttls
 from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.corefiles import corefile
+
+METRICS = "prometheus 127.0.0.1:9153"
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -16,17 +19,14 @@ RECORDS_A = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.1"}
 RECORDS_B = {"a.example. A": "192.0.2.2", "b.example. A": "192.0.2.2"}
 
 
-def corefile(port: int, cache: str = "cache 30", extra: str = "") -> str:
-    return (f". {{\n {cache}\n forward . 127.0.0.1:{port}\n prometheus 127.0.0.1:9153\n"
-            f" {extra}\n}}\n")
 
 
 async def test_new_upstream_applies_and_port_stays() -> None:
     async with FakeUpstream(records=RECORDS_A) as one, FakeUpstream(records=RECORDS_B) as two, \
-            AgentKit(corefile(one.port)) as kit:
+            AgentKit(corefile(one.port, METRICS)) as kit:
         port = kit.port
         assert str((await kit.query("a.example.")).answer[0][0]) == "192.0.2.1"
-        kit.corefile = corefile(two.port)
+        kit.corefile = corefile(two.port, METRICS)
         assert await kit.agent.reload()
         assert kit.port == port
         assert str((await kit.query("b.example.")).answer[0][0]) == "192.0.2.2"
@@ -47,7 +47,7 @@ BROKEN = [
 @pytest.mark.parametrize("broken", [b[1] for b in BROKEN], ids=[b[0] for b in BROKEN])
 async def test_broken_corefile_keeps_the_running_config(broken, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
-    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port, METRICS)) as kit:
         await kit.query("a.example.")
         runtime = kit.agent.runtime
         kit.corefile = broken(up.port)
@@ -64,13 +64,13 @@ async def test_broken_corefile_keeps_the_running_config(broken, caplog: pytest.L
 
 @pytest.mark.parametrize("change", ["log", "errors", "forward option"])
 async def test_cache_survives_when_cache_settings_unchanged(change: str) -> None:
-    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port, METRICS)) as kit:
         await kit.query("a.example.")
         if change == "forward option":
-            kit.corefile = corefile(up.port).replace(
+            kit.corefile = corefile(up.port, METRICS).replace(
                 f"forward . 127.0.0.1:{up.port}", f"forward . 127.0.0.1:{up.port} {{\n max_fails 5\n }}")
         else:
-            kit.corefile = corefile(up.port, extra=change)
+            kit.corefile = corefile(up.port, METRICS, change)
         assert await kit.agent.reload()
         reply = await kit.query("a.example.")
         assert rcode_text(reply) == "NOERROR"
@@ -83,9 +83,9 @@ async def test_cache_survives_when_cache_settings_unchanged(change: str) -> None
 
 
 async def test_cache_dropped_when_cache_settings_change() -> None:
-    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port, METRICS)) as kit:
         assert ttls(await kit.query("a.example.")) == [30]
-        kit.corefile = corefile(up.port, cache="cache 10")
+        kit.corefile = corefile(up.port, METRICS, cache="cache 10")
         assert await kit.agent.reload()
         reply = await kit.query("a.example.")
         assert ttls(reply) == [10]  # the new maximum applies
@@ -93,7 +93,7 @@ async def test_cache_dropped_when_cache_settings_change() -> None:
 
 
 async def test_unchanged_text_is_a_no_op() -> None:
-    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port, METRICS)) as kit:
         runtime = kit.agent.runtime
         assert await kit.agent.reload()
         assert kit.agent.runtime is runtime
@@ -102,8 +102,8 @@ async def test_unchanged_text_is_a_no_op() -> None:
 async def test_new_block_served_after_reload() -> None:
     async with FakeUpstream(records=RECORDS_A) as up, \
             FakeUpstream(records={"x.cluster.local. A": "10.0.0.1"}) as cluster, \
-            AgentKit(corefile(up.port)) as kit:
-        text = corefile(up.port).replace(". {", "example {")
+            AgentKit(corefile(up.port, METRICS)) as kit:
+        text = corefile(up.port, METRICS).replace(". {", "example {")
         kit.corefile = text
         assert await kit.agent.reload()
         assert rcode_text(await kit.query("x.cluster.local.")) == "REFUSED"
@@ -116,10 +116,10 @@ async def test_new_block_served_after_reload() -> None:
 
 async def test_reload_then_broken_then_good() -> None:
     async with FakeUpstream(records=RECORDS_A) as one, FakeUpstream(records=RECORDS_B) as two, \
-            AgentKit(corefile(one.port)) as kit:
+            AgentKit(corefile(one.port, METRICS)) as kit:
         kit.corefile = "garbage {"
         assert not await kit.agent.reload()
-        kit.corefile = corefile(two.port)
+        kit.corefile = corefile(two.port, METRICS)
         assert await kit.agent.reload()
         assert str((await kit.query("a.example.")).answer[0][0]) == "192.0.2.2"
 
@@ -128,9 +128,9 @@ async def test_failure_after_switching_listeners_switches_back() -> None:
     # The new config parses, but its metrics address cannot be bound: the listeners were
     # already pointed at the new handlers and must be pointed back at the old ones.
     async with FakeUpstream(records=RECORDS_A) as one, FakeUpstream(records=RECORDS_B) as two, \
-            AgentKit(corefile(one.port)) as kit:
+            AgentKit(corefile(one.port, METRICS)) as kit:
         runtime = kit.agent.runtime
-        kit.corefile = corefile(two.port).replace("prometheus 127.0.0.1:9153",
+        kit.corefile = corefile(two.port, METRICS).replace("prometheus 127.0.0.1:9153",
                                                   "prometheus 192.0.2.55:9153")
         assert not await kit.agent.reload()
         assert kit.agent.runtime is runtime
@@ -147,9 +147,9 @@ async def test_debug_logs_at_debug_level_until_a_reload_drops_it() -> None:
     root.setLevel(logging.WARNING)
     try:
         async with FakeUpstream(records=RECORDS_A) as up, \
-                AgentKit(corefile(up.port, extra="debug")) as kit:
+                AgentKit(corefile(up.port, METRICS, "debug")) as kit:
             assert root.level == logging.DEBUG  # process-wide, as CoreDNS
-            kit.corefile = corefile(up.port)
+            kit.corefile = corefile(up.port, METRICS)
             assert await kit.agent.reload()
             assert root.level == logging.WARNING
     finally:
@@ -157,10 +157,10 @@ async def test_debug_logs_at_debug_level_until_a_reload_drops_it() -> None:
 
 
 async def test_timeouts_apply_to_the_open_listener_on_reload() -> None:
-    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port)) as kit:
+    async with FakeUpstream(records=RECORDS_A) as up, AgentKit(corefile(up.port, METRICS)) as kit:
         listener = kit.agent.listeners[("127.0.0.1", 0)]
         assert listener.tcp is not None and listener.tcp.timeouts is None  # the defaults
-        kit.corefile = corefile(up.port, extra="timeouts {\n  idle 1s\n }")
+        kit.corefile = corefile(up.port, METRICS, "timeouts {\n  idle 1s\n }")
         assert await kit.agent.reload()
         assert kit.agent.listeners[("127.0.0.1", 0)] is listener  # same sockets
         assert listener.tcp.timeouts is not None and listener.tcp.timeouts.idle == 1.0

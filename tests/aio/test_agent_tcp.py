@@ -11,6 +11,7 @@ from nodecache.aio import agent as agent_module
 from nodecache.aio import server
 from tests.kit.agentkit import AgentKit, make_query
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -33,8 +34,6 @@ def slow_for(names: set[str], delay: float = SLOW):
     return handler
 
 
-def corefile(port: int, forward_options: str = "") -> str:
-    return f". {{\n cache 30\n forward . 127.0.0.1:{port} {{\n {forward_options}\n }}\n}}\n"
 
 
 async def test_slow_miss_does_not_block_later_hit_on_one_connection() -> None:
@@ -182,7 +181,7 @@ async def test_connection_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_misses_pipelined_on_pooled_upstream_connections() -> None:
     names = [f"n{i}.example." for i in range(1, 11)]
     async with FakeUpstream(records=RECORDS, delay=0.2) as up, \
-            AgentKit(corefile(up.port, "force_tcp")) as kit:
+            AgentKit(corefile(up.port, forward_options="force_tcp")) as kit:
         replies = await asyncio.gather(*(kit.query(n) for n in names))
         assert all(r.rcode() == dns.rcode.NOERROR for r in replies)
         assert [q.proto for q in up.queries] == ["tcp"] * len(names)
@@ -204,7 +203,7 @@ async def test_tcp_client_miss_goes_upstream_over_tcp() -> None:
 
 async def test_upstream_connection_reset_mid_stream_recovers() -> None:
     async with FakeUpstream(records=RECORDS) as up, \
-            AgentKit(corefile(up.port, "force_tcp")) as kit:
+            AgentKit(corefile(up.port, forward_options="force_tcp")) as kit:
         await kit.query("n1.example.")
         assert up.reset_tcp() >= 1
         await asyncio.sleep(0.05)

@@ -12,6 +12,7 @@ import pytest
 
 from tests.kit.agentkit import AgentKit, handler_of, make_query, rcode_text, total, ttls
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -19,10 +20,6 @@ pytestmark = pytest.mark.usefixtures("loop_errors")
 RECORDS = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.2"}
 
 
-def corefile(port: int, cache: str = "cache 30", forward_options: str = "",
-             extra: str = "") -> str:
-    return (f". {{\n {cache}\n forward . 127.0.0.1:{port} {{\n {forward_options}\n }}\n"
-            f" {extra}\n}}\n")
 
 
 async def wait_for(predicate, timeout: float = 2.0) -> None:
@@ -224,8 +221,8 @@ async def test_max_concurrent_refuses_the_excess() -> None:
     names = [f"n{i}.example." for i in range(8)]
     records = {f"{n} A": "192.0.2.9" for n in names}
     async with FakeUpstream(records=records, delay=0.3) as up, \
-            AgentKit(corefile(up.port, forward_options="max_concurrent 3",
-                              extra="prometheus 127.0.0.1:9153")) as kit:
+            AgentKit(corefile(up.port, "prometheus 127.0.0.1:9153",
+                              forward_options="max_concurrent 3")) as kit:
         replies = await asyncio.gather(*(kit.query(n) for n in names))
         codes = [rcode_text(r) for r in replies]
         assert codes.count("NOERROR") == 3
@@ -248,8 +245,8 @@ async def test_prefetch_refreshes_before_expiry() -> None:
         return make_answer(q, [f"192.0.2.{next(counter)}"], ttl=10)
 
     async with FakeUpstream(handler) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n prefetch 1 1m 50%\n }",
-                              extra="prometheus 127.0.0.1:9153")) as kit:
+            AgentKit(corefile(up.port, "prometheus 127.0.0.1:9153",
+                              cache="cache 30 {\n prefetch 1 1m 50%\n }")) as kit:
         first = await kit.query("a.example.")
         assert str(first.answer[0][0]) == "192.0.2.1"
         handler = handler_of(kit)
@@ -281,7 +278,7 @@ async def test_prefetch_refreshes_before_expiry() -> None:
 
 async def test_prefetch_needs_amount_hits_within_duration() -> None:
     async with FakeUpstream(answer_from(RECORDS, ttl=10)) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n prefetch 3 1m 50%\n }")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30 {\n prefetch 3 1m 50%\n }")) as kit:
         await kit.query("a.example.")
         handler = handler_of(kit)
         entry = next(iter(handler.index.values()))
@@ -318,8 +315,8 @@ async def _expire(kit: AgentKit) -> None:
 
 async def test_serve_stale_immediate() -> None:
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, SHORT.format(mode="immediate"),
-                              extra="prometheus 127.0.0.1:9153")) as kit:
+            AgentKit(corefile(up.port, "prometheus 127.0.0.1:9153",
+                              cache=SHORT.format(mode="immediate"))) as kit:
         first = await kit.query("a.example.")
         assert ttls(first) == [1]
         await _expire(kit)
@@ -340,7 +337,7 @@ async def test_serve_stale_immediate() -> None:
 
 async def test_serve_stale_immediate_with_upstream_down() -> None:
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, SHORT.format(mode="immediate"))) as kit:
+            AgentKit(corefile(up.port, cache=SHORT.format(mode="immediate"))) as kit:
         await kit.query("a.example.")
         await _expire(kit)
         up.handler = lambda q, p: None
@@ -355,7 +352,7 @@ async def test_serve_stale_immediate_with_upstream_down() -> None:
 
 async def test_serve_stale_verify_prefers_a_fresh_answer() -> None:
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, SHORT.format(mode="verify"))) as kit:
+            AgentKit(corefile(up.port, cache=SHORT.format(mode="verify"))) as kit:
         await kit.query("a.example.")
         await _expire(kit)
         reply = await kit.query("a.example.")
@@ -367,7 +364,7 @@ async def test_serve_stale_verify_prefers_a_fresh_answer() -> None:
 @pytest.mark.parametrize("failure", ["silent", "servfail"])
 async def test_serve_stale_verify_falls_back_to_stale(failure: str) -> None:
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, SHORT.format(mode="verify")),
+            AgentKit(corefile(up.port, cache=SHORT.format(mode="verify")),
                      forward_overrides={"try_timeout": 0.2, "budget": 0.4}) as kit:
         await kit.query("a.example.")
         await _expire(kit)
@@ -393,7 +390,7 @@ async def test_serve_stale_verify_client_timer_with_slow_upstream() -> None:
         return numbered(q, proto)
 
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, SHORT.format(mode="verify")),
+            AgentKit(corefile(up.port, cache=SHORT.format(mode="verify")),
                      forward_overrides={"try_timeout": 3.0, "budget": 3.5}) as kit:
         await kit.query("a.example.")
         await _expire(kit)
@@ -415,7 +412,7 @@ async def test_serve_stale_verify_client_timer_with_slow_upstream() -> None:
 
 async def test_stale_entries_not_served_past_the_stale_duration() -> None:
     async with FakeUpstream(_numbered()) as up, \
-            AgentKit(corefile(up.port, "cache 30 {\n success 100 30 1\n serve_stale 1s\n }")) as kit:
+            AgentKit(corefile(up.port, cache="cache 30 {\n success 100 30 1\n serve_stale 1s\n }")) as kit:
         await kit.query("a.example.")
         handler = handler_of(kit)
         entry = next(iter(handler.index.values()))

@@ -25,6 +25,7 @@ from nodecache.config.settings import ForwardSettings
 from tests.kit.agentkit import AgentKit, rcode_text
 from tests.kit.fakeupstream import FakeUpstream, loop_errors, make_answer
 from tests.kit.refnodecache import closed_port, free_port, node_cache
+from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -33,12 +34,8 @@ pytestmark = pytest.mark.usefixtures("loop_errors")
 DEFAULTS = {"try_timeout": ForwardSettings.try_timeout, "budget": ForwardSettings.budget}
 #: A client's default timeout (glibc, musl), s.
 CLIENT_TIMEOUT = 5.0
-
-
-def corefile(upstreams: str, options: str = "", *, port: int = 53) -> str:
-    """AgentKit rebinds to 127.0.0.1 on a free port; node-cache gets ``port``."""
-    return (f".:{port} {{\n errors\n cache 30\n bind 127.0.0.1\n"
-            f" forward . {upstreams} {{\n {options}\n }}\n}}\n")
+#: Both caches bind 127.0.0.1 (AgentKit then picks a free port) and log errors.
+PLUGINS = ("errors", "bind 127.0.0.1")
 
 
 async def timed_queries(ask, names: list[str]) -> list[tuple[str, float]]:
@@ -56,11 +53,12 @@ async def test_refused_upstream_servfail_at_once(transport: str, tmp_path: Path)
     closed = closed_port()
     options = "force_tcp" if transport == "tcp" else ""
     names = [f"n{i}.example." for i in range(4)]
-    async with AgentKit(corefile(f"127.0.0.1:{closed}", options),
+    async with AgentKit(corefile(f"127.0.0.1:{closed}", *PLUGINS, forward_options=options),
                         forward_overrides=DEFAULTS) as kit:
         ours = await timed_queries(lambda n: kit.query(n, tcp=transport == "tcp"), names)
     port = free_port()
-    with node_cache(corefile(f"127.0.0.1:{closed}", options, port=port), tmp_path, port=port):
+    with node_cache(corefile(f"127.0.0.1:{closed}", *PLUGINS, forward_options=options,
+                             server=f".:{port}"), tmp_path, port=port):
         async def ask(name: str) -> dns.message.Message:
             query = dns.message.make_query(name, "A")
             if transport == "tcp":
@@ -78,8 +76,8 @@ async def test_refused_upstream_servfail_at_once(transport: str, tmp_path: Path)
 async def test_refused_upstream_fails_over_at_once() -> None:
     closed = closed_port()
     async with FakeUpstream(records={"a.example. A": "192.0.2.1"}) as up, \
-            AgentKit(corefile(f"127.0.0.1:{closed} 127.0.0.1:{up.port}",
-                              "policy sequential\n force_tcp"), forward_overrides=DEFAULTS) as kit:
+            AgentKit(corefile(f"127.0.0.1:{closed} 127.0.0.1:{up.port}", *PLUGINS,
+                              forward_options="policy sequential\n force_tcp"), forward_overrides=DEFAULTS) as kit:
         for name in ("a.example.", "b.example."):
             began = time.monotonic()
             reply = await kit.query(name, "A")
@@ -91,7 +89,7 @@ async def test_refused_upstream_fails_over_at_once() -> None:
 
 async def test_silent_upstream_servfail_before_the_client_gives_up() -> None:
     async with FakeUpstream(lambda q, p: None) as up, \
-            AgentKit(corefile(f"127.0.0.1:{up.port}"), forward_overrides=DEFAULTS) as kit:
+            AgentKit(corefile(f"127.0.0.1:{up.port}", *PLUGINS), forward_overrides=DEFAULTS) as kit:
         loop = asyncio.get_running_loop()
         began = loop.time()
 
@@ -117,7 +115,7 @@ async def test_answer_just_past_the_try_timeout_is_not_lost(transport: str) -> N
 
     options = "force_tcp" if transport == "tcp" else ""
     async with FakeUpstream(late) as up, \
-            AgentKit(corefile(f"127.0.0.1:{up.port}", options), forward_overrides=DEFAULTS) as kit:
+            AgentKit(corefile(f"127.0.0.1:{up.port}", *PLUGINS, forward_options=options), forward_overrides=DEFAULTS) as kit:
         began = time.monotonic()
         reply = await kit.query("late.example.", timeout=CLIENT_TIMEOUT)
         took = time.monotonic() - began

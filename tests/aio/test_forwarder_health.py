@@ -10,19 +10,18 @@ import dns.rcode
 import pytest
 
 from nodecache.aio.forwarder import Forwarder
-from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.config.settings import Upstream
 from nodecache.core.stats import ForwardStats
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
 from tests.kit.fakeupstream import (
     FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
 )
-from tests.kit.forwarderkit import forwarder, settings
+from tests.kit.forwarderkit import forwarder, quick
 
 ok = answer_from({"a.example. A": "192.0.2.1"})
 
 
-def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    return settings(upstreams, dict(try_timeout=0.1, budget=0.25, health_check=0.03), kw)
+fast = quick(try_timeout=0.1, budget=0.25, health_check=0.03)
 
 
 async def until(cond: Any, timeout: float = 2.0) -> None:

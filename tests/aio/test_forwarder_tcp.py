@@ -9,20 +9,19 @@ from typing import Any
 import dns.message
 import pytest
 
-from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.config.settings import Upstream
 from nodecache.errors import UpstreamError
 from tests.kit.fakeupstream import (
     CLOSE, RESET, FakeUpstream, RawTCP, answer_from, loop_errors, make_answer,  # noqa: F401
     query_wire,
 )
-from tests.kit.forwarderkit import forwarder, settings
+from tests.kit.forwarderkit import forwarder, quick
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 60)}
 ok = answer_from(RECORDS)
 
 
-def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    return settings(upstreams, dict(try_timeout=0.3, budget=1.0, health_check=0.05, force_tcp=True), kw)
+fast = quick(try_timeout=0.3, budget=1.0, health_check=0.05, force_tcp=True)
 
 
 def address_of(wire: bytes) -> str:

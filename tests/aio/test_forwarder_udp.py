@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any
 
 import dns.message
 import dns.rcode
 import pytest
 
-from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.config.settings import Upstream
 from nodecache.errors import ClientProtocolError, UpstreamError
 from tests.kit.fakeupstream import (
     FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
 )
-from tests.kit.forwarderkit import forwarder, settings
+from tests.kit.forwarderkit import forwarder, quick
 
 RECORDS = {"a.example. A": "192.0.2.1", "big.example. TXT": ["x" * 200] * 5}
 
 
-def fast(*upstreams: Upstream, **kw: Any) -> ForwardSettings:
-    return settings(upstreams, dict(try_timeout=0.2, budget=0.6, health_check=0.05), kw)
+fast = quick(try_timeout=0.2, budget=0.6, health_check=0.05)
 
 
 async def test_udp_answer_restores_id(loop_errors: list) -> None:

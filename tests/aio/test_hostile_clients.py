@@ -26,12 +26,11 @@ from tests.kit.agentkit import AgentKit, make_query
 from tests.kit.dnsmasq import dnsmasq
 from tests.kit.fakeupstream import FakeUpstream, plain_query
 from tests.kit.refnodecache import free_port
+from tests.kit.corefiles import corefile
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 21)}
 
 
-def corefile(up: FakeUpstream, extra: str = "") -> str:
-    return f". {{\n cache 30\n forward . {up.address[0]}:{up.port}\n{extra}}}\n"
 
 
 def frame(wire: bytes) -> bytes:
@@ -46,7 +45,7 @@ def address_of(reply: bytes) -> str:
 
 @pytest.mark.asyncio
 async def test_a_byte_at_a_time_is_answered_and_blocks_nobody() -> None:
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
         reader, writer = await asyncio.open_connection(*kit.address)
         data = frame(make_query("n1.example.", "A", qid=7).to_wire())
         udp_latencies = []
@@ -69,7 +68,7 @@ async def test_a_byte_at_a_time_is_answered_and_blocks_nobody() -> None:
 async def test_a_dribbling_client_that_never_completes_a_query_is_closed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "TCP_READ_TIMEOUT", 1.0)  # the first query's
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
         reader, writer = await asyncio.open_connection(*kit.address)
         writer.write(b"\x01\x00")  # a 256-byte query is coming...
         started = time.monotonic()
@@ -95,7 +94,7 @@ async def test_idle_connections_beyond_the_limit_are_closed_the_rest_served(
         monkeypatch: pytest.MonkeyPatch) -> None:
     limit, extra = 50, 30
     monkeypatch.setattr(server, "TCP_MAX_CONNECTIONS", limit)
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
         clients = [await kit.tcp_client() for _ in range(limit + extra)]
         try:
             closed = await asyncio.gather(*(c.closed_by_peer(0.5) for c in clients))
@@ -134,7 +133,7 @@ async def test_idle_connections_beyond_the_limit_are_closed_the_rest_served(
     (b"\x00", "half a length, then EOF"),
 ])
 async def test_broken_frames_cost_only_their_connection(data: bytes, why: str) -> None:
-    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up)) as kit:
+    async with FakeUpstream(records=RECORDS) as up, AgentKit(corefile(up.port)) as kit:
         reader, writer = await asyncio.open_connection(*kit.address)
         writer.write(data)
         await writer.drain()

@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -21,10 +20,9 @@ from tests.kit.agentkit import AgentKit, make_query, rcode_text
 from tests.kit.fakeupstream import RESET, FakeUpstream, make_answer, plain_query
 from tests.kit.dnsmasq import dnsmasq
 from tests.kit.refnodecache import free_port
+from tests.kit.corefiles import corefile
 
 
-def corefile(port: int, forward_options: str = "", cache: str = "cache 30") -> str:
-    return (f". {{\n {cache}\n forward . 127.0.0.1:{port} {{\n {forward_options}\n }}\n}}\n")
 
 
 # -- max_concurrent ------------------------------------------------------------------
@@ -45,7 +43,7 @@ async def test_max_concurrent_bounds_what_the_upstream_sees_under_sustained_load
         return make_answer(query, ["192.0.2.1"])
 
     async with FakeUpstream(slow) as up, \
-            AgentKit(corefile(up.port, f"max_concurrent {limit}"),
+            AgentKit(corefile(up.port, forward_options=f"max_concurrent {limit}"),
                      forward_overrides={"try_timeout": 2.0, "budget": 2.0}) as kit:
         codes: list[str] = []
         for wave in range(5):  # 5 waves of 30 unique names, half over TCP

@@ -1,8 +1,6 @@
 """Arbitrary input gives a Config or a ConfigError with a position, never anything else."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from nodecache.config.plugins import NOT_IMPLEMENTED, PLUGINS
 from tests.kit import ROOT

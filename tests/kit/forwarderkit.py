@@ -1,6 +1,7 @@
 """Helpers shared by the forwarder tests: quick settings and a started Forwarder."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nodecache.aio.forwarder import Forwarder
@@ -8,10 +9,12 @@ from nodecache.config.settings import ForwardSettings, Upstream
 from nodecache.core.stats import ForwardStats
 
 
-def settings(upstreams: tuple[Upstream, ...], defaults: dict[str, Any],
-             overrides: dict[str, Any]) -> ForwardSettings:
-    """ForwardSettings for zone ".", ``defaults`` (short timeouts) updated by ``overrides``."""
-    return ForwardSettings(zone=".", upstreams=upstreams, **{**defaults, **overrides})
+def quick(**defaults: Any) -> Callable[..., ForwardSettings]:
+    """``fast(*upstreams, **overrides)``: ForwardSettings for zone "." with ``defaults``
+    (a test module's short timeouts) updated by ``overrides``."""
+    def fast(*upstreams: Upstream, **overrides: Any) -> ForwardSettings:
+        return ForwardSettings(zone=".", upstreams=upstreams, **{**defaults, **overrides})
+    return fast
 
 
 async def forwarder(settings: ForwardSettings, **kw: Any) -> tuple[Forwarder, ForwardStats]:

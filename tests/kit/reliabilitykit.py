@@ -35,7 +35,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from tests.kit import netns
+from tests.kit import corefiles, netns
 
 HOT = 100
 TTL = 5  # s
@@ -198,11 +198,11 @@ def fake_upstream(ns: str, mode: str) -> Iterator[tuple[int, subprocess.Popen[by
 
 # -- the agent ---------------------------------------------------------------
 
-def corefile(upstream: str, *, forward_options: str = "", cache: str = f"cache {TTL} {{\n"
-             "        serve_stale 60s\n    }", bind: str = "127.0.0.1", port: int = 53,
-             extra: str = "") -> str:
-    return (f".:{port} {{\n    bind {bind}\n    {cache}\n"
-            f"    forward . {upstream} {{\n        {forward_options}\n    }}\n{extra}}}\n")
+def corefile(upstream: str, *plugins: str, forward_options: str = "", cache: str = f"cache {TTL} {{\n"
+             " serve_stale 60s\n }", bind: str = "127.0.0.1", port: int = 53) -> str:
+    """The agent's Corefile in these tests: serve_stale on, bound to ``bind``."""
+    return corefiles.corefile(upstream, f"bind {bind}", *plugins, cache=cache, forward_options=forward_options,
+                              server=f".:{port}")
 
 
 def start_agent(ns: str, conf: Path, *args: str, log: Path,

@@ -48,9 +48,8 @@ COMMENTS = [f'"{r.comment}"' for r in notrack_rules([V4], 53, HEALTH)]
 
 
 def corefile() -> str:
-    return (f".:53 {{\n    bind {V4}\n    cache {kit.TTL} {{\n        serve_stale 60s\n    }}\n"
-            f"    forward . {kit.UPSTREAM_IP}:{RELAY_PORT}\n"
-            f"    health {V4}:{HEALTH} {{\n        lameduck 1s\n    }}\n}}\n")
+    return kit.corefile(f"{kit.UPSTREAM_IP}:{RELAY_PORT}", f"health {V4}:{HEALTH} {{\n lameduck 1s\n }}",
+                        bind=V4)
 
 
 def start_agent(node: str, tmp: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
