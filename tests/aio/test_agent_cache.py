@@ -15,15 +15,13 @@ import dns.rdatatype
 import pytest
 
 from nodecache.core.handler import Miss
-from tests.kit.agentkit import (LOOPBACK, AgentKit, handler_of, make_query, negative, rcode_text,
-                            ttls)
-from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer, truncated
+from tests.kit.agentkit import LOOPBACK, AgentKit, handler_of, negative, rcode_text, ttls
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer, truncated
+from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
-
-
 
 
 def udp_ttl(reply: bytes) -> int:

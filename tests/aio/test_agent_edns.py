@@ -10,9 +10,10 @@ import dns.rdatatype
 import pytest
 
 from nodecache.core.wire import OUR_UDP_PAYLOAD
-from tests.kit.agentkit import AgentKit, make_query, rcode_text
-from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
+from tests.kit.agentkit import AgentKit, rcode_text
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
+from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -33,8 +34,6 @@ def sized(query: dns.message.Message, proto: str) -> dns.message.Message | bytes
         except dns.exception.TooBig:
             return truncated(query)
     return reply.to_wire(max_size=65535)  # over TCP: whole, whatever the query's payload
-
-
 
 
 # (name, EDNS payload or None for no OPT, expect TC over UDP)

@@ -7,9 +7,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, make_query, rcode_text
-from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.agentkit import AgentKit, rcode_text
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -21,8 +22,6 @@ QUESTION = b"\x01a\x07example\x00\x00\x01\x00\x01"
 def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
            ar: int = 0) -> bytes:
     return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
-
-
 
 
 # (id, datagram, expected rcode or None for "no reply")

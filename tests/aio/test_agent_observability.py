@@ -10,9 +10,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.kit.agentkit import AgentKit, make_query, rcode_text, total
-from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.agentkit import AgentKit, rcode_text, total
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.queries import make_query
 
 ENDPOINTS = ("prometheus 127.0.0.1:9153", "health 127.0.0.1:8080", "ready 127.0.0.1:8181")
 
@@ -20,8 +21,6 @@ __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
 
 RECORDS = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.2"}
-
-
 
 
 async def test_metrics_grow_with_traffic() -> None:

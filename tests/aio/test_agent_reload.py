@@ -6,9 +6,10 @@ import logging
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, handler_of, make_query, rcode_text, total, ttls
-from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.agentkit import AgentKit, handler_of, rcode_text, total, ttls
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, loop_errors
+from tests.kit.queries import make_query
 
 METRICS = "prometheus 127.0.0.1:9153"
 
@@ -17,8 +18,6 @@ pytestmark = pytest.mark.usefixtures("loop_errors")
 
 RECORDS_A = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.1"}
 RECORDS_B = {"a.example. A": "192.0.2.2", "b.example. A": "192.0.2.2"}
-
-
 
 
 async def test_new_upstream_applies_and_port_stays() -> None:

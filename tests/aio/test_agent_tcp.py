@@ -9,9 +9,10 @@ import pytest
 
 from nodecache.aio import agent as agent_module
 from nodecache.aio import server
-from tests.kit.agentkit import AgentKit, make_query
-from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors
+from tests.kit.agentkit import AgentKit
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors
+from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -32,8 +33,6 @@ def slow_for(names: set[str], delay: float = SLOW):
         return plain(query, proto)
 
     return handler
-
-
 
 
 async def test_slow_miss_does_not_block_later_hit_on_one_connection() -> None:

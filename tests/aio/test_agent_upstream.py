@@ -10,16 +10,15 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.kit.agentkit import AgentKit, handler_of, make_query, rcode_text, total, ttls
-from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer
+from tests.kit.agentkit import AgentKit, handler_of, rcode_text, total, ttls
 from tests.kit.corefiles import corefile
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer
+from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
 
 RECORDS = {"a.example. A": "192.0.2.1", "b.example. A": "192.0.2.2"}
-
-
 
 
 async def wait_for(predicate, timeout: float = 2.0) -> None:

@@ -23,9 +23,9 @@ import pytest
 
 from nodecache.config.settings import ForwardSettings
 from tests.kit.agentkit import AgentKit, rcode_text
+from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, loop_errors, make_answer
 from tests.kit.refnodecache import closed_port, free_port, node_cache
-from tests.kit.corefiles import corefile
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")

@@ -13,10 +13,9 @@ from nodecache.aio.forwarder import Forwarder
 from nodecache.config.settings import Upstream
 from nodecache.core.stats import ForwardStats
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
-from tests.kit.fakeupstream import (
-    FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
-)
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer  # noqa: F401
 from tests.kit.forwarderkit import forwarder, quick
+from tests.kit.queries import query_wire
 
 ok = answer_from({"a.example. A": "192.0.2.1"})
 

@@ -13,9 +13,9 @@ from nodecache.config.settings import Upstream
 from nodecache.errors import UpstreamError
 from tests.kit.fakeupstream import (
     CLOSE, RESET, FakeUpstream, RawTCP, answer_from, loop_errors, make_answer,  # noqa: F401
-    query_wire,
 )
 from tests.kit.forwarderkit import forwarder, quick
+from tests.kit.queries import query_wire
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 60)}
 ok = answer_from(RECORDS)

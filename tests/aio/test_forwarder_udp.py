@@ -12,10 +12,9 @@ import pytest
 
 from nodecache.config.settings import Upstream
 from nodecache.errors import ClientProtocolError, UpstreamError
-from tests.kit.fakeupstream import (
-    FakeUpstream, answer_from, loop_errors, make_answer, query_wire,  # noqa: F401
-)
+from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer  # noqa: F401
 from tests.kit.forwarderkit import forwarder, quick
+from tests.kit.queries import query_wire
 
 RECORDS = {"a.example. A": "192.0.2.1", "big.example. TXT": ["x" * 200] * 5}
 

@@ -22,15 +22,14 @@ from pathlib import Path
 import pytest
 
 from nodecache.aio import server
-from tests.kit.agentkit import AgentKit, make_query
-from tests.kit.dnsmasq import dnsmasq
-from tests.kit.fakeupstream import FakeUpstream, plain_query
-from tests.kit.refnodecache import free_port
+from tests.kit.agentkit import AgentKit
 from tests.kit.corefiles import corefile
+from tests.kit.dnsmasq import dnsmasq
+from tests.kit.fakeupstream import FakeUpstream
+from tests.kit.queries import make_query, plain_query
+from tests.kit.refnodecache import free_port
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 21)}
-
-
 
 
 def frame(wire: bytes) -> bytes:

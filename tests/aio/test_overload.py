@@ -16,13 +16,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, make_query, rcode_text
-from tests.kit.fakeupstream import RESET, FakeUpstream, make_answer, plain_query
-from tests.kit.dnsmasq import dnsmasq
-from tests.kit.refnodecache import free_port
+from tests.kit.agentkit import AgentKit, rcode_text
 from tests.kit.corefiles import corefile
-
-
+from tests.kit.dnsmasq import dnsmasq
+from tests.kit.fakeupstream import RESET, FakeUpstream, make_answer
+from tests.kit.queries import make_query, plain_query
+from tests.kit.refnodecache import free_port
 
 
 # -- max_concurrent ------------------------------------------------------------------

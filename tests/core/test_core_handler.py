@@ -16,6 +16,7 @@ from nodecache.core.handler import Miss, QueryHandler
 from nodecache.core.runtime import single_handler
 from nodecache.core.stats import SIZE_BUCKETS
 from nodecache.errors import ConcurrencyLimitError, UpstreamError
+from tests.kit.queries import make_query
 
 Upstream = Callable[[dns.message.Message], dns.message.Message]
 
@@ -72,6 +73,8 @@ def negative(rcode: int, soa_ttl: int, minimum: int) -> Upstream:
     return upstream
 
 
+#: The name most queries here ask for.
+SVC = "svc.cluster.local."
 CLUSTER = """cluster.local:53 {
     cache {
         success 100 30
@@ -82,16 +85,12 @@ CLUSTER = """cluster.local:53 {
 """
 
 
-def q(name: str = "svc.cluster.local.", rdtype: str = "A", **kw: object) -> dns.message.Message:
-    return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
-
-
 def test_hit_sizes_follow_the_reply_sent() -> None:
     """EDNS hits carry our OPT, truncated hits their short form: sizes as sent."""
     many = [f"10.0.0.{i}" for i in range(1, 41)]  # 40 A records: over 512 bytes
     d = Driver(CLUSTER, answer_a(30, *many))
-    big = q(use_edns=0, payload=4096).to_wire()
-    plain = q(use_edns=False).to_wire()
+    big = make_query(SVC, edns=0, payload=4096).to_wire()
+    plain = make_query(SVC).to_wire()
     d.ask(big)  # the miss that stores the entry
     replies = [d.handler.handle(query, d.now, 0) for query in (big, plain, big)]
     assert all(isinstance(r, bytes) for r in replies)
@@ -108,12 +107,12 @@ def test_hit_sizes_follow_the_reply_sent() -> None:
 
 def test_ttl_counts_down_and_entry_expires() -> None:
     d = Driver(CLUSTER, answer_a(300))
-    assert d.ask(q()).answer[0].ttl == 30  # clamped to success TTL 30
+    assert d.ask(make_query(SVC)).answer[0].ttl == 30  # clamped to success TTL 30
     d.now += 10.4
-    assert d.ask(q()).answer[0].ttl == 20
+    assert d.ask(make_query(SVC)).answer[0].ttl == 20
     assert len(d.upstream_queries) == 1
     d.now += 20
-    d.ask(q())
+    d.ask(make_query(SVC))
     assert len(d.upstream_queries) == 2
 
 
@@ -127,13 +126,13 @@ def test_ttl_counts_down_and_entry_expires() -> None:
 def test_negative_answers_cached_with_soa_ttl(rcode: int, soa_ttl: int, minimum: int,
                                               expected: int) -> None:
     d = Driver(CLUSTER, negative(rcode, soa_ttl, minimum))
-    first = d.ask(q())
+    first = d.ask(make_query(SVC))
     assert first.rcode() == rcode and first.authority[0].ttl == expected
     d.now += expected - 0.5
-    assert d.ask(q()).rcode() == rcode
+    assert d.ask(make_query(SVC)).rcode() == rcode
     assert len(d.upstream_queries) == 1
     d.now += 1
-    d.ask(q())
+    d.ask(make_query(SVC))
     assert len(d.upstream_queries) == 2
 
 
@@ -143,8 +142,8 @@ def test_nxdomain_without_soa_is_not_cached() -> None:
         r.set_rcode(dns.rcode.NXDOMAIN)
         return r
     d = Driver(CLUSTER, upstream)
-    d.ask(q())
-    d.ask(q())
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
     assert len(d.upstream_queries) == 2
 
 
@@ -156,12 +155,12 @@ def test_error_rcodes(rcode: int, cached: bool) -> None:
         r.set_rcode(rcode)
         return r
     d = Driver(CLUSTER, upstream)
-    assert d.ask(q()).rcode() == rcode
+    assert d.ask(make_query(SVC)).rcode() == rcode
     d.now += 4
-    assert d.ask(q()).rcode() == rcode
+    assert d.ask(make_query(SVC)).rcode() == rcode
     assert len(d.upstream_queries) == (1 if cached else 2)
     d.now += 2  # servfail default 5 s
-    d.ask(q())
+    d.ask(make_query(SVC))
     assert len(d.upstream_queries) == (2 if cached else 3)
 
 
@@ -171,15 +170,15 @@ def test_truncated_answers_never_cached() -> None:
         r.flags |= dns.flags.TC
         return r
     d = Driver(CLUSTER, upstream)
-    assert d.ask(q()).flags & dns.flags.TC
-    d.ask(q())
+    assert d.ask(make_query(SVC)).flags & dns.flags.TC
+    d.ask(make_query(SVC))
     assert len(d.upstream_queries) == 2
 
 
 def test_reply_echoes_id_and_exact_case() -> None:
     d = Driver(CLUSTER, answer_a())
-    d.ask(q("svc.cluster.local."))
-    mixed = q("SvC.ClUsTeR.LoCaL.")
+    d.ask(make_query("svc.cluster.local."))
+    mixed = make_query("SvC.ClUsTeR.LoCaL.")
     reply = d.ask(mixed)
     assert reply.id == mixed.id
     assert str(reply.question[0].name) == "SvC.ClUsTeR.LoCaL."
@@ -188,48 +187,48 @@ def test_reply_echoes_id_and_exact_case() -> None:
 
 
 @pytest.mark.parametrize("first, second, shared", [
-    ({}, {"use_edns": 0}, True),                      # EDNS alone is not in the key
-    ({}, {"want_dnssec": True}, False),               # DO is
-    ({"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}, False),
+    ({}, {"edns": 0}, True),                      # EDNS alone is not in the key
+    ({}, {"dnssec": True}, False),               # DO is
+    ({"edns": 0}, {"edns": 0, "dnssec": True}, False),
 ])
 def test_cache_key_includes_do(first: dict[str, object], second: dict[str, object],
                                shared: bool) -> None:
     d = Driver(CLUSTER, answer_a())
-    d.ask(q(**first))
-    d.ask(q(**second))
+    d.ask(make_query(SVC, **first))
+    d.ask(make_query(SVC, **second))
     assert len(d.upstream_queries) == (1 if shared else 2)
 
 
 def test_cache_key_includes_cd_and_type() -> None:
     d = Driver(CLUSTER, answer_a())
-    d.ask(q())
-    cd = q()
+    d.ask(make_query(SVC))
+    cd = make_query(SVC)
     cd.flags |= dns.flags.CD
     d.ask(cd)
-    d.ask(q(rdtype="AAAA"))
+    d.ask(make_query(SVC, rdtype="AAAA"))
     assert len(d.upstream_queries) == 3
 
 
 def test_edns_reply_has_our_opt_and_do_echo() -> None:
     d = Driver(CLUSTER, answer_a())
-    for query in (q(use_edns=0, payload=4096), q(want_dnssec=True)):
+    for query in (make_query(SVC, edns=0, payload=4096), make_query(SVC, dnssec=True)):
         reply = d.ask(query)
         assert reply.edns == 0 and reply.payload == wire.OUR_UDP_PAYLOAD
         assert bool(reply.ednsflags & dns.flags.DO) == bool(query.ednsflags & dns.flags.DO)
-    assert d.ask(q()).edns == -1
+    assert d.ask(make_query(SVC)).edns == -1
 
 
 def test_udp_truncation_and_tcp_full_answer() -> None:
     many = [f"10.0.{i // 250}.{i % 250}" for i in range(60)]  # 60 A records: > 512 bytes
     d = Driver(CLUSTER, answer_a(30, *many))
-    fit = (512 - len(q().to_wire())) // 16  # whole A records after header and question
+    fit = (512 - len(make_query(SVC).to_wire())) // 16  # whole A records after header and question
     for _ in range(2):  # from the upstream answer, then from the cache's hit path
-        udp = d.ask(q())
+        udp = d.ask(make_query(SVC))
         addresses = [r.address for r in udp.answer[0]]
         assert udp.flags & dns.flags.TC and len(addresses) == fit and set(addresses) <= set(many)
-    tcp = d.ask(q(), tcp=True)
+    tcp = d.ask(make_query(SVC), tcp=True)
     assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 60
-    big = d.ask(q(use_edns=0, payload=4096))
+    big = d.ask(make_query(SVC, edns=0, payload=4096))
     assert not big.flags & dns.flags.TC and len(big.answer[0]) == 60
     assert len(d.upstream_queries) == 1
 
@@ -246,20 +245,20 @@ def test_malformed_gets_formerr(data: bytes, rcode: int) -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\x12\x34", bytes(11),
                                   # a response (QR set) is never answered
-                                  dns.message.make_response(q()).to_wire()])
+                                  dns.message.make_response(make_query(SVC)).to_wire()])
 def test_unanswerable_is_dropped(data: bytes) -> None:
     assert make_handler(CLUSTER).handle(data, 0.0, 0) is None
 
 
 def test_opcodes_classes_versions() -> None:
     d = Driver(CLUSTER, answer_a())
-    notify = q()
+    notify = make_query(SVC)
     notify.set_opcode(dns.opcode.NOTIFY)
     assert d.ask(notify).rcode() == dns.rcode.NOTIMP
-    assert d.ask(q(use_edns=1)).rcode() == dns.rcode.BADVERS
+    assert d.ask(make_query(SVC, edns=1)).rcode() == dns.rcode.BADVERS
     chaos = dns.message.make_query("svc.cluster.local.", "TXT", "CH")
     assert d.ask(chaos).rcode() == dns.rcode.REFUSED
-    assert d.ask(q(rdtype="AXFR")).rcode() == dns.rcode.REFUSED
+    assert d.ask(make_query(SVC, rdtype="AXFR")).rcode() == dns.rcode.REFUSED
     assert not d.upstream_queries
 
 
@@ -272,23 +271,23 @@ def test_routing_longest_suffix_and_refused_outside() -> None:
     for name, zone in [("a.svc.cluster.local.", "svc.cluster.local."),
                        ("svc.cluster.local.", "svc.cluster.local."),
                        ("pod.cluster.local.", "cluster.local.")]:
-        result = h.handle(q(name).to_wire(), 0.0, 0)
+        result = h.handle(make_query(name).to_wire(), 0.0, 0)
         assert isinstance(result, Miss) and result.zone.name == zone
-    refused = dns.message.from_wire(h.handle(q("example.com.").to_wire(), 0.0, 0))  # type: ignore
+    refused = dns.message.from_wire(h.handle(make_query("example.com.").to_wire(), 0.0, 0))  # type: ignore
     assert refused.rcode() == dns.rcode.REFUSED
 
 
 def test_forward_except_is_refused() -> None:
     d = Driver("cluster.local:53 {\n cache 30\n forward . 127.0.0.1 {\n"
                "  except internal.cluster.local\n }\n}\n", answer_a())
-    assert d.ask(q("x.internal.cluster.local.")).rcode() == dns.rcode.REFUSED
-    assert d.ask(q("x.other.cluster.local.")).rcode() == dns.rcode.NOERROR
+    assert d.ask(make_query("x.internal.cluster.local.")).rcode() == dns.rcode.REFUSED
+    assert d.ask(make_query("x.other.cluster.local.")).rcode() == dns.rcode.NOERROR
 
 
 def test_upstream_failure_servfail_and_concurrency_refused() -> None:
     d = Driver(CLUSTER, answer_a())
-    assert d.ask(q(), fail=UpstreamError("timeout")).rcode() == dns.rcode.SERVFAIL
-    assert d.ask(q(), fail=ConcurrencyLimitError()).rcode() == dns.rcode.REFUSED
+    assert d.ask(make_query(SVC), fail=UpstreamError("timeout")).rcode() == dns.rcode.SERVFAIL
+    assert d.ask(make_query(SVC), fail=ConcurrencyLimitError()).rcode() == dns.rcode.REFUSED
 
 
 STALE = """cluster.local:53 {
@@ -302,27 +301,27 @@ STALE = """cluster.local:53 {
 
 def test_serve_stale_immediate_answers_ttl0_and_refreshes() -> None:
     d = Driver(STALE % "immediate", answer_a(10))
-    d.ask(q())
+    d.ask(make_query(SVC))
     d.now += 15
-    stale = d.ask(q())
+    stale = d.ask(make_query(SVC))
     assert stale.answer[0].ttl == 0 and len(d.upstream_queries) == 1
     assert len(d.refreshes) == 1
-    d.ask(q())  # a refresh is already in flight: no second one
+    d.ask(make_query(SVC))  # a refresh is already in flight: no second one
     assert len(d.refreshes) == 1
     d.resolve(d.refreshes[0])
-    assert d.ask(q()).answer[0].ttl == 10
+    assert d.ask(make_query(SVC)).answer[0].ttl == 10
     d.now += 61 + 10
-    d.ask(q())  # beyond the stale window: a plain miss
+    d.ask(make_query(SVC))  # beyond the stale window: a plain miss
     assert len(d.upstream_queries) == 3
 
 
 def test_serve_stale_verify_asks_first_then_falls_back() -> None:
     d = Driver(STALE % "verify", answer_a(10))
-    d.ask(q())
+    d.ask(make_query(SVC))
     d.now += 15
-    assert d.ask(q()).answer[0].ttl == 10  # upstream answered: fresh
+    assert d.ask(make_query(SVC)).answer[0].ttl == 10  # upstream answered: fresh
     d.now += 15
-    reply = d.ask(q(), fail=UpstreamError("down"))
+    reply = d.ask(make_query(SVC), fail=UpstreamError("down"))
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0].ttl == 0
 
 
@@ -335,19 +334,19 @@ def test_prefetch_after_enough_hits_near_expiry() -> None:
 }
 """
     d = Driver(corefile, answer_a(100))
-    d.ask(q())
+    d.ask(make_query(SVC))
     d.now += 50
-    d.ask(q())
-    d.ask(q())
-    d.ask(q())
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
     assert not d.refreshes  # 3 hits, but 50 s left of 100 (> 20%)
     d.now += 31
-    d.ask(q())
+    d.ask(make_query(SVC))
     assert len(d.refreshes) == 1
-    d.ask(q())
+    d.ask(make_query(SVC))
     assert len(d.refreshes) == 1  # one prefetch in flight per entry
     d.resolve(d.refreshes[0])
-    assert d.ask(q()).answer[0].ttl == 100
+    assert d.ask(make_query(SVC)).answer[0].ttl == 100
 
 
 def test_loadbalance_rotates_addresses() -> None:
@@ -355,7 +354,7 @@ def test_loadbalance_rotates_addresses() -> None:
     d = Driver(corefile, answer_a(30, "10.0.0.1", "10.0.0.2", "10.0.0.3"))
     firsts = set()
     for _ in range(6):
-        reply = d.ask(q())
+        reply = d.ask(make_query(SVC))
         firsts.add(next(iter(reply.answer[0])).address)
         assert sorted(r.address for r in reply.answer[0]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     assert len(firsts) == 3
@@ -365,7 +364,7 @@ def test_capacity_evicts_and_counts() -> None:
     corefile = "cluster.local:53 {\n cache {\n success 4\n }\n forward . 127.0.0.1\n}\n"
     d = Driver(corefile, answer_a())
     for i in range(10):
-        d.ask(q(f"s{i}.cluster.local."))
+        d.ask(make_query(f"s{i}.cluster.local."))
     assert len(d.handler.index) == 4
     stats = next(iter(d.handler.zones.values())).cache_stats
     assert stats.evictions_success == 6 and stats.entries_success == 4
@@ -374,7 +373,7 @@ def test_capacity_evicts_and_counts() -> None:
 def test_hits_are_counted_at_sync() -> None:
     d = Driver(CLUSTER, answer_a())
     for _ in range(5):
-        d.ask(q())
+        d.ask(make_query(SVC))
     zone = next(iter(d.handler.zones.values()))
     d.handler.sync_stats()
     assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
@@ -382,8 +381,8 @@ def test_hits_are_counted_at_sync() -> None:
     # The miss too: as in CoreDNS, the reply is written through the cache.
     assert zone.stats.responses[("NOERROR", "cache")] == 5
     # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
-    query_size = len(q().to_wire())
-    reply_size = len(d.handler.handle(q().to_wire(), d.now, 0))  # type: ignore[arg-type]
+    query_size = len(make_query(SVC).to_wire())
+    reply_size = len(d.handler.handle(make_query(SVC).to_wire(), d.now, 0))  # type: ignore[arg-type]
     request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
     assert (request.count, request.sum) == (5, 5 * query_size)
     assert (response.count, response.sum) == (5, 5 * reply_size)

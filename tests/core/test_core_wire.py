@@ -10,10 +10,7 @@ import pytest
 
 from nodecache.core import wire
 from nodecache.errors import ClientProtocolError
-
-
-def _query(name: str = "a.example.", rdtype: str = "A", **kw: object) -> bytes:
-    return dns.message.make_query(name, rdtype, **kw).to_wire()  # type: ignore[arg-type]
+from tests.kit.queries import make_query
 
 
 # A query for "a.example. A" with ID 0x1234 and RD, as hex (no EDNS).
@@ -27,14 +24,14 @@ def test_parse_plain_query_from_hex() -> None:
 
 
 @pytest.mark.parametrize("kw, edns", [
-    ({"use_edns": 0, "payload": 1232}, (1232, 0, False)),
-    ({"use_edns": 0, "payload": 100}, (512, 0, False)),  # below 512 counts as 512 (RFC 6891 6.2.5)
-    ({"use_edns": 0, "want_dnssec": True}, (1232, 0, True)),
-    ({"use_edns": 1}, (1232, 1, False)),
+    ({"edns": 0, "payload": 1232}, (1232, 0, False)),
+    ({"edns": 0, "payload": 100}, (512, 0, False)),  # below 512 counts as 512 (RFC 6891 6.2.5)
+    ({"edns": 0, "dnssec": True}, (1232, 0, True)),
+    ({"edns": 1}, (1232, 1, False)),
 ])
 def test_parse_edns(kw: dict[str, object], edns: tuple[int, int, bool]) -> None:
     kw.setdefault("payload", 1232)
-    assert wire.parse_query(_query(**kw)).edns == edns
+    assert wire.parse_query(make_query("a.example.", **kw).to_wire()).edns == edns
 
 
 MALFORMED = {
@@ -83,7 +80,7 @@ def test_error_response_echoes_id_question_and_flags(rcode: int) -> None:
 
 
 def test_badvers_uses_extended_rcode() -> None:
-    data = _query(use_edns=1, payload=1232)
+    data = make_query("a.example.", edns=1, payload=1232).to_wire()
     q = wire.parse_query(data)
     reply = dns.message.from_wire(wire.error_response(data, wire.BADVERS, q.end, q.edns))
     assert reply.rcode() == dns.rcode.BADVERS

@@ -17,16 +17,11 @@ from nodecache.core.upstream import (
     ConnState, FrameDecoder, FrameError, IdSource, InFlight, TRANSITIONS, UpstreamConnection,
     frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_name, set_id,
 )
+from tests.kit.queries import query_wire
 
 # "example.com. A IN", ID 0x1234, RD
 QUERY_HEX = "123401000001000000000000076578616d706c6503636f6d0000010001"
 QUERY = bytes.fromhex(QUERY_HEX)
-
-
-def query(name: str = "example.com.", rdtype: str = "A", qid: int = 0) -> bytes:
-    q = dns.message.make_query(name, rdtype)
-    q.id = qid
-    return q.to_wire()
 
 
 def answer_to(wire: bytes, *, name: str | None = None, rcode: int = 0) -> bytes:
@@ -49,8 +44,8 @@ def counter(start: int = 1) -> object:
 QUESTION_CASES = [
     # (wire, expected key)
     (QUERY, bytes.fromhex("076578616d706c6503636f6d0000010001")),
-    (query("ExAmPlE.CoM."), question_key(query("example.com."))),
-    (query("."), b"\x00\x00\x01\x00\x01"),
+    (query_wire("ExAmPlE.CoM."), question_key(query_wire("example.com."))),
+    (query_wire("."), b"\x00\x00\x01\x00\x01"),
     (QUERY[:12], None),                                     # header only
     (QUERY[:-1], None),                                     # cut inside QCLASS
     (QUERY[:20], None),                                     # cut inside QNAME
@@ -68,8 +63,8 @@ def test_question_key(wire: bytes, expected: bytes | None) -> None:
 
 def test_question_key_lowercases_name_not_type() -> None:
     # type 0x41 (65, HTTPS) must not be touched by lower-casing
-    a = question_key(query("A.example.", "HTTPS"))
-    b = question_key(query("a.example.", "HTTPS"))
+    a = question_key(query_wire("A.example.", "HTTPS"))
+    b = question_key(query_wire("a.example.", "HTTPS"))
     assert a == b and a is not None and a.endswith(b"\x00\x41\x00\x01")
 
 
@@ -140,14 +135,14 @@ def test_frame_decoder(chunks: list[bytes], expected: list[object]) -> None:
 
 
 def test_frame_decoder_byte_by_byte() -> None:
-    stream = frame(QUERY) + frame(query("b.example.")) + frame(QUERY)
+    stream = frame(QUERY) + frame(query_wire("b.example.")) + frame(QUERY)
     dec = FrameDecoder()
     out = []
     for i in range(len(stream)):
         dec.feed(stream[i:i + 1])
         while (msg := dec.next_frame()) is not NEED_DATA:
             out.append(msg)
-    assert out == [QUERY, query("b.example."), QUERY]
+    assert out == [QUERY, query_wire("b.example."), QUERY]
     assert dec.buffered == 0
 
 
@@ -155,7 +150,7 @@ def test_frame_decoder_byte_by_byte() -> None:
 
 def test_in_flight_matches_id_and_question() -> None:
     table = InFlight(counter(100))
-    q = query("a.example.")
+    q = query_wire("a.example.")
     qid = table.add(question_key(q), "tok")  # type: ignore[arg-type]
     assert qid == 100
     sent = set_id(q, qid)
@@ -240,7 +235,7 @@ def test_pipelined_roundtrip_out_of_order() -> None:
     conn, server = new_conn(), MemoryServer()
     names = ["a.example.", "b.example.", "c.example."]
     for name in names:
-        q = query(name, qid=0xAAAA)
+        q = query_wire(name, qid=0xAAAA)
         conn.send(q, question_key(q), name, now=0.0)
     assert conn.data_to_send() == b""          # nothing written while connecting
     conn.connected(0.1)
@@ -258,7 +253,7 @@ def test_pipelined_roundtrip_out_of_order() -> None:
 
 def test_mismatched_answers_ignored() -> None:
     conn, server = new_conn(), MemoryServer()
-    q = query("a.example.")
+    q = query_wire("a.example.")
     conn.send(q, question_key(q), "a", now=0.0)
     conn.connected(0.0)
     transfer(conn, server)
@@ -278,7 +273,7 @@ def test_mismatched_answers_ignored() -> None:
 def test_garbage_closes_and_fails_in_flight(garbage: bytes) -> None:
     conn = new_conn()
     for name in ("a.", "b."):
-        q = query(name)
+        q = query_wire(name)
         conn.send(q, question_key(q), name, 0.0)
     conn.connected(0.0)
     conn.data_to_send()
@@ -291,7 +286,7 @@ def test_garbage_closes_and_fails_in_flight(garbage: bytes) -> None:
 
 def test_truncated_frame_at_eof() -> None:
     conn, server = new_conn(), MemoryServer()
-    q = query("a.")
+    q = query_wire("a.")
     conn.send(q, question_key(q), "a", 0.0)
     conn.connected(0.0)
     transfer(conn, server)
@@ -304,7 +299,7 @@ def test_truncated_frame_at_eof() -> None:
 
 def test_clean_eof_fails_in_flight() -> None:
     conn = new_conn()
-    q = query("a.")
+    q = query_wire("a.")
     conn.send(q, question_key(q), "a", 0.0)
     conn.connected(0.0)
     (ev,) = conn.receive_data(b"", 0.1)
@@ -314,7 +309,7 @@ def test_clean_eof_fails_in_flight() -> None:
 def test_connection_lost() -> None:
     conn = new_conn()
     conn.connected(0.0)
-    q = query("a.")
+    q = query_wire("a.")
     conn.send(q, question_key(q), "a", 0.0)
     ev = conn.connection_lost("reset")
     assert ev is not None and ev.failed == ("a",)
@@ -325,7 +320,7 @@ def test_in_flight_limit() -> None:
     conn = new_conn(max_in_flight=2)
     conn.connected(0.0)
     for name in ("a.", "b."):
-        q = query(name)
+        q = query_wire(name)
         conn.send(q, question_key(q), name, 0.0)
     assert not conn.accepting
     with pytest.raises(AssertionError):
@@ -337,7 +332,7 @@ def test_idle_expire() -> None:
     conn.connected(1.0)
     assert conn.get_timer() == 11.0
     assert conn.handle_timer(5.0) is None and conn.state is ConnState.OPEN
-    q = query("a.")
+    q = query_wire("a.")
     conn.send(q, question_key(q), "a", 6.0)
     assert conn.get_timer() is None                  # busy: not idle
     assert conn.handle_timer(100.0) is None and conn.state is ConnState.OPEN
@@ -349,7 +344,7 @@ def test_idle_expire() -> None:
 def test_max_age_drains_then_closes() -> None:
     conn, server = new_conn(max_age=30.0), MemoryServer()
     conn.connected(0.0)
-    q = query("a.")
+    q = query_wire("a.")
     conn.send(q, question_key(q), "a", 1.0)
     transfer(conn, server)
     assert conn.get_timer() == 30.0
@@ -370,7 +365,7 @@ def test_max_age_idle_closes_at_once() -> None:
 def test_query_timeout_drains() -> None:
     conn = new_conn()
     conn.connected(0.0)
-    qa, qb = query("a."), query("b.")
+    qa, qb = query_wire("a."), query_wire("b.")
     ida = conn.send(qa, question_key(qa), "a", 0.0)
     conn.send(qb, question_key(qb), "b", 0.0)
     conn.give_up(ida, 2.0, timed_out=True)
@@ -383,7 +378,7 @@ def test_query_timeout_drains() -> None:
 def test_timed_out_query_still_takes_its_late_answer() -> None:
     conn = new_conn()
     conn.connected(0.0)
-    qa, qb = query("a."), query("b.")
+    qa, qb = query_wire("a."), query_wire("b.")
     ida = conn.send(qa, question_key(qa), "a", 0.0)
     idb = conn.send(qb, question_key(qb), "b", 0.0)
     assert conn.timed_out(ida) is None
@@ -396,7 +391,7 @@ def test_timed_out_query_still_takes_its_late_answer() -> None:
 
 def test_timed_out_while_connecting_closes() -> None:
     conn = new_conn()
-    qa = query("a.")
+    qa = query_wire("a.")
     ida = conn.send(qa, question_key(qa), "a", 0.0)
     ev = conn.timed_out(ida)
     assert ev is not None and ev.failed == ("a",) and conn.state is ConnState.CLOSED
@@ -413,7 +408,7 @@ def new_pool(**kw: object) -> ConnectionPool:
 
 def fill(conn: UpstreamConnection, n: int) -> None:
     for i in range(n):
-        q = query(f"q{i}.")
+        q = query_wire(f"q{i}.")
         conn.send(q, question_key(q), object(), 0.0)
 
 
@@ -499,7 +494,7 @@ def test_pool_fast_path_respects_in_flight_limit() -> None:
 
 def test_timeout_while_connecting_fails_queued_queries() -> None:
     conn = new_conn()
-    qa, qb = query("a."), query("b.")
+    qa, qb = query_wire("a."), query_wire("b.")
     ida = conn.send(qa, question_key(qa), "a", 0.0)
     conn.send(qb, question_key(qb), "b", 0.0)
     ev = conn.give_up(ida, 2.0, timed_out=True)
@@ -510,7 +505,7 @@ def test_timeout_while_connecting_fails_queued_queries() -> None:
 def test_cancel_does_not_drain() -> None:
     conn = new_conn()
     conn.connected(0.0)
-    q = query("a.")
+    q = query_wire("a.")
     qid = conn.send(q, question_key(q), "a", 0.0)
     assert conn.give_up(qid, 1.0, timed_out=False) is None
     assert conn.state is ConnState.OPEN

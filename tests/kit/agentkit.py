@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodecache.aio.agent import Agent
 from nodecache.config import Config, parse_text
+from tests.kit.queries import make_query
 
 #: How long a client waits for an answer by default, s.
 CLIENT_TIMEOUT = 3.0
@@ -69,23 +70,6 @@ def for_tests(config: Config, forward_overrides: dict[str, Any]) -> Config:
             changes["forward"] = dataclasses.replace(block.forward, **forward_overrides)
         blocks.append(dataclasses.replace(block, **changes))
     return dataclasses.replace(config, blocks=tuple(blocks))
-
-
-def make_query(name: str, rdtype: str | int = "A", *, qid: int | None = None,
-               edns: int | None = None, payload: int = 1232, dnssec: bool = False,
-               cd: bool = False, rd: bool = True) -> dns.message.QueryMessage:
-    """A query as a client would send it; ``edns=None`` sends no OPT (unless ``dnssec``)."""
-    if dnssec and edns is None:
-        edns = 0
-    q = dns.message.make_query(name, rdtype, use_edns=edns if edns is not None else False,
-                               payload=payload, want_dnssec=dnssec)
-    if qid is not None:
-        q.id = qid
-    if cd:
-        q.flags |= dns.flags.CD
-    if not rd:
-        q.flags &= ~dns.flags.RD
-    return q
 
 
 class TcpClient:

@@ -44,7 +44,7 @@ What it does:
 
 Helpers: :func:`answer_from` builds a handler from a small dict of records,
 :func:`make_answer` builds one answer, :func:`truncated` an empty TC=1 reply,
-:func:`query_wire` a query in wire form, and the ``loop_errors`` fixture
+and the ``loop_errors`` fixture
 (import it into a test module) fails a test when anything reaches the event
 loop's exception handler.
 """
@@ -133,19 +133,6 @@ def _normalise_records(records: Mapping[Any, Any]) -> dict[tuple[str, int], list
         values = [value] if isinstance(value, str) else list(value)
         out[(name, dns.rdatatype.from_text(rdtype) if isinstance(rdtype, str) else rdtype)] = values
     return out
-
-
-def query_wire(name: str, rdtype: str = "A", *, qid: int = 0x4242) -> bytes:
-    """A query (RD set) in wire form."""
-    q = dns.message.make_query(name, rdtype)
-    q.id = qid
-    return q.to_wire()
-
-
-def plain_query(qid: int, name: str) -> bytes:
-    """An A query (RD set, no EDNS) built with struct alone: cheap in a load loop."""
-    labels = b"".join(bytes((len(x),)) + x.encode() for x in name.rstrip(".").split("."))
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0\x00\x01\x00\x01"
 
 
 def make_answer(query: dns.message.Message, rdatas: Iterable[str] = (), *,

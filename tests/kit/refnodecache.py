@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.kit import netns
 from tests.kit import ROOT
+from tests.kit import netns
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "node-cache.gz"
 #: How long node-cache may take to start answering, s.

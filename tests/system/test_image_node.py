@@ -32,12 +32,12 @@ import pytest
 import yaml
 
 from nodecache.hostnet.rules import COMMENT_PREFIX
+from tests.kit import DATA as TESTDATA
 from tests.kit import netns, podkit
 from tests.kit import reliabilitykit as kit
-from tests.kit.podman import Podman
-from tests.kit.netns import dummy_supported, precreate_link
 from tests.kit.kustomize import MANIFESTS, build
-from tests.kit import DATA as TESTDATA
+from tests.kit.netns import dummy_supported, precreate_link
+from tests.kit.podman import Podman
 
 pytestmark = pytest.mark.privileged
 
