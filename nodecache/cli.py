@@ -18,6 +18,7 @@ import click
 
 from nodecache import __version__
 from nodecache.config.settings import Config
+from nodecache.benchclient.command import bench_client as bench_client_command
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.hostnet.commands import setup as setup_command
 from nodecache.hostnet.commands import teardown as teardown_command
@@ -335,6 +336,7 @@ def guard(serving_lock: str) -> None:
 
 cli.add_command(setup_command)
 cli.add_command(teardown_command)
+cli.add_command(bench_client_command)
 
 
 #: The normalised arguments of this process, for the supervised worker's command line.

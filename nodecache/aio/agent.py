@@ -32,6 +32,8 @@ from typing import Any
 
 from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwarder import Forwarder
+from nodecache.aio.hostsfile import TICK as HOSTS_TICK
+from nodecache.aio.hostsfile import HostsFiles, hosts_stages
 from nodecache.aio.http import HttpEndpoints, health_route, metrics_route, ready_route, self_check
 from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
@@ -140,6 +142,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http_config: tuple[object, ...] | None = None
         self._last_rejection: str | None = None
+        self.hosts_files = HostsFiles(self.stats.hosts_reloaded)
         #: The root logger's level before a ``debug`` block lowered it.
         self._level_before_debug: int | None = None
 
@@ -148,6 +151,7 @@ class Agent:
     def _build(self, config: Config, previous: Runtime | None) -> Runtime:
         zones, handlers = _runtime.build(config, previous.zones if previous else (), self._index,
                                          on_log=_log_query, server_stats=_server_stats)
+        self.hosts_files.check(hosts_stages(zones), time.monotonic())
         return Runtime(config, zones, handlers)
 
     _pending: Runtime | None = None
@@ -233,6 +237,7 @@ class Agent:
         self._spawn(self._gc_loop())
         self._spawn(self._resync_loop())
         self._spawn(self._reload_loop())
+        self._spawn(self._hosts_loop())
         self._spawn(self._health_self_check())
         for (address, port), listener in self.listeners.items():
             log.info("serving DNS on %s:%d (udp, tcp)", address, listener.port)
@@ -382,6 +387,18 @@ class Agent:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _hosts_loop(self) -> None:
+        """Re-read changed hosts files (hosts' ``reload``)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), HOSTS_TICK)
+                return
+            except asyncio.TimeoutError:
+                pass
+            runtime = self.runtime
+            if runtime is not None:
+                self.hosts_files.check(hosts_stages(runtime.zones), time.monotonic())
 
     async def _gc_loop(self) -> None:
         """Collect cyclic garbage on our schedule and keep live objects out of later walks."""

@@ -102,7 +102,11 @@ class _Flight:
         for waiter, send, where in self.waiters:
             try:
                 if outcome is not None:
-                    send(handler.reply(waiter, outcome, now, where))
+                    reply = handler.reply(waiter, outcome, now, where)
+                    if isinstance(reply, Miss):  # dns64 needs the A records too
+                        resolver.submit(reply, send, where)
+                    else:
+                        send(reply)
                 else:
                     send(handler.fail(waiter, error or UpstreamError(), now, where))
             except Exception:  # one bad reply must not cost the other waiters theirs
@@ -171,10 +175,12 @@ class Resolver:
             flight.timer = self._loop.call_later(CLIENT_RESPONSE_TIMER, flight.serve_stale)
         try:
             forwarder = flight.forwarder = self.forwarders[miss.zone]
-            # the question key is the cache key's first part (core.upstream.question_key)
+            # the question key is the cache key's first part (core.upstream.question_key),
+            # unless rewrite changed the question (the forwarder then reads it)
+            question = None if miss.resolution is not None and miss.resolution.rewritten \
+                else miss.key[:miss.question_end - 12]
             flight.query = forwarder.submit(self.handler.upstream_query(miss), tcp=miss.slot >= 2,
-                                            done=flight.done,
-                                            question=miss.key[:miss.question_end - 12])
+                                            done=flight.done, question=question)
         except Exception as exc:  # refused at once: max_concurrent, closed
             flight.done(None, exc)
 

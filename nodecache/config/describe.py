@@ -5,8 +5,11 @@ terse Corefile (``cache 30``) actually means.
 """
 from __future__ import annotations
 
+import dns.rcode
+
 from nodecache.config import bind
 from nodecache.config.settings import CacheSettings, Config, ForwardSettings, ServerBlock
+from nodecache.core.wire import class_name, type_name
 
 _LABEL_WIDTH = 12
 
@@ -51,7 +54,12 @@ def _block(block: ServerBlock) -> list[str]:
     if block.debug:
         add("debug", "on (DEBUG logging)")
     add("cache", *(_cache(block.cache) if block.cache else ["off"]))
-    add("forward", *(_forward(block.forward) if block.forward else ["off (queries are refused)"]))
+    for label, values in _answering(block):
+        add(label, *values)
+    add("forward", *(_forward(block.forward) if block.forward
+                     else ["off (what no plugin answers gets SERVFAIL)"]))
+    if block.whoami:
+        add("whoami", "on (answers what forward does not take)")
     if block.errors is None:
         add("errors", "off")
     else:
@@ -78,6 +86,31 @@ def _block(block: ServerBlock) -> list[str]:
     else:
         add("reload", f"every {_dur(block.reload.interval)} plus up to"
             f" {_dur(block.reload.jitter)} jitter")
+    return out
+
+
+def _answering(block: ServerBlock) -> list[tuple[str, list[str]]]:
+    """The answering plugins before forward, in the order they run (CoreDNS's)."""
+    out: list[tuple[str, list[str]]] = []
+    if block.dns64 is not None:
+        d = block.dns64
+        out.append(("dns64", [f"prefix {d.prefix}"
+                              + (", translate_all" if d.translate_all else "")
+                              + (", IPv4 clients too" if d.allow_ipv4 else ", IPv6 clients")]))
+    if block.rewrite:
+        out.append(("rewrite", [f"{len(block.rewrite)} rule(s)"]))
+    for t in block.template:
+        out.append(("template", [f"{class_name(t.qclass)} {type_name(t.qtype)} {' '.join(t.zones)}"
+                                 f" -> {_rcode_text(t.rcode)}, {len(t.answer)} answer(s)"
+                                 + (", fallthrough" if t.fallthrough is not None else "")]))
+    if block.hosts is not None:
+        h = block.hosts
+        out.append(("hosts", [f"{h.path} (re-read every {_dur(h.reload)})" if h.reload
+                              else f"{h.path} (read once)",
+                              f"{len(h.inline)} inline entries, zones {' '.join(h.zones)},"
+                              f" TTL {h.ttl}s" + ("" if h.reverse else ", no PTR answers")
+                              + (f", fallthrough {' '.join(h.fallthrough)}"
+                                 if h.fallthrough is not None else "")]))
     return out
 
 
@@ -129,6 +162,10 @@ def _forward(f: ForwardSettings) -> list[str]:
     if f.except_zones:
         out.insert(1, f"except {' '.join(f.except_zones)}")
     return out
+
+
+def _rcode_text(rcode: int) -> str:
+    return dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
 
 
 def _hostport(address: str, port: int) -> str:

@@ -15,10 +15,14 @@ from nodecache.config.args import Args, no_block, options
 from nodecache.config.bind import parse_bind
 from nodecache.config.cache import parse_cache
 from nodecache.config.context import BlockContext
+from nodecache.config.dns64 import parse_dns64
 from nodecache.config.errors import parse_errors
 from nodecache.config.forward import parse_forward
+from nodecache.config.hosts import parse_hosts
 from nodecache.config.parser import Directive
+from nodecache.config.rewrite import parse_rewrite
 from nodecache.config.settings import HealthSettings, LogSettings, ReloadSettings
+from nodecache.config.template import parse_template
 from nodecache.config.timeouts import parse_timeouts
 
 DEFAULT_PROMETHEUS = "localhost:9153"
@@ -165,11 +169,16 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
     "timeouts": ("timeouts", parse_timeouts),
     "reload": ("reload", parse_reload),
+    "hosts": ("hosts", parse_hosts),
+    "template": ("template", parse_template),
+    "rewrite": ("rewrite", parse_rewrite),
+    "dns64": ("dns64", parse_dns64),
+    "whoami": ("whoami", parse_flag("whoami")),
 }
 
 #: Plugins that may appear several times in a block; their parsers return
 #: tuples, which are joined in the order written.
-REPEATABLE = frozenset({"bind"})
+REPEATABLE = frozenset({"bind", "template", "rewrite"})
 
 #: node-cache's plugins that nodecache does not have: what to use instead.
 NOT_IMPLEMENTED = {

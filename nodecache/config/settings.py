@@ -8,6 +8,13 @@ Zone names are lower-case, absolute, in text form with a trailing dot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodecache.core.stages.dns64 import DNS64Settings
+    from nodecache.core.stages.hosts import HostsSettings
+    from nodecache.core.stages.rewrite import Rule
+    from nodecache.core.stages.template import Template
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class ForwardSettings:
     #: The FROM zone.
     zone: str
     upstreams: tuple[Upstream, ...]
-    #: Names under these zones are not forwarded (REFUSED, as no other plugin follows).
+    #: Names under these zones are not forwarded (SERVFAIL when no other plugin follows).
     except_zones: tuple[str, ...] = ()
     #: Always use TCP to the upstreams.
     force_tcp: bool = False
@@ -209,6 +216,14 @@ class ServerBlock:
     #: ``ready`` address (host:port) or None.
     ready: str | None = None
     reload: ReloadSettings | None = None
+    # The answering plugins (nodecache.core.chain runs them in CoreDNS's order).
+    hosts: HostsSettings | None = None
+    #: Every ``template`` line of the block, in order.
+    template: tuple[Template, ...] = ()
+    #: Every ``rewrite`` line of the block, in order.
+    rewrite: tuple[Rule, ...] = ()
+    dns64: DNS64Settings | None = None
+    whoami: bool = False
     source: Source | None = None
 
     @property

@@ -12,6 +12,9 @@ import re
 
 import dns.exception
 import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 
 from nodecache.errors import ConfigError
 
@@ -164,3 +167,27 @@ def listen_address(text: str) -> str:
     elif host and not _HOSTNAME_RE.fullmatch(host):
         raise ValueError("HOST must be an IP address or a host name")
     return text
+
+
+def rdtype(text: str) -> int:
+    """An RR type mnemonic (``A``, ``AAAA``, ``ANY``, ``TYPE65280``) -> its number."""
+    try:
+        return int(dns.rdatatype.from_text(text))
+    except (dns.exception.DNSException, ValueError):
+        raise ValueError(text) from None
+
+
+def rdclass(text: str) -> int:
+    """A class mnemonic (``IN``, ``CH``, ``ANY``) -> its number."""
+    try:
+        return int(dns.rdataclass.from_text(text))
+    except (dns.exception.DNSException, ValueError):
+        raise ValueError(text) from None
+
+
+def rcode(text: str) -> int:
+    """An RCODE mnemonic (``NOERROR``, ``NXDOMAIN``) -> its number."""
+    try:
+        return int(dns.rcode.from_text(text))
+    except (dns.exception.DNSException, ValueError):
+        raise ValueError(text) from None

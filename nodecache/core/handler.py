@@ -2,13 +2,20 @@
 
 Drive it like this (``nodecache.aio.server`` does):
 
-1. ``handle(data, now, slot, addr)`` returns the reply bytes (a cache hit or an
-   error), ``None`` (drop), or a :class:`Miss` to resolve upstream;
+1. ``handle(data, now, slot, addr)`` returns the reply bytes (a cache hit, a
+   local answer of the plugin chain, or an error), ``None`` (drop), or a
+   :class:`Miss` to resolve upstream;
 2. for a Miss, send ``upstream_query(miss)`` through the block's forwarder,
    then ``absorb(miss, answer, now)`` once per upstream answer (it stores it)
-   and ``reply(miss, outcome, now)`` once per waiting client;
+   and ``reply(miss, outcome, now)`` once per waiting client. ``reply`` may
+   return another Miss (dns64's A look-up, a template CNAME's target): resolve
+   it for the same client, whose reply it then gives;
 3. on an upstream failure, ``fail(miss, error, now)`` gives a stale answer,
    SERVFAIL or REFUSED.
+
+On a cache miss, the block's plugin chain (:mod:`nodecache.core.chain`)
+answers, rewrites the question, or hands it to forward; all of that happens
+in ``_run_chain``, after the cache look-up, so a hit never pays for it.
 
 Rules of the hit path (``handle``'s first branch): it slices bytes, does one
 dict look-up and joins pre-cut segments; no message objects, no logging, no
@@ -17,15 +24,23 @@ a shortcut can never answer a query the slow path would refuse.
 """
 from __future__ import annotations
 
+import re
 import struct
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import dns.exception
+import dns.flags
+import dns.message
+
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
+from nodecache.core.chain import Chain, Request, Resolution
 from nodecache.core.cache import BlockCache, Entry, Kind, build_entry, classify, has_expired_rrsig
+from nodecache.core.stages import chain_for, dns64_for
+from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
@@ -48,6 +63,8 @@ STALE_TTL = 0
 
 
 zone_wire = wire.zone_to_wire
+#: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
+_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
 
 
 def key_name(key: bytes) -> bytes:
@@ -61,6 +78,14 @@ def key_name(key: bytes) -> bytes:
 def name_text(qname: bytes) -> str:
     """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
     labels = []
+    offset = 0
+    plain = []
+    while qname[offset]:
+        length = qname[offset]
+        plain.append(qname[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    if all(_PLAIN_LABEL.fullmatch(label) for label in plain):
+        return b".".join(plain).decode("ascii") + "."
     offset = 0
     while qname[offset]:
         length = qname[offset]
@@ -91,10 +116,15 @@ class Zone:
     #: forward's FROM zone and ``except`` zones in wire form; None without forward.
     forward_from: bytes | None = field(init=False, default=None)
     forward_except: tuple[bytes, ...] = field(init=False, default=())
+    #: The block's answering plugins, run on a cache miss; None without any.
+    chain: Chain | None = field(init=False)
+    dns64: DNS64 | None = field(init=False)
     #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
     udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
 
     def __post_init__(self) -> None:
+        self.chain = chain_for(self.block) or None
+        self.dns64 = dns64_for(self.block)
         if self.block.bufsize is not None:
             self.udp_cap = self.block.bufsize
         forward = self.block.forward
@@ -130,6 +160,27 @@ class Miss:
     background: bool = False
     #: The client's EDNS options (its OPT RDATA), forwarded upstream.
     options: bytes = b""
+    #: What the plugin chain made of it (rewrites to undo); None without a chain.
+    resolution: Resolution | None = None
+    #: An AAAA question dns64 may answer (it looks at the reply first).
+    dns64: bool = False
+    #: This is a look-up another client's reply waits for (CoreDNS's upstream.Lookup).
+    follow_up: FollowUp | None = None
+
+
+@dataclass(slots=True, eq=False)
+class FollowUp:
+    """What a look-up made on behalf of one client does with its reply.
+
+    dns64 looks the A records up for an AAAA question; template looks up the
+    target of a CNAME it answered. Both go through the whole server (cache,
+    chain, forward), as CoreDNS's ``upstream.Lookup`` does.
+    """
+
+    #: The look-up's reply and ``now`` -> the client's reply (or another look-up).
+    done: Callable[[bytes, float], bytes | Miss]
+    #: The client's reply when the look-up failed.
+    failed: Callable[[float], bytes]
 
 
 @dataclass(slots=True)
@@ -147,6 +198,9 @@ class QueryHandler:
     def __init__(self, zones: Sequence[Zone], *, on_log: LogQuery | None = None) -> None:
         #: key -> Entry for every block: the hit path's only look-up.
         self.index: dict[bytes, Entry] = {}
+        #: AAAA entries of blocks with dns64, kept out of the hit path: dns64 runs
+        #: before the cache, so their replies depend on the client and the A records.
+        self.aside: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
         #: Called with a background Miss to refresh (prefetch, stale refresh);
         #: the resolver that runs this handler's misses sets it.
@@ -156,15 +210,26 @@ class QueryHandler:
         #: Loop-detection probe names (lower wire) -> times seen.
         self.loop_probes: dict[bytes, int] = {}
         self._logging = any(z.block.log is not None for z in zones)
+        #: Look-ups made for other queries now on the stack (see MAX_FOLLOW_UPS).
+        self._following = 0
 
     # -- cache bookkeeping ---------------------------------------------------
 
     def index_add(self, entry: Entry) -> None:
-        self.index[entry.key] = entry
+        self._index_of(entry)[entry.key] = entry
 
     def index_remove(self, entry: Entry) -> None:
-        if self.index.get(entry.key) is entry:
-            del self.index[entry.key]
+        index = self._index_of(entry)
+        if index.get(entry.key) is entry:
+            del index[entry.key]
+
+    def _index_of(self, entry: Entry) -> dict[bytes, Entry]:
+        key = entry.key
+        owner = entry.owner
+        if owner is not None and owner.dns64 is not None \
+                and key[len(key_name(key)):][:2] == b"\x00\x1c":
+            return self.aside
+        return self.index
 
     def route(self, qname_lower: bytes) -> Zone | None:
         """The zone whose name is the longest suffix of ``qname_lower``."""
@@ -278,9 +343,20 @@ class QueryHandler:
         return self._decide(miss, lower, now, addr)
 
     def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
-        """A parsed, routable query: answer from the cache, serve stale, refuse, or miss."""
+        """A parsed, routable query: answer from the cache, serve stale, run the chain,
+        refuse, or miss; dns64 first looks at what that gives an AAAA question."""
         zone = miss.zone
         entry = self.index.get(miss.key)
+        dns64 = zone.dns64
+        if dns64 is not None:
+            if not miss.dns64 and not miss.background \
+                    and dns64.intercepts(miss.qtype, miss.qclass, 2 if miss.slot & 1 else 1):
+                miss.dns64 = True
+                result = self._decide(miss, lower, now, addr)
+                return result if isinstance(result, Miss) \
+                    else self._dns64_step(miss, result, now, addr)
+            if entry is None:
+                entry = self.aside.get(miss.key)
         if entry is not None:
             if now < entry.expires:
                 return self._finish(miss, self._from_entry(miss, entry, now), addr, entry.rcode,
@@ -294,15 +370,18 @@ class QueryHandler:
                     reply = self._from_entry(miss, entry, now, stale=True)
                     if not entry.refreshing:
                         entry.refreshing = True
-                        self.refresh(_background(miss, entry))
+                        self._refresh(_background(miss, entry), now)
                     return self._finish(miss, reply, addr, entry.rcode, "cache")
                 miss.stale = entry
         if zone.cache_stats is not None:
             zone.cache_stats.misses += 1
+        if zone.chain is not None:
+            return self._run_chain(miss, now, addr)
         if zone.forward_from is None or not wire.is_subdomain(lower, zone.forward_from) or any(
                 wire.is_subdomain(lower, z) for z in zone.forward_except):
-            reply = wire.error_response(miss.query, wire.REFUSED, miss.question_end, miss.edns)
-            return self._finish(miss, reply, addr, wire.REFUSED, "")
+            # CoreDNS's NextOrFailure: no plugin takes the name (node-cache: SERVFAIL).
+            reply = wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
+            return self._finish(miss, reply, addr, wire.SERVFAIL, "")
         return miss
 
     def _fast_miss(self, data: bytes, end: int, key: bytes, now: float, slot: int, addr: object,
@@ -356,7 +435,57 @@ class QueryHandler:
         miss = Miss(zone, entry.key, data, question.qname, question.qtype, question.qclass,
                     question.end, question.edns, bool(question.flags & wire.CD),
                     wire.MAX_MESSAGE, slot, _perf(), options=question.options)
-        self.refresh(_background(miss, entry))
+        self._refresh(_background(miss, entry), now)
+
+    # -- the plugin chain ----------------------------------------------------
+
+    def _run_chain(self, miss: Miss, now: float, addr: object) -> bytes | Miss:
+        """A miss in a block with answering plugins: answer locally, or forward (rewritten)."""
+        zone = miss.zone
+        chain = zone.chain
+        assert chain is not None
+        resolution = chain.resolve(_request(miss, addr))
+        if resolution.answer is None and resolution.rcode is None:
+            if self._forwards(miss, resolution):
+                miss.resolution = resolution
+                return miss
+            resolution = chain.after_forward(resolution)
+        if resolution.answer is not None:
+            if resolution.targets:
+                return self._with_targets(miss, resolution, resolution.answer,
+                                          list(resolution.targets), now, addr)
+            outcome = self.absorb(miss, resolution.answer, now)
+            return self.reply(miss, outcome, now, addr, resolution.plugin)
+        rcode = wire.SERVFAIL if resolution.rcode is None else resolution.rcode
+        reply = wire.error_response(miss.query, rcode, miss.question_end, miss.edns)
+        return self._finish(miss, reply, addr, rcode, resolution.plugin)
+
+    @staticmethod
+    def _forwards(miss: Miss, resolution: Resolution) -> bool:
+        """Whether forward takes the (possibly rewritten) name."""
+        zone = miss.zone
+        if zone.forward_from is None:
+            return False
+        name = zone_wire(resolution.request.name) if resolution.rewritten else key_name(miss.key)
+        return wire.is_subdomain(name, zone.forward_from) and not any(
+            wire.is_subdomain(name, z) for z in zone.forward_except)
+
+    def _refresh(self, miss: Miss, now: float) -> None:
+        """Refresh an entry in the background, through the chain when the block has one."""
+        zone = miss.zone
+        if zone.chain is None:
+            self.refresh(miss)
+            return
+        resolution = zone.chain.resolve(_request(miss, None))
+        if resolution.answer is None and resolution.rcode is None \
+                and self._forwards(miss, resolution):
+            miss.resolution = resolution
+            self.refresh(miss)
+            return
+        if resolution.answer is not None and not resolution.targets:
+            self.absorb(miss, resolution.answer, now)
+        elif miss.stale is not None:
+            miss.stale.refreshing = False
 
     # -- after the upstream --------------------------------------------------
 
@@ -368,6 +497,12 @@ class QueryHandler:
         asking the same question with different options share one entry and
         one upstream query (the first one's options go upstream).
         """
+        resolution = miss.resolution
+        if resolution is not None and resolution.rewritten:
+            request = resolution.request
+            return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
+                                    do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                                    options=miss.options)
         return wire.build_query(miss.qname, miss.qtype, miss.qclass,
                                 do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
                                 options=miss.options,
@@ -380,6 +515,11 @@ class QueryHandler:
         forwarder has checked, RFC 5452 section 9.1), the index starts after it.
         """
         zone = miss.zone
+        if miss.resolution is not None:
+            try:  # rewrite: the answer as the client must see it (its question, names, TTLs)
+                data = miss.resolution.revert(data)
+            except (ValueError, struct.error, dns.exception.DNSException):
+                return Outcome(data, None, None)
         end = miss.question_end
         key = miss.key
         same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
@@ -407,8 +547,79 @@ class QueryHandler:
             miss.stale.refreshing = False
         return Outcome(data, response, entry)
 
-    def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None) -> bytes:
-        """The reply to one waiting client from an upstream outcome."""
+    def reply(self, miss: Miss, outcome: Outcome, now: float, addr: object = None,
+              plugin: str = "forward") -> bytes | Miss:
+        """The reply to one waiting client from an upstream outcome.
+
+        A Miss instead of bytes: dns64 needs the A records first; resolve it
+        for the same client.
+        """
+        reply = self._reply(miss, outcome, now, addr, plugin)
+        if miss.follow_up is not None:
+            return miss.follow_up.done(reply, now)
+        if miss.dns64:
+            return self._dns64_step(miss, reply, now, addr)
+        return reply
+
+    def _dns64_step(self, miss: Miss, reply: bytes, now: float, addr: object) -> bytes | Miss:
+        """The AAAA reply is in: keep it, or look the A records up and synthesize."""
+        dns64 = miss.zone.dns64
+        assert dns64 is not None
+        try:
+            response = wire.index_response(reply)
+        except (ValueError, struct.error):
+            return reply
+        if not dns64.wants(response):
+            return reply
+        # dns64's A look-up failing leaves the AAAA question with SERVFAIL.
+        return self._follow(miss, miss.qname, wire.TYPE_A, now, addr, FollowUp(
+            lambda found, _now: dns64.synthesize(reply, found),
+            lambda _now: wire.error_response(miss.query, wire.SERVFAIL, miss.question_end,
+                                             miss.edns)))
+
+    def _with_targets(self, miss: Miss, resolution: Resolution, answer: bytes,
+                      targets: list[str], now: float, addr: object) -> bytes | Miss:
+        """A template answer with CNAMEs: append each target's records, then map the
+        answer back (rewrite), cache it and reply."""
+        plugin = resolution.plugin
+
+        def finish(merged: bytes, at: float) -> bytes | Miss:
+            if targets:
+                return self._with_targets(miss, resolution, merged, targets, at, addr)
+            outcome = self.absorb(miss, resolution.revert(merged), at)
+            return self.reply(miss, outcome, at, addr, plugin)
+
+        def unmerged(at: float) -> bytes:  # CoreDNS ignores a failed look-up
+            outcome = self.absorb(miss, resolution.revert(answer), at)
+            return _bytes(self.reply(miss, outcome, at, addr, plugin), miss)
+
+        target = targets.pop(0)
+        return self._follow(miss, zone_wire(target), miss.qtype, now, addr, FollowUp(
+            lambda found, at: finish(append_answers(answer, found), at), unmerged))
+
+    def _follow(self, miss: Miss, qname: bytes, qtype: int, now: float, addr: object,
+                follow_up: FollowUp) -> bytes | Miss:
+        """Ask ``qname``/``qtype`` for ``miss``'s client (its ID, flags and EDNS) through the
+        whole server; ``follow_up`` makes the client's reply from the answer."""
+        if self._following >= MAX_FOLLOW_UPS:
+            return follow_up.failed(now)
+        query = miss.query
+        lookup = query[:12] + qname + struct.pack("!HH", qtype, wire.CLASS_IN) \
+            + query[miss.question_end:]
+        self._following += 1
+        try:
+            result = self.handle(lookup, now, miss.slot, addr)
+        finally:
+            self._following -= 1
+        if isinstance(result, Miss):
+            result.follow_up = follow_up
+            return result
+        if result is None:
+            return follow_up.failed(now)
+        return follow_up.done(result, now)
+
+    def _reply(self, miss: Miss, outcome: Outcome, now: float, addr: object,
+               plugin: str) -> bytes:
         response = outcome.response
         if response is None:
             return self.fail(miss, ValueError("malformed upstream answer"), now, addr)
@@ -419,12 +630,16 @@ class QueryHandler:
         else:
             reply = self._passthrough(miss, outcome.data, response)
         # CoreDNS labels a reply with the plugin that wrote it; with cache in the
-        # block that is cache's writer even when forward found the answer.
-        plugin = "cache" if miss.zone.cache is not None else "forward"
+        # block that is cache's writer even when forward (or hosts, template...)
+        # found the answer.
+        if miss.zone.cache is not None:
+            plugin = "cache"
         return self._finish(miss, reply, addr, response.rcode, plugin)
 
     def fail(self, miss: Miss, error: Exception, now: float, addr: object = None) -> bytes:
         """The reply when the upstream did not answer usefully."""
+        if miss.follow_up is not None:
+            return miss.follow_up.failed(now)
         if miss.background:
             if miss.stale is not None:
                 miss.stale.refreshing = False
@@ -538,6 +753,36 @@ class QueryHandler:
                         zone.cache_stats.hits_success += count
                     else:
                         zone.cache_stats.hits_denial += count
+
+
+#: Look-ups nested inside one another (a template CNAME whose target a template
+#: answers with a CNAME...); CoreDNS has no bound and overflows its stack.
+MAX_FOLLOW_UPS = 8
+
+
+def _bytes(result: bytes | Miss, miss: Miss) -> bytes:
+    """A failed look-up's reply may not wait for another one: SERVFAIL then."""
+    if isinstance(result, bytes):
+        return result
+    return wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
+
+
+def append_answers(answer: bytes, found: bytes) -> bytes:
+    """``answer`` with the answer records (and TC flag) of ``found`` appended."""
+    message = dns.message.from_wire(answer)
+    extra = dns.message.from_wire(found)
+    message.answer.extend(extra.answer)
+    message.flags |= extra.flags & dns.flags.TC
+    return message.to_wire()
+
+
+def _request(miss: Miss, addr: object) -> Request:
+    """The chain's view of a miss: the question, and who asked over what."""
+    remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
+    qname = name_text(miss.qname)
+    return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
+                   SLOT_PROTO[miss.slot], 2 if miss.slot & 1 else 1,
+                   miss.query[12:miss.question_end])
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:

@@ -64,11 +64,13 @@ class EntryIndex:
 
 def _cache_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
     """What must be equal for a zone's cache to survive a reload."""
-    return (zone, block.port, block.cache)
+    # Answers of the plugins the cache wraps are cached: new plugins, new cache.
+    return (zone, block.port, block.cache, block.hosts, block.template, block.rewrite)
 
 
 def _zone_identity(block: ServerBlock, zone: str) -> tuple[object, ...]:
-    return (zone, block.port, block.cache, block.forward, block.loadbalance)
+    return (zone, block.port, block.cache, block.forward, block.loadbalance, block.hosts,
+            block.template, block.rewrite, block.dns64, block.whoami)
 
 
 def _plain_stats(block: ServerBlock, zone: str) -> ServerStats:

@@ -54,11 +54,11 @@ def _zero_port(address: str | None) -> str | None:
     return f"{host}:0"
 
 
-def for_tests(config: Config, forward_overrides: dict[str, Any]) -> Config:
-    """``config`` rebound to 127.0.0.1 port 0, with forward overrides applied."""
+def for_tests(config: Config, forward_overrides: dict[str, Any], host: str = LOOPBACK) -> Config:
+    """``config`` rebound to ``host`` (127.0.0.1) port 0, with forward overrides applied."""
     blocks = []
     for block in config.blocks:
-        changes: dict[str, Any] = {"port": 0, "bind": (LOOPBACK,), "bind_lines": ()}
+        changes: dict[str, Any] = {"port": 0, "bind": (host,), "bind_lines": ()}
         if block.prometheus:
             changes["prometheus"] = _zero_port(block.prometheus)
         if block.health:
@@ -119,8 +119,10 @@ class AgentKit:
     """An Agent serving ``corefile`` on loopback; see the module docstring."""
 
     def __init__(self, corefile: str, *, forward_overrides: dict[str, Any] | None = None,
-                 **agent_kwargs: Any) -> None:
+                 host: str = LOOPBACK, **agent_kwargs: Any) -> None:
         self.corefile = corefile
+        #: The address every block listens on (``"::1"`` for IPv6 clients).
+        self.host = host
         self.forward_overrides = {"try_timeout": 0.5, "budget": 1.0, **(forward_overrides or {})}
         self.agent = Agent(self.load, **agent_kwargs)
         #: How many times the loader ran (start + reloads).
@@ -128,7 +130,8 @@ class AgentKit:
 
     def load(self) -> Config:
         self.loads += 1
-        return for_tests(parse_text(self.corefile, path="Corefile"), self.forward_overrides)
+        return for_tests(parse_text(self.corefile, path="Corefile"), self.forward_overrides,
+                         self.host)
 
     async def start(self) -> AgentKit:
         await self.agent.start()
@@ -148,18 +151,19 @@ class AgentKit:
     @property
     def port(self) -> int:
         """The bound DNS port (the Corefile's port 0)."""
-        return self.agent.listeners[(LOOPBACK, 0)].port
+        return self.agent.listeners[(self.host, 0)].port
 
     @property
     def address(self) -> tuple[str, int]:
-        return (LOOPBACK, self.port)
+        return (self.host, self.port)
 
     # -- DNS clients ---------------------------------------------------------
 
     async def udp_raw(self, data: bytes, timeout: float = CLIENT_TIMEOUT) -> bytes | None:
         """Send one datagram; the reply's bytes, or None when none came in ``timeout`` s."""
         loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             sock.connect(self.address)
             await loop.sock_sendall(sock, data)

@@ -47,11 +47,12 @@ def closed_port(host: str = "127.0.0.1") -> int:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` (nothing listens on it afterwards)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind((host, port))
                 except OSError:
@@ -92,7 +93,8 @@ def node_cache(corefile: str, workdir: Path, *, host: str = "127.0.0.1",
     binary = unpack(workdir)
     (workdir / "Corefile").write_text(corefile)
     argv = serving_argv(binary, host, workdir / "Corefile",
-                        f"{host}:{free_port(host) if ns is None else 9353}")
+                        f"{f'[{host}]' if ':' in host else host}:"
+                        f"{free_port(host) if ns is None else 9353}")
     if ns is not None:
         argv = ["ip", "netns", "exec", ns, *argv]
     proc = subprocess.Popen(argv, stdout=open(workdir / "node-cache.log", "wb"),
