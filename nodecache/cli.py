@@ -22,6 +22,7 @@ from nodecache.benchclient.command import bench_client as bench_client_command
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.hostnet.commands import setup as setup_command
 from nodecache.hostnet.commands import teardown as teardown_command
+from nodecache.hostnet.firewall import FIREWALLS
 from nodecache.hostnet.flags import normalize_nodecache_argv
 from nodecache.hostnet.ifaddrs import interface_addresses
 
@@ -324,14 +325,33 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
 @cli.command("guard")
 @click.option("--serving-lock", default="/run/nodecache/serving.lock", show_default=True,
               help="The lock every agent of the node holds while serving (a shared hostPath).")
-def guard(serving_lock: str) -> None:
-    """Remove the firewall rules whenever no agent serves (a container beside the agent).
+@click.option("--localip", default="",
+              help="Link-local IPs (comma-separated) to send to the cluster DNS while no agent "
+                   "serves; not the kube-dns ClusterIP. Default: none (rules removal only).")
+@click.option("--upstreamsvc", default="kube-dns", show_default=True,
+              help="Service of the cluster DNS ($NAME_SERVICE_HOST), as for `run`.")
+@click.option("--firewall", type=click.Choice(FIREWALLS), default="auto", show_default=True,
+              help="Where the fallback goes (auto: the iptables kubelet uses).")
+def guard(serving_lock: str, localip: str, upstreamsvc: str, firewall: str) -> None:
+    """Keep DNS answered whenever no agent serves (a container beside the agent).
 
-    For when the whole agent container dies (OOM kill, SIGKILL): the kube-dns
-    ClusterIP then falls back to kube-proxy's DNAT until an agent serves again.
+    For when the whole agent container dies (OOM kill, SIGKILL): the firewall
+    rules go, so the kube-dns ClusterIP falls back to kube-proxy's DNAT, and
+    with --localip those IPs are sent to the cluster DNS until an agent serves again.
     """
     from nodecache import guard as guard_module  # noqa: PLC0415
-    sys.exit(guard_module.main([serving_lock]))
+    from nodecache.hostnet.fallback import Fallback  # noqa: PLC0415
+    from nodecache.hostnet.rules import parse_local_ips  # noqa: PLC0415
+    from nodecache.k8s.template import cluster_dns_ip  # noqa: PLC0415
+    fallback = None
+    if localip:
+        try:
+            ips = parse_local_ips(_split_ips(localip))
+            target = cluster_dns_ip(upstreamsvc, os.environ)
+        except (ValueError, ConfigError) as exc:
+            raise click.UsageError(str(exc)) from None
+        fallback = Fallback(ips, target, firewall=firewall)
+    sys.exit(guard_module.main(serving_lock, fallback))
 
 
 cli.add_command(setup_command)

@@ -77,6 +77,11 @@ def _run(cmd: Sequence[str], input: str | None = None) -> subprocess.CompletedPr
         raise FirewallCommandError(f"{cmd[0]}: no answer after {COMMAND_TIMEOUT:.0f} s") from None
 
 
+def _tables(rules: Sequence[Rule]) -> list[str]:
+    """The tables ``rules`` use, in their order."""
+    return list(dict.fromkeys(r.table for r in rules))
+
+
 def legacy_table_loaded(family: int, table: str) -> bool:
     """Whether the legacy xtables ``table`` exists in this network namespace.
 
@@ -141,18 +146,20 @@ class IptablesFirewall(Firewall):
     def binaries(self, families: set[int]) -> list[str]:
         return [self._tool(f, s) for f in sorted(families) for s in ("-save", "-restore")]
 
-    def _tagged_lines(self, family: int, table: str) -> list[tuple[str, str]]:
-        """(comment, ``-A ...`` line) for each nodecache-tagged rule in ``table``."""
+    def saved_rules(self, family: int, table: str) -> list[str]:
+        """The ``-A ...`` lines of ``table`` (none if a legacy table is not loaded)."""
         if self.mode == "legacy" and not legacy_table_loaded(family, table):
             return []
         res = _run([self._tool(family, "-save"), "-t", table])
         if res.returncode != 0:
             raise FirewallCommandError(
                 f"{self._tool(family, '-save')} -t {table}: {_first_line(res.stderr)}")
+        return [line for line in res.stdout.splitlines() if line.startswith("-A ")]
+
+    def _tagged_lines(self, family: int, table: str) -> list[tuple[str, str]]:
+        """(comment, ``-A ...`` line) for each nodecache-tagged rule in ``table``."""
         out = []
-        for line in res.stdout.splitlines():
-            if not line.startswith("-A "):
-                continue
+        for line in self.saved_rules(family, table):
             m = _COMMENT_RE.search(line)
             if m is None:
                 continue
@@ -187,7 +194,7 @@ class IptablesFirewall(Firewall):
         added = 0
         for family in sorted({r.family for r in rules}):
             script: dict[str, list[str]] = {}
-            for table in ("raw", "filter"):
+            for table in _tables(rules):
                 lines = self._tagged_lines(family, table)
                 counts = Counter(c for c, _ in lines)
                 ops = script.setdefault(table, [])
@@ -204,14 +211,14 @@ class IptablesFirewall(Firewall):
             self._restore(family, script)
         return added
 
-    def _delete_tagged(self, families: set[int], wanted: set[str] | None,
+    def _delete_tagged(self, families: set[int], tables: Sequence[str], wanted: set[str] | None,
                        keep: set[str]) -> int:
         removed = 0
         for family in sorted(families):
             if shutil.which(self._tool(family, "-save")) is None:
                 continue
             script: dict[str, list[str]] = {}
-            for table in ("raw", "filter"):
+            for table in tables:
                 ops = script.setdefault(table, [])
                 for comment, line in self._tagged_lines(family, table):
                     if (wanted is None or comment in wanted) and comment not in keep:
@@ -221,10 +228,12 @@ class IptablesFirewall(Firewall):
         return removed
 
     def remove(self, rules: Sequence[Rule]) -> int:
-        return self._delete_tagged({r.family for r in rules}, {r.comment for r in rules}, set())
+        return self._delete_tagged({r.family for r in rules}, _tables(rules),
+                                   {r.comment for r in rules}, set())
 
     def remove_tagged(self, keep: Sequence[Rule] = ()) -> int:
-        return self._delete_tagged({4, 6}, None, {r.comment for r in keep})
+        # The agent's tables only: the guard's fallback in ``nat`` is the guard's to remove.
+        return self._delete_tagged({4, 6}, ("raw", "filter"), None, {r.comment for r in keep})
 
 
 class NftablesFirewall(Firewall):

@@ -12,6 +12,9 @@ Why these rules exist (NODELOCAL.md section 1.3, the node-local DNS KEP):
 * OUTPUT NOTRACK with ``--dport`` covers locally generated queries (hostNetwork
   pods, kubernetes/dns#318); the health-port pair covers the kubelet's probe.
 
+The guard's fallback (:func:`fallback_rules`, used by
+:mod:`nodecache.hostnet.fallback`) is data of the same kind, in ``nat``.
+
 Each rule carries a comment that names nodecache and says exactly which rule
 it is, so the comment alone identifies the rule in ``iptables-save`` or
 ``nft list`` output: that is how the backends find, count and delete ours.
@@ -19,7 +22,7 @@ it is, so the comment alone identifies the rule in ``iptables-save`` or
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: Every comment starts with this; rules carrying it belong to nodecache.
@@ -53,10 +56,12 @@ class Rule:
     port: int
     #: True: match destination IP and port (``-d``/``--dport``); False: source (replies).
     to_ip: bool
-    #: ``NOTRACK`` or ``ACCEPT``.
+    #: ``NOTRACK``, ``ACCEPT``, ``DNAT`` or a chain to jump to (the guard's fallback).
     target: str
     #: What the rule is for, in a few words (goes into the comment).
     why: str
+    #: ``DNAT`` only: the new destination, ``IP:PORT`` (``[IP]:PORT`` for IPv6).
+    to: str = ""
 
     @property
     def family(self) -> int:
@@ -76,7 +81,8 @@ class Rule:
         plen = 128 if self.family == 6 else 32
         addr, port = ("-d", "--dport") if self.to_ip else ("-s", "--sport")
         return ["-p", self.proto, addr, f"{self.ip}/{plen}", port, str(self.port),
-                "-m", "comment", "--comment", self.comment, "-j", self.target]
+                "-m", "comment", "--comment", self.comment, "-j", self.target,
+                *(["--to-destination", self.to] if self.to else [])]
 
     def iptables_restore_line(self, op: str = "-I") -> str:
         """The rule as an ``iptables-restore`` line; ``-I`` inserts at the top of the chain."""
@@ -148,4 +154,32 @@ def notrack_rules(local_ips: Sequence[str], dns_port: int = 53,
             for proto in protos:
                 rules.append(Rule(table, chain, proto, ip, health_port if port == "health"
                                   else dns_port, to_ip, target, comment))
+    return tuple(rules)
+
+
+def fallback_rules(local_ips: Sequence[str], target_ip: str, dns_port: int = 53,
+                   jumps: Mapping[str, str] | None = None) -> tuple[Rule, ...]:
+    """The guard's stand-in while no agent serves: DNS to each local IP goes to the cluster DNS.
+
+    ``nat`` PREROUTING catches pods' queries, ``nat`` OUTPUT the node's own (hostNetwork).
+    Pure: no I/O. The rules are inert while the agent's NOTRACK rules are in place (an
+    untracked packet never reaches ``nat``), so they may overlap the agent's in both ways.
+
+    :param target_ip: the cluster DNS Service's ClusterIP (port 53); local IPs of the
+        other family are left out.
+    :param jumps: kube-proxy's chain for that ClusterIP, by protocol (iptables mode):
+        the rule jumps there instead of a DNAT, because a packet is NATed once and a
+        DNAT to the ClusterIP would never meet kube-proxy's own DNAT.
+    """
+    target = ipaddress.ip_address(target_ip)
+    to = f"[{target}]:53" if target.version == 6 else f"{target}:53"
+    rules: list[Rule] = []
+    for ip in parse_local_ips(local_ips):
+        if ipaddress.ip_address(ip).version != target.version:
+            continue
+        for chain in ("PREROUTING", "OUTPUT"):
+            for proto in ("tcp", "udp"):
+                jump = (jumps or {}).get(proto)
+                rules.append(Rule("nat", chain, proto, ip, dns_port, True, jump or "DNAT",
+                                  "fallback to the cluster DNS", "" if jump else to))
     return tuple(rules)

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from nodecache import guard
+from nodecache.hostnet.fallback import Fallback, kube_proxy_chains
+from nodecache.hostnet.rules import fallback_rules, notrack_rules
 
 HOLD = ("import sys, time\n"
         "from nodecache.aio.servinglock import ServingLock\n"
@@ -64,3 +66,80 @@ def test_rules_go_only_when_the_last_agent_dies(tmp_path: pathlib.Path,
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+#: ``iptables-save -t nat`` lines as kube-proxy (iptables mode) writes them.
+KUBE_PROXY_NAT = [
+    "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    "-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns "
+    "cluster IP\" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU",
+    "-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment \"kube-system/"
+    "kube-dns-upstream:dns-tcp cluster IP\" -m tcp --dport 53 -j KUBE-SVC-ERIFXISQEP7F7OF4",
+    "-A KUBE-SERVICES -d 10.96.0.11/32 -p udp -m comment --comment \"kube-system/"
+    "kube-dns-upstream:dns cluster IP\" -m udp --dport 53 -j KUBE-SVC-6BVOJWJGNACJNRAR",
+    "-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment \"kube-system/"
+    "kube-dns-upstream:metrics cluster IP\" -m tcp --dport 9153 -j KUBE-SVC-METRICS",
+    "-A KUBE-SVC-6BVOJWJGNACJNRAR -j KUBE-SEP-AAAA",
+]
+
+
+def test_kube_proxy_chains_by_protocol() -> None:
+    assert kube_proxy_chains(KUBE_PROXY_NAT, "10.96.0.11") == {
+        "tcp": "KUBE-SVC-ERIFXISQEP7F7OF4", "udp": "KUBE-SVC-6BVOJWJGNACJNRAR"}
+    assert kube_proxy_chains(KUBE_PROXY_NAT, "10.96.0.1") == {}  # IPVS mode: no such chains
+
+
+def test_fallback_rules_jump_to_kube_proxy_or_dnat() -> None:
+    jumped = fallback_rules(["169.254.20.10", "fd00::10"], "10.96.0.11",
+                            jumps={"udp": "KUBE-SVC-U", "tcp": "KUBE-SVC-T"})
+    # Pods (PREROUTING) and the node (OUTPUT), TCP and UDP; the IPv6 IP has no IPv4 target.
+    assert [(r.table, r.chain, r.proto, r.ip, r.target) for r in jumped] == [
+        ("nat", "PREROUTING", "tcp", "169.254.20.10", "KUBE-SVC-T"),
+        ("nat", "PREROUTING", "udp", "169.254.20.10", "KUBE-SVC-U"),
+        ("nat", "OUTPUT", "tcp", "169.254.20.10", "KUBE-SVC-T"),
+        ("nat", "OUTPUT", "udp", "169.254.20.10", "KUBE-SVC-U")]
+    assert jumped[1].iptables_spec()[-2:] == ["-j", "KUBE-SVC-U"]
+    dnat = fallback_rules(["169.254.20.10"], "10.96.0.11")
+    assert dnat[1].iptables_spec()[-4:] == ["-j", "DNAT", "--to-destination", "10.96.0.11:53"]
+    assert fallback_rules(["fd00::10"], "fd00::53")[0].to == "[fd00::53]:53"
+    # The same comments whatever the target: the guard finds them again to remove them.
+    assert [r.comment for r in jumped] == [r.comment for r in dnat]
+    assert len({r.comment for r in dnat}) == 4
+    assert not {r.comment for r in dnat} & {r.comment for r in notrack_rules(["169.254.20.10"])}
+
+
+def test_the_fallback_goes_only_after_the_agents_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-back: the fallback stays until a NOTRACK rule overrides it."""
+    seen: list[str] = []
+    present = iter([False, False, True])
+
+    class Recorder(Fallback):
+        def agent_rules_present(self) -> bool:
+            seen.append("look")
+            return next(present)
+
+        def remove(self) -> int:
+            seen.append("remove")
+            return 4
+
+    guard._hand_back(Recorder(["169.254.20.10"], "10.96.0.11"), 0.01)
+    assert seen == ["look", "look", "look", "remove"]
+
+
+def test_no_fallback_with_nftables_and_the_agents_table_stays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With native nftables there is no fallback, and removing it must not touch the table
+    that holds the agent's rules (NftablesFirewall.remove drops the whole table)."""
+    from nodecache.errors import HostNetworkError  # noqa: PLC0415
+    from nodecache.hostnet import fallback as fallback_module  # noqa: PLC0415
+    from nodecache.hostnet.firewall import NftablesFirewall  # noqa: PLC0415
+
+    class Untouchable(NftablesFirewall):
+        def remove(self, rules: object) -> int:
+            raise AssertionError("the agent's nftables table removed")
+
+    monkeypatch.setattr(fallback_module, "choose_firewall", lambda *a, **k: Untouchable())
+    fb = Fallback(["169.254.20.10"], "10.96.0.11", firewall="nftables")
+    with pytest.raises(HostNetworkError, match="needs iptables"):
+        fb.install()
+    assert fb.remove() == 0

@@ -4,9 +4,11 @@ Topology (``netns.node_and_pod``): the node runs ``nodecache run`` on
 169.254.20.10 and the kube-dns ClusterIP 10.96.0.10 (iptables mode), an
 upstream for the agent on 127.0.0.1:5399 that answers every name with
 10.0.0.1, and a "kube-dns" on 10.200.0.1:5300 that answers with 10.0.0.2,
-reached through a DNAT rule for 10.96.0.10:53 as kube-proxy installs it. The
+reached as kube-proxy (iptables mode) reaches it: ``nat`` PREROUTING and OUTPUT
+jump to KUBE-SERVICES, which sends 10.96.0.10:53 and the kube-dns-upstream
+ClusterIP 10.96.0.11:53 to a KUBE-SVC chain that DNATs to the endpoint. The
 answer says who answered. The pod queries both IPs every 20 ms while the test
-SIGKILLs the serving worker.
+SIGKILLs the serving worker, or the whole agent with the guard beside it.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,8 @@ pytestmark = pytest.mark.privileged
 
 LINK_LOCAL = "169.254.20.10"
 CLUSTER_IP = "10.96.0.10"
+#: The kube-dns-upstream Service (-upstreamsvc kube-dns-upstream).
+UPSTREAM_SVC = "10.96.0.11"
 HEALTH = 9053
 AGENT_ANSWER = "10.0.0.1"
 FALLBACK_ANSWER = "10.0.0.2"
@@ -68,8 +73,34 @@ def _dnsmasq(ns: str, address: str, port: int, answer: str) -> subprocess.Popen[
     raise AssertionError(f"dnsmasq on {address}:{port} did not answer")
 
 
+def _kube_proxy(topo: netns.NodePod, ipvs: bool) -> None:
+    """kube-proxy's part: the ClusterIPs go to a kube-dns endpoint unless NOTRACK skips them.
+
+    ``ipvs``: kube-dns-upstream as IPVS serves it: an address of the node answered
+    locally after ``nat``, with no KUBE-SVC chain for it (this kernel has no IPVS, so a
+    server listening on that address stands in for the balancer).
+    """
+    nat = ("iptables-nft", "-t", "nat")
+    netns.run(topo.node, *nat, "-N", "KUBE-SERVICES")
+    for chain in ("PREROUTING", "OUTPUT"):
+        netns.run(topo.node, *nat, "-A", chain, "-m", "comment", "--comment",
+                  "kubernetes service portals", "-j", "KUBE-SERVICES")
+    for proto in ("udp", "tcp"):
+        svc = f"KUBE-SVC-DNS{proto.upper()}"
+        netns.run(topo.node, *nat, "-N", svc)
+        netns.run(topo.node, *nat, "-A", svc, "-p", proto, "-j", "DNAT",
+                  "--to-destination", f"{topo.node_ip4}:{FALLBACK_PORT}")
+        for ip in (CLUSTER_IP,) if ipvs else (CLUSTER_IP, UPSTREAM_SVC):
+            netns.run(topo.node, *nat, "-A", "KUBE-SERVICES", "-d", f"{ip}/32", "-p", proto,
+                      "-m", proto, "--dport", "53", "-j", svc)
+    if ipvs:
+        # kube-ipvs0 is a dummy link; lo holds a local address just the same here
+        # (this kernel has no dummy links either).
+        netns.run(topo.node, "ip", "addr", "add", f"{UPSTREAM_SVC}/32", "dev", "lo")
+
+
 @contextlib.contextmanager
-def node(tmp: Path) -> Iterator[netns.NodePod]:
+def node(tmp: Path, *, ipvs: bool = False) -> Iterator[netns.NodePod]:
     netns.sweep_stale()
     (tmp / "Corefile").write_text(COREFILE)
     procs: list[subprocess.Popen[bytes]] = []
@@ -79,11 +110,9 @@ def node(tmp: Path) -> Iterator[netns.NodePod]:
             precreate_link(topo.node)
             procs.append(_dnsmasq(topo.node, "127.0.0.1", UPSTREAM_PORT, AGENT_ANSWER))
             procs.append(_dnsmasq(topo.node, topo.node_ip4, FALLBACK_PORT, FALLBACK_ANSWER))
-            # kube-proxy's part: the ClusterIP goes to a kube-dns endpoint unless NOTRACK skips it.
-            for proto in ("udp", "tcp"):
-                netns.run(topo.node, "iptables-nft", "-t", "nat", "-A", "PREROUTING",
-                          "-d", f"{CLUSTER_IP}/32", "-p", proto, "--dport", "53", "-j", "DNAT",
-                          "--to-destination", f"{topo.node_ip4}:{FALLBACK_PORT}")
+            _kube_proxy(topo, ipvs)
+            if ipvs:
+                procs.append(_dnsmasq(topo.node, UPSTREAM_SVC, 53, FALLBACK_ANSWER))
             yield topo
         finally:
             for proc in procs:
@@ -134,7 +163,14 @@ def stop(proc: subprocess.Popen[bytes], tmp: Path) -> int:
 
 
 def rule_count(ns: str) -> int:
-    return rule_texts(ns, "iptables-nft").count('"nodecache: ')
+    """The agent's rules (NOTRACK/ACCEPT)."""
+    text = rule_texts(ns, "iptables-nft")
+    return text.count('"nodecache: ') - text.count('"nodecache: fallback')
+
+
+def fallback_count(ns: str) -> int:
+    """The guard's fallback rules."""
+    return rule_texts(ns, "iptables-nft").count('"nodecache: fallback')
 
 
 def _ask(ip: str, qid: int, timeout: float) -> str:
@@ -160,8 +196,9 @@ def _ask(ip: str, qid: int, timeout: float) -> str:
     return {AGENT_ANSWER: "agent", FALLBACK_ANSWER: "fallback"}.get(address, f"other:{address}")
 
 
-def probe_through_kill(pid: int, before: float, limit: float) -> list[tuple[float, str, str]]:
-    """In the pod: query both IPs every 20 ms; SIGKILL ``pid`` after ``before`` s; go on until
+def probe_through_kill(pids: tuple[int, ...], before: float,
+                       limit: float) -> list[tuple[float, str, str]]:
+    """In the pod: query both IPs every 20 ms; SIGKILL ``pids`` after ``before`` s; go on until
     both IPs have been answered by the agent for 0.5 s again (or ``limit`` s).
 
     Returns (seconds since the kill, IP, outcome); negative times are before the kill.
@@ -173,7 +210,8 @@ def probe_through_kill(pid: int, before: float, limit: float) -> list[tuple[floa
     qid = 0
     while time.monotonic() - start < limit:
         if killed_at == float("inf") and time.monotonic() - start >= before:
-            os.kill(pid, signal.SIGKILL)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
         outcomes = []
         for ip in (CLUSTER_IP, LINK_LOCAL):
@@ -218,7 +256,7 @@ def test_sigkill_of_the_worker_fails_over_to_kube_dns_then_restarts(tmp_path: Pa
             maps = Path(f"/proc/{proc.pid}/maps").read_text()
             assert "_asyncio" not in maps and "uvloop" not in maps
             assert rss_kb < 16 * 1024, rss_kb
-            events = netns.call(topo.pod, probe_through_kill, first, 0.5, 12.0, timeout=30)
+            events = netns.call(topo.pod, probe_through_kill, (first,), 0.5, 12.0, timeout=30)
             second = worker_pid(proc, tmp_path, not_pid=first)
             assert rule_count(topo.node) == RULES
         finally:
@@ -309,3 +347,117 @@ def test_supervisor_holds_no_agent_libraries() -> None:
     # Its lines look like the worker's (logging.basicConfig with the agent's format).
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO nodecache.supervisor: "
                         r"worker 7 is serving\n", res.stderr), res.stderr
+
+
+# -- the whole agent dies: the guard beside it ------------------------------------------
+
+#: The bound documented in docs/deploy.md for both IPs with the guard, s.
+GUARD_BOUND = 3.0
+#: When the "kubelet" restarts the killed container, s after the kill.
+RESTART_DELAY = 3.0
+
+
+def start_guard(topo: netns.NodePod, tmp: Path) -> subprocess.Popen[bytes]:
+    """``nodecache guard`` as the DaemonSet runs it beside the agent (same serving lock)."""
+    log = open(tmp / "guard.log", "ab")
+    proc = netns.python(
+        topo.node, "-m", "nodecache", "guard", "--serving-lock", str(tmp / "serving.lock"),
+        "--localip", LINK_LOCAL, "--upstreamsvc", "kube-dns-upstream",
+        "--firewall", "iptables-nft", env={"KUBE_DNS_UPSTREAM_SERVICE_HOST": UPSTREAM_SVC},
+        background=True, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc
+
+
+def _wait_until(what: str, cond: Callable[[], bool], tmp: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout:.0f}s:\n{log_text(tmp)}\n"
+                                 f"{(tmp / 'guard.log').read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
+def _dig(ns: str, ip: str, name: str, tcp: bool = False) -> str:
+    """The answer; retried for 5 s while the route is not there yet (a fresh veth)."""
+    deadline = time.monotonic() + 5
+    while True:
+        out = netns.run(ns, "dig", f"@{ip}", "+short", "+tries=1", "+time=2",
+                        *(["+tcp"] if tcp else []), name, check=False).stdout.strip()
+        if "unreachable" not in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("ipvs", [False, True], ids=["iptables", "ipvs"])
+def test_whole_agent_death_with_the_guard_keeps_both_ips_answered(tmp_path: Path,
+                                                                  ipvs: bool) -> None:
+    with node(tmp_path, ipvs=ipvs) as topo:
+        links, before_rules = netns.link_snapshot(topo.node), netns.ruleset_snapshot(topo.node)
+        guard = start_guard(topo, tmp_path)
+        agent: subprocess.Popen[bytes] | None = None
+        try:
+            # No agent yet (a new pod): the link-local IP goes to the cluster DNS at once.
+            _wait_until("fallback", lambda: fallback_count(topo.node) == 4, tmp_path)
+            for tcp in (False, True):
+                assert _dig(topo.pod, LINK_LOCAL, f"s{tcp}.example.", tcp) == FALLBACK_ANSWER
+            agent = start_agent(topo, tmp_path)
+            first = worker_pid(agent, tmp_path)
+            _wait_until("hand-back", lambda: fallback_count(topo.node) == 0, tmp_path)
+            assert rule_count(topo.node) == RULES
+            assert _dig(topo.pod, LINK_LOCAL, "a.example.") == AGENT_ANSWER
+            # The whole container dies (an OOM kill of its cgroup): supervisor and worker.
+            probed: dict[str, list[tuple[float, str, str]]] = {}
+            prober = threading.Thread(target=lambda: probed.update(events=netns.call(
+                topo.pod, probe_through_kill, (agent.pid, first), 0.5, 25.0, timeout=60)))
+            prober.start()
+            _wait_until("kill", lambda: not Path(f"/proc/{first}").exists(), tmp_path)
+            killed = time.monotonic()
+            _wait_until("fallback", lambda: fallback_count(topo.node) == 4
+                        and rule_count(topo.node) == 0, tmp_path, timeout=10)
+            # Pods (nat PREROUTING) over TCP too, and the node's own clients (nat OUTPUT).
+            for ns, tcp in ((topo.pod, True), (topo.node, False), (topo.node, True)):
+                assert _dig(ns, LINK_LOCAL, f"k{tcp}.example.", tcp) == FALLBACK_ANSWER, ns
+            agent.wait(10)
+            time.sleep(max(0.0, RESTART_DELAY - (time.monotonic() - killed)))
+            agent = start_agent(topo, tmp_path)  # the kubelet restarts the container
+            second = worker_pid(agent, tmp_path, not_pid=first)
+            prober.join(60)
+            _wait_until("hand-back", lambda: fallback_count(topo.node) == 0, tmp_path)
+            assert rule_count(topo.node) == RULES
+        finally:
+            guard.send_signal(signal.SIGTERM)
+            guard.wait(10)
+            if agent is not None:
+                stop(agent, tmp_path)
+        events = probed["events"]
+        guard_log = (tmp_path / "guard.log").read_text(errors="replace")
+        summary = "\n".join(f"{t:+.3f} {ip} {o}" for t, ip, o in events
+                            if o != "agent" or t > -0.1) + "\n" + guard_log
+        assert {o for t, _, o in events if t < 0} == {"agent"}, summary
+        assert {o for _, _, o in events} <= {"agent", "fallback", "refused", "timeout"}, summary
+        outages, taken = {}, {}
+        for ip in (CLUSTER_IP, LINK_LOCAL):
+            after = [(t, o) for t, i, o in events if i == ip and t >= 0]
+            taken_over = min((t for t, o in after if o == "fallback"), default=float("inf"))
+            failed = [t for t, o in after if o in ("timeout", "refused")]
+            # Answered by the cluster DNS soon after the kill, and from then on every query
+            # is answered: by the cluster DNS, then across the hand-back by the new agent.
+            assert taken_over < GUARD_BOUND, summary
+            assert not failed or max(failed) < taken_over, summary
+            assert after[-1][1] == "agent", summary
+            outages[ip], taken[ip] = _outage(events, ip), taken_over
+        assert second != first
+        assert "removed the 4 fallback rules" in guard_log, guard_log
+        assert "via KUBE-SVC-DNS" in guard_log if not ipvs else f"via DNAT {UPSTREAM_SVC}" \
+            in guard_log, guard_log
+        # The switch itself, from the lock's release by the kernel to the rules removed.
+        switch_ms = [int(m) for m in re.findall(r"removed \d+ rules in (\d+) ms", guard_log)]
+        print(f"\nwhole-agent SIGKILL with the guard ({'ipvs' if ipvs else 'iptables'}): "
+              f"fallback in and rules out {switch_ms[-1]} ms after the lock was free; "
+              f"first cluster-DNS answer after the kill: ClusterIP {taken[CLUSTER_IP]:.3f}s, "
+              f"link-local {taken[LINK_LOCAL]:.3f}s; answered for good from "
+              f"{outages[CLUSTER_IP]:.3f}s / {outages[LINK_LOCAL]:.3f}s; agent restarted "
+              f"after {RESTART_DELAY:.0f}s, no query lost at the hand-back")
+        assert netns.link_snapshot(topo.node) == links
+        assert netns.ruleset_snapshot(topo.node) == before_rules
