@@ -16,7 +16,7 @@ addresses) to the dns namespace, so a pod can query the cluster DNS directly or
 a cache on the node, just as in a cluster. Every link lives inside a namespace
 the bench created, so deleting the namespaces removes everything. The
 namespaces, veth pairs and the sweep of a killed run's leftovers are the test
-suite's (``tests/netns.py``); the NOTRACK rules for the reference servers are
+suite's (``tests/kit/netns.py``); the NOTRACK rules for the reference servers are
 nodecache's own (``nodecache.hostnet``), installed from inside the node namespace.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from nodecache.hostnet.firewall import choose_firewall
 from nodecache.hostnet.rules import notrack_rules
-from tests import netns
+from tests.kit import netns
 
 from .host import Cleanup, log, sh
 

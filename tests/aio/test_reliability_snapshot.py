@@ -1,0 +1,84 @@
+"""Cache snapshots: written at shutdown, read back at start, aging across the gap."""
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import dns.rcode
+import pytest
+
+from nodecache.core import snapshot
+from nodecache.core.cache import Entry, Kind
+from tests.kit.agentkit import AgentKit, ttls
+from tests.kit.fakeupstream import FakeUpstream
+
+NAMES = [f"n{i}.example." for i in range(200)]
+
+
+def entry(key: bytes = b"\x01a\x00\x00\x01\x00\x01", stored: float = 100.0) -> Entry:
+    headers = tuple(bytes(10) for _ in range(4))
+    return Entry(key, Kind.SUCCESS, 0, headers, [[b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"]],
+                 300, stored)
+
+
+def test_round_trip_keeps_aging() -> None:
+    data = snapshot.dump([("example.@53", entry(stored=100.0))], now=160.0, wall=5000.0)
+    # Restored 30 s of wall time later, into a loop whose clock reads 7.0.
+    (item,) = snapshot.load(data, now=7.0, wall=5030.0)
+    assert item.zone == "example.@53"
+    assert item.entry.remaining(7.0) == 300 - 60 - 30
+    assert item.entry.variants == entry().variants
+    assert item.entry.kind is Kind.SUCCESS
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda d: d[:-1],  # truncated
+    lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:],  # one bit flipped (CRC)
+    lambda d: b"NOTASNAP" + d[8:],  # foreign file
+    lambda d: d[:8] + struct.pack("!H", 99) + d[10:],  # another version
+    lambda d: b"",
+    lambda d: b"{\"json\": true}",
+])
+def test_corrupt_or_foreign_snapshots_are_refused(mangle) -> None:  # type: ignore[no-untyped-def]
+    data = snapshot.dump([("example.@53", entry())], now=160.0, wall=5000.0)
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.load(mangle(data), now=0.0, wall=5000.0)
+
+
+COREFILE = ". {\n cache 300\n forward . 127.0.0.1:%d\n}\n"
+
+
+async def test_restart_with_snapshot_starts_warm(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.snap")
+    records = {f"{n} A": "192.0.2.7" for n in NAMES}
+    async with FakeUpstream(records=records) as up:
+        async with AgentKit(COREFILE % up.port, cache_snapshot=path) as kit:
+            for name in NAMES:
+                reply = await kit.query(name, "A")
+                assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+            before = len(up.queries)
+        assert Path(path).stat().st_size > 0
+        async with AgentKit(COREFILE % up.port, cache_snapshot=path) as kit:
+            hits = 0
+            for name in NAMES:
+                reply = await kit.query(name, "A")
+                assert reply is not None and reply.answer[0][0].address == "192.0.2.7"
+                assert 0 < ttls(reply)[0] <= 300
+            hits = len(NAMES) - (len(up.queries) - before)
+    # Hit rate right after the restart: every name was cached before it.
+    assert hits == len(NAMES)
+
+
+async def test_corrupt_snapshot_is_ignored_with_a_log_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cache.snap"
+    path.write_bytes(b"NCSNAP\r\n" + b"\x00" * 40)
+    async with FakeUpstream(records={"a.example. A": "192.0.2.1"}) as up:
+        with caplog.at_level(logging.WARNING):
+            async with AgentKit(COREFILE % up.port, cache_snapshot=str(path)) as kit:
+                reply = await kit.query("a.example.", "A")
+                assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+    assert any("ignoring the cache snapshot" in r.getMessage() for r in caplog.records)
+    # The agent wrote a good snapshot over the corrupt one at shutdown.
+    assert snapshot.load(path.read_bytes(), 0.0, 0.0)

@@ -1,0 +1,449 @@
+"""The per-query decision without sockets: an injected clock and a fake upstream function."""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from nodecache.core import wire
+from nodecache.core.handler import SLOT_SERVER_SHIFT, SLOT_TCP4, Miss
+from nodecache.core.stats import SIZE_BUCKETS, server_index
+from nodecache.metrics import StatsCollector, StatsSources
+from nodecache.errors import ConcurrencyLimitError, UpstreamError
+from tests.kit.coredriver import Driver, Upstream, answer_a, make_handler, negative
+from tests.kit.queries import make_query
+
+#: The name most queries here ask for.
+SVC = "svc.cluster.local."
+CLUSTER = """cluster.local:53 {
+    cache {
+        success 100 30
+        denial 100 20
+    }
+    forward . 127.0.0.1
+}
+"""
+
+
+def test_hit_sizes_follow_the_reply_sent() -> None:
+    """EDNS hits carry our OPT, truncated hits their short form: sizes as sent."""
+    many = [f"10.0.0.{i}" for i in range(1, 41)]  # 40 A records: over 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    big = make_query(SVC, edns=0, payload=4096).to_wire()
+    plain = make_query(SVC).to_wire()
+    d.ask(big)  # the miss that stores the entry
+    replies = [d.handler.handle(query, d.now, 0) for query in (big, plain, big)]
+    assert all(isinstance(r, bytes) for r in replies)
+    assert dns.message.from_wire(replies[1]).flags & dns.flags.TC  # truncated for plain UDP
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert request.count == response.count == 4
+    assert request.sum == 3 * len(big) + len(plain)
+    assert response.sum == len(replies[0]) * 2 + len(replies[1]) + len(replies[2])
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[0]))] == 3
+    assert response.counts[bisect_left(SIZE_BUCKETS, len(replies[1]))] == 1
+
+
+def test_ttl_counts_down_and_entry_expires() -> None:
+    d = Driver(CLUSTER, answer_a(300))
+    assert d.ask(make_query(SVC)).answer[0].ttl == 30  # clamped to success TTL 30
+    d.now += 10.4
+    assert d.ask(make_query(SVC)).answer[0].ttl == 20
+    assert len(d.upstream_queries) == 1
+    d.now += 20
+    d.ask(make_query(SVC))
+    assert len(d.upstream_queries) == 2
+
+
+@pytest.mark.parametrize("rcode, soa_ttl, minimum, expected", [
+    (dns.rcode.NXDOMAIN, 60, 10, 10),    # RFC 2308 section 5: min(SOA TTL, MINIMUM)
+    (dns.rcode.NXDOMAIN, 8, 600, 8),
+    (dns.rcode.NXDOMAIN, 600, 600, 20),  # clamped to the denial TTL
+    (dns.rcode.NXDOMAIN, 1, 1, 5),       # raised to the default MINTTL 5
+    (dns.rcode.NOERROR, 60, 7, 7),       # NODATA
+])
+def test_negative_answers_cached_with_soa_ttl(rcode: int, soa_ttl: int, minimum: int,
+                                              expected: int) -> None:
+    d = Driver(CLUSTER, negative(rcode, soa_ttl, minimum))
+    first = d.ask(make_query(SVC))
+    assert first.rcode() == rcode and first.authority[0].ttl == expected
+    d.now += expected - 0.5
+    assert d.ask(make_query(SVC)).rcode() == rcode
+    assert len(d.upstream_queries) == 1
+    d.now += 1
+    d.ask(make_query(SVC))
+    assert len(d.upstream_queries) == 2
+
+
+def test_nxdomain_without_soa_is_not_cached() -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(query)
+        r.set_rcode(dns.rcode.NXDOMAIN)
+        return r
+    d = Driver(CLUSTER, upstream)
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
+    assert len(d.upstream_queries) == 2
+
+
+@pytest.mark.parametrize("rcode, cached", [(dns.rcode.SERVFAIL, True), (dns.rcode.REFUSED, False),
+                                           (dns.rcode.FORMERR, False)])
+def test_error_rcodes(rcode: int, cached: bool) -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(query)
+        r.set_rcode(rcode)
+        return r
+    d = Driver(CLUSTER, upstream)
+    assert d.ask(make_query(SVC)).rcode() == rcode
+    d.now += 4
+    assert d.ask(make_query(SVC)).rcode() == rcode
+    assert len(d.upstream_queries) == (1 if cached else 2)
+    d.now += 2  # servfail default 5 s
+    d.ask(make_query(SVC))
+    assert len(d.upstream_queries) == (2 if cached else 3)
+
+
+def test_truncated_answers_never_cached() -> None:
+    def upstream(query: dns.message.Message) -> dns.message.Message:
+        r = answer_a()(query)
+        r.flags |= dns.flags.TC
+        return r
+    d = Driver(CLUSTER, upstream)
+    assert d.ask(make_query(SVC)).flags & dns.flags.TC
+    d.ask(make_query(SVC))
+    assert len(d.upstream_queries) == 2
+
+
+def test_reply_echoes_id_and_exact_case() -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(make_query("svc.cluster.local."))
+    mixed = make_query("SvC.ClUsTeR.LoCaL.")
+    reply = d.ask(mixed)
+    assert reply.id == mixed.id
+    assert str(reply.question[0].name) == "SvC.ClUsTeR.LoCaL."
+    assert reply.answer[0][0].address == "10.0.0.1"
+    assert len(d.upstream_queries) == 1
+
+
+@pytest.mark.parametrize("first, second, shared", [
+    ({}, {"edns": 0}, True),                      # EDNS alone is not in the key
+    ({}, {"dnssec": True}, False),               # DO is
+    ({"edns": 0}, {"edns": 0, "dnssec": True}, False),
+])
+def test_cache_key_includes_do(first: dict[str, object], second: dict[str, object],
+                               shared: bool) -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(make_query(SVC, **first))
+    d.ask(make_query(SVC, **second))
+    assert len(d.upstream_queries) == (1 if shared else 2)
+
+
+def test_cache_key_includes_cd_and_type() -> None:
+    d = Driver(CLUSTER, answer_a())
+    d.ask(make_query(SVC))
+    cd = make_query(SVC)
+    cd.flags |= dns.flags.CD
+    d.ask(cd)
+    d.ask(make_query(SVC, rdtype="AAAA"))
+    assert len(d.upstream_queries) == 3
+
+
+def test_edns_reply_has_our_opt_and_do_echo() -> None:
+    d = Driver(CLUSTER, answer_a())
+    for query in (make_query(SVC, edns=0, payload=4096), make_query(SVC, dnssec=True)):
+        reply = d.ask(query)
+        assert reply.edns == 0 and reply.payload == wire.OUR_UDP_PAYLOAD
+        assert bool(reply.ednsflags & dns.flags.DO) == bool(query.ednsflags & dns.flags.DO)
+    assert d.ask(make_query(SVC)).edns == -1
+
+
+def test_udp_truncation_and_tcp_full_answer() -> None:
+    many = [f"10.0.{i // 250}.{i % 250}" for i in range(60)]  # 60 A records: > 512 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    fit = (512 - len(make_query(SVC).to_wire())) // 16  # whole A records after header and question
+    for _ in range(2):  # from the upstream answer, then from the cache's hit path
+        udp = d.ask(make_query(SVC))
+        addresses = [r.address for r in udp.answer[0]]
+        assert udp.flags & dns.flags.TC and len(addresses) == fit and set(addresses) <= set(many)
+    tcp = d.ask(make_query(SVC), tcp=True)
+    assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 60
+    big = d.ask(make_query(SVC, edns=0, payload=4096))
+    assert not big.flags & dns.flags.TC and len(big.answer[0]) == 60
+    assert len(d.upstream_queries) == 1
+
+
+@pytest.mark.parametrize("data, rcode", [
+    (bytes.fromhex("123401000002000000000000"), dns.rcode.FORMERR),
+    (bytes.fromhex("123401000001000000000000") + b"\x05ab", dns.rcode.FORMERR),
+])
+def test_malformed_gets_formerr(data: bytes, rcode: int) -> None:
+    d = Driver(CLUSTER, answer_a())
+    reply = d.ask(data)
+    assert reply is not None and reply.rcode() == rcode and reply.id == 0x1234
+
+
+@pytest.mark.parametrize("data", [b"", b"\x12\x34", bytes(11),
+                                  # a response (QR set) is never answered
+                                  dns.message.make_response(make_query(SVC)).to_wire()])
+def test_unanswerable_is_dropped(data: bytes) -> None:
+    assert make_handler(CLUSTER).handle(data, 0.0, 0) is None
+
+
+def test_opcodes_classes_versions() -> None:
+    d = Driver(CLUSTER, answer_a())
+    notify = make_query(SVC)
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert d.ask(notify).rcode() == dns.rcode.NOTIMP
+    assert d.ask(make_query(SVC, edns=1)).rcode() == dns.rcode.BADVERS
+    chaos = dns.message.make_query("svc.cluster.local.", "TXT", "CH")
+    assert d.ask(chaos).rcode() == dns.rcode.REFUSED
+    assert d.ask(make_query(SVC, rdtype="AXFR")).rcode() == dns.rcode.REFUSED
+    assert not d.upstream_queries
+
+
+def test_routing_longest_suffix_and_refused_outside() -> None:
+    corefile = CLUSTER + """svc.cluster.local:53 {
+    forward . 127.0.0.2
+}
+"""
+    h = make_handler(corefile)
+    for name, zone in [("a.svc.cluster.local.", "svc.cluster.local."),
+                       ("svc.cluster.local.", "svc.cluster.local."),
+                       ("pod.cluster.local.", "cluster.local.")]:
+        result = h.handle(make_query(name).to_wire(), 0.0, 0)
+        assert isinstance(result, Miss) and result.zone.name == zone
+    refused = dns.message.from_wire(h.handle(make_query("example.com.").to_wire(), 0.0, 0))  # type: ignore
+    assert refused.rcode() == dns.rcode.REFUSED
+
+
+def test_forward_except_is_servfail() -> None:
+    # forward hands the name on and nothing follows (CoreDNS's NextOrFailure).
+    d = Driver("cluster.local:53 {\n cache 30\n forward . 127.0.0.1 {\n"
+               "  except internal.cluster.local\n }\n}\n", answer_a())
+    assert d.ask(make_query("x.internal.cluster.local.")).rcode() == dns.rcode.SERVFAIL
+    assert d.ask(make_query("x.other.cluster.local.")).rcode() == dns.rcode.NOERROR
+
+
+def test_upstream_failure_servfail_and_concurrency_refused() -> None:
+    d = Driver(CLUSTER, answer_a())
+    assert d.ask(make_query(SVC), fail=UpstreamError("timeout")).rcode() == dns.rcode.SERVFAIL
+    assert d.ask(make_query(SVC), fail=ConcurrencyLimitError()).rcode() == dns.rcode.REFUSED
+
+
+STALE = """cluster.local:53 {
+    cache 10 {
+        serve_stale 60s %s
+    }
+    forward . 127.0.0.1
+}
+"""
+
+
+def test_serve_stale_immediate_answers_ttl0_and_refreshes() -> None:
+    d = Driver(STALE % "immediate", answer_a(10))
+    d.ask(make_query(SVC))
+    d.now += 15
+    stale = d.ask(make_query(SVC))
+    assert stale.answer[0].ttl == 0 and len(d.upstream_queries) == 1
+    assert len(d.refreshes) == 1
+    d.ask(make_query(SVC))  # a refresh is already in flight: no second one
+    assert len(d.refreshes) == 1
+    d.resolve(d.refreshes[0])
+    assert d.ask(make_query(SVC)).answer[0].ttl == 10
+    d.now += 61 + 10
+    d.ask(make_query(SVC))  # beyond the stale window: a plain miss
+    assert len(d.upstream_queries) == 3
+
+
+def test_serve_stale_verify_asks_first_then_falls_back() -> None:
+    d = Driver(STALE % "verify", answer_a(10))
+    d.ask(make_query(SVC))
+    d.now += 15
+    assert d.ask(make_query(SVC)).answer[0].ttl == 10  # upstream answered: fresh
+    d.now += 15
+    reply = d.ask(make_query(SVC), fail=UpstreamError("down"))
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0].ttl == 0
+
+
+def test_prefetch_after_enough_hits_near_expiry() -> None:
+    corefile = """cluster.local:53 {
+    cache 100 {
+        prefetch 3 1m 20%
+    }
+    forward . 127.0.0.1
+}
+"""
+    d = Driver(corefile, answer_a(100))
+    d.ask(make_query(SVC))
+    d.now += 50
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
+    d.ask(make_query(SVC))
+    assert not d.refreshes  # 3 hits, but 50 s left of 100 (> 20%)
+    d.now += 31
+    d.ask(make_query(SVC))
+    assert len(d.refreshes) == 1
+    d.ask(make_query(SVC))
+    assert len(d.refreshes) == 1  # one prefetch in flight per entry
+    d.resolve(d.refreshes[0])
+    assert d.ask(make_query(SVC)).answer[0].ttl == 100
+
+
+def test_loadbalance_rotates_addresses() -> None:
+    corefile = "cluster.local:53 {\n cache 30\n loadbalance\n forward . 127.0.0.1\n}\n"
+    d = Driver(corefile, answer_a(30, "10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    firsts = set()
+    for _ in range(6):
+        reply = d.ask(make_query(SVC))
+        firsts.add(next(iter(reply.answer[0])).address)
+        assert sorted(r.address for r in reply.answer[0]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert len(firsts) == 3
+
+
+def test_capacity_evicts_and_counts() -> None:
+    corefile = "cluster.local:53 {\n cache {\n success 4\n }\n forward . 127.0.0.1\n}\n"
+    d = Driver(corefile, answer_a())
+    for i in range(10):
+        d.ask(make_query(f"s{i}.cluster.local."))
+    assert len(d.handler.index) == 4
+    stats = next(iter(d.handler.zones.values())).cache_stats
+    assert stats.evictions_success == 6 and stats.entries_success == 4
+
+
+def test_hits_are_counted_at_sync() -> None:
+    d = Driver(CLUSTER, answer_a())
+    for _ in range(5):
+        d.ask(make_query(SVC))
+    zone = next(iter(d.handler.zones.values()))
+    d.handler.sync_stats()
+    assert zone.cache_stats.hits_success == 4 and zone.cache_stats.misses == 1
+    assert zone.stats.requests[("udp", "1", "A")] == 5
+    # The miss too: as in CoreDNS, the reply is written through the cache.
+    assert zone.stats.responses[("NOERROR", "cache")] == 5
+    # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
+    query_size = len(make_query(SVC).to_wire())
+    reply_size = len(d.handler.handle(make_query(SVC).to_wire(), d.now, 0))  # type: ignore[arg-type]
+    request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
+    assert (request.count, request.sum) == (5, 5 * query_size)
+    assert (response.count, response.sum) == (5, 5 * reply_size)
+    assert request.counts[bisect_left(SIZE_BUCKETS, query_size)] == 5
+    assert ("NOERROR", "forward") not in zone.stats.responses
+
+
+# -- bufsize -------------------------------------------------------------------
+
+def _records(count: int) -> Upstream:
+    """``count`` A records for any name: 16 bytes each on the wire, plus the header and question."""
+    make = answer_a(30, *(f"10.0.{i // 250}.{i % 250}" for i in range(count)))
+
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        reply = make(q)
+        reply.request_payload = wire.MAX_MESSAGE  # whole, as over TCP
+        return reply
+    return upstream
+
+
+# (bufsize line, records in the answer, client EDNS size or None, TCP, expect TC)
+BUFSIZE_CASES = [
+    ("bufsize 1100", 60, 4096, False, False),  # about 1 kB: fits 1100
+    ("bufsize 1100", 80, 4096, False, True),  # about 1.3 kB: over 1100, under the client's 4096
+    ("bufsize 1100", 80, 1000, False, True),  # the client's smaller size still counts
+    ("bufsize 1100", 60, 1000, False, False),
+    ("bufsize 1100", 80, 4096, True, False),  # TCP: no limit
+    ("bufsize 512", 30, 4096, False, True),  # about 520 bytes
+    ("bufsize 512", 20, None, False, False),  # no EDNS: 512 as always
+    ("", 80, 4096, False, False),  # without bufsize the client's size rules
+]
+
+
+@pytest.mark.parametrize("line,count,payload,tcp,tc", BUFSIZE_CASES)
+@pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
+def test_bufsize_caps_udp_answers(line: str, count: int, payload: int | None, tcp: bool,
+                                  tc: bool, warm: bool) -> None:
+    driver = Driver(f". {{\n cache 30\n {line}\n forward . 127.0.0.1\n}}", _records(count))
+    query = dns.message.make_query("big.example.", "A", use_edns=payload is not None,
+                                   payload=payload or 0)
+    if warm:
+        assert driver.ask(query, tcp=True) is not None
+    result = driver.handler.handle(query.to_wire(), driver.now, 2 if tcp else 0)
+    raw = driver.resolve(result) if isinstance(result, Miss) else result
+    assert isinstance(raw, bytes)
+    reply = dns.message.from_wire(raw)
+    assert bool(reply.flags & dns.flags.TC) is tc
+    answers = len(reply.answer[0]) if reply.answer else 0
+    if tc:  # the leading records that fit, as node-cache sends
+        bufsize = int(line.split()[1])
+        assert len(raw) <= min(bufsize, payload or 512) and answers < count
+    else:
+        assert answers == count
+
+
+@pytest.mark.parametrize("line,payload", [("bufsize 1100", 1100), ("bufsize 4096", 4096),
+                                          ("", wire.OUR_UDP_PAYLOAD)])
+def test_bufsize_is_the_size_asked_upstream(line: str, payload: int) -> None:
+    driver = Driver(f". {{\n {line}\n forward . 127.0.0.1\n}}", _records(1))
+    driver.ask(dns.message.make_query("a.example.", "A", use_edns=0, payload=4096))
+    assert [q.payload for q in driver.upstream_queries] == [payload]
+
+
+TWO_ADDRESSES = """cluster.local:53 {
+    bind 10.0.0.1 10.0.0.2
+    cache 30
+    forward . 127.0.0.1
+}
+"""
+
+
+def test_counts_per_bound_address_by_slot() -> None:
+    """The slot names the address a query came in on; each address counts its own."""
+    d = Driver(TWO_ADDRESSES, answer_a())
+    first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
+    query, do = q().to_wire(), q(want_dnssec=True).to_wire()
+    for data, slot in ((query, first), (do, first), (query, second), (do, second),
+                       (query, second | SLOT_TCP4), (q("b.cluster.local.").to_wire(), second)):
+        result = d.handler.handle(data, d.now, slot)
+        if isinstance(result, Miss):
+            d.resolve(result)
+    d.handler.sync_stats()
+    zone = next(iter(d.handler.zones.values()))
+    one, two = zone.stats_for(first), zone.stats_for(second)
+    assert (one.server, two.server) == ("dns://10.0.0.1:53", "dns://10.0.0.2:53")
+    assert dict(one.requests) == {("udp", "1", "A"): 2}
+    assert dict(two.requests) == {("udp", "1", "A"): 3, ("tcp", "1", "A"): 1}
+    assert (one.do_requests, two.do_requests) == (1, 1)
+    assert (one.duration.count, two.duration.count) == (2, 4)
+    hits_one, hits_two = zone.cache_stats_for(first), zone.cache_stats_for(second)
+    assert hits_one is not None and hits_two is not None
+    # Two misses through the first address, three hits and one miss through the second.
+    assert (hits_one.misses, hits_one.hits_success) == (2, 0)
+    assert (hits_two.misses, hits_two.hits_success) == (1, 3)
+    # Each address's entries gauge is the cache's size at its last store (CoreDNS's).
+    assert (hits_one.entries_success, hits_two.entries_success) == (2, 3)
+    servers, caches = zone.all_stats()
+    families = {f.name: f for f in StatsCollector(StatsSources(tuple(servers), tuple(caches)))
+                .collect()}
+    labelled = {(s.labels["server"], s.value) for s in families["coredns_dns_requests"].samples}
+    assert labelled == {("dns://10.0.0.1:53", 2), ("dns://10.0.0.2:53", 3),
+                        ("dns://10.0.0.2:53", 1)}
+
+
+def test_evictions_count_under_the_address_that_stored() -> None:
+    """A store through the second address that evicts counts the eviction there."""
+    d = Driver(TWO_ADDRESSES.replace("cache 30", "cache 30 {\n        success 1\n    }"),
+               answer_a())
+    first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
+    for name, slot in (("a.cluster.local.", first), ("b.cluster.local.", second),
+                       ("c.cluster.local.", second)):
+        result = d.handler.handle(q(name).to_wire(), d.now, slot)
+        assert isinstance(result, Miss)
+        d.resolve(result)
+    zone = next(iter(d.handler.zones.values()))
+    one, two = zone.cache_stats_for(first), zone.cache_stats_for(second)
+    assert one is not None and two is not None
+    assert (one.evictions_success, two.evictions_success) == (0, 2)
+    assert (one.entries_success, two.entries_success) == (1, 1)

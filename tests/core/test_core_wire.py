@@ -1,0 +1,132 @@
+"""Wire helpers: strict query parsing, error replies, response indexing."""
+from __future__ import annotations
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import pytest
+
+from nodecache.core import wire
+from nodecache.errors import ClientProtocolError
+from tests.kit.queries import make_query
+
+
+# A query for "a.example. A" with ID 0x1234 and RD, as hex (no EDNS).
+PLAIN_HEX = "123401000001000000000000" "0161076578616d706c6500" "00010001"
+
+
+def test_parse_plain_query_from_hex() -> None:
+    q = wire.parse_query(bytes.fromhex(PLAIN_HEX))
+    assert (q.qname, q.qtype, q.qclass, q.edns) == (b"\x01a\x07example\x00", 1, 1, None)
+    assert q.end == len(bytes.fromhex(PLAIN_HEX))
+
+
+@pytest.mark.parametrize("kw, edns", [
+    ({"edns": 0, "payload": 1232}, (1232, 0, False)),
+    ({"edns": 0, "payload": 100}, (512, 0, False)),  # below 512 counts as 512 (RFC 6891 6.2.5)
+    ({"edns": 0, "dnssec": True}, (1232, 0, True)),
+    ({"edns": 1}, (1232, 1, False)),
+])
+def test_parse_edns(kw: dict[str, object], edns: tuple[int, int, bool]) -> None:
+    kw.setdefault("payload", 1232)
+    assert wire.parse_query(make_query("a.example.", **kw).to_wire()).edns == edns
+
+
+MALFORMED = {
+    "short header": b"\x12\x34\x01\x00",
+    "no question": bytes.fromhex("123401000000000000000000"),
+    "two questions": bytes.fromhex("123401000002000000000000") + b"\x01a\x00\x00\x01\x00\x01" * 2,
+    "name runs past end": bytes.fromhex("123401000001000000000000") + b"\x05ab",
+    "pointer in question": bytes.fromhex("123401000001000000000000") + b"\xc0\x0c\x00\x01\x00\x01",
+    "type missing": bytes.fromhex("123401000001000000000000") + b"\x01a\x00\x00",
+    "trailing garbage": bytes.fromhex(PLAIN_HEX) + b"\x00",
+    "additional count without record": bytes.fromhex("123401000001000000000001")
+    + b"\x01a\x00\x00\x01\x00\x01",
+    "label too long": bytes.fromhex("123401000001000000000000") + b"\x40" + b"a" * 64
+    + b"\x00\x00\x01\x00\x01",
+    "name over 255": bytes.fromhex("123401000001000000000000") + (b"\x3f" + b"a" * 63) * 5
+    + b"\x00\x00\x01\x00\x01",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_queries_raise_client_error(data: bytes) -> None:
+    with pytest.raises(ClientProtocolError):
+        wire.parse_query(data)
+
+
+def test_two_opt_records_are_malformed() -> None:
+    msg = dns.message.make_query("a.", "A", use_edns=0)
+    raw = msg.to_wire()
+    opt = raw[-11:]
+    doubled = raw[:10] + b"\x00\x02" + raw[12:] + opt
+    with pytest.raises(ClientProtocolError):
+        wire.parse_query(doubled)
+
+
+@pytest.mark.parametrize("rcode", [wire.FORMERR, wire.NOTIMP, wire.REFUSED, wire.SERVFAIL])
+def test_error_response_echoes_id_question_and_flags(rcode: int) -> None:
+    query = dns.message.make_query("Mixed.Case.example.", "AAAA", use_edns=0)
+    query.flags |= dns.flags.CD
+    data = query.to_wire()
+    q = wire.parse_query(data)
+    reply = dns.message.from_wire(wire.error_response(data, rcode, q.end, q.edns))
+    assert reply.id == query.id and reply.rcode() == rcode
+    assert reply.flags & dns.flags.QR and reply.flags & dns.flags.RD and reply.flags & dns.flags.CD
+    assert str(reply.question[0].name) == "Mixed.Case.example."
+    assert reply.edns == 0
+
+
+def test_badvers_uses_extended_rcode() -> None:
+    data = make_query("a.example.", edns=1, payload=1232).to_wire()
+    q = wire.parse_query(data)
+    reply = dns.message.from_wire(wire.error_response(data, wire.BADVERS, q.end, q.edns))
+    assert reply.rcode() == dns.rcode.BADVERS
+
+
+def test_formerr_without_question_has_none() -> None:
+    data = bytes.fromhex("123401000002000000000000")
+    reply = dns.message.from_wire(wire.error_response(data, wire.FORMERR, None, None))
+    assert reply.rcode() == dns.rcode.FORMERR and not reply.question
+
+
+def test_build_query_sets_rd_cd_do() -> None:
+    raw = wire.build_query(b"\x01a\x00", 28, 1, do=True, cd=True)
+    msg = dns.message.from_wire(raw)
+    assert msg.flags & dns.flags.RD and msg.flags & dns.flags.CD
+    assert msg.ednsflags & dns.flags.DO and msg.payload == wire.OUR_UDP_PAYLOAD
+    assert msg.question[0].rdtype == 28
+
+
+def test_index_response_finds_records_and_opt() -> None:
+    query = dns.message.make_query("svc.cluster.local.", "A", use_edns=0)
+    resp = dns.message.make_response(query)
+    resp.answer.append(dns.rrset.from_text("svc.cluster.local.", 30, "IN", "A", "10.0.0.1",
+                                           "10.0.0.2"))
+    resp.authority.append(dns.rrset.from_text("cluster.local.", 60, "IN", "NS", "ns.cluster.local."))
+    data = resp.to_wire()
+    idx = wire.index_response(data)
+    assert [r.rtype for r in idx.answers] == [1, 1]
+    assert [r.ttl for r in idx.answers + idx.authority] == [30, 30, 60]
+    assert idx.opt is not None and idx.rcode == 0
+    for record in idx.answers:
+        assert int.from_bytes(data[record.ttl_offset:record.ttl_offset + 4], "big") == 30
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 11, bytes.fromhex(PLAIN_HEX)[:-1],
+                                  bytes.fromhex("123481800001000100000000") + b"\x00\x00\x01\x00\x01"])
+def test_index_response_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        wire.index_response(data)
+
+
+@pytest.mark.parametrize("asked, answered, same", [
+    ("a.example.", "A.EXAMPLE.", True),
+    ("a.example.", "b.example.", False),
+])
+def test_same_question(asked: str, answered: str, same: bool) -> None:
+    query = dns.message.make_query(asked, "A")
+    other = dns.message.make_response(dns.message.make_query(answered, "A"))
+    assert wire.same_question(query.to_wire(), other.to_wire()) is same

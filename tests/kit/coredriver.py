@@ -1,0 +1,68 @@
+"""The sans-I/O handler driven by hand: a query in, a miss answered by a fake upstream function, a reply out."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dns.message
+import dns.rrset
+
+from nodecache.config import parse_text
+from nodecache.core.handler import Miss, QueryHandler
+from nodecache.core.runtime import single_handler
+
+#: Answers the upstream query the handler built.
+Upstream = Callable[[dns.message.Message], dns.message.Message]
+
+
+def make_handler(corefile: str) -> QueryHandler:
+    return single_handler(parse_text(corefile, default_port=53))
+
+
+class Driver:
+    """Runs queries through a handler, answering misses with ``upstream``."""
+
+    def __init__(self, corefile: str, upstream: Upstream) -> None:
+        self.handler = make_handler(corefile)
+        self.upstream = upstream
+        self.upstream_queries: list[dns.message.Message] = []
+        self.refreshes: list[Miss] = []
+        self.handler.refresh = self.refreshes.append
+        self.now = 1000.0
+
+    def ask(self, query: dns.message.Message | bytes, *, tcp: bool = False,
+            fail: Exception | None = None, ipv6: bool = False,
+            addr: object = None) -> dns.message.Message | None:
+        data = query if isinstance(query, bytes) else query.to_wire()
+        result = self.handler.handle(data, self.now, (2 if tcp else 0) | (1 if ipv6 else 0), addr)
+        if isinstance(result, Miss):
+            result = self.resolve(result, fail)
+        return None if result is None else dns.message.from_wire(result)
+
+    def resolve(self, miss: Miss, fail: Exception | None = None) -> bytes:
+        if fail is not None:
+            return self.handler.fail(miss, fail, self.now)
+        upstream_query = dns.message.from_wire(self.handler.upstream_query(miss))
+        self.upstream_queries.append(upstream_query)
+        answer = self.upstream(upstream_query)
+        outcome = self.handler.absorb(miss, answer.to_wire(), self.now)
+        result = self.handler.reply(miss, outcome, self.now)
+        return self.resolve(result) if isinstance(result, Miss) else result
+
+
+def answer_a(ttl: int = 30, *addresses: str) -> Upstream:
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", "A",
+                                            *(addresses or ("10.0.0.1",))))
+        return r
+    return upstream
+
+
+def negative(rcode: int, soa_ttl: int, minimum: int) -> Upstream:
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(q)
+        r.set_rcode(rcode)
+        r.authority.append(dns.rrset.from_text(
+            "cluster.local.", soa_ttl, "IN", "SOA", f"ns. host. 1 2 3 4 {minimum}"))
+        return r
+    return upstream

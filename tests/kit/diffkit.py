@@ -1,0 +1,177 @@
+"""Run one Corefile through nodecache and through node-cache, and compare the answers.
+
+Usage::
+
+    async with Zone({"www.example.org. A": ["www.example.org. 300 IN A 192.0.2.1"]}) as up, \\
+            Pair(COREFILE.format(upstream=up.spec), tmp_path) as pair:
+        await pair.check("www.example.org.", "A")
+
+What it does:
+
+* The reference is node-cache (:mod:`tests.refnodecache`), serving only on
+  127.0.0.1 on a port picked free (every ``:53 {`` key of the Corefile gets
+  it). nodecache runs in-process (:class:`agentkit.AgentKit`).
+* Both forward to the same :class:`Zone` upstream, a loopback fake answering
+  whole record sets from a table (so CNAME chains and SOAs are possible).
+* :meth:`Pair.check` sends the same query to both, twice (the second answer
+  comes from the cache), and asserts that the replies are equal after
+  normalising: TTLs are dropped, records sorted within each section, the
+  OPT record and the RA flag left out (nodecache sets RA on replies it
+  makes itself; it carries no meaning for a stub).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from tests.kit.agentkit import AgentKit
+from tests.kit.fakeupstream import FakeUpstream
+from tests.kit.queries import make_query
+from tests.kit.refnodecache import free_port, node_cache
+
+LOOPBACK = "127.0.0.1"
+QUERY_TIMEOUT = 3.0  # s
+START_ATTEMPTS = 3
+
+
+class Zone(FakeUpstream):
+    """A fake upstream answering whole record sets: ``{"NAME TYPE": [RR lines]}``.
+
+    A name in the table with another type gets NODATA with the SOA of
+    ``soa`` (when given), an unknown name NXDOMAIN with that SOA.
+    """
+
+    def __init__(self, table: dict[str, list[str]], soa: str | None = None) -> None:
+        rrsets = {}
+        for key, lines in table.items():
+            name, rdtype = key.split()
+            rrsets[(name.lower(), dns.rdatatype.from_text(rdtype))] = [
+                dns.rrset.from_text(*line.split(None, 4)) for line in lines]
+        names = {name for name, _ in rrsets}
+        authority = [dns.rrset.from_text(*soa.split(None, 4))] if soa else []
+
+        def handler(query: dns.message.Message, proto: str) -> dns.message.Message:
+            reply = dns.message.make_response(query)
+            reply.flags |= dns.flags.AA
+            question = query.question[0]
+            name = question.name.to_text().lower()
+            found = rrsets.get((name, question.rdtype))
+            if found is not None:
+                reply.answer = list(found)
+            else:
+                if name not in names and name != ".":
+                    reply.set_rcode(dns.rcode.NXDOMAIN)
+                reply.authority = list(authority)
+            return reply
+
+        super().__init__(handler=handler)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.address[0]}:{self.port}"
+
+
+def normalise(message: dns.message.Message | None) -> Any:
+    """What is compared: RCODE, flags but RA, question, and each section without TTLs."""
+    if message is None:
+        return None
+    flags = dns.flags.to_text(message.flags & ~dns.flags.RA)
+    sections = []
+    for section in (message.answer, message.authority, message.additional):
+        records = sorted(f"{rrset.name.to_text().lower()} {dns.rdataclass.to_text(rrset.rdclass)}"
+                         f" {dns.rdatatype.to_text(rrset.rdtype)} {_canonical(rdata)}"
+                         for rrset in section for rdata in rrset)
+        sections.append(records)
+    question = [q.to_text() for q in message.question]
+    return (dns.rcode.to_text(message.rcode()), flags, question, *sections)
+
+
+def _canonical(rdata: dns.rdata.Rdata) -> str:
+    """RDATA text with its names in lower case (RFC 4034 section 6.2).
+
+    Names in a reply may be compressed against the question, which carries
+    the client's case; both servers answer a name case-insensitively.
+    """
+    digest = rdata.to_digestable()
+    return dns.rdata.from_wire(rdata.rdclass, rdata.rdtype, digest, 0, len(digest)).to_text()
+
+
+class Pair:
+    """nodecache and node-cache serving the same Corefile."""
+
+    def __init__(self, corefile: str, workdir: Path, host: str = LOOPBACK) -> None:
+        self.corefile = corefile
+        self.workdir = workdir
+        #: Both servers listen here (``"::1"``: the clients are IPv6).
+        self.host = host
+        self.kit = AgentKit(corefile, host=host)
+        self.port = free_port(host)
+        self._reference: contextlib.AbstractContextManager[object] | None = None
+
+    async def __aenter__(self) -> Pair:
+        await self.kit.start()
+        try:
+            for attempt in range(START_ATTEMPTS):
+                try:
+                    self._reference = node_cache(
+                        self.corefile.replace(":53 {", f":{self.port} {{"), self.workdir,
+                        host=self.host, port=self.port)
+                    self._reference.__enter__()
+                    break
+                except RuntimeError as exc:
+                    # Another process took a port between free_port() and the bind.
+                    if "address already in use" not in str(exc) or attempt == START_ATTEMPTS - 1:
+                        raise
+                    self.port = free_port(self.host)
+        except BaseException:
+            await self.kit.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._reference is not None:
+                self._reference.__exit__(None, None, None)
+        finally:
+            await self.kit.close()
+
+    async def reference(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
+        try:
+            if tcp:
+                return await dns.asyncquery.tcp(query, self.host, port=self.port,
+                                                timeout=QUERY_TIMEOUT)
+            return await dns.asyncquery.udp(query, self.host, port=self.port,
+                                            timeout=QUERY_TIMEOUT)
+        except dns.exception.Timeout:
+            return None
+
+    async def ours(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
+        return await self.kit.ask(query, tcp=tcp)
+
+    async def both(self, name: str, rdtype: str = "A", *, tcp: bool = False,
+                   edns: int | None = 0) -> tuple[dns.message.Message | None,
+                                                  dns.message.Message | None]:
+        query = make_query(name, rdtype, edns=edns)
+        return await self.ours(query, tcp), await self.reference(query, tcp)
+
+    async def check(self, name: str, rdtype: str = "A", *, tcp: bool = False,
+                    edns: int | None = 0, times: int = 2) -> dns.message.Message | None:
+        """Assert both answer alike, ``times`` times in a row; nodecache's last answer."""
+        ours = None
+        for attempt in range(times):
+            ours, theirs = await self.both(name, rdtype, tcp=tcp, edns=edns)
+            assert theirs is not None, f"node-cache did not answer {name} {rdtype}"
+            assert normalise(ours) == normalise(theirs), \
+                f"{name} {rdtype} (query {attempt + 1}):\nnodecache:\n{ours}\n\nnode-cache:\n{theirs}"
+        return ours
