@@ -267,7 +267,9 @@ def test_our_daemonset_rehearsed(node: Node) -> None:
     for ip in local_ips:
         for tcp in (False, True):
             assert dig(node, ip, tcp=tcp) == "10.1.0.1", (ip, tcp, logs(node, old))
-    assert our_rules(node) == 24
+    # The guard hands the link-local IP back once the agent's NOTRACK rules are in.
+    wait_for("the guard's fallback removed", lambda: our_rules(node) == 24, timeout=15,
+             node=node, pod=old)
     assert podkit.probe(node.topo.node, spec.container["livenessProbe"]) == 200
     assert podkit.probe(node.topo.node, spec.container["readinessProbe"]) == 200
     metrics = http_get(node, LOCAL, 9253, "/metrics")
@@ -441,6 +443,9 @@ def test_whole_agent_container_sigkill_under_load(node: Node) -> None:
     pod = start_pod(node, spec, "nodecache-k")
     guard = f"{pod}-guard"
     wait_for("serving", lambda: "serving DNS on" in logs(node, pod), node=node, pod=pod)
+    # The guard's fallback must be gone before the guard stops (its SIGTERM leaves it).
+    wait_for("the guard's fallback removed", lambda: our_rules(node) == 24, timeout=15,
+             node=node, pod=pod)
     queries = write_queries(node.dir / "queries.txt")
     load = dnsperf(node, KUBE_DNS, tcp=False, rate=500, seconds=40, queries=queries)
     figures: dict[str, float] = {}
