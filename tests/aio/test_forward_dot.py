@@ -19,7 +19,7 @@ from nodecache.errors import ConfigError, UpstreamError
 from tests.kit.diffkit import Pair
 from tests.kit.dotkit import RECORDS, SERVER_NAME, DoT, dot_server
 from tests.kit.queries import query_wire
-from tests.kit.forwarderkit import forwarder, settings
+from tests.kit.forwarderkit import forwarder, quick
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def address_of(answer: bytes) -> str:
 
 
 async def test_pooled_pipelined_with_sessions_resumed(dot: DoT) -> None:
-    conf = settings((Upstream(dot.host, dot.port, tls=True),), dict(try_timeout=2.0, budget=3.0),
-                    dict(tls_files=(str(dot.ca),), tls_servername=SERVER_NAME))
+    conf = quick(try_timeout=2.0, budget=3.0)(Upstream(dot.host, dot.port, tls=True),
+                                              tls_files=(str(dot.ca),), tls_servername=SERVER_NAME)
     fwd, stats = await forwarder(conf, max_connections=3, max_in_flight=4)
     try:
         # a UDP client's query still goes over TLS
@@ -52,8 +52,9 @@ async def test_pooled_pipelined_with_sessions_resumed(dot: DoT) -> None:
 
 
 async def test_ip_address_is_checked_without_servername(dot: DoT) -> None:
-    conf = settings((Upstream(dot.host, dot.port, tls=True),), dict(try_timeout=2.0, budget=3.0),
-                    dict(tls_files=(str(dot.client_cert), str(dot.client_key), str(dot.ca))))
+    conf = quick(try_timeout=2.0, budget=3.0)(
+        Upstream(dot.host, dot.port, tls=True),
+        tls_files=(str(dot.client_cert), str(dot.client_key), str(dot.ca)))
     fwd, _ = await forwarder(conf)
     try:  # the certificate carries 127.0.0.1; the client certificate is presented too
         assert address_of(await fwd.query(query_wire("www.example.org."), tcp=True)) == "192.0.2.80"
@@ -67,9 +68,8 @@ async def test_ip_address_is_checked_without_servername(dot: DoT) -> None:
 ])
 async def test_unverified_upstream_is_not_used(dot: DoT, tls_files: str, servername: str) -> None:
     files = (str(dot.ca),) if tls_files else ()
-    conf = settings((Upstream(dot.host, dot.port, tls=True),),
-                    dict(try_timeout=0.5, budget=1.0, max_fails=0),
-                    dict(tls_files=files, tls_servername=servername))
+    conf = quick(try_timeout=0.5, budget=1.0, max_fails=0)(
+        Upstream(dot.host, dot.port, tls=True), tls_files=files, tls_servername=servername)
     fwd, _ = await forwarder(conf)
     try:
         with pytest.raises(UpstreamError):

@@ -18,7 +18,7 @@ from nodecache.core.upstream import (
 )
 from tests.kit.fakeupstream import FakeUpstream, answer_from
 from tests.kit.queries import query_wire
-from tests.kit.forwarderkit import forwarder, settings
+from tests.kit.forwarderkit import forwarder, quick
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 20)}
 
@@ -79,8 +79,7 @@ async def test_idle_connections_beyond_the_cap_close(cap: int) -> None:
         return ok(query, proto)
 
     async with FakeUpstream(slow) as up:
-        conf = settings((up.upstream,), dict(try_timeout=2.0, budget=3.0, force_tcp=True),
-                        dict(max_idle_conns=cap))
+        conf = quick(try_timeout=2.0, budget=3.0, force_tcp=True)(up.upstream, max_idle_conns=cap)
         fwd, _ = await forwarder(conf, max_connections=4, max_in_flight=2)
         try:
             await asyncio.gather(*(fwd.query(query_wire(f"n{i}.example."), tcp=True)

@@ -403,9 +403,9 @@ def test_counts_per_bound_address_by_slot() -> None:
     """The slot names the address a query came in on; each address counts its own."""
     d = Driver(TWO_ADDRESSES, answer_a())
     first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
-    query, do = q().to_wire(), q(want_dnssec=True).to_wire()
+    query, do = make_query(SVC).to_wire(), make_query(SVC, dnssec=True).to_wire()
     for data, slot in ((query, first), (do, first), (query, second), (do, second),
-                       (query, second | SLOT_TCP4), (q("b.cluster.local.").to_wire(), second)):
+                       (query, second | SLOT_TCP4), (make_query("b.cluster.local.").to_wire(), second)):
         result = d.handler.handle(data, d.now, slot)
         if isinstance(result, Miss):
             d.resolve(result)
@@ -439,7 +439,7 @@ def test_evictions_count_under_the_address_that_stored() -> None:
     first, second = (server_index(f"dns://10.0.0.{i}:53") << SLOT_SERVER_SHIFT for i in (1, 2))
     for name, slot in (("a.cluster.local.", first), ("b.cluster.local.", second),
                        ("c.cluster.local.", second)):
-        result = d.handler.handle(q(name).to_wire(), d.now, slot)
+        result = d.handler.handle(make_query(name).to_wire(), d.now, slot)
         assert isinstance(result, Miss)
         d.resolve(result)
     zone = next(iter(d.handler.zones.values()))
