@@ -7,22 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nodecache.benchclient.report import clean
+
 CACHES = ("nodecache", "node-cache", "unbound", "dnsmasq", "floor")
 #: What nodecache is compared with, in this order: the system it replaces first.
 REFS = ("node-cache", "unbound", "dnsmasq", "floor")
 #: Measured in the hit scenarios only; its other cells say "-".
 HIT_ONLY = ("floor",)
-
-
-def clean(obj: Any) -> Any:
-    """NaN and infinities become None, so the JSON is strict and a gap is visible."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    return obj
 
 
 def get(d: Any, *path: str) -> Any:
