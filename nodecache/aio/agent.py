@@ -509,7 +509,6 @@ class Agent:
             entry = item.entry
             if now >= entry.expires + zone.cache.settings.serve_stale:
                 continue  # expired beyond what serve_stale may still use
-            entry.owner = zone
             zone.cache.put(entry, now)
             count += 1
         for handler in runtime.unique_handlers():

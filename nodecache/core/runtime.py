@@ -98,8 +98,6 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
                 donor = old_caches.get(_cache_identity(block, name))
                 if donor is not None and donor.cache is not None:
                     zone.cache, zone.cache_stats = donor.cache, donor.cache_stats
-                    for entry in zone.cache.entries():
-                        entry.owner = zone
                 else:
                     zone.cache_stats = CacheStats(block.server, name)
                     zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),

@@ -143,8 +143,7 @@ def load(data: bytes, now: float, wall: float) -> list[Restored]:
             if not variants or len(key) < 5 or any(len(h) != 10 for h in headers):
                 raise SnapshotError("malformed entry")
             entry = Entry(key, _KINDS[kind], rcode, headers, variants, ttl,  # type: ignore
-                          now - age - gap)  # type: ignore[operator]
-            entry.keep = bool(keep)
+                          now - age - gap, keep=bool(keep))  # type: ignore[operator]
             restored.append(Restored(zone, entry))
     except (IndexError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"malformed entry: {exc}") from None

@@ -263,7 +263,7 @@ class Record:
 
 @dataclass(slots=True)
 class Response:
-    """An upstream answer, indexed (not decoded)."""
+    """An upstream answer, indexed (not decoded), with what caching it needs."""
 
     flags: int
     rcode: int
@@ -275,6 +275,16 @@ class Response:
     additional: list[Record]
     #: The OPT record in the additional section, if any.
     opt: Record | None
+    #: The smallest TTL over every record but OPT, s; None without records.
+    min_ttl: int | None = None
+    #: The first SOA record of the authority section (RFC 2308 section 5).
+    soa: Record | None = None
+    #: Bytes of every record but OPT, as they are in the message.
+    records_length: int = 0
+
+    def records(self) -> list[Record]:
+        """Every record but OPT, in message order."""
+        return self.answers + self.authority + self.additional
 
 
 def index_response(data: bytes, question_end: int = 0) -> Response:
@@ -284,6 +294,8 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
     matched it against its own query (``core.upstream.InFlight.match``): it is
     then not walked again. Owner names that point at the question (0xC00C,
     nearly every record of an answer) are known good without following them.
+    The one walk also notes what the cache decides on (the smallest TTL, the
+    authority's SOA), so nothing walks the records again.
     """
     size = len(data)
     if size < HEADER_LEN:
@@ -298,37 +310,49 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
     if offset > size:
         raise ValueError("question truncated")
     question_end = offset
-    sections: list[list[Record]] = [[], [], []]
-    opt = None
+    answers: list[Record] = []
+    authority: list[Record] = []
+    additional: list[Record] = []
+    opt = soa = None
     ext_rcode = 0
+    min_ttl: int | None = None
     unpack = _RR_FIXED.unpack_from
-    for section, count in zip(sections, (ancount, nscount, arcount)):
-        for _ in range(count):
-            start = offset
-            if offset + 1 < size and data[offset] == 0xC0 and data[offset + 1] == HEADER_LEN:
-                offset += 2  # a pointer to the question's name, checked already
-            else:
-                offset = check_name(data, offset)
-            if offset + 10 > size:
-                raise ValueError("resource record truncated")
-            rtype, _rclass, ttl, rdlength = unpack(data, offset)
-            end = offset + 10 + rdlength
-            if end > size:
-                raise ValueError("RDATA runs past the message")
-            if rtype in _RDATA_NAMES:
-                _check_rdata(data, rtype, offset + 10, end)
-            record = Record(start, rtype, ttl, offset + 4, end)
-            offset = end
-            if rtype == TYPE_OPT:
-                opt = record
-                ext_rcode = ttl >> 24
-            else:
-                section.append(record)
+    section = answers
+    left = ancount
+    for _ in range(ancount + nscount + arcount):
+        while not left:
+            section, left = (authority, nscount) if section is answers else (additional, arcount)
+        left -= 1
+        start = offset
+        if offset + 1 < size and data[offset] == 0xC0 and data[offset + 1] == HEADER_LEN:
+            offset += 2  # a pointer to the question's name, checked already
+        else:
+            offset = check_name(data, offset)
+        if offset + 10 > size:
+            raise ValueError("resource record truncated")
+        rtype, _rclass, ttl, rdlength = unpack(data, offset)
+        end = offset + 10 + rdlength
+        if end > size:
+            raise ValueError("RDATA runs past the message")
+        if rtype in _RDATA_NAMES:
+            _check_rdata(data, rtype, offset + 10, end)
+        record = Record(start, rtype, ttl, offset + 4, end)
+        offset = end
+        if rtype == TYPE_OPT:
+            opt = record
+            ext_rcode = ttl >> 24
+            continue
+        section.append(record)
+        if min_ttl is None or ttl < min_ttl:
+            min_ttl = ttl
+        if rtype == TYPE_SOA and soa is None and section is authority:
+            soa = record
     if offset != size:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
+    length = size - question_end - (opt.end - opt.start if opt is not None else 0)
     return Response(flags, rcode, (ancount, nscount, arcount), question_end,
-                    sections[0], sections[1], sections[2], opt)
+                    answers, authority, additional, opt, min_ttl, soa, length)
 
 
 def same_question(query: bytes, response: bytes) -> bool:
