@@ -142,7 +142,7 @@ def classify(resp: wire.Response, data: bytes) -> tuple[Kind | None, int | None]
     if resp.flags & wire.TC:
         return None, None  # truncated answers are never stored
     rcode = resp.rcode
-    if rcode == wire.NOERROR and resp.answers:
+    if rcode == wire.NOERROR and resp.ancount:
         return Kind.SUCCESS, resp.min_ttl
     if rcode in (wire.SERVFAIL, wire.NOTIMP):
         return Kind.SERVFAIL, None
@@ -202,17 +202,17 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
     flags = (resp.flags | wire.QR | wire.AA) & ~(wire.TC | wire.RD)
     if not do:
         flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
-    answers, authority, additional = resp.answers, resp.authority, resp.additional
-    headers = _HEADER_SETS.get((flags, len(answers), len(authority), len(additional))) \
-        or _headers(flags, len(answers), len(authority), len(additional))
+    records = resp.records
+    shape = (flags, resp.ancount, resp.nscount, len(records) - resp.ancount - resp.nscount)
+    headers = _HEADER_SETS.get(shape) or _headers(*shape)
     if loadbalance:
         variants = tuple(_segments(data, order) for order in _rotations(data, resp))
-    elif len(answers) == 1 and not authority and not additional:
-        record = answers[0]  # most answers: one record, cut once
+    elif len(records) == 1:
+        record = records[0]  # most answers: one record, cut once
         variants = ((_shared(data[record.start:record.ttl_offset]),
                      data[record.ttl_offset + 4:record.end]),)
     else:
-        variants = (_segments(data, resp.records()),)
+        variants = (_segments(data, records),)
     return Entry(key, kind, resp.rcode, headers, variants, ttl, now, keep=keep,
                  name_end=name_end, records_length=resp.records_length)
 
@@ -338,8 +338,12 @@ class BlockCache:
         if ttl is None:
             ttl = FALLBACK_TTL
         if kind is Kind.SUCCESS:
-            return max(s.success_min_ttl, min(ttl, s.success_max_ttl))
-        return max(s.denial_min_ttl, min(ttl, s.denial_max_ttl))
+            low, high = s.success_min_ttl, s.success_max_ttl
+        else:
+            low, high = s.denial_min_ttl, s.denial_max_ttl
+        if ttl > high:
+            ttl = high
+        return low if ttl < low else ttl
 
     def may_store(self, name: bytes, kind: Kind) -> bool:
         """Whether answers for wire name ``name`` (lower-case) of this kind are cached."""
@@ -363,7 +367,10 @@ class BlockCache:
         if key in self.success or key in self.denial:
             self.remove(key)
         store = self.success if entry.kind is Kind.SUCCESS else self.denial
-        store.add(key, entry)
+        if len(store) >= store.maxsize:
+            store.add(key, entry)
+        else:
+            store[key] = entry
         self._index_add(entry)
         self.stats.entries_success = len(self.success)
         self.stats.entries_denial = len(self.denial)

@@ -151,7 +151,8 @@ class Zone:
         are moved here and do not change the first's.
         """
         assert self.cache is not None and self.cache_stats is not None
-        own, first = self.cache_stats_for(slot), self.cache_stats
+        first = self.cache_stats
+        own = self.server_cache_stats.get(slot >> SLOT_SERVER_SHIFT, first)
         if own is first or own is None:
             self.cache.put(entry, now)
             return
@@ -267,7 +268,10 @@ class QueryHandler:
     # -- cache bookkeeping ---------------------------------------------------
 
     def index_add(self, entry: Entry) -> None:
-        self._index_of(entry)[entry.key] = entry
+        if self._dns64_caches:
+            self._index_of(entry)[entry.key] = entry
+        else:
+            self.index[entry.key] = entry
 
     def index_remove(self, entry: Entry) -> None:
         index = self._index_of(entry)
@@ -578,10 +582,11 @@ class QueryHandler:
             return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
                                     do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
                                     options=miss.options)
-        return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                options=miss.options,
-                                payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
+        # The client's question as it sent it (RFC 1035 section 4.1.2), behind our header.
+        return wire.query_from(miss.query[12:miss.question_end],
+                               do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                               options=miss.options,
+                               payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer.
@@ -762,7 +767,7 @@ class QueryHandler:
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
         """An uncached upstream answer, re-headed for this client (own ID, case, OPT)."""
         query = miss.query
-        records = response.answers + response.authority + response.additional
+        records = response.records
         flags = wire.QR | (response.flags & ~(wire.RD | wire.AD)) \
             | (struct.unpack_from("!H", query, 2)[0] & wire.RD)
         if miss.edns and miss.edns[2]:
@@ -770,8 +775,8 @@ class QueryHandler:
         opt = b""
         if miss.edns:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
-        header = struct.pack("!HHHHH", flags & 0xFFFF, 1, len(response.answers),
-                             len(response.authority), len(response.additional) + (1 if opt else 0))
+        header = struct.pack("!HHHHH", flags & 0xFFFF, 1, response.ancount, response.nscount,
+                             response.arcount + (1 if opt else 0))
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
