@@ -39,8 +39,8 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution
 from nodecache.core.forwards import ForwardRoute, first_taker, routes_of
-from nodecache.core.cache import (BlockCache, Entry, Kind, Tally, build_entry, classify,
-                                  has_expired_rrsig)
+from nodecache.core.cache import (SERVFAIL as SERVFAIL_KIND, BlockCache, Entry, Tally, build_entry,
+                                  classify, has_expired_rrsig)
 from nodecache.core.stages import chain_for, dns64_for
 from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
@@ -247,6 +247,8 @@ class QueryHandler:
         #: before the cache, so their replies depend on the client and the A records.
         self.aside: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
+        #: Lengths of the zones' wire names: a suffix of another length is no zone.
+        self._zone_lengths = frozenset(map(len, self.zones))
         #: Background Misses to refresh (prefetch, stale refresh), queued by
         #: ``handle``: whoever calls ``handle`` takes them out and resolves them
         #: (``take_refreshes``), as it does a Miss ``handle`` returns.
@@ -464,13 +466,15 @@ class QueryHandler:
         """
         name_end = end - 4
         zones = self.zones
+        lengths = self._zone_lengths
         zone = None
         offset = 12
         length = data[offset]
         while length:
             if length > 63:
                 return self._slow(data, now, slot, addr, started)
-            if zone is None:  # the longest zone suffix (``route``), found on the way
+            if zone is None and name_end - offset in lengths:
+                # the longest zone suffix (``route``), found on the way
                 zone = zones.get(key[offset - 12:name_end - 12])
             offset += length + 1
             if offset >= name_end:
@@ -618,7 +622,7 @@ class QueryHandler:
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
-                keep_stale = kind is Kind.SERVFAIL and miss.stale is not None
+                keep_stale = kind is SERVFAIL_KIND and miss.stale is not None
                 if stored_ttl > 0 and not expired_sig and not keep_stale:
                     entry = build_entry(key, data, response, kind, stored_ttl, now, do=do,
                                         loadbalance=zone.block.loadbalance,
