@@ -287,6 +287,14 @@ class QueryHandler:
             return self.aside
         return self.index
 
+    def watch_probe(self, name: bytes) -> None:
+        """Count the queries for wire name ``name`` (lower-case) from now on (the loop check)."""
+        self.loop_probes[name] = 0
+
+    def probe_seen(self, name: bytes) -> int:
+        """How often ``name`` was asked since :meth:`watch_probe`; stops counting it."""
+        return self.loop_probes.pop(name, 0)
+
     def take_refreshes(self) -> list[Miss]:
         """The background refreshes queued since the last call (resolve each like a Miss)."""
         refreshes = self.refreshes
@@ -755,15 +763,19 @@ class QueryHandler:
 
     def _from_entry(self, miss: Miss, entry: Entry, now: float, stale: bool = False) -> bytes:
         data = miss.query
-        header = (data[2] & 1) | (2 if miss.edns else 0)
         if stale:
             ttl = STALE_TTL
         else:
             ttl = entry.ttl if entry.keep else entry.remaining(now)
-        opt = b""
+        # As on the hit path: the body is built once per TTL value.
+        body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
         if miss.edns:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
-        reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
+            header = (data[2] & 1) | 2
+        else:
+            opt = b""
+            header = data[2] & 1
+        reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
             reply = truncate(reply, miss.limit, opt)
         return reply
