@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (configs, zones, logs)")
     ap.add_argument("--core", action="store_true",
                     help="only the core micro-benchmark (QueryHandler, no sockets; needs no root), printed")
+    ap.add_argument("--missrate", action="store_true",
+                    help="only misses/s and CPU per miss on loopback against node-cache and unbound, "
+                    "no namespaces (its options: bench/run --missrate --help)")
     a = ap.parse_args(argv)
     a.caches = [c.strip() for c in a.caches.split(",") if c.strip()]
     bad = set(a.caches) - set(ALL_CACHES)
@@ -208,6 +211,10 @@ def _copy_logs(work: Path, dest: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--missrate" in argv:
+        from . import missrate
+        return missrate.main([x for x in argv if x != "--missrate"])
     a = parse_args(argv)
     if a.core:
         from . import core
