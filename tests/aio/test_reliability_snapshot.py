@@ -10,7 +10,8 @@ import pytest
 
 from nodecache.core import snapshot
 from nodecache.core.cache import Entry, Kind
-from tests.kit.agentkit import AgentKit, ttls
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import ttls
 from tests.kit.fakeupstream import FakeUpstream
 
 NAMES = [f"n{i}.example." for i in range(200)]
