@@ -84,17 +84,13 @@ def build_handler(text: str) -> Any:
     return single_handler(parse_text(text, default_port=53))
 
 
-def _wire_name(name: str) -> bytes:
-    return b"".join(bytes((len(p),)) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
-
-
 def queries(tag: str, n: int) -> list[bytes]:
     """*n* A queries for distinct pod names (as dnsperf sends them: RD, no EDNS)."""
-    out = []
-    for i in range(n):
-        name = f"10-{tag}-{i >> 8 & 255}-{i & 255}.default.pod.cluster.local"
-        out.append(struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + _wire_name(name) + b"\0\1\0\1")
-    return out
+    from nodecache.core import wire
+
+    return [wire.build_query(wire.zone_to_wire(f"10-{tag}-{i >> 8 & 255}-{i & 255}.default.pod.cluster.local"),
+                             wire.TYPE_A, wire.CLASS_IN, do=False, cd=False, qid=i & 0xFFFF, edns=False)
+            for i in range(n)]
 
 
 def fake_answer(query: bytes) -> bytes:
