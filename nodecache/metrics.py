@@ -142,14 +142,14 @@ _NOT_HANDLERS = frozenset({"zones", "port", "bind", "bind_lines", "health", "rea
                            "timeouts", "debug", "source"})
 
 
-def enabled_plugins(block: object) -> tuple[str, ...]:
+def enabled_plugins(block: ServerBlock) -> tuple[str, ...]:
     """The names of a server block's query-chain plugins, as ``coredns_plugin_enabled`` has them.
 
     Every other field of :class:`~nodecache.config.settings.ServerBlock` is a
     plugin named after it (``cache``, ``forward``, ``errors``, ``log``, ``loop``,
     ``loadbalance``, ``prometheus``, ...), enabled when set.
     """
-    return tuple(sorted(f.name for f in fields(block)  # type: ignore[arg-type]
+    return tuple(sorted(f.name for f in fields(block)
                         if f.name not in _NOT_HANDLERS and getattr(block, f.name)
                         not in (None, False, ())))
 
