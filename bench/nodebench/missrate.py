@@ -10,6 +10,8 @@ the load generator's. Per cache and run it measures:
 
 Run it as ``bench/run --missrate`` (or ``python -m nodebench.missrate`` with
 ``bench`` on ``PYTHONPATH``); no namespaces and nothing leaves 127.0.0.0/8.
+The servers, knotd and the run loop are shared with ``bench/run --hitrate``
+(:mod:`nodebench.hitrate`).
 node-cache is the build beside the project unless ``--node-cache`` names one.
 ``--before DIR`` also runs nodecache from another source tree (an export of
 an older commit) in the same run, for before/after figures.
@@ -22,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .host import BenchError, Cleanup, Daemon, log, start_daemon
@@ -30,7 +33,8 @@ from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, p
 
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
-         "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304)}
+         "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304),
+         "floor": ("127.0.0.35", 5305)}
 TOOLS = ("knotd", "unbound", "dnsperf", "dig", "taskset")
 #: A name the wildcard zone answers, asked until a server is up.
 PROBE_NAME = "up.svc.cluster.local"
@@ -72,8 +76,19 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
         return [str(a.node_cache_binary), "-localip", host, "-conf", str(d / "Corefile"),
                 "-setupinterface=false", "-setupiptables=false", "-skipteardown",
                 "-metrics-listen-address", f"{host}:9353", "-basecorefile", str(d / "none")], env
+    if name == "floor":
+        return [python(), "-m", "nodebench.floor", "--listen", host, "--port", str(port),
+                "--upstream", KNOT[0], "--upstream-port", str(KNOT[1])], env
     conf = unbound_conf(d, interface=host, port=port, upstream=f"{KNOT[0]}@{KNOT[1]}")
     return ["unbound", "-d", "-c", str(conf)], env
+
+
+def start_cache(cleanup: Cleanup, name: str, d: Path, a: argparse.Namespace) -> Daemon:
+    """Cache *name* running from directory *d*, pinned to the server core, answering."""
+    argv, env = cache_argv(name, d, a)
+    daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env)
+    wait_answer(daemon, *ADDRS[name])
+    return daemon
 
 
 def wait_answer(daemon: Daemon, host: str, port: int, seconds: float = 30.0) -> None:
@@ -87,26 +102,29 @@ def wait_answer(daemon: Daemon, host: str, port: int, seconds: float = 30.0) -> 
     raise BenchError(f"{daemon.name} did not answer on {host}:{port} within {seconds:.0f} s:\n{daemon.tail()}")
 
 
-def write_names(path: Path, prefix: str, n: int) -> Path:
-    path.write_text("".join(f"{prefix}{i}.ns{i % 97}.svc.cluster.local A\n" for i in range(n)))
+def write_names(path: Path, prefix: str, n: int, repeat: int = 1) -> Path:
+    """A dnsperf input of *n* names, the whole list *repeat* times."""
+    path.write_text("".join(f"{prefix}{i}.ns{i % 97}.svc.cluster.local A\n" for i in range(n)) * repeat)
     return path
+
+
+def dnsperf_on(name: str, *extra: str) -> list[str]:
+    """dnsperf options that aim one pass at cache *name* (``-s`` comes from :func:`dnsperf`)."""
+    return ["-p", str(ADDRS[name][1]), "-n", "1", "-t", "5", *extra]
 
 
 def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str, float]:
     d = work / str(run) / name
     d.mkdir(parents=True)
-    argv, env = cache_argv(name, d, a)
     cleanup = Cleanup()
     try:
-        daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env)
-        host, port = ADDRS[name]
-        wait_answer(daemon, host, port)
-        on = ["-p", str(port), "-n", "1", "-t", "5"]
-        dnsperf(None, host, write_names(d / "warm.txt", f"w{run}x", 200), [*on, "-q", "20"])  # connections up
-        burst = dnsperf(None, host, write_names(d / "miss.txt", f"m{run}x", a.names), [*on, "-q", "100"],
+        daemon = start_cache(cleanup, name, d, a)
+        host = ADDRS[name][0]
+        dnsperf(None, host, write_names(d / "warm.txt", f"w{run}x", 200), dnsperf_on(name, "-q", "20"))  # connections up
+        burst = dnsperf(None, host, write_names(d / "miss.txt", f"m{run}x", a.names), dnsperf_on(name, "-q", "100"),
                         server_pid=daemon.pid, timeout=600)
         paced = dnsperf(None, host, write_names(d / "light.txt", f"l{run}x", a.light),
-                        [*on, "-q", "100", "-Q", "2000"], verbose=True, timeout=600)
+                        dnsperf_on(name, "-q", "100", "-Q", "2000"), verbose=True, timeout=600)
         if not paced.latencies:
             raise BenchError(f"{name}: dnsperf -v printed no latencies")
         assert burst.server_cpu is not None
@@ -117,47 +135,56 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
         cleanup.run()
 
 
+def cell(values: list[float], fmt: str) -> str:
+    """A figure over runs: the value, or the range lowest-highest."""
+    values = sorted(values)
+    return fmt.format(values[0]) if values[0] == values[-1] else f"{fmt.format(values[0])}-{fmt.format(values[-1])}"
+
+
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     """One row per cache; a range where the runs differ."""
     lines = ["| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms |", "|---|---|---|---|"]
     for name, rows in results.items():
-        cells = []
-        for key, fmt in (("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}")):
-            values = sorted(r[key] for r in rows)
-            cells.append(fmt.format(values[0]) if len(values) == 1 or values[0] == values[-1]
-                         else f"{fmt.format(values[0])}-{fmt.format(values[-1])}")
+        cells = [cell([r[key] for r in rows], fmt) for key, fmt in (
+            ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench/run --missrate", description=(__doc__ or "").splitlines()[0])
+def parser(prog: str, doc: str | None, caches: str) -> argparse.ArgumentParser:
+    """The options every loopback benchmark takes."""
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
     ap.add_argument("--node-cache", type=Path, help="node-cache binary or .gz (default: the build beside the project)")
     ap.add_argument("--nodecache-src", help="run nodecache from this source tree")
     ap.add_argument("--before", help="also run nodecache from this source tree, as nodecache-before")
-    ap.add_argument("--caches", default="nodecache,node-cache,unbound")
-    ap.add_argument("--names", type=int, default=20_000, help="never-seen names in the burst (default 20000)")
-    ap.add_argument("--light", type=int, default=10_000, help="names at 2,000 q/s (default 10000)")
+    ap.add_argument("--caches", default=caches, help=f"comma-separated, of {', '.join(ADDRS)} (default {caches})")
     ap.add_argument("--runs", type=int, default=2)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def checked(ap: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.Namespace:
     a.caches = [c for c in a.caches.split(",") if c] + (["nodecache-before"] if a.before else [])
     unknown = set(a.caches) - set(ADDRS)
     if unknown:
         ap.error(f"unknown cache(s): {', '.join(sorted(unknown))}")
-    if not 1 <= a.names <= 1_000_000 or not 1 <= a.light <= 1_000_000 or not 1 <= a.runs <= 10:
-        ap.error("--names and --light must be 1..1000000, --runs 1..10")
+    if not 1 <= a.runs <= 10:
+        ap.error("--runs must be 1..10")
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+Measure = Callable[[str, Path, argparse.Namespace, int], dict[str, float]]
+
+
+def run_all(prog: str, a: argparse.Namespace, measure: Measure) -> dict[str, list[dict[str, float]]] | None:
+    """*measure* for every cache in ``--caches`` in turn, ``--runs`` times, beside one knotd;
+    None (after saying why on stderr) when a tool is missing or a server fails."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        print(f"bench/run --missrate: error: missing tools: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: missing tools: {', '.join(missing)}", file=sys.stderr)
+        return None
     results: dict[str, list[dict[str, float]]] = {c: [] for c in a.caches}
     cleanup = Cleanup()
-    with tempfile.TemporaryDirectory(prefix="missrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ncb-loopback-") as tmp:
         work = Path(tmp)
         try:
             if "node-cache" in a.caches:
@@ -170,10 +197,23 @@ def main(argv: list[str] | None = None) -> int:
                     results[name].append(measure(name, work, a, run))
                     log(f"{name} run {run}: {results[name][-1]}")
         except (BenchError, KeyboardInterrupt) as exc:
-            print(f"bench/run --missrate: error: {exc or 'interrupted'}", file=sys.stderr)
-            return 130 if isinstance(exc, KeyboardInterrupt) else 2
+            print(f"{prog}: error: {exc or 'interrupted'}", file=sys.stderr)
+            return None
         finally:
             cleanup.run()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("bench/run --missrate", __doc__, "nodecache,node-cache,unbound")
+    ap.add_argument("--names", type=int, default=20_000, help="never-seen names in the burst (default 20000)")
+    ap.add_argument("--light", type=int, default=10_000, help="names at 2,000 q/s (default 10000)")
+    a = checked(ap, ap.parse_args(argv))
+    if not 1 <= a.names <= 1_000_000 or not 1 <= a.light <= 1_000_000:
+        ap.error("--names and --light must be 1..1000000")
+    results = run_all(ap.prog, a, measure)
+    if results is None:
+        return 2
     print(table(results))
     return 0
 
