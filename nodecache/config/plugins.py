@@ -152,7 +152,7 @@ def parse_reload(line: Directive, ctx: BlockContext) -> ReloadSettings:
 
 def parser_in(module: str) -> Callable[[Directive, BlockContext], Any]:
     """``nodecache.config.<module>.parse_<module>``, imported when a Corefile uses it: the
-    answering plugins' settings live in their stages, which load dnspython (about 5 MB of
+    answering plugins' settings live in their stages, which load dnspython (about 2 MB of
     a worker's memory, :mod:`nodecache.core.stages`)."""
 
     def parse(line: Directive, ctx: BlockContext) -> Any:

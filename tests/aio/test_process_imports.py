@@ -1,7 +1,7 @@
 """What the supervisor and a serving worker hold in memory: the modules they import.
 
 Each process pays for every module it imports, for its whole life (dnspython
-about 5 MB, prometheus_client about 4 MB, click about 2 MB of a worker; see
+about 2 MB, prometheus_client about 3 MB, click about 1 MB of a worker; see
 bench/ for PSS). The supervisor needs only the standard library's basics; a
 worker that caches and forwards builds its answers with ``core.wire`` and
 never loads dnspython (the answering plugins load it where a block uses them).
