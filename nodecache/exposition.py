@@ -109,15 +109,16 @@ class Registry:
 
 
 def go_float(value: float) -> str:
-    """``value`` as Go's ``strconv.FormatFloat(v, 'g', -1, 64)`` would print a sample:
-    ``+Inf``, ``NaN``, ``1.5``, ``1e+06``-style exponents from 1e7 up, else Python's repr."""
+    """A sample value as prometheus_client writes it: ``+Inf``, ``-Inf``, ``NaN``, else
+    Python's shortest repr, in Go's exponent form (``1.234567e+06``) when that repr has
+    more than six digits before the point."""
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if math.isnan(value):
         return "NaN"
     text = repr(float(value))
     dot = text.find(".")
-    if value > 0 and dot > 6:  # repr keeps 1234567.0 where Go writes 1.234567e+06
+    if value > 0 and dot > 6:
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text

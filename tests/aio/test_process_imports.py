@@ -91,7 +91,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.mark.asyncio
-async def test_a_serving_worker_loads_neither_dnspython_nor_prometheus_client(tmp_path: Path) -> None:
+async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path) -> None:
     records = {"a.example. A": "192.0.2.1", "a.example. AAAA": "2001:db8::1"}
     async with FakeUpstream(records=records) as up:
         ports = {k: free_port() for k in ("port", "metrics", "health", "ready")}
