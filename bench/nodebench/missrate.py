@@ -6,7 +6,8 @@ the load generator's. Per cache and run it measures:
 
 * misses/s: N never-seen names, up to 100 outstanding (dnsperf ``-q 100``);
 * CPU per miss: the cache's user+system CPU over that run / answers, us;
-* latency at a light load: M more never-seen names at 2,000 q/s, average.
+* latency at a light load: M more never-seen names at 2,000 q/s, average;
+* memory after the N names: PSS and RSS summed over the cache's processes.
 
 Run it as ``bench/run --missrate`` (or ``python -m nodebench.missrate`` with
 ``bench`` on ``PYTHONPATH``); no namespaces and nothing leaves 127.0.0.0/8.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from .host import BenchError, Cleanup, Daemon, log, start_daemon
 from .measure import dnsperf
+from .memory import tree_memory
 from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, python, unbound_conf
 
 KNOT = ("127.0.0.30", 5300)
@@ -68,7 +70,8 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
         src = a.before if name == "nodecache-before" else a.nodecache_src
         if src:
             env["PYTHONPATH"] = f"{Path(src).resolve()}{os.pathsep}{env['PYTHONPATH']}"
-        return [python(), "-m", "nodecache", "run", "--conf", str(d / "Corefile"),
+        # -P: the source tree first in PYTHONPATH, not the current directory's, is the one run.
+        return [python(), "-P", "-m", "nodecache", "run", "--conf", str(d / "Corefile"),
                 "--localip", "", "--log-level", "warning"], env
     if name == "node-cache":
         (d / "Corefile").write_text(corefile(host, port))
@@ -123,6 +126,7 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
         dnsperf(None, host, write_names(d / "warm.txt", f"w{run}x", 200), dnsperf_on(name, "-q", "20"))  # connections up
         burst = dnsperf(None, host, write_names(d / "miss.txt", f"m{run}x", a.names), dnsperf_on(name, "-q", "100"),
                         server_pid=daemon.pid, timeout=600)
+        memory = tree_memory(daemon.pid)
         paced = dnsperf(None, host, write_names(d / "light.txt", f"l{run}x", a.light),
                         dnsperf_on(name, "-q", "100", "-Q", "2000"), verbose=True, timeout=600)
         if not paced.latencies:
@@ -130,7 +134,8 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
         assert burst.server_cpu is not None
         return {"misses_per_s": burst.qps, "cpu_us_per_miss": burst.server_cpu / burst.completed * 1e6,
                 "latency_ms_2000": sum(paced.latencies) / len(paced.latencies) * 1000,
-                "answered": burst.completed}
+                "answered": burst.completed,
+                "pss_mb": memory["pss_bytes"] / 2**20, "rss_mb": memory["rss_bytes"] / 2**20}
     finally:
         cleanup.run()
 
@@ -141,12 +146,14 @@ def cell(values: list[float], fmt: str) -> str:
     return fmt.format(values[0]) if values[0] == values[-1] else f"{fmt.format(values[0])}-{fmt.format(values[-1])}"
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
+def table(results: dict[str, list[dict[str, float]]], names: int) -> str:
     """One row per cache; a range where the runs differ."""
-    lines = ["| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms |", "|---|---|---|---|"]
+    lines = [f"| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms | PSS after {names:,} names, MB "
+             "| RSS, MB |", "|---|---|---|---|---|---|"]
     for name, rows in results.items():
         cells = [cell([r[key] for r in rows], fmt) for key, fmt in (
-            ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"))]
+            ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"),
+            ("pss_mb", "{:.1f}"), ("rss_mb", "{:.1f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(ap.prog, a, measure)
     if results is None:
         return 2
-    print(table(results))
+    print(table(results, a.names))
     return 0
 
 
