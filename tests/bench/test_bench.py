@@ -185,16 +185,16 @@ def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
 def test_missrate_on_loopback_measures_every_cache() -> None:
     """``bench/run --missrate``: nodecache, node-cache (its build beside the project) and
     unbound forward never-seen names over TCP to one knotd on loopback; every cache answers
-    (nearly) every name of the burst and gets a row with figures (enough names for the CPU clock's
-    10 ms ticks to count). Timings are not asserted."""
+    (nearly) every name of the burst and gets a row with figures. Timings are not asserted."""
     assert NODE_CACHE.exists(), f"the node-cache build is missing: {NODE_CACHE}"
     cp = subprocess.run([str(ROOT / "bench" / "run"), "--missrate", "--names", "2000", "--light", "100",
                          "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
     assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound"], cp.stdout
-    for cells in rows[1:]:
-        assert all(float(c.strip().replace(",", "")) > 0 for c in cells[1:]), cells
+    for cells in rows[1:]:  # misses/s, CPU, latency, PSS, RSS; CPU counts 10 ms ticks, so it may read 0
+        values = [float(c.strip().replace(",", "")) for c in cells[1:]]
+        assert len(values) == 5 and values[1] >= 0 and all(v > 0 for v in values[:1] + values[2:]), cells
     answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
     assert len(answered) == 3 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
 
@@ -210,8 +210,9 @@ def test_hitrate_on_loopback_measures_every_server() -> None:
     assert cp.returncode == 0, cp.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
     assert [cells[0].strip() for cells in rows] == ["server", "nodecache", "node-cache", "unbound", "floor"]
-    for cells in rows[1:]:
-        assert all(float(c.strip().replace(",", "")) > 0 for c in cells[1:]), cells
-    assert rows[-1][3].strip() == "1.00"  # the floor against itself
+    for cells in rows[1:]:  # hits/s, CPU per hit, x floor, CPU at 5,000 q/s; CPU counts 10 ms ticks
+        assert float(cells[1].strip().replace(",", "")) > 0, cells
+        assert float(cells[2]) >= 0 and float(cells[4]) >= 0, cells
+        assert cells[3].strip() == "-" or float(cells[3]) >= 0, cells
     answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
     assert len(answered) == 4 and min(answered) >= 19_000, cp.stderr  # UDP may drop a few under load
