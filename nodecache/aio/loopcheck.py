@@ -2,7 +2,7 @@
 
 As CoreDNS's ``loop``: at start, each forwarding zone with ``loop`` gets an
 HINFO query for a random name under it, sent to our own listener. The handler
-counts probe names it sees (``QueryHandler.loop_probes``); once is our own
+counts probe names it sees (``QueryHandler.watch_probe``); once is our own
 query, a second time means the upstream forwarded it back to us.
 """
 from __future__ import annotations
