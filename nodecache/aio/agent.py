@@ -52,9 +52,6 @@ from nodecache.metrics import StatsCollector, make_registry, server_stats
 
 log = logging.getLogger(__name__)
 
-#: The load probe samples the UDP receive queues this often, s (the rule that
-#: turns samples into overload: core/overload.py).
-LOAD_PROBE_INTERVAL = 0.02
 #: Python's cyclic garbage collector, tuned for a server whose heap is mostly a
 #: cache without reference cycles: a collection walks every tracked object, so
 #: with the default thresholds (700 allocations) the pauses of gen-2 passes over
@@ -322,11 +319,11 @@ class Agent:
                 pass
 
     async def _load_probe(self) -> None:
-        """Flag the resolvers overloaded while queries queue up on a UDP socket."""
+        """Flag the resolvers overloaded while queries queue up on a UDP socket (core/overload.py)."""
         loop = asyncio.get_running_loop()
         detector = OverloadDetector()
         while not self.stopping.is_set():
-            await asyncio.sleep(LOAD_PROBE_INTERVAL)
+            await asyncio.sleep(detector.next_sample())
             fill = max((queue_fill(listener.udp_sock) for listener in self.listeners.values()),
                        default=0.0)
             if detector.sample(loop.time(), fill) and self.runtime is not None:

@@ -21,6 +21,11 @@ rate) keeps the queue full at every sample and turns shedding on after
 
 Rule 3: overload ends ``hold`` seconds after the last full sample, so that
 shedding does not flap while a flood goes on in bursts.
+
+Rule 4: samples come every ``interval`` while a backlog builds or overload
+lasts, and every ``calm_interval`` otherwise: an idle agent wakes up 10 times a
+second, not 50, and a flood still turns shedding on within
+``calm_interval + (sustain - 1) * interval`` (0.14 s).
 """
 from __future__ import annotations
 
@@ -37,6 +42,10 @@ class OverloadDetector:
     sustain: int = 3
     #: Seconds after the last full sample before overload ends (rule 3).
     hold: float = 0.5
+    #: Seconds between samples while the queue is full or the agent overloaded (rule 4).
+    interval: float = 0.02
+    #: Seconds between samples otherwise.
+    calm_interval: float = 0.1
     #: The current state.
     overloaded: bool = False
     #: Full samples in a row so far.
@@ -57,3 +66,7 @@ class OverloadDetector:
             if self.overloaded and now - self.last_full >= self.hold:
                 self.overloaded = False
         return self.overloaded != before
+
+    def next_sample(self) -> float:
+        """Seconds until the next sample is due (rule 4)."""
+        return self.interval if self.full_in_a_row or self.overloaded else self.calm_interval

@@ -54,3 +54,16 @@ def test_sample_reports_changes_only() -> None:
     detector = OverloadDetector(sustain=1, hold=0.1)
     changes = [detector.sample(t, f) for t, f in ((0.0, F), (0.05, F), (0.1, E), (0.2, E), (0.3, E))]
     assert changes == [True, False, False, True, False]
+
+
+def test_samples_come_faster_while_a_backlog_builds_or_overload_lasts() -> None:
+    detector = OverloadDetector()
+    calm, fast = detector.calm_interval, detector.interval
+    assert fast < calm
+    due = []
+    for i, fill in enumerate([E, F, E, F, F, F] + [E] * 26):
+        detector.sample(i * STEP, fill)
+        due.append(detector.next_sample())
+    # calm; a full sample asks for a quick look; calm again; a backlog and overload
+    # (held 0.5 s after the last full sample) keep the quick pace; then calm
+    assert due == [calm, fast, calm, fast, fast, fast] + [fast] * 24 + [calm] * 2
