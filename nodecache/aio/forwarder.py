@@ -118,6 +118,8 @@ class _TCPProtocol(asyncio.Protocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self._flush_pending = False
+        #: A read left answers to come: ACK at the flush unless a write carries it.
+        self._ack_due = False
         self._tls_noted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,10 +144,13 @@ class _TCPProtocol(asyncio.Protocol):
             self.owner.tls.note(self.transport.get_extra_info("ssl_object")
                                 if self.transport is not None else None)
         self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
-        # More answers to come and no query of ours leaving this loop iteration
-        # to carry the ACK: only then the syscall.
-        if conn.in_flight and not self._flush_pending:
-            self._quickack()
+        if conn.in_flight:
+            # More answers to come: the ACK is due at the end of this loop
+            # iteration, where a query leaving then carries it (under load, the
+            # next client queries arrive in the same iteration) and only
+            # otherwise costs a syscall.
+            self._ack_due = True
+            self.schedule_flush()
 
     def eof_received(self) -> bool | None:
         self.owner.handle_events(self, self.conn.receive_data(b"", self.owner.loop.time()))
@@ -163,7 +168,12 @@ class _TCPProtocol(asyncio.Protocol):
         self._flush_pending = False
         data = self.conn.data_to_send()
         if data and self.transport is not None:
+            self._ack_due = False
             self.transport.write(data)
+        elif self._ack_due:
+            self._ack_due = False
+            if self.conn.in_flight:
+                self._quickack()
 
     def schedule_flush(self) -> None:
         """Write at the end of this loop iteration: queries sent in one
