@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 #: (a pod's search-path lookups, A and AAAA in parallel, stay within it).
 OVERLOAD_SHARE = 4
 
-Deliver = Callable[[bytes], None]
+#: Sends a reply to the client address it was submitted with: (reply, address).
+Deliver = Callable[[bytes, Any], None]
 #: The forwarder's callback: (answer, None) or (None, error).
 Done = Callable[[bytes | None, Exception | None], None]
 
@@ -122,9 +123,9 @@ class _Flight:
                     if isinstance(reply, Miss):  # dns64 needs the A records too
                         resolver.submit(reply, send, where)
                     else:
-                        send(reply)
+                        send(reply, where)
                 else:
-                    send(handler.fail(waiter, error or UpstreamError(), now, where))
+                    send(handler.fail(waiter, error or UpstreamError(), now, where), where)
             except Exception:  # one bad reply must not cost the other waiters theirs
                 log.exception("answering %s failed", name_text(waiter.qname))
         self.waiters = []
@@ -144,7 +145,7 @@ class _Flight:
             if miss is self.miss:
                 self.release()
             try:
-                send(handler.fail(miss, _STALE_TIMER_ERROR, now, where))
+                send(handler.fail(miss, _STALE_TIMER_ERROR, now, where), where)
             except Exception:
                 log.exception("answering %s failed", name_text(miss.qname))
         self.waiters = keep
@@ -175,7 +176,7 @@ class Resolver:
             if miss.background:  # a refresh is already under way
                 self.handler.fail(miss, UpstreamError("refresh in flight"), self._loop.time())
             elif flight.stale_sent and miss.stale is not None:
-                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr))
+                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr), addr)
             else:
                 flight.waiters.append((miss, deliver, addr))
             return
@@ -221,5 +222,5 @@ class Resolver:
         self.inflight.clear()
 
 
-def _discard(reply: bytes) -> None:
+def _discard(reply: bytes, addr: object) -> None:
     """Background refreshes have no client."""
