@@ -344,9 +344,10 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AnswerReceived:
-    """An answer matched a query in flight."""
+    """An answer matched a query in flight (one per answer: not frozen, whose
+    ``__init__`` costs twice as much)."""
 
     #: The token the query was sent with.
     token: Hashable
