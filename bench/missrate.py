@@ -6,7 +6,8 @@ Per cache and run it measures:
 
 * misses/s: N never-seen names, up to 100 outstanding (dnsperf ``-q 100``);
 * CPU per miss: the cache's user+system CPU over that run / answers, us;
-* latency at a light load: M more never-seen names at 2,000 q/s, average.
+* latency at a light load: M more never-seen names at 2,000 q/s, average;
+* memory after the N names: PSS and RSS summed over the cache's processes.
 
 Run as root from the repository root (``.venv/bin/python -m bench.missrate
 --node-cache PATH``); needs knotd, unbound, dnsperf and taskset. Nothing
@@ -27,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.nodebench.memory import tree_memory
 from bench.nodebench.servers import knot_config, unbound_conf
 
 KNOT = ("127.0.0.30", 5300)
@@ -63,8 +65,10 @@ def start_cache(name: str, work: Path, args: argparse.Namespace) -> subprocess.P
         src = args.before if name == "nodecache-before" else args.nodecache_src
         if src:
             env["PYTHONPATH"] = str(Path(src).resolve())
-        return spawn([sys.executable, "-m", "nodecache", "run", "--conf", str(d / "Corefile"),
-                      "--localip", "", "--log-level", "warning"], d / "log", cpu=1, env=env)
+        # -P: the source tree in PYTHONPATH, not the current directory's, is the one run.
+        return spawn([sys.executable, "-P", "-m", "nodecache", "run", "--conf",
+                      str(d / "Corefile"), "--localip", "", "--log-level", "warning"],
+                     d / "log", cpu=1, env=env)
     if name == "node-cache":
         return spawn([args.node_cache, "-localip", host, "-conf", str(d / "Corefile"),
                       "-setupinterface=false", "-setupiptables=false", "-skipteardown",
@@ -139,10 +143,12 @@ def measure(name: str, work: Path, args: argparse.Namespace, run: int) -> dict[s
         before = cpu_seconds(proc.pid)
         burst = dnsperf(host, port, names, extra=["-q", "100"])
         cpu = cpu_seconds(proc.pid) - before
+        memory = tree_memory(proc.pid)
         light = write_names(work / f"{run}" / "light.txt", f"l{run}x", args.light)
         paced = dnsperf(host, port, light, extra=["-q", "100", "-Q", "2000"])
         return {"misses_per_s": burst["qps"], "cpu_us_per_miss": cpu / burst["completed"] * 1e6,
-                "latency_ms_2000": paced["latency"] * 1000, "answered": burst["completed"]}
+                "latency_ms_2000": paced["latency"] * 1000, "answered": burst["completed"],
+                "pss_mb": memory["pss_bytes"] / 2**20, "rss_mb": memory["rss_bytes"] / 2**20}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -179,12 +185,13 @@ def main() -> None:
         knot.terminate()
         knot.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    print("| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms |")
-    print("|---|---|---|---|")
+    print(f"| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms | "
+          f"PSS after {args.names:,} names, MB | RSS, MB |")
+    print("|---|---|---|---|---|---|")
     for name, rows in results.items():
         cells = []
         for key, fmt in (("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"),
-                         ("latency_ms_2000", "{:.3f}")):
+                         ("latency_ms_2000", "{:.3f}"), ("pss_mb", "{:.1f}"), ("rss_mb", "{:.1f}")):
             values = sorted(r[key] for r in rows)
             cells.append(fmt.format(values[0]) if len(values) == 1 or values[0] == values[-1]
                          else f"{fmt.format(values[0])}-{fmt.format(values[-1])}")
