@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-import dns.rcode
+from nodecache.core.wire import rcode_name as _mnemonic
 
 __all__ = [
     "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
@@ -127,12 +127,12 @@ def rcode_of(wire: bytes) -> int:
     return wire[3] & 0x0F
 
 
-#: Header RCODE -> the text ``dns.rcode.to_text`` gives, looked up once.
-_RCODE_NAMES = tuple(dns.rcode.to_text(dns.rcode.Rcode(i)) for i in range(16))
+#: Header RCODE -> its mnemonic, looked up once.
+_RCODE_NAMES = tuple(_mnemonic(i) for i in range(16))
 
 
 def rcode_name(rcode: int) -> str:
-    """Same text as ``dns.rcode.to_text`` for header RCODEs, without the enum lookup."""
+    """The mnemonic of the header RCODE in the low 4 bits of ``rcode``."""
     return _RCODE_NAMES[rcode & 0x0F]
 
 
@@ -344,9 +344,10 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AnswerReceived:
-    """An answer matched a query in flight."""
+    """An answer matched a query in flight (one per answer: not frozen, whose
+    ``__init__`` costs twice as much)."""
 
     #: The token the query was sent with.
     token: Hashable
@@ -596,7 +597,7 @@ class ConnectionPool:
     def choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
         last = self._last
         if (last is not None and last.state is ConnState.OPEN
-                and len(last.in_flight) < self._fast_limit
+                and len(last.in_flight._by_id) < self._fast_limit
                 and not (last.max_age and now >= last.created + last.max_age)):
             return last, False  # fast path: the connection used last has room
         choice = self._choose(now)
@@ -607,15 +608,20 @@ class ConnectionPool:
         best: UpstreamConnection | None = None
         best_load = 1 << 30
         live = 0
+        # Once every connection holds ``spread`` queries this runs per query:
+        # states in locals, loads read straight from the in-flight tables.
+        opened, connecting, closed = ConnState.OPEN, ConnState.CONNECTING, ConnState.CLOSED
         for conn in self.connections:
-            if conn.state is ConnState.OPEN and conn.max_age and now >= conn.created + conn.max_age:
+            state = conn.state
+            if state is opened and conn.max_age and now >= conn.created + conn.max_age:
                 conn.handle_timer(now)
-            if conn.state is ConnState.CLOSED:
+                state = conn.state
+            if state is closed:
                 continue
             live += 1
-            if conn.accepting:
-                load = len(conn.in_flight)
-                if load < best_load:
+            if state is opened or state is connecting:  # UpstreamConnection.accepting
+                load = len(conn.in_flight._by_id)
+                if load < best_load and load < conn.max_in_flight:
                     best, best_load = conn, load
         if best is not None and (best_load < self.spread or live >= self.max_connections
                                  or best.state is ConnState.CONNECTING):
