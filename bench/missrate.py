@@ -25,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.nodebench.servers import knot_config, unbound_conf
 
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
-         "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304)}
+         "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304),
+         "floor": ("127.0.0.35", 5305)}
 #: Ticks of /proc/PID/stat CPU times per second.
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -70,6 +72,10 @@ def start_cache(name: str, work: Path, args: argparse.Namespace) -> subprocess.P
                       "-setupinterface=false", "-setupiptables=false", "-skipteardown",
                       "-metrics-listen-address", f"{host}:9353", "-basecorefile", str(d / "none")],
                      d / "log", cpu=1, env={**os.environ, "KUBE_DNS_SERVICE_HOST": "127.0.0.254"})
+    if name == "floor":
+        floor = Path(__file__).resolve().parent / "nodebench" / "floor.py"
+        return spawn([sys.executable, str(floor), "--listen", host, "--port", str(port),
+                      "--upstream", KNOT[0], "--upstream-port", str(KNOT[1])], d / "log", cpu=1)
     conf = unbound_conf(d, interface=host, port=port, upstream=f"{KNOT[0]}@{KNOT[1]}")
     return spawn(["unbound", "-d", "-c", str(conf)], d / "log", cpu=1)
 
@@ -122,8 +128,10 @@ def dnsperf(host: str, port: int, names: Path, *, extra: list[str]) -> dict[str,
     return {k: float(m.group(1)) for k, m in found.items()}  # type: ignore[union-attr]
 
 
-def write_names(path: Path, prefix: str, n: int) -> Path:
-    path.write_text("".join(f"{prefix}{i}.ns{i % 97}.svc.cluster.local A\n" for i in range(n)))
+def write_names(path: Path, prefix: str, n: int, repeat: int = 1) -> Path:
+    """A dnsperf input of ``n`` names, the whole list ``repeat`` times."""
+    path.write_text("".join(f"{prefix}{i}.ns{i % 97}.svc.cluster.local A\n"
+                            for i in range(n)) * repeat)
     return path
 
 
@@ -144,50 +152,71 @@ def measure(name: str, work: Path, args: argparse.Namespace, run: int) -> dict[s
         return {"misses_per_s": burst["qps"], "cpu_us_per_miss": cpu / burst["completed"] * 1e6,
                 "latency_ms_2000": paced["latency"] * 1000, "answered": burst["completed"]}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop(proc)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def server_args(ap: argparse.ArgumentParser, caches: str) -> None:
+    """The options every loopback bench takes."""
     ap.add_argument("--node-cache", help="node-cache binary (unpacked)")
     ap.add_argument("--nodecache-src", help="run nodecache from this source tree")
     ap.add_argument("--before", help="also run nodecache from this source tree, as nodecache-before")
-    ap.add_argument("--caches", default="nodecache,node-cache,unbound")
-    ap.add_argument("--names", type=int, default=20_000)
-    ap.add_argument("--light", type=int, default=10_000)
+    ap.add_argument("--caches", default=caches)
     ap.add_argument("--runs", type=int, default=2)
-    args = ap.parse_args()
+
+
+def run_all(ap: argparse.ArgumentParser, args: argparse.Namespace, prefix: str,
+            measure: Callable[[str, Path, argparse.Namespace, int], dict[str, float]],
+            ) -> dict[str, list[dict[str, float]]]:
+    """``measure`` for every server in ``--caches`` in turn, ``--runs`` times, beside one knotd."""
     caches = args.caches.split(",") + (["nodecache-before"] if args.before else [])
     if "node-cache" in caches and not args.node_cache:
         ap.error("--node-cache PATH is needed (or leave node-cache out of --caches)")
-    work = Path(tempfile.mkdtemp(prefix="missrate-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     knot = start_knot(work)
     results: dict[str, list[dict[str, float]]] = {c: [] for c in caches}
     try:
         wait_tcp(*KNOT, knot)
         for run in range(args.runs):
+            (work / f"{run}").mkdir(exist_ok=True)
             for name in caches:
-                (work / f"{run}").mkdir(exist_ok=True)
                 results[name].append(measure(name, work, args, run))
                 print(name, run, results[name][-1], file=sys.stderr)
     finally:
         knot.terminate()
         knot.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def cell(values: list[float], fmt: str) -> str:
+    """A figure over runs: the value, or the range lowest-highest."""
+    values = sorted(values)
+    if values[0] == values[-1]:
+        return fmt.format(values[0])
+    return f"{fmt.format(values[0])}-{fmt.format(values[-1])}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    server_args(ap, "nodecache,node-cache,unbound")
+    ap.add_argument("--names", type=int, default=20_000)
+    ap.add_argument("--light", type=int, default=10_000)
+    args = ap.parse_args()
+    results = run_all(ap, args, "missrate-", measure)
     print("| cache | misses/s | CPU us per miss | avg latency at 2,000 q/s, ms |")
     print("|---|---|---|---|")
     for name, rows in results.items():
-        cells = []
-        for key, fmt in (("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"),
-                         ("latency_ms_2000", "{:.3f}")):
-            values = sorted(r[key] for r in rows)
-            cells.append(fmt.format(values[0]) if len(values) == 1 or values[0] == values[-1]
-                         else f"{fmt.format(values[0])}-{fmt.format(values[-1])}")
+        cells = [cell([r[key] for r in rows], fmt) for key, fmt in (
+            ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"))]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
