@@ -10,7 +10,7 @@ distinct names has filled its cache:
 * CPU per answer at a fixed 5,000 q/s (where the wake-up per datagram shows).
 
 Run as root from the repository root (``.venv/bin/python -m bench.hitrate
---node-cache PATH``), under the bench lock; ``--before DIR`` also runs
+--node-cache PATH``); ``--before DIR`` also runs
 nodecache from another source tree, for before/after figures in one run.
 Nothing leaves 127.0.0.0/8.
 """
