@@ -65,8 +65,10 @@ def start_cache(name: str, work: Path, args: argparse.Namespace) -> subprocess.P
         src = args.before if name == "nodecache-before" else args.nodecache_src
         if src:
             env["PYTHONPATH"] = str(Path(src).resolve())
+        # Started in its scratch directory: ``-m`` puts the working directory first
+        # on sys.path, which from a checkout would shadow the tree asked for.
         return spawn([sys.executable, "-m", "nodecache", "run", "--conf", str(d / "Corefile"),
-                      "--localip", "", "--log-level", "warning"], d / "log", cpu=1, env=env)
+                      "--localip", "", "--log-level", "warning"], d / "log", cpu=1, env=env, cwd=d)
     if name == "node-cache":
         return spawn([args.node_cache, "-localip", host, "-conf", str(d / "Corefile"),
                       "-setupinterface=false", "-setupiptables=false", "-skipteardown",
@@ -80,10 +82,10 @@ def start_cache(name: str, work: Path, args: argparse.Namespace) -> subprocess.P
     return spawn(["unbound", "-d", "-c", str(conf)], d / "log", cpu=1)
 
 
-def spawn(argv: list[str], log: Path, *, cpu: int,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], log: Path, *, cpu: int, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
 def wait_tcp(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
