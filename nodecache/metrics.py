@@ -26,19 +26,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
-
 from . import __version__
 from .config.settings import ServerBlock
 from .core.stats import AgentStats, CacheStats, ForwardStats, Histogram, ServerStats
+from .exposition import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                         PlatformCollector, ProcessCollector, Registry, go_float)
+from .exposition import MetricFamily as Metric
 
 #: node-cache pre-creates these so the series exist at zero from the start.
 SETUP_ERROR_TYPES: tuple[str, ...] = (
@@ -99,7 +92,7 @@ def _le(bound: float) -> str:
     """
     if abs(bound) < 1e21 and bound == int(bound):  # Go's %g switches to 1e+21 there
         return str(int(bound))
-    return floatToGoString(bound)
+    return go_float(bound)
 
 
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
@@ -142,14 +135,14 @@ _NOT_HANDLERS = frozenset({"zones", "port", "bind", "bind_lines", "health", "rea
                            "timeouts", "debug", "source"})
 
 
-def enabled_plugins(block: object) -> tuple[str, ...]:
+def enabled_plugins(block: ServerBlock) -> tuple[str, ...]:
     """The names of a server block's query-chain plugins, as ``coredns_plugin_enabled`` has them.
 
     Every other field of :class:`~nodecache.config.settings.ServerBlock` is a
     plugin named after it (``cache``, ``forward``, ``errors``, ``log``, ``loop``,
     ``loadbalance``, ``prometheus``, ...), enabled when set.
     """
-    return tuple(sorted(f.name for f in fields(block)  # type: ignore[arg-type]
+    return tuple(sorted(f.name for f in fields(block)
                         if f.name not in _NOT_HANDLERS and getattr(block, f.name)
                         not in (None, False, ())))
 
@@ -159,7 +152,7 @@ def server_stats(block: ServerBlock, zone: str) -> ServerStats:
     return ServerStats(block.server, zone, plugins=enabled_plugins(block))
 
 
-class StatsCollector(Collector):
+class StatsCollector:
     """Reads the plain counters at scrape time and yields CoreDNS-named families.
 
     :param sources: The stats objects to export; replace them with :meth:`set_sources`.
@@ -193,12 +186,6 @@ class StatsCollector(Collector):
         """
         self._sources = StatsSources(tuple(servers), tuple(caches), tuple(forwards),
                                      agent if agent is not None else self._sources.agent)
-
-    def describe(self) -> Iterator[Metric]:
-        # Names only, for the registry's duplicate check; no samples.
-        for family in self._families(StatsSources()):
-            family.samples = []
-            yield family
 
     def collect(self) -> Iterator[Metric]:
         if self._sync is not None:
@@ -410,14 +397,11 @@ class StatsCollector(Collector):
                        {(PROXY_NAME,) + k: v for k, v in conn_misses.items()})
 
 
-def make_registry(collector: StatsCollector, *, process_metrics: bool = True) -> CollectorRegistry:
+def make_registry(collector: StatsCollector, *, process_metrics: bool = True) -> Registry:
     """A registry holding ``collector`` and, by default, ``process_*`` and ``python_info``.
 
     CoreDNS exports ``process_*`` (memory, CPU, open fds) too; dashboards use them.
     """
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)
     if process_metrics:
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-    return registry
+        return Registry([collector, ProcessCollector(), PlatformCollector()])
+    return Registry([collector])

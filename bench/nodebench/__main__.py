@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (configs, zones, logs)")
     ap.add_argument("--core", action="store_true",
                     help="only the core micro-benchmark (QueryHandler, no sockets; needs no root), printed")
+    ap.add_argument("--missrate", action="store_true",
+                    help="only misses/s and CPU per miss on loopback against node-cache and unbound, "
+                    "no namespaces (its options: bench/run --missrate --help)")
+    ap.add_argument("--hitrate", action="store_true",
+                    help="only hits/s and CPU per hit on loopback against node-cache, unbound and the "
+                    "Python floor, no namespaces (its options: bench/run --hitrate --help)")
     a = ap.parse_args(argv)
     a.caches = [c.strip() for c in a.caches.split(",") if c.strip()]
     bad = set(a.caches) - set(ALL_CACHES)
@@ -208,6 +214,13 @@ def _copy_logs(work: Path, dest: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--missrate" in argv:
+        from . import missrate
+        return missrate.main([x for x in argv if x != "--missrate"])
+    if "--hitrate" in argv:
+        from . import hitrate
+        return hitrate.main([x for x in argv if x != "--hitrate"])
     a = parse_args(argv)
     if a.core:
         from . import core

@@ -8,14 +8,18 @@ is ours. It drives only the handler's public surface:
 * hit: ``handle(query, now, slot)`` returns the reply bytes;
 * miss: ``handle`` returns a Miss, then ``upstream_query(miss)``, then
   ``absorb(miss, answer, now)`` with a fake upstream answer (built before the
-  clock starts), then ``reply(miss, outcome, now)``.
+  clock starts), then ``reply(miss, outcome, now)``; by stage, with the pooled
+  TCP connection's framing (``UpstreamConnection.send``, ``receive_data``) between;
+* hit_plugins: the hit again with dns64, rewrite, template and hosts in front of
+  the cache, which a hit must never reach (it should cost what a plain hit does).
 
 The handler is built from the repository's ``Corefile.nodelocal`` (rendered for
 the bench), so the cache settings are the deployed ones. Each miss round uses a
 fresh handler and names never asked before; each hit round asks the names the
 miss round stored. Rounds are timed in CPU time (``time.thread_time_ns``), with
 the agent's garbage-collector thresholds. Run it with ``bench/run --core`` or ``python -m nodebench.core``
-(``--profile`` prints a cProfile table; ``--rounds`` keeps it busy for py-spy).
+(``--profile`` prints a cProfile table; ``--rounds`` keeps it busy for py-spy; ``--tree DIR``
+measures another checkout's package, for before/after figures).
 """
 from __future__ import annotations
 
@@ -47,39 +51,46 @@ def corefile_text() -> str:
                            domain="cluster.local", kubedns=None)
 
 
+#: Put in front of the cache of the cluster.local block for the ``hit_plugins`` figure: none
+#: of them matches the bench's A queries, and a hit must not reach them (one look-up either way).
+PLUGINS = """\
+    dns64 {
+        allow_ipv4
+    }
+    rewrite name suffix .corp. .example.org. answer auto
+    template IN AAAA . {
+        rcode NOERROR
+    }
+    hosts {
+        10.0.0.1 registry.example.org
+        fallthrough
+    }
+"""
+
+
+def with_plugins(text: str) -> str:
+    """*text* with :data:`PLUGINS` at the top of its cluster.local block."""
+    head = "cluster.local:53 {\n"
+    if head not in text:
+        raise RuntimeError("the Corefile has no cluster.local:53 block")
+    return text.replace(head, head + PLUGINS, 1)
+
+
 def build_handler(text: str) -> Any:
-    """A QueryHandler for the Corefile's cluster.local block, wired as the agent wires it."""
+    """One QueryHandler over the Corefile's zones, built by the core as the agent's are."""
     from nodecache.config import parse_text
-    from nodecache.core.cache import BlockCache
-    from nodecache.core.handler import QueryHandler, Zone
-    from nodecache.core.stats import CacheStats, ServerStats
+    from nodecache.core.runtime import single_handler
 
-    config = parse_text(text, default_port=53)
-    handler: Any = None
-    zones = []
-    for block in config.blocks:
-        for name in block.zones:
-            zone = Zone(name, block, ServerStats(block.server, name), None, None)
-            if block.cache is not None:
-                zone.cache_stats = CacheStats(block.server, name)
-                zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
-                                        lambda e: handler.index_add(e), lambda e: handler.index_remove(e))
-            zones.append(zone)
-    handler = QueryHandler(zones)
-    return handler
-
-
-def _wire_name(name: str) -> bytes:
-    return b"".join(bytes((len(p),)) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    return single_handler(parse_text(text, default_port=53))
 
 
 def queries(tag: str, n: int) -> list[bytes]:
     """*n* A queries for distinct pod names (as dnsperf sends them: RD, no EDNS)."""
-    out = []
-    for i in range(n):
-        name = f"10-{tag}-{i >> 8 & 255}-{i & 255}.default.pod.cluster.local"
-        out.append(struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + _wire_name(name) + b"\0\1\0\1")
-    return out
+    from nodecache.core import wire
+
+    return [wire.build_query(wire.zone_to_wire(f"10-{tag}-{i >> 8 & 255}-{i & 255}.default.pod.cluster.local"),
+                             wire.TYPE_A, wire.CLASS_IN, do=False, cd=False, qid=i & 0xFFFF, edns=False)
+            for i in range(n)]
 
 
 def fake_answer(query: bytes) -> bytes:
@@ -103,6 +114,8 @@ def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> di
     _warm_up(text)
     miss_us: list[float] = []
     hit_us: list[float] = []
+    plugin_hit_us: list[float] = []
+    plugins = with_plugins(text)
     stage_us: dict[str, float] = {}
     # Timed in this thread's CPU time: on a shared machine, time spent preempted by
     # other processes is not the core's cost (a read is a system call, ~1.5 us here,
@@ -125,6 +138,7 @@ def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> di
         hit_us.append((clock() - t0) / names / 1000)
         if r == 0:
             _check(handler, qs, answers, Miss)
+        plugin_hit_us.append(_hits(build_handler(plugins), qs, answers, clock))
         if stages:
             for k, v in _stages(build_handler(text), queries(f"s{r}", names), clock).items():
                 stage_us[k] = min(stage_us.get(k, v), v)
@@ -132,29 +146,62 @@ def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> di
         "names": names,
         "hit": _best_and_median(hit_us),
         "miss": _best_and_median(miss_us),
+        "hit_plugins": _best_and_median(plugin_hit_us),
         "miss_stages_us": stage_us,
         "python": sys.version.split()[0],
+        "tree": str(Path(sys.modules["nodecache"].__file__ or "").parents[1]),
     }
 
 
+def _hits(handler: Any, qs: list[bytes], answers: list[bytes], clock: Callable[[], int]) -> float:
+    """Store every answer (untimed), then ask every name again: us per hit."""
+    for q, a in zip(qs, answers):
+        miss = handler.handle(q, NOW, SLOT_UDP4)
+        handler.reply(miss, handler.absorb(miss, a, NOW), NOW)
+    handle = handler.handle
+    t0 = clock()
+    for q in qs:
+        got = handle(q, NOW, SLOT_UDP4)
+    elapsed = clock() - t0
+    if not isinstance(got, bytes):
+        raise RuntimeError(f"a stored name was not answered from the cache: {got!r}")
+    return elapsed / len(qs) / 1000
+
+
 def _stages(handler: Any, qs: list[bytes], clock: Callable[[], int]) -> dict[str, float]:
-    """Each stage of a miss for every query in turn, us per query."""
+    """Each stage of a miss for every query in turn, us per query: the handler's, and
+    between ``upstream_query`` and ``absorb`` the pooled TCP connection's framing
+    (``send`` with ``data_to_send``, ``receive`` of the answers' stream in 4 KiB reads)."""
+    from nodecache.core.upstream import AnswerReceived, IdSource, UpstreamConnection, frame, question_key
+
+    conn = UpstreamConnection(now=NOW, max_in_flight=1 << 16, max_age=0, expire=10, ids=IdSource())
+    conn.connected(NOW)
     answers = [fake_answer(q) for q in qs]
-    out = {}
     t0 = clock()
     misses = [handler.handle(q, NOW, SLOT_UDP4) for q in qs]
     t1 = clock()
-    for m in misses:
-        handler.upstream_query(m)
+    requests = [handler.upstream_query(m) for m in misses]
     t2 = clock()
-    outcomes = [handler.absorb(m, a, NOW) for m, a in zip(misses, answers)]
+    ids = [conn.send(r, question_key(r) or b"", m, NOW) for r, m in zip(requests, misses)]
+    conn.data_to_send()
     t3 = clock()
-    for m, o in zip(misses, outcomes):
-        handler.reply(m, o, NOW)
+    stream = b"".join(frame(qid.to_bytes(2, "big") + a[2:]) for qid, a in zip(ids, answers))
+    reads = [stream[i:i + 4096] for i in range(0, len(stream), 4096)]
     t4 = clock()
-    for name, ns in (("handle", t1 - t0), ("upstream_query", t2 - t1), ("absorb", t3 - t2), ("reply", t4 - t3)):
-        out[name] = ns / len(qs) / 1000
-    return out
+    events = [ev for read in reads for ev in conn.receive_data(read, NOW)]
+    t5 = clock()
+    answered = [(e.token, e.wire) for e in events if isinstance(e, AnswerReceived)]
+    if len(answered) != len(qs):
+        raise RuntimeError(f"the upstream connection did not match every answer: {events[:3]!r}")
+    t5a = clock()
+    outcomes = [handler.absorb(m, a, NOW) for m, a in answered]
+    t6 = clock()
+    for (m, _), o in zip(answered, outcomes):
+        handler.reply(m, o, NOW)
+    t7 = clock()
+    spans = (("handle", t1 - t0), ("upstream_query", t2 - t1), ("send", t3 - t2), ("receive", t5 - t4),
+             ("absorb", t6 - t5a), ("reply", t7 - t6))
+    return {name: ns / len(qs) / 1000 for name, ns in spans}
 
 
 def _agent_gc() -> None:
@@ -194,8 +241,13 @@ def render(r: dict[str, Any]) -> str:
              f"  hit   {r['hit']['best_us']:7.2f} us/op best, {r['hit']['median_us']:7.2f} median",
              f"  miss  {r['miss']['best_us']:7.2f} us/op best, {r['miss']['median_us']:7.2f} median"
              " (handle + upstream_query + absorb + reply, fake upstream answer)"]
+    if "hit_plugins" in r:
+        p = r["hit_plugins"]
+        lines.append(f"  hit with dns64, rewrite, template, hosts in front of the cache"
+                     f" {p['best_us']:7.2f} us/op best, {p['median_us']:7.2f} median")
     if st:
-        lines.append("  miss by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + " us")
+        lines.append("  miss by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items())
+                     + f" us; {sum(st.values()):.2f} us in all")
     return "\n".join(lines)
 
 
@@ -204,10 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", type=int, default=NAMES, help=f"names per round (default {NAMES})")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds (default {ROUNDS})")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--tree", type=Path, help="measure the nodecache package of this checkout instead"
+                    " (same Python; run twice to compare two trees)")
     ap.add_argument("--profile", action="store_true", help="run once under cProfile and print the top functions")
     a = ap.parse_args(argv)
     if not 1 <= a.names <= 9000 or not 1 <= a.rounds <= 10_000:
         ap.error("--names must be 1..9000 (the cache holds 9984) and --rounds 1..10000")
+    if a.tree is not None:
+        if not (a.tree / "nodecache" / "__init__.py").is_file():
+            ap.error(f"--tree {a.tree}: no nodecache package there")
+        sys.path.insert(0, str(a.tree.resolve()))
     if a.profile:
         import cProfile
         import pstats

@@ -157,10 +157,10 @@ class Daemon:
 
 
 def start_daemon(
-    cleanup: Cleanup, name: str, argv: Sequence[str], *, ns: str, log_dir: Path,
+    cleanup: Cleanup, name: str, argv: Sequence[str], *, ns: str | None, log_dir: Path,
     cpu: int | None = None, env: dict[str, str] | None = None, outer: Sequence[str] = (),
 ) -> Daemon:
-    """Start *argv* in namespace *ns* (optionally pinned to *cpu*) in its own process group.
+    """Start *argv* in namespace *ns* (None: this one; optionally pinned to *cpu*) in its own process group.
 
     ``outer`` goes before ``ip netns exec`` (a cgroup's entry shell). Every
     wrapper execs, so the Popen pid is the server's own.

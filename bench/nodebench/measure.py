@@ -67,7 +67,7 @@ class PerfResult:
 _NUM = r"([0-9.]+)"
 
 
-def dnsperf(ns: str, server: str, datafile: Path, args: list[str], *, verbose: bool = False,
+def dnsperf(ns: str | None, server: str, datafile: Path, args: list[str], *, verbose: bool = False,
             server_pid: int | None = None, timeout: float = 300.0) -> PerfResult:
     """Run dnsperf pinned to the load-generator core; parse its summary (and ``-v`` lines)."""
     argv = dnsperf_argv(ns, server, str(datafile), *args, *(["-v"] if verbose else []))

@@ -205,14 +205,16 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
         L.append(f"`QueryHandler` with no sockets and a fake clock (bench/nodebench/core.py, `bench/run --core`), "
                  f"pinned to the server core, timed in CPU time: {core['names']:,} new pod names per round, each a miss answered "
                  "by a fake upstream answer (handle, upstream_query, absorb, reply), then each asked again (a "
-                 "hit). What sections 3 and 4 spend per query above this is the event loop's, the kernel's and "
-                 "the forwarder's.\n")
+                 "hit), and again with dns64, rewrite, template and hosts in front of the cache (`hit_plugins`, "
+                 "which should cost what a hit does). What sections 3 and 4 spend per query above this is "
+                 "the event loop's, the kernel's and the forwarder's.\n")
         rows = [[kind, fmt(get(core, kind, "best_us")), fmt(get(core, kind, "median_us")),
-                 fmt(get(core, kind, "rounds"))] for kind in ("hit", "miss")]
+                 fmt(get(core, kind, "rounds"))] for kind in ("hit", "miss", "hit_plugins") if kind in core]
         L.append(table(["path", "best us/op", "median us/op", "rounds"], rows) + "\n")
         stages = core.get("miss_stages_us") or {}
         if stages:
-            L.append("A miss by stage (each stage for all names in turn, best round): "
+            L.append("A miss by stage (each stage for all names in turn, best round; `send` and `receive` are "
+                     "the pooled TCP connection's framing): "
                      + ", ".join(f"`{k}` {fmt(v)} us" for k, v in stages.items()) + ".\n")
 
     # --- calibration

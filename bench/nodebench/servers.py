@@ -49,9 +49,10 @@ def python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def dig_ok(ns: str, server: str, name: str, qtype: str = "A", *, tcp: bool = False) -> bool:
-    """One query with ``dig`` from namespace *ns*; true when it is answered NOERROR."""
-    argv = ["dig", "+time=1", "+tries=1", f"@{server}", name, qtype]
+def dig_ok(ns: str | None, server: str, name: str, qtype: str = "A", *, tcp: bool = False,
+           port: int = 53) -> bool:
+    """One query with ``dig`` from namespace *ns* (None: this one); true when it is answered NOERROR."""
+    argv = ["dig", "+time=1", "+tries=1", "-p", str(port), f"@{server}", name, qtype]
     if tcp:
         argv.append("+tcp")
     cp = sh(argv, ns=ns, check=False, timeout=10)
@@ -392,5 +393,5 @@ def restart_cache(cleanup: Cleanup, topo: T.Topology, work: Path, cache: Cache, 
     return start_cache(cleanup, topo, work, cache, nodecache_help, notrack=notrack)
 
 
-def dnsperf_argv(ns: str, server: str, datafile: Path, *args: str) -> list[str]:
+def dnsperf_argv(ns: str | None, server: str, datafile: Path, *args: str) -> list[str]:
     return in_ns(ns, ["taskset", "-c", str(LOADGEN_CPU), "dnsperf", "-s", server, "-d", str(datafile), *args])

@@ -11,9 +11,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from nodecache.core.handler import Zone
-from nodecache.core.stages.hosts import HostsStage
+
+if TYPE_CHECKING:  # loaded only where a block has hosts (it brings dnspython)
+    from nodecache.core.stages.hosts import HostsStage
 
 log = logging.getLogger(__name__)
 
@@ -80,5 +83,5 @@ class HostsFiles:
 
 def hosts_stages(zones: Iterable[Zone]) -> list[HostsStage]:
     """The hosts stages of these zones' chains."""
-    return [stage for zone in zones if zone.chain is not None
-            for stage in zone.chain.stages if isinstance(stage, HostsStage)]
+    return [cast("HostsStage", stage) for zone in zones if zone.chain is not None
+            for stage in zone.chain.stages if stage.name == "hosts"]

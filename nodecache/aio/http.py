@@ -25,10 +25,9 @@ import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from nodecache.config.settings import Config
 from nodecache.core.stats import AgentStats
+from nodecache.exposition import Registry, render
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def parse_address(address: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
-def metrics_route(registry: CollectorRegistry, stats: AgentStats | None = None) -> Route:
+def metrics_route(registry: Registry, stats: AgentStats | None = None) -> Route:
     """``/metrics``: the Prometheus text exposition of ``registry``.
 
     :param stats: Where scrapes are counted (``promhttp_metric_handler_requests_*``):
@@ -90,11 +89,11 @@ def metrics_route(registry: CollectorRegistry, stats: AgentStats | None = None) 
 
     def route() -> Response:
         if stats is None:
-            return 200, METRICS_CONTENT_TYPE, generate_latest(registry)
+            return 200, METRICS_CONTENT_TYPE, render(registry)
         stats.scrapes_in_flight += 1
         status = 500
         try:
-            body = generate_latest(registry)
+            body = render(registry)
             status = 200
         finally:
             stats.scrapes_in_flight -= 1
@@ -373,7 +372,7 @@ class PluginEndpoints:
     them keeps the listeners (and the connections of a scrape in progress).
     """
 
-    def __init__(self, registry: CollectorRegistry, stats: AgentStats,
+    def __init__(self, registry: Registry, stats: AgentStats,
                  ready: Callable[[], bool], *, extra_metrics_address: str | None = None) -> None:
         self.registry = registry
         self.stats = stats

@@ -5,11 +5,9 @@ terse Corefile (``cache 30``) actually means.
 """
 from __future__ import annotations
 
-import dns.rcode
-
 from nodecache.config import bind
 from nodecache.config.settings import CacheSettings, Config, ForwardSettings, ServerBlock
-from nodecache.core.wire import class_name, type_name
+from nodecache.core.wire import class_name, rcode_name, type_name
 
 _LABEL_WIDTH = 12
 
@@ -103,7 +101,7 @@ def _answering(block: ServerBlock) -> list[tuple[str, list[str]]]:
         out.append(("rewrite", [f"{len(block.rewrite)} rule(s)"]))
     for t in block.template:
         out.append(("template", [f"{class_name(t.qclass)} {type_name(t.qtype)} {' '.join(t.zones)}"
-                                 f" -> {_rcode_text(t.rcode)}, {len(t.answer)} answer(s)"
+                                 f" -> {rcode_name(t.rcode)}, {len(t.answer)} answer(s)"
                                  + (", fallthrough" if t.fallthrough is not None else "")]))
     if block.hosts is not None:
         h = block.hosts
@@ -164,21 +162,13 @@ def _forward(f: ForwardSettings) -> list[str]:
     if f.except_zones:
         out.insert(1, f"except {' '.join(f.except_zones)}")
     hand_on = (("next forward on", f.next_rcodes), ("next upstream on", f.failover_rcodes))
-    out.extend(f"{what} {' '.join(map(_rcode, codes))}" for what, codes in hand_on if codes)
+    out.extend(f"{what} {' '.join(map(rcode_name, codes))}" for what, codes in hand_on if codes)
     if any(u.tls for u in f.upstreams):
         out.append(f"TLS: certificate for {f.tls_servername or 'the upstream address'}"
                    + (f", files {' '.join(f.tls_files)}" if f.tls_files else ", system CAs"))
     if f.max_connect_attempts:
         out.append(f"max_connect_attempts {f.max_connect_attempts}")
     return out
-
-
-def _rcode(value: int) -> str:
-    return dns.rcode.to_text(dns.rcode.Rcode.make(value))
-
-
-def _rcode_text(rcode: int) -> str:
-    return dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
 
 
 def _hostport(address: str, port: int) -> str:

@@ -6,14 +6,13 @@ import os
 import ssl
 from typing import Any
 
-import dns.rcode
-
 from nodecache.config import values
 from nodecache.config.args import Args, options
 from nodecache.config.context import BlockContext
 from nodecache.config.lexer import Token
 from nodecache.config.parser import Directive
 from nodecache.config.settings import ForwardSettings, Upstream
+from nodecache.core import wire
 from nodecache.errors import ConfigError
 
 #: CoreDNS refuses more upstreams than this in one forward.
@@ -100,21 +99,17 @@ def parse_forward(line: Directive, ctx: BlockContext) -> ForwardSettings:
                                **out)
 
 
-#: RCODE names as CoreDNS spells them (RFC 6895 section 2.3), upper case.
-_RCODES = {r.name: r.value for r in dns.rcode.Rcode} | {"BADSIG": dns.rcode.BADSIG}
-
-
 def _rcode(text: str) -> int:
-    try:
-        return _RCODES[text.upper()]
-    except KeyError:
-        raise ValueError(text) from None
+    """An RCODE name as CoreDNS spells them (RFC 6895 section 2.3), any case; no numbers."""
+    if text.isdigit():
+        raise ValueError(text)
+    return wire.rcode_value(text)
 
 
 def _rcodes(opt: Args, noerror: bool = True) -> tuple[int, ...]:
     """``RCODE...``: one name at least (NXDOMAIN, SERVFAIL, REFUSED...), any case."""
     what = "an RCODE name such as NXDOMAIN, SERVFAIL or REFUSED"
-    allowed = None if noerror else (lambda rc: rc != dns.rcode.NOERROR)
+    allowed = None if noerror else (lambda rc: rc != wire.NOERROR)
     hint = "" if noerror else "NOERROR cannot be a failover rcode"
     found = [opt.value(what, _rcode, allowed, check_hint=hint)]
     while len(opt):

@@ -7,6 +7,7 @@ silently run without it.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,14 +16,10 @@ from nodecache.config.args import Args, no_block, options
 from nodecache.config.bind import parse_bind
 from nodecache.config.cache import parse_cache
 from nodecache.config.context import BlockContext
-from nodecache.config.dns64 import parse_dns64
 from nodecache.config.errors import parse_errors
 from nodecache.config.forward import parse_forward
-from nodecache.config.hosts import parse_hosts
 from nodecache.config.parser import Directive
-from nodecache.config.rewrite import parse_rewrite
 from nodecache.config.settings import HealthSettings, LogSettings, ReloadSettings
-from nodecache.config.template import parse_template
 from nodecache.config.timeouts import parse_timeouts
 
 DEFAULT_PROMETHEUS = "localhost:9153"
@@ -153,6 +150,18 @@ def parse_reload(line: Directive, ctx: BlockContext) -> ReloadSettings:
     return ReloadSettings(interval=interval, jitter=min(jitter, interval / 2))
 
 
+def parser_in(module: str) -> Callable[[Directive, BlockContext], Any]:
+    """``nodecache.config.<module>.parse_<module>``, imported when a Corefile uses it: the
+    answering plugins' settings live in their stages, which load dnspython (about 2 MB of
+    a worker's memory, :mod:`nodecache.core.stages`)."""
+
+    def parse(line: Directive, ctx: BlockContext) -> Any:
+        return getattr(importlib.import_module(f"nodecache.config.{module}"),
+                       f"parse_{module}")(line, ctx)
+
+    return parse
+
+
 #: Directive name -> (ServerBlock field, parser).
 PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "bind": ("bind_lines", parse_bind),
@@ -169,10 +178,10 @@ PLUGINS: dict[str, tuple[str, Callable[[Directive, BlockContext], Any]]] = {
     "ready": ("ready", parse_address_plugin("ready", DEFAULT_READY)),
     "timeouts": ("timeouts", parse_timeouts),
     "reload": ("reload", parse_reload),
-    "hosts": ("hosts", parse_hosts),
-    "template": ("template", parse_template),
-    "rewrite": ("rewrite", parse_rewrite),
-    "dns64": ("dns64", parse_dns64),
+    "hosts": ("hosts", parser_in("hosts")),
+    "template": ("template", parser_in("template")),
+    "rewrite": ("rewrite", parser_in("rewrite")),
+    "dns64": ("dns64", parser_in("dns64")),
     "whoami": ("whoami", parse_flag("whoami")),
 }
 

@@ -10,12 +10,7 @@ import ipaddress
 import math
 import re
 
-import dns.exception
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
+from nodecache.core import wire
 from nodecache.errors import ConfigError
 
 # Go's time.ParseDuration units, in seconds.
@@ -27,6 +22,9 @@ _MAX_DURATION = (2**63 - 1) * 1e-9  # s
 # Enough digits for any value that makes sense here, few enough that int()
 # never has to guard against huge inputs.
 _INT_RE = re.compile(r"[0-9]{1,18}")
+# A name whose text needs no escapes, IDNA or '@' (almost every name in a Corefile).
+_PLAIN_NAME_RE = re.compile(r"(?:[A-Za-z0-9_*-]{1,63}\.)*[A-Za-z0-9_*-]{1,63}\.?")
+_MAX_NAME = 255  # octets in wire form, RFC 1035 section 3.1
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
 
 
@@ -86,9 +84,28 @@ def zone(text: str) -> tuple[str, ...]:
         # Legal in a DNS label, but here it is a misplaced port or address.
         raise ValueError("a zone name has no ':'")
     try:
-        name = dns.name.from_text(text, origin=dns.name.root)
-        return (name.to_text().lower(),)
-    except (dns.exception.DNSException, ValueError, UnicodeError):
+        return (domain_name(text),)
+    except ValueError:
+        raise ValueError("not a valid domain name") from None
+
+
+def domain_name(text: str) -> str:
+    """A domain name as absolute lower-case text (``"Cluster.Local"`` -> ``"cluster.local."``).
+
+    Plain names are checked here; any other text (escapes, non-ASCII, ``@``)
+    goes to dnspython, so that only such Corefiles load it.
+
+    :raises ValueError: Not a valid domain name, saying why.
+    """
+    if _PLAIN_NAME_RE.fullmatch(text) and len(text.rstrip(".")) + 2 <= _MAX_NAME:
+        return text.lower() if text.endswith(".") else text.lower() + "."
+    import dns.exception  # noqa: PLC0415
+    import dns.name  # noqa: PLC0415
+    try:
+        return dns.name.from_text(text, origin=dns.name.root).to_text().lower()
+    except dns.exception.DNSException as exc:
+        raise ValueError(str(exc)) from None
+    except UnicodeError:
         raise ValueError("not a valid domain name") from None
 
 
@@ -171,23 +188,14 @@ def listen_address(text: str) -> str:
 
 def rdtype(text: str) -> int:
     """An RR type mnemonic (``A``, ``AAAA``, ``ANY``, ``TYPE65280``) -> its number."""
-    try:
-        return int(dns.rdatatype.from_text(text))
-    except (dns.exception.DNSException, ValueError):
-        raise ValueError(text) from None
+    return wire.type_value(text)
 
 
 def rdclass(text: str) -> int:
     """A class mnemonic (``IN``, ``CH``, ``ANY``) -> its number."""
-    try:
-        return int(dns.rdataclass.from_text(text))
-    except (dns.exception.DNSException, ValueError):
-        raise ValueError(text) from None
+    return wire.class_value(text)
 
 
 def rcode(text: str) -> int:
     """An RCODE mnemonic (``NOERROR``, ``NXDOMAIN``) -> its number."""
-    try:
-        return int(dns.rcode.from_text(text))
-    except (dns.exception.DNSException, ValueError):
-        raise ValueError(text) from None
+    return wire.rcode_value(text)

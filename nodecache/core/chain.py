@@ -30,15 +30,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
+if TYPE_CHECKING:  # imported where used: only blocks with answering stages load dnspython
+    import dns.message
+    import dns.rrset
 
 _HEADER = struct.Struct("!HHHHHH")  # RFC 1035 section 4.1.1
 _RR_HEAD = struct.Struct("!HHI")  # TYPE, CLASS, TTL (section 4.1.3)
@@ -87,7 +83,7 @@ class Failure:
 
 
 #: Maps one record of a reply back for the client (CoreDNS's ResponseRule).
-RecordRule = Callable[[dns.rrset.RRset], dns.rrset.RRset]
+RecordRule = Callable[["dns.rrset.RRset"], "dns.rrset.RRset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +133,12 @@ class Resolution:
         """An answer to the rewritten question, as the client must see it."""
         if not self.rewritten:
             return data
-        return self.revert_message(dns.message.from_wire(data)).to_wire()
+        import dns.exception  # noqa: PLC0415
+        import dns.message  # noqa: PLC0415
+        try:
+            return self.revert_message(dns.message.from_wire(data)).to_wire()
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"cannot map the answer back: {exc}") from None
 
     def render(self, message: dns.message.Message) -> bytes:
         """A stage's reply as wire bytes, mapped back for the client."""
@@ -227,6 +228,9 @@ def reply_to(request: Request, rcode: int = 0) -> dns.message.Message:
     Its question section is left empty: :meth:`Resolution.render` puts the
     client's in.
     """
+    import dns.flags  # noqa: PLC0415
+    import dns.message  # noqa: PLC0415
+    import dns.rcode  # noqa: PLC0415
     message = dns.message.Message(id=0)
     message.flags = dns.flags.QR | dns.flags.AA | dns.flags.RD
     message.set_rcode(dns.rcode.Rcode.make(rcode))
@@ -235,9 +239,24 @@ def reply_to(request: Request, rcode: int = 0) -> dns.message.Message:
 
 def question_of(request: Request) -> dns.rrset.RRset:
     """The question section entry of ``request`` (the name as the client wrote it)."""
+    import dns.name  # noqa: PLC0415
+    import dns.rdataclass  # noqa: PLC0415
+    import dns.rdatatype  # noqa: PLC0415
+    import dns.rrset  # noqa: PLC0415
     return dns.rrset.RRset(dns.name.from_text(request.qname or request.name),
                            dns.rdataclass.RdataClass.make(request.qclass),
                            dns.rdatatype.RdataType.make(request.qtype))
+
+
+def append_answers(answer: bytes, found: bytes) -> bytes:
+    """``answer`` with the answer records (and TC flag) of ``found`` appended."""
+    import dns.flags  # noqa: PLC0415
+    import dns.message  # noqa: PLC0415
+    message = dns.message.from_wire(answer)
+    extra = dns.message.from_wire(found)
+    message.answer.extend(extra.answer)
+    message.flags |= extra.flags & dns.flags.TC
+    return message.to_wire()
 
 
 def is_under(name: str, zone: str) -> bool:

@@ -30,22 +30,21 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import dns.exception
-import dns.flags
-import dns.message
+from typing import TYPE_CHECKING
 
 from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
-from nodecache.core.chain import Chain, Request, Resolution
+from nodecache.core.chain import Chain, Request, Resolution, append_answers
 from nodecache.core.forwards import ForwardRoute, first_taker, routes_of
 from nodecache.core.cache import (BlockCache, Entry, Kind, Tag, build_entry, classify,
                                   has_expired_rrsig)
 from nodecache.core.stages import chain_for, dns64_for
-from nodecache.core.stages.dns64 import DNS64
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.core.truncate import truncate
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError
+
+if TYPE_CHECKING:
+    from nodecache.core.stages.dns64 import DNS64
 
 #: Listener slots: (server index << 8) | (tcp << 1) | ipv6. They label metrics:
 #: proto, family, and server (``stats.SERVER_LABELS``; index 0: the zone's own).
@@ -66,15 +65,15 @@ _MAX_MESSAGE = wire.MAX_MESSAGE
 STALE_TTL = 0
 
 
-zone_wire = wire.zone_to_wire
-
-
 def _client_limit(data: bytes, end: int, slot: int) -> int:
     """The largest reply the client takes, bytes, from a query the hit path checked:
     TCP's, or over UDP its OPT's size (RFC 6891 section 6.2.5) but never under 512."""
     if slot & 2:
         return _MAX_MESSAGE
     return max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN) if data[11] else _MAX_PLAIN
+
+
+zone_wire = wire.zone_to_wire
 #: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
 _PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
 
@@ -566,7 +565,7 @@ class QueryHandler:
         if miss.resolution is not None:
             try:  # rewrite: the answer as the client must see it (its question, names, TTLs)
                 data = miss.resolution.revert(data)
-            except (ValueError, struct.error, dns.exception.DNSException):
+            except (ValueError, struct.error):
                 return Outcome(data, None, None)
         end = miss.question_end
         key = miss.key
@@ -760,7 +759,7 @@ class QueryHandler:
         else:
             stats.requests[(SLOT_PROTO[miss.slot & 3], SLOT_FAMILY[miss.slot & 3],
                             _type_name(qtype))] += 1
-            stats.responses[(_rcode_name(rcode), plugin)] += 1
+            stats.responses[(wire.rcode_name(rcode), plugin)] += 1
             stats.duration.observe(elapsed)
             proto = SLOT_PROTO[miss.slot & 3]
             stats.request_size[proto].observe(len(miss.query))
@@ -785,7 +784,7 @@ class QueryHandler:
                 proto = SLOT_PROTO[slot & 3]
                 rcode, positive, qtype, question, records, do = tag
                 stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
-                stats.responses[(_rcode_name(rcode), "cache")] += count
+                stats.responses[(wire.rcode_name(rcode), "cache")] += count
                 stats.duration.counts[bucket] += count
                 stats.duration.count += count
                 if do:
@@ -824,15 +823,6 @@ def _bytes(result: bytes | Miss, miss: Miss) -> bytes:
     return wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
 
 
-def append_answers(answer: bytes, found: bytes) -> bytes:
-    """``answer`` with the answer records (and TC flag) of ``found`` appended."""
-    message = dns.message.from_wire(answer)
-    extra = dns.message.from_wire(found)
-    message.answer.extend(extra.answer)
-    message.flags |= extra.flags & dns.flags.TC
-    return message.to_wire()
-
-
 def _request(miss: Miss, addr: object) -> Request:
     """The chain's view of a miss: the question, and who asked over what."""
     remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
@@ -849,9 +839,6 @@ def _background(miss: Miss, origin: Entry) -> Miss:
     return miss
 
 
-_RCODE_NAMES: dict[int, str] = {}
-
-
 #: The query types CoreDNS's metrics name (``plugin/metrics/vars``); every other
 #: type is counted as "other", which keeps the label's cardinality bounded.
 _MONITORED_TYPES = frozenset({"A", "AAAA", "MX", "SOA", "CNAME", "PTR", "TXT", "NS", "SRV",
@@ -863,12 +850,3 @@ def _type_name(qtype: bytes) -> str:
     """The ``type`` label of a query type, as CoreDNS's metrics spell it."""
     name = wire.type_name(int.from_bytes(qtype, "big"))
     return name if name in _MONITORED_TYPES else "other"
-
-
-def _rcode_name(rcode: int) -> str:
-    name = _RCODE_NAMES.get(rcode)
-    if name is None:
-        import dns.rcode
-        name = _RCODE_NAMES[rcode] = dns.rcode.to_text(dns.rcode.Rcode.make(rcode)) \
-            if rcode < 4096 else str(rcode)
-    return name

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-import dns.rcode
-
 from nodecache.config.settings import LogSettings
 from nodecache.core import wire
 from nodecache.core.handler import name_text
-from nodecache.core.wire import class_name, type_name
+from nodecache.core.wire import class_name, rcode_name, type_name
 
 #: CoreDNS ``replacer`` prints this for a placeholder without a value.
 EMPTY_VALUE = "-"
@@ -109,13 +107,7 @@ def format_rcode(rcode: int | None) -> str:
     """``NOERROR``, ``NXDOMAIN``, ...; the number for an unnamed code; ``-`` for none."""
     if rcode is None:
         return EMPTY_VALUE
-    name = _RCODE_NAMES.get(rcode)
-    if name is None:
-        try:
-            name = dns.rcode.to_text(dns.rcode.Rcode(rcode))
-        except ValueError:
-            name = str(rcode)
-    return name
+    return _RCODE_NAMES.get(rcode) or rcode_name(rcode)
 
 
 def _shortest_fixed(value: float) -> str:
@@ -251,11 +243,11 @@ def log_class(rcode: int, answer_count: int, *, soa_in_authority: bool = True) -
     :param answer_count: Records in the answer section.
     :param soa_in_authority: Whether the authority section holds an SOA record.
     """
-    if rcode == dns.rcode.NOERROR:
+    if rcode == wire.NOERROR:
         if answer_count or not soa_in_authority:
             return SUCCESS
         return DENIAL
-    if rcode == dns.rcode.NXDOMAIN and soa_in_authority:
+    if rcode == wire.NXDOMAIN and soa_in_authority:
         return DENIAL
     return ERROR
 

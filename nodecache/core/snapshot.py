@@ -45,6 +45,7 @@ MAX_SIZE = 256 * 1024 * 1024
 _KINDS = (Kind.SUCCESS, Kind.DENIAL, Kind.SERVFAIL)
 _HEAD = struct.Struct("!8sHdI")
 _FIXED = struct.Struct("!BHIdB")
+_F64 = struct.Struct("!d")
 
 
 class SnapshotError(NodecacheError):
@@ -100,9 +101,6 @@ class _Reader:
         self.offset = end
         return chunk
 
-    def unpack(self, fmt: struct.Struct) -> tuple[object, ...]:
-        return fmt.unpack(self.take(fmt.size))
-
     def u8(self) -> int:
         return self.take(1)[0]
 
@@ -111,6 +109,10 @@ class _Reader:
 
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "big")
+
+    def f64(self) -> float:
+        value: float = _F64.unpack(self.take(8))[0]
+        return value
 
 
 def load(data: bytes, now: float, wall: float) -> list[Restored]:
@@ -124,26 +126,28 @@ def load(data: bytes, now: float, wall: float) -> list[Restored]:
         raise SnapshotError("not a nodecache cache snapshot")
     body, crc = data[:-4], int.from_bytes(data[-4:], "big")
     reader = _Reader(body)
-    _magic, version, written, count = reader.unpack(_HEAD)
+    # _HEAD, field by field
+    reader.take(len(MAGIC))
+    version, written, count = reader.u16(), reader.f64(), reader.u32()
     if version != VERSION:
         raise SnapshotError(f"snapshot version {version}, this agent reads {VERSION}")
     if zlib.crc32(body) != crc:
         raise SnapshotError("snapshot checksum mismatch")
-    gap = max(0.0, wall - float(written))  # type: ignore[arg-type]
+    gap = max(0.0, wall - written)
     restored: list[Restored] = []
     try:
-        for _ in range(int(count)):  # type: ignore[call-overload]
+        for _ in range(count):
             zone = reader.take(reader.u8()).decode("utf-8")
             key = reader.take(reader.u16())
-            kind, rcode, ttl, age, keep = reader.unpack(_FIXED)
+            # _FIXED, field by field
+            kind, rcode, ttl, age, keep = reader.u8(), reader.u16(), reader.u32(), reader.f64(), reader.u8()
             headers = tuple(reader.take(reader.u8()) for _ in range(4))
             variants = []
             for _ in range(reader.u16()):
-                variants.append([reader.take(reader.u32()) for _ in range(reader.u16())])
+                variants.append(tuple(reader.take(reader.u32()) for _ in range(reader.u16())))
             if not variants or len(key) < 5 or any(len(h) != 10 for h in headers):
                 raise SnapshotError("malformed entry")
-            entry = Entry(key, _KINDS[kind], rcode, headers, variants, ttl,  # type: ignore
-                          now - age - gap)  # type: ignore[operator]
+            entry = Entry(key, _KINDS[kind], rcode, headers, tuple(variants), ttl, now - age - gap)
             entry.keep = bool(keep)
             restored.append(Restored(zone, entry))
     except (IndexError, UnicodeDecodeError) as exc:

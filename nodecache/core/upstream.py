@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-import dns.rcode
+from nodecache.core.wire import rcode_name as _mnemonic
 
 __all__ = [
     "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
@@ -127,12 +127,12 @@ def rcode_of(wire: bytes) -> int:
     return wire[3] & 0x0F
 
 
-#: Header RCODE -> the text ``dns.rcode.to_text`` gives, looked up once.
-_RCODE_NAMES = tuple(dns.rcode.to_text(dns.rcode.Rcode(i)) for i in range(16))
+#: Header RCODE -> its mnemonic, looked up once.
+_RCODE_NAMES = tuple(_mnemonic(i) for i in range(16))
 
 
 def rcode_name(rcode: int) -> str:
-    """Same text as ``dns.rcode.to_text`` for header RCODEs, without the enum lookup."""
+    """The mnemonic of the header RCODE in the low 4 bits of ``rcode``."""
     return _RCODE_NAMES[rcode & 0x0F]
 
 

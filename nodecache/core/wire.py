@@ -365,24 +365,72 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
     return offset == cut
 
 
-_TYPE_NAMES: dict[int, str] = {}
-_CLASS_NAMES: dict[int, str] = {}
+# Mnemonics of the IANA DNS parameter registries (RFC 6895 section 3), spelled as
+# dnspython and miekg/dns print them; a number without one prints as TYPE<n>,
+# CLASS<n> or plain <n> for an RCODE (RFC 3597 section 5 for types and classes).
+_TYPE_NAMES: dict[int, str] = {
+    1: "A", 2: "NS", 3: "MD", 4: "MF", 5: "CNAME", 6: "SOA", 7: "MB", 8: "MG", 9: "MR",
+    10: "NULL", 11: "WKS", 12: "PTR", 13: "HINFO", 14: "MINFO", 15: "MX", 16: "TXT", 17: "RP",
+    18: "AFSDB", 19: "X25", 20: "ISDN", 21: "RT", 22: "NSAP", 23: "NSAP-PTR", 24: "SIG",
+    25: "KEY", 26: "PX", 27: "GPOS", 28: "AAAA", 29: "LOC", 30: "NXT", 33: "SRV", 35: "NAPTR",
+    36: "KX", 37: "CERT", 38: "A6", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS", 44: "SSHFP",
+    45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID", 50: "NSEC3",
+    51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 56: "NINFO", 59: "CDS", 60: "CDNSKEY",
+    61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS", 66: "DSYNC", 67: "HHIT",
+    68: "BRID", 99: "SPF", 103: "UNSPEC", 104: "NID", 105: "L32", 106: "L64", 107: "LP",
+    108: "EUI48", 109: "EUI64", 128: "NXNAME", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR",
+    253: "MAILB", 254: "MAILA", 255: "ANY", 256: "URI", 257: "CAA", 258: "AVC", 260: "AMTRELAY",
+    261: "RESINFO", 262: "WALLET", 32768: "TA", 32769: "DLV",
+}
+_CLASS_NAMES = {0: "RESERVED0", 1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+                5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
+                10: "NOTZONE", 11: "DSOTYPENI", 16: "BADVERS", 17: "BADKEY", 18: "BADTIME",
+                19: "BADMODE", 20: "BADNAME", 21: "BADALG", 22: "BADTRUNC", 23: "BADCOOKIE"}
+# Text -> number, with the other spellings the parsers have always accepted.
+_TYPE_VALUES = {name: value for value, name in _TYPE_NAMES.items()} | {"NSAP_PTR": 23, "NONE": 0}
+_CLASS_VALUES = {name: value for value, name in _CLASS_NAMES.items()} | {
+    "INTERNET": 1, "CHAOS": 3, "HESIOD": 4}
+_RCODE_VALUES = {name: value for value, name in _RCODE_NAMES.items()} | {"BADSIG": 16}
 
 
 def type_name(rdtype: int) -> str:
-    """Mnemonic of an RR type (``A``, ``TYPE65280``), memoised; for logs and metric labels."""
-    name = _TYPE_NAMES.get(rdtype)
-    if name is None:
-        import dns.rdatatype  # noqa: PLC0415 - only off the hot path
-        name = _TYPE_NAMES[rdtype] = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
-    return name
+    """Mnemonic of an RR type (``A``, ``TYPE65280``); for logs and metric labels."""
+    return _TYPE_NAMES.get(rdtype) or f"TYPE{rdtype}"
 
 
 def class_name(rdclass: int) -> str:
-    """Mnemonic of a class (``IN``, ``CH``, ``CLASS42``), memoised."""
-    name = _CLASS_NAMES.get(rdclass)
-    if name is None:
-        import dns.rdataclass  # noqa: PLC0415
-        name = _CLASS_NAMES[rdclass] = dns.rdataclass.to_text(
-            dns.rdataclass.RdataClass.make(rdclass))
-    return name
+    """Mnemonic of a class (``IN``, ``CH``, ``CLASS42``)."""
+    return _CLASS_NAMES.get(rdclass) or f"CLASS{rdclass}"
+
+
+def rcode_name(rcode: int) -> str:
+    """Mnemonic of an RCODE (``NOERROR``, ``BADVERS``), the number for an unnamed one."""
+    return _RCODE_NAMES.get(rcode) or str(rcode)
+
+
+def _mnemonic_value(text: str, values: dict[str, int], prefix: str, maximum: int) -> int:
+    upper = text.upper()
+    value = values.get(upper)
+    if value is not None:
+        return value
+    digits = upper[len(prefix):]
+    if upper.startswith(prefix) and digits.isascii() and digits.isdigit() \
+            and int(digits) <= maximum:
+        return int(digits)
+    raise ValueError(text)
+
+
+def type_value(text: str) -> int:
+    """An RR type from its mnemonic, any case, or ``TYPE<n>``; ValueError if neither."""
+    return _mnemonic_value(text, _TYPE_VALUES, "TYPE", 0xFFFF)
+
+
+def class_value(text: str) -> int:
+    """A class from its mnemonic, any case, or ``CLASS<n>``; ValueError if neither."""
+    return _mnemonic_value(text, _CLASS_VALUES, "CLASS", 0xFFFF)
+
+
+def rcode_value(text: str) -> int:
+    """An RCODE from its mnemonic, any case, or its number (up to 4095, RFC 6891 section 6.1.3)."""
+    return _mnemonic_value(text, _RCODE_VALUES, "", 0xFFF)

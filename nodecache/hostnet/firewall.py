@@ -296,7 +296,7 @@ class NftablesFirewall(Firewall):
         objs = self._table()
         have = self._counts(objs)
         want = Counter(f"{r.nft_chain}|{r.comment}" for r in rules)
-        chains = {o["chain"]["name"] for o in objs or () if isinstance(o.get("chain"), dict)}  # type: ignore[index]
+        chains = {chain["name"] for o in objs or () if isinstance(chain := o.get("chain"), dict)}
         if objs is not None and have == want and chains == {c[0] for c in NFT_CHAINS.values()}:
             return 0
         added = sum(1 for k in want if not have[k])

@@ -23,9 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import dns.exception
-import dns.name
-
+from nodecache.config.values import domain_name
 from nodecache.errors import ConfigError
 
 #: Where node-cache looks when ``-kubednscm`` is not given.
@@ -106,10 +104,10 @@ def _parse_domain(text: object) -> str:
     if not isinstance(text, str) or not text.strip(".").strip():
         raise KubeDNSConfigError(f"{STUB_DOMAINS_KEY}: {text!r} is not a domain name")
     try:
-        name = dns.name.from_text(text.strip())
-    except dns.exception.DNSException as exc:
+        name = domain_name(text.strip())
+    except ValueError as exc:
         raise KubeDNSConfigError(f"{STUB_DOMAINS_KEY}: {text!r} is not a domain name: {exc}") from None
-    return name.to_text(omit_final_dot=True).lower()
+    return name[:-1] or "@"  # dnspython's spelling of the root
 
 
 def _load_json(key: str, text: str) -> object:

@@ -34,6 +34,9 @@ import dns.rdtypes.ANY.SOA
 import dns.rrset
 import dns.zone
 
+from nodecache.core.upstream import frame
+from nodecache.core.wire import read_u16
+
 from .zones import build_zones
 
 log = logging.getLogger(__name__)
@@ -268,7 +271,7 @@ class SampleAuthority:
             for _ in range(TCP_MAX_QUERIES):
                 try:
                     head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
-                    (length,) = struct.unpack("!H", head)
+                    length = read_u16(head, 0)
                     data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     break
@@ -279,7 +282,7 @@ class SampleAuthority:
                     reply = None
                 if reply is None:
                     break
-                writer.write(struct.pack("!H", len(reply)) + reply)
+                writer.write(frame(reply))
                 await writer.drain()
         except ConnectionError:
             pass

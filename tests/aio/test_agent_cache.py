@@ -1,8 +1,9 @@
-"""The cache over real loopback sockets: TTLs, negative answers, keys, case echo.
+"""The cache over real loopback sockets: the TTL counting down in loop time, a
+truncated upstream answer retried over TCP and never stored, DO forwarded, the ID,
+question case, AA/AD and RD echoed on a miss and on a hit.
 
-Where waiting for a clock would be slow, the listener's handler is driven
-directly with an injected ``now`` (loop time plus an offset); the entry it
-reads was stored through the real socket path.
+What is stored for how long, the TTL countdown and the key, table by table with
+a fake clock, are in tests/core/test_core_cache.py.
 """
 from __future__ import annotations
 
@@ -10,24 +11,17 @@ import asyncio
 
 import dns.flags
 import dns.message
-import dns.rcode
-import dns.rdatatype
 import pytest
 
-from nodecache.core.handler import Miss
-from tests.kit.agentkit import LOOPBACK, AgentKit, handler_of, negative, rcode_text, ttls
+from nodecache.core import wire
+from tests.kit.agentkit import AgentKit, handler_of
+from tests.kit.answers import ttls
 from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer, truncated
 from tests.kit.queries import make_query
 
 __all__ = ["loop_errors"]
 pytestmark = pytest.mark.usefixtures("loop_errors")
-
-
-def udp_ttl(reply: bytes) -> int:
-    """The TTL of the first answer record, read from the wire."""
-    msg = dns.message.from_wire(reply)
-    return ttls(msg)[0]
 
 
 # -- TTL countdown -------------------------------------------------------------
@@ -45,144 +39,23 @@ async def test_ttl_counts_down_in_real_time() -> None:
         assert len(up.queries) == 1
 
 
-# (seconds after storing, expected TTL or None for "a miss again")
-COUNTDOWN = [(0.0, 10), (0.5, 10), (1.0, 9), (4.2, 6), (9.9, 1), (10.0, None), (60.0, None)]
+# -- truncation ------------------------------------------------------------------
 
 
-async def test_ttl_countdown_with_injected_clock() -> None:
-    async with FakeUpstream(answer_from({"a.example. A": "192.0.2.1"}, ttl=10)) as up, \
-            AgentKit(corefile(up.port)) as kit:
-        loop = asyncio.get_running_loop()
-        before = loop.time()
-        await kit.query("a.example.")
-        after = loop.time()
-        handler = handler_of(kit)
-        entry = next(iter(handler.index.values()))
-        assert before <= entry.stored <= after
-        wire = make_query("a.example.", qid=7).to_wire()
-        for offset, expected in COUNTDOWN:
-            result = handler.handle(wire, entry.stored + offset, 0, (LOOPBACK, 1))
-            if expected is None:
-                assert isinstance(result, Miss), offset
-            else:
-                assert isinstance(result, bytes), offset
-                assert result[:2] == b"\x00\x07"
-                assert udp_ttl(result) == expected, offset
-
-
-# -- what is stored, and for how long --------------------------------------------
-
-SOA_ZONE = "example."
-
-
-def _positive(ttl: int):
-    return lambda q, proto: make_answer(q, ["192.0.2.1"], ttl=ttl)
-
-
-def _neg(rcode: int, soa_ttl: int | None, minimum: int = 3600):
-    return lambda q, proto: negative(q, rcode=rcode, zone=SOA_ZONE, soa_ttl=soa_ttl,
-                                     minimum=minimum)
-
-
-# (id, cache config, upstream handler, expected rcode, expected TTL on the first reply
-#  or None when the answer is not cached)
-STORE_CASES = [
-    ("positive clamped to max", "cache 30", _positive(300), "NOERROR", 30),
-    ("positive under max", "cache 30", _positive(20), "NOERROR", 20),
-    ("positive raised to default min 5", "cache 30", _positive(2), "NOERROR", 5),
-    ("positive with min 1", "cache {\n success 100 30 1\n }", _positive(2), "NOERROR", 2),
-    ("nxdomain SOA minimum wins", "cache 300", _neg(dns.rcode.NXDOMAIN, 60, 10), "NXDOMAIN", 10),
-    ("nxdomain SOA ttl wins", "cache 300", _neg(dns.rcode.NXDOMAIN, 8, 100), "NXDOMAIN", 8),
-    ("nxdomain clamped to denial max", "cache {\n denial 100 15\n }",
-     _neg(dns.rcode.NXDOMAIN, 60, 60), "NXDOMAIN", 15),
-    ("nxdomain raised to denial min", "cache 300", _neg(dns.rcode.NXDOMAIN, 1, 1), "NXDOMAIN", 5),
-    ("nodata SOA minimum wins", "cache 300", _neg(dns.rcode.NOERROR, 60, 20), "NOERROR", 20),
-    ("nodata clamped to denial max", "cache {\n denial 100 15 2\n }",
-     _neg(dns.rcode.NOERROR, 3600, 3600), "NOERROR", 15),
-    ("nxdomain without SOA not cached", "cache 300", _neg(dns.rcode.NXDOMAIN, None),
-     "NXDOMAIN", None),
-    ("refused not cached", "cache 300",
-     lambda q, proto: make_answer(q, rcode=dns.rcode.REFUSED), "REFUSED", None),
-]
-
-
-@pytest.mark.parametrize("cache,handler,rcode,ttl", [c[1:] for c in STORE_CASES],
-                         ids=[c[0] for c in STORE_CASES])
-async def test_store_and_ttl(cache: str, handler, rcode: str, ttl: int | None) -> None:
-    async with FakeUpstream(handler) as up, AgentKit(corefile(up.port, cache=cache)) as kit:
-        first = await kit.query("a.example.")
-        second = await kit.query("a.example.")
-        assert rcode_text(first) == rcode_text(second) == rcode
-        if ttl is None:
-            assert len(up.queries) == 2
-            return
-        assert len(up.queries) == 1
-        # Every record carries the one clamped TTL (the SOA of a denial too).
-        assert set(ttls(first)) == {ttl}
-        assert set(ttls(second)) <= {ttl, ttl - 1}
-        if rcode != "NOERROR" or not first.answer:
-            assert first.authority and first.authority[0].rdtype == dns.rdatatype.SOA
-
-
-async def test_servfail_cached_for_servfail_duration() -> None:
-    async with FakeUpstream(lambda q, p: make_answer(q, rcode=dns.rcode.SERVFAIL)) as up, \
-            AgentKit(corefile(up.port, cache="cache 30 {\n servfail 2s\n }")) as kit:
-        first = await kit.query("a.example.")
-        second = await kit.query("a.example.")
-        assert rcode_text(first) == rcode_text(second) == "SERVFAIL"
-        assert len(up.queries) == 1
-        handler = handler_of(kit)
-        entry = next(iter(handler.index.values()))
-        wire = make_query("a.example.").to_wire()
-        assert isinstance(handler.handle(wire, entry.stored + 1.9, 0), bytes)
-        assert isinstance(handler.handle(wire, entry.stored + 2.0, 0), Miss)
-
-
-async def test_servfail_zero_disables_caching() -> None:
-    async with FakeUpstream(lambda q, p: make_answer(q, rcode=dns.rcode.SERVFAIL)) as up, \
-            AgentKit(corefile(up.port, cache="cache 30 {\n servfail 0\n }")) as kit:
-        for _ in range(2):
-            assert rcode_text(await kit.query("a.example.")) == "SERVFAIL"
-        assert len(up.queries) == 2
-
-
-async def test_truncated_answers_are_never_cached() -> None:
+async def test_truncated_answers_are_retried_over_tcp_and_never_cached() -> None:
     # An upstream that truncates even over TCP: the client sees TC=1, nothing is stored.
     async with FakeUpstream(lambda q, p: truncated(q)) as up, \
             AgentKit(corefile(up.port)) as kit:
         first = await kit.query("a.example.")
         assert first.flags & dns.flags.TC
-        asked = len(up.queries)
+        assert [q.proto for q in up.queries] == ["udp", "tcp"]
         second = await kit.query("a.example.")
         assert second.flags & dns.flags.TC
-        assert len(up.queries) > asked
+        assert [q.proto for q in up.queries] == ["udp", "tcp"] * 2
         assert not handler_of(kit).index
 
 
-# -- the key -------------------------------------------------------------------
-
-# (first query kwargs, second query kwargs, shares the entry?)
-KEY_CASES = [
-    ("same name other case", dict(name="a.example."), dict(name="A.EXAMPLE."), True),
-    ("other qtype", dict(name="a.example."), dict(name="a.example.", rdtype="AAAA"), False),
-    ("DO bit", dict(name="a.example."), dict(name="a.example.", dnssec=True), False),
-    ("CD bit", dict(name="a.example."), dict(name="a.example.", cd=True), False),
-    ("EDNS without DO", dict(name="a.example."), dict(name="a.example.", edns=0), True),
-    ("RD clear", dict(name="a.example."), dict(name="a.example.", rd=False), True),
-    ("other name", dict(name="a.example."), dict(name="b.example."), False),
-]
-
-
-@pytest.mark.parametrize("first,second,shared", [c[1:] for c in KEY_CASES],
-                         ids=[c[0] for c in KEY_CASES])
-async def test_cache_key(first: dict, second: dict, shared: bool) -> None:
-    records = {"a.example. A": "192.0.2.1", "a.example. AAAA": "2001:db8::1",
-               "b.example. A": "192.0.2.2"}
-    async with FakeUpstream(records=records) as up, AgentKit(corefile(up.port)) as kit:
-        one = await kit.query(first.pop("name"), **first)
-        two = await kit.query(second.pop("name"), **second)
-        assert one.rcode() == two.rcode() == dns.rcode.NOERROR
-        assert len(up.queries) == (1 if shared else 2)
+# -- DO --------------------------------------------------------------------------
 
 
 async def test_do_bit_is_forwarded_and_echoed() -> None:
@@ -202,11 +75,8 @@ async def test_do_bit_is_forwarded_and_echoed() -> None:
 # -- what is echoed --------------------------------------------------------------
 
 
-def _question_bytes(wire: bytes) -> bytes:
-    end = 12
-    while wire[end]:
-        end += 1 + wire[end]
-    return wire[12:end + 5]
+def _question_bytes(data: bytes) -> bytes:
+    return data[wire.HEADER_LEN:wire.read_qname(data, wire.HEADER_LEN) + 4]
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -249,17 +119,3 @@ async def test_rd_echoed_from_client() -> None:
         without = await kit.query("a.example.", rd=False)
         assert with_rd.flags & dns.flags.RD
         assert not without.flags & dns.flags.RD
-
-
-async def test_capacity_evicts() -> None:
-    records = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 6)}
-    async with FakeUpstream(records=records) as up, \
-            AgentKit(corefile(up.port, cache="cache 30 {\n success 2\n }")) as kit:
-        for i in range(1, 6):
-            await kit.query(f"n{i}.example.")
-        index = handler_of(kit).index
-        assert len(index) <= 2
-        samples_before = len(up.queries)
-        await kit.query("n1.example.")  # evicted first: back to the upstream
-        assert len(up.queries) == samples_before + 1
-

@@ -10,7 +10,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.kit.agentkit import AgentKit, rcode_text, total
+from tests.kit.agentkit import AgentKit, total
+from tests.kit.answers import rcode_text
 from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, loop_errors
 from tests.kit.queries import make_query

@@ -6,7 +6,8 @@ import logging
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, handler_of, rcode_text, total, ttls
+from tests.kit.agentkit import AgentKit, handler_of, total
+from tests.kit.answers import rcode_text, ttls
 from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, loop_errors
 from tests.kit.queries import make_query

@@ -130,3 +130,24 @@ def test_bare_flags_mean_run() -> None:
     assert command_argv(["--conf=/etc/Corefile"]) == ["run", "--conf=/etc/Corefile"]
     for unchanged in (["check-config", "/etc/Corefile"], ["--help"], ["-h"], ["--version"], []):
         assert command_argv(unchanged) == unchanged
+
+
+def test_the_supervisor_gets_the_normalised_arguments(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # With host networking, `run` checks everything, then hands its own arguments
+    # (Go-style flags normalised) to the supervisor it becomes; nothing is touched before.
+    from nodecache import cli, supervisor
+    conf = tmp_path / "Corefile"
+    conf.write_text(".:53 {\n    health 169.254.20.10:8080\n    forward . 127.0.0.1\n}\n")
+    handed: list[list[str]] = []
+
+    def become(args: list[str]) -> None:
+        handed.append(list(args))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(supervisor, "become_supervisor", become)
+    argv = ["-localip", "169.254.20.10", "-conf", str(conf), "-setupiptables=false"]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert handed == [["run", "--localip", "169.254.20.10", "--conf", str(conf),
+                       "--no-setupiptables"]]

@@ -22,7 +22,8 @@ import dns.rcode
 import pytest
 
 from nodecache.config.settings import ForwardSettings
-from tests.kit.agentkit import AgentKit, rcode_text
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import rcode_text
 from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, loop_errors, make_answer
 from tests.kit.refnodecache import closed_port, free_port, node_cache

@@ -15,7 +15,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, rcode_text
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import rcode_text
 from tests.kit.diffkit import Pair, Zone
 from tests.kit.fakeupstream import FakeUpstream
 from tests.kit.refnodecache import closed_port

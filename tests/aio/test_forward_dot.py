@@ -16,6 +16,7 @@ import pytest
 from nodecache.config import parse_text
 from nodecache.config.settings import Upstream
 from nodecache.errors import ConfigError, UpstreamError
+from tests.kit.corefiles import corefile
 from tests.kit.diffkit import Pair
 from tests.kit.dotkit import RECORDS, SERVER_NAME, DoT, dot_server
 from tests.kit.queries import query_wire
@@ -78,11 +79,6 @@ async def test_unverified_upstream_is_not_used(dot: DoT, tls_files: str, servern
         await fwd.close()
 
 
-def corefile(dot: DoT, options: str) -> str:
-    return (f".:53 {{\n  bind 127.0.0.1\n  cache 30\n"
-            f"  forward . tls://{dot.host}:{dot.port} {{\n{options}  }}\n}}\n")
-
-
 @pytest.mark.parametrize("options", [
     f"    tls CA\n    tls_servername {SERVER_NAME}\n",
     "    tls CERT KEY CA\n",
@@ -90,7 +86,9 @@ def corefile(dot: DoT, options: str) -> str:
 async def test_answers_match_node_cache(dot: DoT, options: str, tmp_path: Path) -> None:
     options = options.replace("CERT", str(dot.client_cert)).replace("KEY", str(dot.client_key)) \
         .replace("CA", str(dot.ca))
-    async with Pair(corefile(dot, options), tmp_path) as pair:
+    text = corefile(f"tls://{dot.host}:{dot.port}", "bind 127.0.0.1", forward_options=options.rstrip("\n"),
+                    server=".:53")
+    async with Pair(text, tmp_path) as pair:
         for rr in RECORDS:
             name, _, _, rdtype, _ = rr.split(None, 4)
             await pair.check(name, rdtype)

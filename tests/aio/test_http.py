@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from nodecache.aio.http import (
     HttpEndpoints,
@@ -15,6 +14,7 @@ from nodecache.aio.http import (
     self_check,
 )
 from nodecache.core.stats import AgentStats, ServerStats
+from nodecache.exposition import Registry
 from nodecache.metrics import StatsCollector, StatsSources, make_registry
 
 
@@ -179,8 +179,7 @@ async def test_slow_client_is_cut_off(endpoints: HttpEndpoints) -> None:
 
 async def test_routes_share_one_address(endpoints: HttpEndpoints) -> None:
     [(host, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
-    again = await endpoints.start(f"{host}:{port}", {"/metrics": metrics_route(
-        CollectorRegistry())})
+    again = await endpoints.start(f"{host}:{port}", {"/metrics": metrics_route(Registry())})
     assert again == [(host, port)]
     assert (await request(port, get("/health")))[0] == 200
     assert (await request(port, get("/metrics")))[0] == 200
@@ -233,7 +232,7 @@ async def test_close_drops_idle_connections() -> None:
 async def test_overlapping_addresses_rejected(endpoints: HttpEndpoints) -> None:
     [(_, port)] = await endpoints.start("127.0.0.1:0", {"/health": health_route()})
     with pytest.raises(ValueError, match="overlaps"):
-        await endpoints.start(f"0.0.0.0:{port}", {"/metrics": metrics_route(CollectorRegistry())})
+        await endpoints.start(f"0.0.0.0:{port}", {"/metrics": metrics_route(Registry())})
     assert (await request(port, get("/health")))[0] == 200
 
 

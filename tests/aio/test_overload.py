@@ -16,7 +16,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, rcode_text
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import rcode_text
 from tests.kit.corefiles import corefile
 from tests.kit.dnsmasq import dnsmasq
 from tests.kit.fakeupstream import RESET, FakeUpstream, make_answer

@@ -21,7 +21,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.kit.agentkit import AgentKit, negative
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import negative
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, truncated
 from tests.kit.refnodecache import free_port, node_cache
 

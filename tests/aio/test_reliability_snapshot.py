@@ -10,7 +10,8 @@ import pytest
 
 from nodecache.core import snapshot
 from nodecache.core.cache import Entry, Kind
-from tests.kit.agentkit import AgentKit, ttls
+from tests.kit.agentkit import AgentKit
+from tests.kit.answers import ttls
 from tests.kit.fakeupstream import FakeUpstream
 
 NAMES = [f"n{i}.example." for i in range(200)]
@@ -18,7 +19,7 @@ NAMES = [f"n{i}.example." for i in range(200)]
 
 def entry(key: bytes = b"\x01a\x00\x00\x01\x00\x01", stored: float = 100.0) -> Entry:
     headers = tuple(bytes(10) for _ in range(4))
-    return Entry(key, Kind.SUCCESS, 0, headers, [[b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"]],
+    return Entry(key, Kind.SUCCESS, 0, headers, ((b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"),),
                  300, stored)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,10 +140,12 @@ def _namespaces_of(cp: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def test_core_micro_benchmark_drives_the_handler() -> None:
-    """``python -m nodebench.core``: hits and misses through QueryHandler, figures in us/op.
+    """``python -m nodebench.core``: hits (also with plugins in front of the cache) and misses
+    through QueryHandler, the miss by stage with the upstream connection's framing, in us/op.
 
-    The module itself checks that its misses were misses and its hits were
-    answered from the cache (it raises otherwise); no timing is asserted.
+    The module itself checks that its misses were misses, its hits were answered
+    from the cache and the connection matched every answer (it raises
+    otherwise); no timing is asserted.
     """
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'bench'}{os.pathsep}{ROOT}")
     cp = subprocess.run([sys.executable, "-m", "nodebench.core", "--json", "--names", "300", "--rounds", "2"],
@@ -150,11 +153,21 @@ def test_core_micro_benchmark_drives_the_handler() -> None:
     assert cp.returncode == 0, cp.stderr[-2000:]
     res = json.loads(cp.stdout)
     assert res["names"] == 300
-    for kind in ("hit", "miss"):
+    for kind in ("hit", "miss", "hit_plugins"):
         assert res[kind]["rounds"] == 2
         assert 0 < res[kind]["best_us"] <= res[kind]["median_us"] < 1e5, res[kind]
-    assert set(res["miss_stages_us"]) == {"handle", "upstream_query", "absorb", "reply"}
+    assert list(res["miss_stages_us"]) == ["handle", "upstream_query", "send", "receive", "absorb", "reply"]
     assert all(v > 0 for v in res["miss_stages_us"].values())
+
+
+def test_core_micro_benchmark_measures_another_tree(tmp_path: Path) -> None:
+    """``--tree DIR`` measures the nodecache package found there, not the installed one."""
+    shutil.copytree(ROOT / "nodecache", tmp_path / "nodecache", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'bench'}{os.pathsep}{ROOT}")
+    cp = subprocess.run([sys.executable, "-m", "nodebench.core", "--json", "--names", "50", "--rounds", "1",
+                         "--tree", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert json.loads(cp.stdout)["tree"] == str(tmp_path)
 
 
 def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
@@ -166,3 +179,40 @@ def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
     assert cp.returncode == 2, (cp.stdout, cp.stderr)
     assert "make .venv/.installed" in cp.stderr and "no network here" in cp.stderr, cp.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.timeout(180)
+def test_missrate_on_loopback_measures_every_cache() -> None:
+    """``bench/run --missrate``: nodecache, node-cache (its build beside the project) and
+    unbound forward never-seen names over TCP to one knotd on loopback; every cache answers
+    (nearly) every name of the burst and gets a row with figures. Timings are not asserted."""
+    assert NODE_CACHE.exists(), f"the node-cache build is missing: {NODE_CACHE}"
+    cp = subprocess.run([str(ROOT / "bench" / "run"), "--missrate", "--names", "2000", "--light", "100",
+                         "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
+    assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound"], cp.stdout
+    for cells in rows[1:]:  # misses/s, CPU, latency, PSS, RSS; CPU counts 10 ms ticks, so it may read 0
+        values = [float(c.strip().replace(",", "")) for c in cells[1:]]
+        assert len(values) == 5 and values[1] >= 0 and all(v > 0 for v in values[:1] + values[2:]), cells
+    answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
+    assert len(answered) == 3 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
+
+
+@pytest.mark.timeout(180)
+def test_hitrate_on_loopback_measures_every_server() -> None:
+    """``bench/run --hitrate``: nodecache, node-cache, unbound and the Python floor answer the
+    same cached names again and again; every server answers (nearly) every query of the burst
+    and gets a row, CPU per hit also as a multiple of the floor's. Timings are not asserted."""
+    assert NODE_CACHE.exists(), f"the node-cache build is missing: {NODE_CACHE}"
+    cp = subprocess.run([str(ROOT / "bench" / "run"), "--hitrate", "--names", "100", "--hits", "20000",
+                         "--paced", "2500", "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
+    assert [cells[0].strip() for cells in rows] == ["server", "nodecache", "node-cache", "unbound", "floor"]
+    for cells in rows[1:]:  # hits/s, CPU per hit, x floor, CPU at 5,000 q/s; CPU counts 10 ms ticks
+        assert float(cells[1].strip().replace(",", "")) > 0, cells
+        assert float(cells[2]) >= 0 and float(cells[4]) >= 0, cells
+        assert cells[3].strip() == "-" or float(cells[3]) >= 0, cells
+    answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
+    assert len(answered) == 4 and min(answered) >= 19_000, cp.stderr  # UDP may drop a few under load

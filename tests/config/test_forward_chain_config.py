@@ -80,3 +80,12 @@ def test_forward_lines_in_order_with_their_options() -> None:
 def test_one_forward_has_no_later_ones() -> None:
     block = parse_text(_block("  forward . 10.0.0.1\n"), path="Corefile", env={}).blocks[0]
     assert block.later_forwards == ()
+
+
+def test_check_config_names_the_rcodes_that_hand_on() -> None:
+    from nodecache.config.describe import describe
+    text = describe(parse_text(_block("  forward . 10.0.0.1 {\n    next nxdomain\n"
+                                      "    failover SERVFAIL refused\n  }\n"),
+                               path="Corefile", env={}))
+    assert "next forward on NXDOMAIN" in text
+    assert "next upstream on SERVFAIL REFUSED" in text

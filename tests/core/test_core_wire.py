@@ -130,3 +130,37 @@ def test_same_question(asked: str, answered: str, same: bool) -> None:
     query = dns.message.make_query(asked, "A")
     other = dns.message.make_response(dns.message.make_query(answered, "A"))
     assert wire.same_question(query.to_wire(), other.to_wire()) is same
+
+
+def test_mnemonics_are_dnspythons_for_every_number() -> None:
+    import dns.rdataclass
+    import dns.rdatatype
+    for value in range(65536):
+        assert wire.type_name(value) == dns.rdatatype.to_text(value)
+        assert wire.class_name(value) == dns.rdataclass.to_text(value)
+    for value in range(4096):
+        assert wire.rcode_name(value) == dns.rcode.to_text(value)
+    assert wire.rcode_name(4096) == "4096"  # an extended RCODE has 12 bits
+
+
+@pytest.mark.parametrize("text", [
+    "A", "aaaa", "NSAP-PTR", "nsap_ptr", "NONE", "TYPE0", "type65535", "TYPE65536", "TYPE",
+    "TYPE-1", "TYPE\u0661", "TYPE 1", "IN", "internet", "chaos", "HS", "hesiod", "ANY",
+    "CLASS5", "class65535", "CLASS65536", "RESERVED0", "noerror", "BADSIG", "badvers",
+    "12", "4095", "4096", "", "0", "x", "\u0131n"])
+def test_mnemonic_values_accept_what_dnspython_accepts(text: str) -> None:
+    import dns.exception
+    import dns.rdataclass
+    import dns.rdatatype
+    for ours, theirs in ((wire.type_value, dns.rdatatype.from_text),
+                         (wire.class_value, dns.rdataclass.from_text),
+                         (wire.rcode_value, dns.rcode.from_text)):
+        try:
+            expected: int | None = int(theirs(text))
+        except (dns.exception.DNSException, ValueError):
+            expected = None
+        try:
+            got: int | None = ours(text)
+        except ValueError:
+            got = None
+        assert got == expected, (ours.__name__, text)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import platform
 
 import pytest
-from prometheus_client import generate_latest
+import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodecache.core.stats import AgentStats, CacheStats, ForwardStats, ServerStats
+from nodecache import exposition
+from nodecache.exposition import render
 from nodecache.metrics import SETUP_ERROR_TYPES, StatsCollector, make_registry
 
 SERVER = "dns://:53"
@@ -16,7 +18,7 @@ UP = "10.96.0.10:53"
 
 
 def scrape(collector: StatsCollector) -> list[str]:
-    text = generate_latest(make_registry(collector, process_metrics=False)).decode()
+    text = render(make_registry(collector, process_metrics=False)).decode()
     return [line for line in text.splitlines() if not line.startswith("#")]
 
 
@@ -205,14 +207,12 @@ def test_exposition_parses_and_process_metrics_included() -> None:
     c = StatsCollector()
     c.set_sources(servers=[s], caches=[CacheStats(SERVER, ZONE)],
                   forwards=[ForwardStats(SERVER, ".")])
-    text = generate_latest(make_registry(c)).decode()
+    text = render(make_registry(c)).decode()
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"coredns_dns_request_duration_seconds", "coredns_cache_hits",
-            "coredns_build_info", "python_info"} <= names
-    # The registry rejects a second collector exporting the same names.
-    registry = make_registry(StatsCollector(), process_metrics=False)
-    with pytest.raises(ValueError):
-        registry.register(StatsCollector())
+            "coredns_build_info", "python_info", "process_resident_memory_bytes"} <= names
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    assert len(helps) == len(set(helps)), "a family is exported twice"
 
 
 def test_scrape_does_not_mutate_stats() -> None:
@@ -221,3 +221,64 @@ def test_scrape_does_not_mutate_stats() -> None:
     c.set_sources(forwards=[f])
     scrape(c)
     assert not f.requests and not f.duration and not f.conn_opened
+
+
+class Fixed:
+    """A collector of families built beforehand."""
+
+    def __init__(self, families: list[exposition.MetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> list[exposition.MetricFamily]:
+        return self.families
+
+
+def _as_prometheus_client(families: list[exposition.MetricFamily]) -> bytes:
+    """The same families rendered by prometheus_client, the reference for the format."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Sample
+
+    class Collector(prometheus_client.registry.Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            for family in families:
+                metric = Metric(family.name, family.documentation, family.type)
+                metric.samples = [Sample(s.name, s.labels, s.value) for s in family.samples]
+                yield metric
+
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    return prometheus_client.generate_latest(registry)
+
+
+def test_exposition_is_prometheus_clients_byte_for_byte() -> None:
+    s = ServerStats(SERVER, ZONE)
+    for value in (0.00004, 0.01, 0.3, 9.0):
+        s.duration.observe(value)
+    s.requests[("udp", "1", "A")] += 1234567
+    s.requests[("tcp", "2", "AAAA")] += 12345678
+    f = ForwardStats(SERVER, ".")
+    f.requests[UP] += 3
+    c = StatsCollector(version="1.2.3", revision="abc")
+    c.set_sources(servers=[s], caches=[CacheStats(SERVER, ZONE)], forwards=[f])
+    odd = exposition.GaugeMetricFamily("nodecache_test_odd", 'back\\slash "and"\nnewline',
+                                       labels=["b", "a"])
+    for i, value in enumerate((float("inf"), float("-inf"), float("nan"), -1.5, 0.1, 1e7,
+                               1234567.0, 2.5e-9, 1e22)):
+        odd.add_metric([f'x\\y"{i}"\nz', str(i)], value)
+    families = [*make_registry(c).collect(), odd]
+    assert render(exposition.Registry([Fixed(families)])) == _as_prometheus_client(families)
+
+
+def test_process_and_platform_families_are_prometheus_clients() -> None:
+    ours = {f.name: f for f in exposition.ProcessCollector().collect()}
+    theirs = {f.name: f for f in prometheus_client.ProcessCollector(registry=None).collect()}
+    assert ours.keys() == theirs.keys()
+    for name, family in theirs.items():
+        assert (ours[name].documentation, ours[name].type) == (family.documentation, family.type)
+        assert [s.name for s in ours[name].samples] == [s.name for s in family.samples]
+    for name in ("process_start_time_seconds", "process_max_fds"):
+        assert ours[name].samples[0].value == theirs[name].samples[0].value
+    info = list(exposition.PlatformCollector().collect())
+    assert render(exposition.Registry([Fixed(info)])) == _as_prometheus_client(info)
+    [theirs_info] = prometheus_client.PlatformCollector(registry=None).collect()
+    assert info[0].samples[0].labels == theirs_info.samples[0].labels

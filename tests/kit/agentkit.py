@@ -32,10 +32,6 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
-import dns.rdataclass
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodecache.aio.agent import Agent
@@ -241,33 +237,6 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     return sum(value for (sample, have), value in samples.items()
                if sample == name and all((k, v) in have for k, v in labels.items()))
-
-
-def rcode_text(message: dns.message.Message) -> str:
-    return dns.rcode.to_text(message.rcode())
-
-
-def ttls(message: dns.message.Message) -> list[int]:
-    """Every record TTL in answer, authority and additional (OPT excluded)."""
-    return [rrset.ttl for section in (message.answer, message.authority, message.additional)
-            for rrset in section if rrset.rdtype != dns.rdatatype.OPT]
-
-
-def soa_record(zone: str, ttl: int, minimum: int) -> dns.rrset.RRset:
-    """The zone's SOA with the given RR TTL and MINIMUM field."""
-    return dns.rrset.from_text(zone, ttl, "IN", "SOA",
-                               f"ns.{zone} hostmaster.{zone} 1 7200 900 1209600 {minimum}")
-
-
-def negative(query: dns.message.Message, *, rcode: int = dns.rcode.NXDOMAIN,
-             zone: str = "example.", soa_ttl: int | None = 60,
-             minimum: int = 60) -> dns.message.Message:
-    """An NXDOMAIN (or NODATA with ``rcode=NOERROR``) answer; ``soa_ttl=None``: no SOA."""
-    resp = dns.message.make_response(query)
-    resp.set_rcode(rcode)
-    if soa_ttl is not None:
-        resp.authority.append(soa_record(zone, soa_ttl, minimum))
-    return resp
 
 
 def handler_of(kit: AgentKit):  # type: ignore[no-untyped-def]

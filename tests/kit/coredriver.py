@@ -9,6 +9,7 @@ import dns.rrset
 from nodecache.config import parse_text
 from nodecache.core.handler import Miss, QueryHandler
 from nodecache.core.runtime import single_handler
+from tests.kit import answers
 
 #: Answers the upstream query the handler built.
 Upstream = Callable[[dns.message.Message], dns.message.Message]
@@ -58,11 +59,6 @@ def answer_a(ttl: int = 30, *addresses: str) -> Upstream:
     return upstream
 
 
-def negative(rcode: int, soa_ttl: int, minimum: int) -> Upstream:
-    def upstream(q: dns.message.Message) -> dns.message.Message:
-        r = dns.message.make_response(q)
-        r.set_rcode(rcode)
-        r.authority.append(dns.rrset.from_text(
-            "cluster.local.", soa_ttl, "IN", "SOA", f"ns. host. 1 2 3 4 {minimum}"))
-        return r
-    return upstream
+def negative(rcode: int, soa_ttl: int | None, minimum: int = 3600) -> Upstream:
+    """A denial from cluster.local. (:func:`tests.kit.answers.negative`; ``soa_ttl=None``: no SOA)."""
+    return lambda q: answers.negative(q, rcode=rcode, zone="cluster.local.", soa_ttl=soa_ttl, minimum=minimum)

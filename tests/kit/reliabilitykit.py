@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from nodecache.core import wire as dnswire
 from tests.kit import corefiles, netns
 
 HOT = 100
@@ -283,10 +283,6 @@ class Counts:
         return all(s[0] == s[1] for s in self.seconds[second:])
 
 
-def _wire_name(name: str) -> bytes:
-    return b"".join(bytes((len(x),)) + x.encode() for x in name.rstrip(".").split(".")) + b"\x00"
-
-
 def load(server: str, port: int, *, rate: int, duration: float, start_at: float,
          timeout: float = 6.0, hot_share: int = 8, tcp: bool = False) -> Counts:
     """Send ``rate`` queries/s for ``duration`` s from ``start_at`` (wall clock), then wait
@@ -324,7 +320,7 @@ async def _load(server: str, port: int, rate: int, duration: float, start_at: fl
         if len(data) > 28 and data[3] & 0x0F == 0 and data[4:8] == b"\x00\x01\x00\x01" \
                 and data[-6:-4] == b"\x00\x04" \
                 and data[-4:] == socket.inet_aton(expected_ip(name)) \
-                and data[12:12 + len(name) + 1].lower() == _wire_name(name) \
+                and data[12:12 + len(name) + 1].lower() == dnswire.zone_to_wire(name) \
                 and data[12 + len(name) + 1:12 + len(name) + 5] == b"\x00\x01\x00\x01" \
                 and len(data) == 12 + len(name) + 5 + 16:
             if data[-10:-6] == b"\x00\x00\x00\x00":
@@ -398,8 +394,8 @@ async def _load(server: str, port: int, rate: int, duration: float, start_at: fl
             client = clients[k % len(clients)]
             qid = ids[k & 0xFFFF]
             name = name_for(k, hot_share)
-            wire = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + _wire_name(name) \
-                + b"\x00\x01\x00\x01"
+            wire = dnswire.build_query(dnswire.zone_to_wire(name), dnswire.TYPE_A, dnswire.CLASS_IN,
+                                       do=False, cd=False, qid=qid, edns=False)
             pending[(id(client), qid)] = (loop.time(), name, min(int(loop.time() - begin),
                                                                   len(counts.seconds) - 1))
             counts.seconds[pending[(id(client), qid)][2]][0] += 1

@@ -30,6 +30,7 @@ Metrics: none (CoreDNS's rewrite has none).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import dns.exception
@@ -39,6 +40,9 @@ import dns.rrset
 
 from nodecache.core.chain import Failure, RecordRule, Request, Rewritten, Step
 from nodecache.core.wire import SERVFAIL
+
+#: A text name -> the name a rule turns it into (itself when the rule does not apply).
+Rename = Callable[[str], str]
 
 MATCH_TYPES = ("exact", "prefix", "suffix", "substring", "regex")
 
@@ -129,10 +133,10 @@ def _by_regex(rule: AnswerRule) -> RecordRule:
     return _owner(rename) if rule.field == "name" else _value(rename)
 
 
-def _owner(rename: object) -> RecordRule:
+def _owner(rename: Rename) -> RecordRule:
     def apply(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
         text = rrset.name.to_text()
-        new = rename(text)  # type: ignore[operator]
+        new = rename(text)
         if new == text:
             return rrset
         out = dns.rrset.RRset(dns.name.from_text(new), rrset.rdclass, rrset.rdtype, rrset.covers)
@@ -141,7 +145,7 @@ def _owner(rename: object) -> RecordRule:
     return apply
 
 
-def _value(rename: object) -> RecordRule:
+def _value(rename: Rename) -> RecordRule:
     def apply(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
         attribute = _VALUE_FIELDS.get(rrset.rdtype)
         if attribute is None:
@@ -149,7 +153,7 @@ def _value(rename: object) -> RecordRule:
         out = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
         for rdata in rrset:
             text = getattr(rdata, attribute).to_text()
-            new = rename(text)  # type: ignore[operator]
+            new = rename(text)
             if new != text:
                 rdata = rdata.replace(**{attribute: dns.name.from_text(new)})
             out.add(rdata, rrset.ttl)
@@ -157,7 +161,7 @@ def _value(rename: object) -> RecordRule:
     return apply
 
 
-def _both(rename: object) -> RecordRule:
+def _both(rename: Rename) -> RecordRule:
     owner, value = _owner(rename), _value(rename)
 
     def apply(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
