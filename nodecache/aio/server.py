@@ -136,7 +136,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if result.__class__ is bytes:
             self.transport.sendto(result, addr)  # type: ignore[union-attr]
         elif result is not None:
-            self.submit(result, lambda reply: self._send(reply, addr), addr)
+            self.submit(result, self._send, addr)
 
     def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         transport = self.transport
@@ -311,7 +311,7 @@ class TcpConnection(asyncio.Protocol):
         if self.finishing:
             self._fin_if_done()
 
-    def _deliver(self, reply: bytes) -> None:
+    def _deliver(self, reply: bytes, addr: object) -> None:
         self.inflight -= 1
         self.last_activity = self.listener.time()
         self._send(reply)
