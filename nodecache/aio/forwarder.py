@@ -5,10 +5,16 @@ connection lifecycle, pool), ``nodecache.core.plan`` (which upstream next,
 when to give up) and ``nodecache.core.policy`` (order, health); this module
 only moves bytes and arms timers:
 
-* a query is a :class:`_Query` record driven by callbacks: the plan's next
-  step, one timer per try (``call_at``), the answer or failure handed to the
-  ``done`` callback. No task, coroutine or future per query; ``query()`` is
-  an awaitable wrapper for callers that want one.
+* a query is a :class:`_Query` record driven by callbacks: its first try
+  (``core.plan.first_try``; the full ``ForwardPlan`` only once a try fails),
+  the answer or failure handed to the ``done`` callback. No task, coroutine
+  or future per query; ``query()`` is an awaitable wrapper for callers that
+  want one.
+* try timeouts: every try of a ``forward`` block has the same timeout, so
+  deadlines come in the order tries start. They queue in one deque behind
+  one timer, re-armed at the earliest; an answered try leaves it lazily (no
+  timer created and cancelled per try). Only a try cut short by the end of
+  the budget, which would jump the queue, gets a timer of its own.
 * UDP: one fresh connected socket per try (a fresh random source port,
   RFC 5452 section 9.2), read with ``add_reader`` - no transport object.
 * TCP: :class:`_TCPProtocol` feeds a core ``UpstreamConnection``; queries
@@ -27,7 +33,8 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from nodecache.aio.dot import client_context
@@ -49,6 +56,8 @@ log = logging.getLogger(__name__)
 _UDP_MAX = 65535
 #: Read timeout of one health check, s (CoreDNS proxy/health.go: 1 s).
 _HEALTH_TIMEOUT = 1.0
+#: A loop timer may fire this much before its time, s (uvloop counts in ms).
+_TIMER_SLACK = 0.001
 
 
 class _TryFailed(Exception):
@@ -109,6 +118,8 @@ class _TCPProtocol(asyncio.Protocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self._flush_pending = False
+        #: A read left answers to come: ACK at the flush unless a write carries it.
+        self._ack_due = False
         self._tls_noted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,10 +144,13 @@ class _TCPProtocol(asyncio.Protocol):
             self.owner.tls.note(self.transport.get_extra_info("ssl_object")
                                 if self.transport is not None else None)
         self.owner.handle_events(self, conn.receive_data(data, self.owner.loop.time()))
-        # More answers to come and no query of ours leaving this loop iteration
-        # to carry the ACK: only then the syscall.
-        if conn.in_flight and not self._flush_pending:
-            self._quickack()
+        if conn.in_flight:
+            # More answers to come: the ACK is due at the end of this loop
+            # iteration, where a query leaving then carries it (under load, the
+            # next client queries arrive in the same iteration) and only
+            # otherwise costs a syscall.
+            self._ack_due = True
+            self.schedule_flush()
 
     def eof_received(self) -> bool | None:
         self.owner.handle_events(self, self.conn.receive_data(b"", self.owner.loop.time()))
@@ -154,7 +168,12 @@ class _TCPProtocol(asyncio.Protocol):
         self._flush_pending = False
         data = self.conn.data_to_send()
         if data and self.transport is not None:
+            self._ack_due = False
             self.transport.write(data)
+        elif self._ack_due:
+            self._ack_due = False
+            if self.conn.in_flight:
+                self._quickack()
 
     def schedule_flush(self) -> None:
         """Write at the end of this loop iteration: queries sent in one
@@ -178,6 +197,8 @@ class _UpstreamState:
         self.loop = fwd._loop
         self.upstream = upstream
         self.name = str(upstream)
+        #: header RCODE -> the (upstream, rcode name) key of its answer counts
+        self.answer_keys = [(self.name, rcode_name(rcode)) for rcode in range(16)]
         self.addr = (upstream.host, upstream.port)
         self.family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
         self.health = _policy.UpstreamHealth()
@@ -293,15 +314,19 @@ Done = Callable[[bytes | None, Exception | None], None]
 class _Query:
     """One query being forwarded: what it sends, its plan, and its current try."""
 
-    __slots__ = ("request", "question", "plan", "done", "use_tcp", "up", "index", "conn",
-                 "qid", "timer", "sock", "sent", "late")
+    __slots__ = ("request", "question", "order", "start", "plan", "done", "use_tcp", "up",
+                 "index", "conn", "qid", "timer", "expires", "sock", "sent", "late")
 
-    def __init__(self, request: bytes, question: bytes, plan: _plan.ForwardPlan, done: Done,
-                 use_tcp: bool) -> None:
+    def __init__(self, request: bytes, question: bytes, order: Sequence[int], start: float,
+                 done: Done, use_tcp: bool) -> None:
         self.request = request
         #: The question key answers must match (RFC 5452 section 9.1).
         self.question = question
-        self.plan = plan
+        #: The policy's order of the upstreams for this query, and when it arrived (loop time).
+        self.order = order
+        self.start = start
+        #: Built once a try fails (the first try needs none, core.plan rule 7).
+        self.plan: _plan.ForwardPlan | None = None
         self.done: Done | None = done
         self.use_tcp = use_tcp
         #: The upstream of the current try, and its index in the plan.
@@ -310,7 +335,10 @@ class _Query:
         #: The TCP connection carrying the current try, and its ID there.
         self.conn: UpstreamConnection | None = None
         self.qid = 0
-        #: The current try's timeout (or the pause before the next pass).
+        #: The current try's deadline in the forwarder's queue of them; 0: none.
+        self.expires = 0.0
+        #: A timer of the query's own: the pause before the next pass, or a
+        #: try deadline out of the queue's order.
         self.timer: asyncio.TimerHandle | None = None
         #: The current UDP try's socket.
         self.sock: socket.socket | None = None
@@ -351,6 +379,12 @@ class Forwarder:
         #: Queries being forwarded (to fail them at close).
         self._live: set[_Query] = set()
         self._in_flight = 0
+        #: (deadline, query) of the tries in flight, earliest first, and the
+        #: one timer armed at the first one.
+        self._expiry: deque[tuple[float, _Query]] = deque()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._plain_first = _plan.plain_first_try(settings.budget, self._failover)
+        self._first_timeout = min(settings.try_timeout, settings.budget)
         self._started = False
         self._closed = False
         self._probe = health_probe(settings.health_check_domain,
@@ -380,6 +414,9 @@ class Forwarder:
             _resolve(fut, exc=_TryFailed(Failure.LOCAL, "forwarder closed"))
         for up in self._upstreams:
             up.close()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         for q in list(self._live):
             self._stop_try(q)
             self._finish(q, None, UpstreamError("forwarder closed"))
@@ -457,17 +494,33 @@ class Forwarder:
             question = question_key(request)
             if question is None:
                 raise ClientProtocolError("query has no single well-formed question")
-        plan = _plan.ForwardPlan(self._policy.order(len(self._upstreams)), self._healths,
-                                 max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
-                                 try_timeout=s.try_timeout, start=self._loop.time(),
-                                 budget=s.budget, rng=self._rng,
-                                 max_connect_attempts=s.max_connect_attempts,
-                                 failover=self._failover)
-        q = _Query(request, question, plan, done, s.force_tcp or (not s.prefer_udp and tcp))
+        now = self._loop.time()
+        order = self._policy.order(len(self._upstreams))
+        q = _Query(request, question, order, now, done, s.force_tcp or (not s.prefer_udp and tcp))
         self._in_flight += 1
         self._live.add(q)
-        self._step(q)
+        index = _plan.first_try(order, self._healths, s.max_fails) if self._plain_first else -1
+        if index < 0:
+            self._plan_of(q)
+            self._step(q)
+        else:
+            q.index = index
+            q.up = self._upstreams[index]
+            self._try(q, now + self._first_timeout)
         return q
+
+    def _plan_of(self, q: _Query) -> _plan.ForwardPlan:
+        """``q``'s plan, built on first need (after a plain first try, resumed after it)."""
+        plan = q.plan
+        if plan is None:
+            s = self.settings
+            plan = q.plan = _plan.ForwardPlan(
+                q.order, self._healths, max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
+                try_timeout=s.try_timeout, start=q.start, budget=s.budget, rng=self._rng,
+                max_connect_attempts=s.max_connect_attempts, failover=self._failover)
+            if q.up is not None:
+                plan.took_first()
+        return plan
 
     def cancel(self, q: _Query) -> None:
         """Stop forwarding ``q``; its ``done`` is not called."""
@@ -482,36 +535,72 @@ class Forwarder:
         if self._closed:
             self._finish(q, None, UpstreamError("forwarder closed"))
             return
-        step = q.plan.next_step(self._loop.time())
+        plan = self._plan_of(q)
+        step = plan.next_step(self._loop.time())
         kind = type(step)
         if kind is _plan.Try:
             if step.broken:  # type: ignore[union-attr]
                 self.stats.healthcheck_broken += 1
             q.index = step.index  # type: ignore[union-attr]
             q.up = self._upstreams[q.index]
-            if q.use_tcp or q.up.tls is not None:
-                self._try_tcp(q, step.deadline)  # type: ignore[union-attr]
-            else:
-                self._try_udp(q, step.deadline)  # type: ignore[union-attr]
+            self._try(q, step.deadline)  # type: ignore[union-attr]
         elif kind is _plan.Wait:
             q.timer = self._loop.call_at(step.until, self._step, q)  # type: ignore[union-attr]
-        elif q.plan.fallback is not None:  # failover passed over this answer
-            self._finish(q, q.plan.fallback, None)
+        elif plan.fallback is not None:  # failover passed over this answer
+            self._finish(q, plan.fallback, None)
         else:
             self._finish(q, None, UpstreamError(step.reason))  # type: ignore[union-attr]
+
+    def _try(self, q: _Query, deadline: float) -> None:
+        if q.use_tcp or q.up.tls is not None:
+            self._try_tcp(q, deadline)
+        else:
+            self._try_udp(q, deadline)
+
+    def _expire_at(self, q: _Query, deadline: float) -> None:
+        """Time the current try of ``q`` out at ``deadline``."""
+        queue = self._expiry
+        if queue and deadline < queue[-1][0]:  # cut short by the budget's end
+            q.timer = self._loop.call_at(deadline, self._timed_out, q)
+            return
+        q.expires = deadline
+        queue.append((deadline, q))
+        if self._expiry_timer is None:
+            self._expiry_timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The queue's timer: time out every try whose deadline has come, re-arm at the next."""
+        self._expiry_timer = None
+        queue = self._expiry
+        now = self._loop.time() + _TIMER_SLACK
+        while queue:
+            at, q = queue[0]
+            if at > now:
+                if not self._closed:
+                    self._expiry_timer = self._loop.call_at(at, self._expire)
+                return
+            queue.popleft()
+            if q.expires == at:  # still that try's deadline: not answered, not failed
+                self._timed_out(q)
 
     def _try_failed(self, q: _Query, failure: Failure, detail: str) -> None:
         """The current try of ``q`` ended without an answer: record it, take the next step."""
         if q.done is None:
             return
         self._stop_try(q)
-        rule = q.plan.failed(q.index, failure, f"{q.up.name}: {detail}")
+        rule = self._plan_of(q).failed(q.index, failure, f"{q.up.name}: {detail}")
         if rule.health_check:
             self._start_health_check(q.up)
         self._step(q)
 
     def _stop_try(self, q: _Query) -> None:
         """Release what the current try holds: its timer, socket, connection slot."""
+        if q.expires:
+            q.expires = 0.0
+            queue = self._expiry
+            # answers come mostly in order: drop the answered tries at the front
+            while queue and queue[0][1].expires != queue[0][0]:
+                queue.popleft()
         if q.timer is not None:
             q.timer.cancel()
             q.timer = None
@@ -552,9 +641,9 @@ class Forwarder:
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         stats = self.stats
-        rcode = rcode_name(answer[3])
-        stats.responses[(up.name, rcode)] += 1
-        stats.duration[(up.name, rcode)].observe(self._loop.time() - sent)
+        key = up.answer_keys[answer[3] & 0x0F]
+        stats.responses[key] += 1
+        stats.duration[key].observe(self._loop.time() - sent)
 
     # -- UDP -----------------------------------------------------------------------------
 
@@ -574,7 +663,7 @@ class Forwarder:
         q.sock, q.qid, q.sent = sock, qid, loop.time()
         self.stats.requests[up.name] += 1
         loop.add_reader(sock.fileno(), self._udp_readable, q, sock, qid)
-        q.timer = loop.call_at(deadline, self._timed_out, q)
+        self._expire_at(q, deadline)
 
     def _udp_readable(self, q: _Query, sock: socket.socket, qid: int) -> None:
         data = _read_answer(sock, qid, q.question)
@@ -593,7 +682,8 @@ class Forwarder:
         if is_truncated(data):
             # TC=1: ask again over TCP (RFC 7766 section 5)
             q.up = up
-            self._try_tcp(q, min(self._loop.time() + self.settings.try_timeout, q.plan.deadline))
+            s = self.settings
+            self._try_tcp(q, min(self._loop.time() + s.try_timeout, q.start + s.budget))
         else:
             self._deliver(q, data)
 
@@ -601,6 +691,7 @@ class Forwarder:
         """The current try timed out: its answer is still taken while the next try runs
         (an upstream answering in just over the try timeout is not lost)."""
         q.timer = None
+        q.expires = 0.0
         conn, sock = q.conn, q.sock
         if conn is not None:  # a timeout drains the connection (core.upstream)
             q.conn = None
@@ -668,7 +759,7 @@ class Forwarder:
             stats.conn_reused[up.name] += 1
             up.protocols[conn].schedule_flush()
         stats.requests[up.name] += 1
-        q.timer = loop.call_at(deadline, self._timed_out, q)
+        self._expire_at(q, deadline)
 
     def _tcp_answered(self, q: _Query, answer: bytes, conn: UpstreamConnection) -> None:
         if q.done is None:
@@ -686,7 +777,7 @@ class Forwarder:
 
     def _deliver(self, q: _Query, answer: bytes) -> None:
         """An answer for ``q``: the client's, unless ``failover`` tries the next upstream."""
-        if q.plan.fails_over(answer):
+        if q.plan is not None and q.plan.fails_over(answer):
             self._step(q)
         else:
             self._finish(q, answer, None)

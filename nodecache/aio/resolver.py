@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 #: (a pod's search-path lookups, A and AAAA in parallel, stay within it).
 OVERLOAD_SHARE = 4
 
-Deliver = Callable[[bytes], None]
+#: Sends a reply to the client address it was submitted with: (reply, address).
+Deliver = Callable[[bytes, Any], None]
 #: The forwarder's callback: (answer, None) or (None, error).
 Done = Callable[[bytes | None, Exception | None], None]
 
@@ -66,9 +67,11 @@ class _Flight:
     absorbed once and every waiter gets its reply from it.
     """
 
-    __slots__ = ("resolver", "miss", "waiters", "stale_sent", "timer", "query", "forwarder")
+    __slots__ = ("resolver", "miss", "waiters", "stale_sent", "timer", "query", "forwarder",
+                 "source")
 
-    def __init__(self, resolver: Resolver, miss: Miss, first: Deliver, addr: object) -> None:
+    def __init__(self, resolver: Resolver, miss: Miss, first: Deliver, addr: object,
+                 source: object) -> None:
         self.resolver = resolver
         #: The leader: the miss whose query goes upstream.
         self.miss = miss
@@ -80,6 +83,18 @@ class _Flight:
         #: The forwarder's handle of the upstream query (to cancel it at close).
         self.query: object = None
         self.forwarder: Forwarding | None = None
+        #: The client address whose per-source count the leader holds until it
+        #: gets a reply (None: not counted).
+        self.source = source
+
+    def release(self) -> None:
+        """The leader got its reply: it no longer counts against its client address."""
+        source, self.source = self.source, None
+        if source is not None:
+            per_source = self.resolver.per_source
+            held = per_source.pop(source, 1) - 1
+            if held > 0:
+                per_source[source] = held
 
     def done(self, answer: bytes | None, error: Exception | None) -> None:
         resolver = self.resolver
@@ -89,6 +104,8 @@ class _Flight:
             self.timer.cancel()
         if resolver.inflight.get(miss.key) is self:
             del resolver.inflight[miss.key]
+        if self.source is not None:
+            self.release()
         now = resolver._loop.time()
         outcome: Outcome | None = None
         if answer is not None:
@@ -106,9 +123,9 @@ class _Flight:
                     if isinstance(reply, Miss):  # dns64 needs the A records too
                         resolver.submit(reply, send, where)
                     else:
-                        send(reply)
+                        send(reply, where)
                 else:
-                    send(handler.fail(waiter, error or UpstreamError(), now, where))
+                    send(handler.fail(waiter, error or UpstreamError(), now, where), where)
             except Exception:  # one bad reply must not cost the other waiters theirs
                 log.exception("answering %s failed", name_text(waiter.qname))
         self.waiters = []
@@ -125,8 +142,10 @@ class _Flight:
             if miss.stale is None:
                 keep.append(waiter)
                 continue
+            if miss is self.miss:
+                self.release()
             try:
-                send(handler.fail(miss, _STALE_TIMER_ERROR, now, where))
+                send(handler.fail(miss, _STALE_TIMER_ERROR, now, where), where)
             except Exception:
                 log.exception("answering %s failed", name_text(miss.qname))
         self.waiters = keep
@@ -156,7 +175,7 @@ class Resolver:
             if miss.background:  # a refresh is already under way
                 self.handler.fail(miss, UpstreamError("refresh in flight"), self._loop.time())
             elif flight.stale_sent and miss.stale is not None:
-                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr))
+                deliver(self.handler.fail(miss, _STALE_TIMER_ERROR, self._loop.time(), addr), addr)
             else:
                 flight.waiters.append((miss, deliver, addr))
             return
@@ -167,8 +186,7 @@ class Resolver:
                 self.stats.dropped += 1
                 return
             self.per_source[source] = held + 1
-            deliver = self._releasing(source, deliver)
-        flight = self.inflight[miss.key] = _Flight(self, miss, deliver, addr)
+        flight = self.inflight[miss.key] = _Flight(self, miss, deliver, addr, source)
         if miss.stale is not None and not miss.background:
             # serve_stale ... verify: RFC 8767 section 5's client-response timer
             flight.timer = self._loop.call_later(CLIENT_RESPONSE_TIMER, flight.serve_stale)
@@ -183,14 +201,6 @@ class Resolver:
                                             question=question)
         except Exception as exc:  # refused at once: max_concurrent, closed
             flight.done(None, exc)
-
-    def _releasing(self, source: object, deliver: Deliver) -> Deliver:
-        def release_then_deliver(reply: bytes) -> None:
-            held = self.per_source.pop(source, 1) - 1
-            if held > 0:
-                self.per_source[source] = held
-            deliver(reply)
-        return release_then_deliver
 
     def pending(self) -> int:
         """Misses in flight (leaders and their followers)."""

@@ -119,7 +119,7 @@ def submit_refreshes(handler: QueryHandler, submit: Callable[..., None]) -> None
         submit(miss, _no_client, None)
 
 
-def _no_client(reply: bytes) -> None:
+def _no_client(reply: bytes, addr: object) -> None:
     """A background refresh's reply goes nowhere (the cache has it)."""
 
 
@@ -146,7 +146,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if result.__class__ is bytes:
             self.transport.sendto(result, addr)  # type: ignore[union-attr]
         elif result is not None:
-            self.submit(result, lambda reply: self._send(reply, addr), addr)
+            self.submit(result, self._send, addr)
         if self.handler.refreshes:  # a hit or a stale answer asked for a refresh
             submit_refreshes(self.handler, self.submit)
 
@@ -325,7 +325,7 @@ class TcpConnection(asyncio.Protocol):
         if self.finishing:
             self._fin_if_done()
 
-    def _deliver(self, reply: bytes) -> None:
+    def _deliver(self, reply: bytes, addr: object) -> None:
         self.inflight -= 1
         self.last_activity = self.listener.time()
         self._send(reply)

@@ -65,6 +65,14 @@ _MAX_MESSAGE = wire.MAX_MESSAGE
 STALE_TTL = 0
 
 
+def _client_limit(data: bytes, end: int, slot: int) -> int:
+    """The largest reply the client takes, bytes, from a query the hit path checked:
+    TCP's, or over UDP its OPT's size (RFC 6891 section 6.2.5) but never under 512."""
+    if slot & 2:
+        return _MAX_MESSAGE
+    return max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN) if data[11] else _MAX_PLAIN
+
+
 zone_wire = wire.zone_to_wire
 #: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
 _PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
@@ -322,21 +330,19 @@ class QueryHandler:
         """Answer ``data`` from the cache, or say what to do instead."""
         started = _perf()
         size = len(data)
-        # Hit path: a plain QUERY with one question, nothing else but maybe an OPT.
-        if size > 16 and not data[2] & 0xF8 and data[4:10] == b"\x00\x01\x00\x00\x00\x00" \
-                and not data[10] and not self._logging:
+        # Hit path: a plain QUERY with one question, nothing else but maybe an OPT
+        # (bytes 4..11: QDCOUNT 1, ANCOUNT and NSCOUNT 0, ARCOUNT's high byte 0).
+        if size > 16 and not data[2] & 0xF8 and data[4:11] == b"\x00\x01\x00\x00\x00\x00\x00" \
+                and not self._logging:
             end = data.find(0, 12) + 5
             arcount = data[11]
             if arcount == 0 and size == end:
-                limit = _MAX_MESSAGE if slot & 2 else _MAX_PLAIN
                 opt = b""
                 header = data[2] & 1
                 do = 0
             elif arcount == 1 and size >= end + 11 \
                     and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
-                limit = _MAX_MESSAGE if slot & 2 \
-                    else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN)
                 do = data[end + 7] & 0x80
                 opt = _OPT_DO if do else _OPT_PLAIN
                 header = (data[2] & 1) | 2
@@ -349,21 +355,19 @@ class QueryHandler:
             if entry is not None and now < entry.expires:
                 ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
                 # The body changes once a second (its TTL); build it once per value.
-                if ttl == entry.body_ttl:
-                    body = entry.last_body
-                else:
-                    body = entry.body(ttl)
-                reply = data[:2] + entry.headers[header] + data[12:end] + body + opt
+                body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
+                reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt))
                 cache = entry.cache
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
                 rsize = len(reply)
-                if rsize > 512 and (rsize > limit or not slot & 2
-                                    and rsize > self._least_udp_cap):
-                    cap = limit if slot & 2 else min(limit, self._udp_cap(entry))
-                    if rsize > cap:
-                        reply = truncate(reply, cap, opt)
-                        size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
+                if rsize > 512:
+                    limit = _client_limit(data, end, slot)
+                    if rsize > limit or not slot & 2 and rsize > self._least_udp_cap:
+                        cap = limit if slot & 2 else min(limit, self._udp_cap(entry))
+                        if rsize > cap:
+                            reply = truncate(reply, cap, opt)
+                            size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, now, slot)
                 # One dict update counts the request, the response, the cache
@@ -378,7 +382,8 @@ class QueryHandler:
                 cache.hit_seconds += elapsed  # type: ignore[union-attr]
                 return reply
             if entry is None:
-                return self._fast_miss(data, end, key, now, slot, addr, started, limit, do)
+                return self._fast_miss(data, end, key, now, slot, addr, started,
+                                       _client_limit(data, end, slot), do)
         return self._slow(data, now, slot, addr, started)
 
     def _slow(self, data: bytes, now: float, slot: int, addr: object,

@@ -29,6 +29,10 @@ Rules:
    stands, as it does when the upstreams left fail without one. (CoreDNS 1.13
    starts the list over and retries until its 5 s deadline, then SERVFAILs;
    later releases return the answer, as here.)
+7. The common first try needs no plan object: :func:`first_try` names it
+   (the policy's first upstream, when it is up); only a query whose first
+   try fails builds its :class:`ForwardPlan`, which :meth:`ForwardPlan.took_first`
+   resumes after that try, so it decides exactly as if it had made it.
 """
 from __future__ import annotations
 
@@ -143,6 +147,21 @@ class GiveUp:
     reason: str
 
 
+def plain_first_try(budget: float, failover: frozenset[int]) -> bool:
+    """Whether a ``forward`` block's queries may start with :func:`first_try` (rule 7):
+    not with ``failover`` (every answer goes through the plan) nor with a budget
+    too short for any try."""
+    return not failover and budget >= MIN_TRY
+
+
+def first_try(order: Sequence[int], health: Sequence[UpstreamHealth], max_fails: int) -> int:
+    """The upstream of a query's first try, made without a plan (rule 7): the
+    first in ``order`` when it is up; -1 when a :class:`ForwardPlan` must decide.
+    The try times out at ``start + min(try_timeout, budget)``."""
+    idx = order[0]
+    return -1 if health[idx].is_down(max_fails) else idx
+
+
 class ForwardPlan:
     """The tries of one query, from ``start`` until ``start + budget``.
 
@@ -225,6 +244,11 @@ class ForwardPlan:
                 return GiveUp(self.last)
             idx = order[self._rng.randrange(n)]
             return Try(idx, min(now + self._try_timeout, self.deadline), True)
+
+    def took_first(self) -> ForwardPlan:
+        """The adapter made the first try itself (:func:`first_try`): go on after it."""
+        self._i = self._tried = 1
+        return self
 
     def failed(self, index: int, failure: Failure, detail: str = "") -> FailureRule:
         """Record how a try ended; returns the rule (the adapter starts health checks)."""

@@ -344,9 +344,10 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AnswerReceived:
-    """An answer matched a query in flight."""
+    """An answer matched a query in flight (one per answer: not frozen, whose
+    ``__init__`` costs twice as much)."""
 
     #: The token the query was sent with.
     token: Hashable
@@ -596,7 +597,7 @@ class ConnectionPool:
     def choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
         last = self._last
         if (last is not None and last.state is ConnState.OPEN
-                and len(last.in_flight) < self._fast_limit
+                and len(last.in_flight._by_id) < self._fast_limit
                 and not (last.max_age and now >= last.created + last.max_age)):
             return last, False  # fast path: the connection used last has room
         choice = self._choose(now)
@@ -607,15 +608,20 @@ class ConnectionPool:
         best: UpstreamConnection | None = None
         best_load = 1 << 30
         live = 0
+        # Once every connection holds ``spread`` queries this runs per query:
+        # states in locals, loads read straight from the in-flight tables.
+        opened, connecting, closed = ConnState.OPEN, ConnState.CONNECTING, ConnState.CLOSED
         for conn in self.connections:
-            if conn.state is ConnState.OPEN and conn.max_age and now >= conn.created + conn.max_age:
+            state = conn.state
+            if state is opened and conn.max_age and now >= conn.created + conn.max_age:
                 conn.handle_timer(now)
-            if conn.state is ConnState.CLOSED:
+                state = conn.state
+            if state is closed:
                 continue
             live += 1
-            if conn.accepting:
-                load = len(conn.in_flight)
-                if load < best_load:
+            if state is opened or state is connecting:  # UpstreamConnection.accepting
+                load = len(conn.in_flight._by_id)
+                if load < best_load and load < conn.max_in_flight:
                     best, best_load = conn, load
         if best is not None and (best_load < self.spread or live >= self.max_connections
                                  or best.state is ConnState.CONNECTING):

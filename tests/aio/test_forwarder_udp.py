@@ -205,3 +205,35 @@ async def test_many_concurrent_udp(loop_errors: list) -> None:
             assert fwd.in_flight == 0
         finally:
             await fwd.close()
+
+
+async def test_answered_tries_leave_the_timeout_queue(loop_errors: list) -> None:
+    # One queue of try deadlines per forwarder: answers, in order, empty it at once.
+    async with FakeUpstream(answer_from(RECORDS)) as up:
+        fwd, _ = await forwarder(fast(up.upstream, budget=2.0, try_timeout=1.0))
+        try:
+            for i in range(20):
+                await fwd.query(query_wire(f"n{i}.example."), tcp=False)
+            assert not fwd._expiry
+        finally:
+            await fwd.close()
+
+
+async def test_try_cut_short_by_the_budget_times_out_before_later_tries(
+        loop_errors: list) -> None:
+    # A's second try ends with its budget, at 1.4 s, before B's first (0.8 + 1.0 s):
+    # queued behind B's it would wait for 1.8 s.
+    async with FakeUpstream(lambda q, p: None) as up:
+        fwd, _ = await forwarder(fast(up.upstream, try_timeout=1.0, budget=1.4, max_fails=0))
+        try:
+            start = time.monotonic()
+            a = asyncio.ensure_future(fwd.query(query_wire("a.example."), tcp=False))
+            await asyncio.sleep(0.8)
+            b = asyncio.ensure_future(fwd.query(query_wire("b.example."), tcp=False))
+            with pytest.raises(UpstreamError):
+                await a
+            assert 1.3 <= time.monotonic() - start < 1.7
+            assert not b.done()
+            b.cancel()
+        finally:
+            await fwd.close()

@@ -84,6 +84,26 @@ def test_udp_truncation_and_tcp_full_answer() -> None:
     assert len(d.upstream_queries) == 1
 
 
+@pytest.mark.parametrize("payload, limit", [(300, 512), (512, 512), (700, 700), (4096, None)])
+def test_hit_fits_the_clients_edns_size(payload: int, limit: int | None) -> None:
+    """A hit over 512 bytes is cut to the OPT's size (never under 512), as the miss was."""
+    many = [f"10.0.{i // 250}.{i % 250}" for i in range(60)]  # 60 A records: about 1,000 bytes
+    d = Driver(CLUSTER, answer_a(30, *many))
+    query = make_query(SVC, edns=0, payload=payload).to_wire()
+    first = d.ask(query)
+    hit = d.handler.handle(query, d.now, 0)
+    assert isinstance(hit, bytes) and first is not None
+    assert dns.message.from_wire(hit).answer == first.answer
+    if limit is None:
+        assert len(first.answer[0]) == 60 and not dns.message.from_wire(hit).flags & dns.flags.TC
+    else:
+        assert len(hit) <= limit < len(hit) + 16  # as many whole A records as fit
+        assert dns.message.from_wire(hit).flags & dns.flags.TC
+    tcp = d.handler.handle(query, d.now, SLOT_TCP4)
+    assert isinstance(tcp, bytes) and len(dns.message.from_wire(tcp).answer[0]) == 60
+    assert len(d.upstream_queries) == 1
+
+
 @pytest.mark.parametrize("data, rcode", [
     (bytes.fromhex("123401000002000000000000"), dns.rcode.FORMERR),
     (bytes.fromhex("123401000001000000000000") + b"\x05ab", dns.rcode.FORMERR),

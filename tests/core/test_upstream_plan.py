@@ -8,6 +8,7 @@ import pytest
 
 from nodecache.core.plan import (
     FAILURES, MIN_TRY, ROUND_PAUSE, Failure, ForwardPlan, GiveUp, Try, Wait, classify_errno,
+    first_try, plain_first_try,
 )
 from nodecache.core.policy import UpstreamHealth
 
@@ -155,3 +156,46 @@ def test_fast_soft_failures_back_off_without_spinning() -> None:
         p.failed(0, Failure.CLOSED)
     assert now <= BUDGET and tries < 30
     assert waits == sorted(waits)   # the pause doubles up to its cap
+
+
+def steps(p: ForwardPlan, failures: list[Failure]) -> list[Try | Wait | GiveUp]:
+    """The steps after each failure in turn, the failed try being the one named last."""
+    out: list[Try | Wait | GiveUp] = []
+    index, now = 0, 0.0
+    for failure in failures:
+        p.failed(index, failure, "x")
+        step = p.next_step(now)
+        out.append(step)
+        if type(step) is Try:
+            index = step.index
+        elif type(step) is Wait:
+            now = step.until
+        else:
+            break
+    return out
+
+
+@pytest.mark.parametrize("failures", [
+    [Failure.TIMEOUT, Failure.TIMEOUT, Failure.TIMEOUT],
+    [Failure.REFUSED, Failure.REFUSED, Failure.REFUSED],
+    [Failure.BUSY, Failure.RESET, Failure.CLOSED, Failure.LOCAL],
+])
+def test_plain_first_try_then_plan_decides_as_the_plan_alone(failures: list[Failure]) -> None:
+    # Rule 7: the first try made without a plan, the plan built after it fails.
+    order = [1, 0, 2]
+    assert first_try(order, healths(False, False, False), max_fails=2) == 1
+    full = plan(order, healths(False, False, False))
+    assert full.next_step(0.0) == Try(1, T, False)
+    resumed = plan(order, healths(False, False, False)).took_first()
+    assert steps(resumed, failures) == steps(full, failures)
+
+
+def test_first_try_leaves_a_down_first_upstream_to_the_plan() -> None:
+    assert first_try([0, 1], healths(True, False), max_fails=2) == -1
+    assert first_try([0, 1], healths(True, False), max_fails=0) == 0  # max_fails 0: never down
+
+
+def test_plain_first_try_only_without_failover_and_with_budget() -> None:
+    assert plain_first_try(BUDGET, frozenset())
+    assert not plain_first_try(BUDGET, frozenset({2}))  # every answer goes through the plan
+    assert not plain_first_try(MIN_TRY / 2, frozenset())
