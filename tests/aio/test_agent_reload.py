@@ -1,11 +1,14 @@
 """Reload: the loader returns new Corefile text; new settings apply, broken text keeps the old."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 
 import dns.rcode
 import pytest
 
+from nodecache.aio.agent import collect_garbage
 from tests.kit.agentkit import AgentKit, handler_of, total
 from tests.kit.answers import rcode_text, ttls
 from tests.kit.corefiles import corefile
@@ -90,6 +93,26 @@ async def test_cache_dropped_when_cache_settings_change() -> None:
         reply = await kit.query("a.example.")
         assert ttls(reply) == [10]  # the new maximum applies
         assert len(up.queries) == 2
+
+
+async def test_a_dropped_cache_is_freed_though_frozen() -> None:
+    # A dropped cache and its entries point at each other: only a collection frees them,
+    # and the collector's pass froze them while they were alive.
+    async with FakeUpstream(records=RECORDS_A) as up, \
+            AgentKit(corefile(up.port, "reload 2s"), watch_interval=0.05) as kit:
+        await kit.query("a.example.")
+        runtime = kit.agent.runtime
+        assert runtime is not None
+        cache = weakref.ref(runtime.zones[0].cache)
+        del runtime
+        collect_garbage()  # the periodic pass, with the answer stored
+        kit.corefile = corefile(up.port, "reload 2s", cache="cache 10")
+        for _ in range(100):  # the reload loop picks the change up within 0.05 s
+            await asyncio.sleep(0.05)
+            if cache() is None:
+                break
+        assert cache() is None
+        assert ttls(await kit.query("a.example.")) == [10]  # served by the new cache
 
 
 async def test_unchanged_text_is_a_no_op() -> None:
