@@ -60,8 +60,12 @@ log = logging.getLogger(__name__)
 #: 50,000 more tracked objects live than at the last one: a full cache adds none
 #: (each stored entry evicts one), so under a steady miss load none runs.
 GC_THRESHOLDS = (50_000, 20, 100)
-#: How often the whole heap is collected and the survivors frozen, s.
+#: How often what is not frozen is collected and the survivors frozen, s.
 GC_INTERVAL = 60.0
+#: Every this many passes collect the frozen objects too (a pass over the whole heap,
+#: 3-5 times as long as the others with a full cache): frozen garbage in a cycle (with
+#: the standard event loop, a closed transport that was alive at a pass) is freed only then.
+GC_THAW_EVERY = 10
 #: Upper bound for closing listeners and connections at shutdown, s (CoreDNS: 5 s grace).
 SHUTDOWN_GRACE = 5.0
 #: Where the serving lock lives when neither --serving-lock nor --pidfile says.
@@ -309,8 +313,10 @@ class Agent:
     async def _gc_loop(self) -> None:
         """Collect cyclic garbage on our schedule and keep live objects out of later walks."""
         gc.set_threshold(*GC_THRESHOLDS)
+        passes = 0
         while True:
-            collect_garbage()
+            collect_garbage(passes % GC_THAW_EVERY == 0)
+            passes += 1
             try:
                 await asyncio.wait_for(self.stopping.wait(), GC_INTERVAL)
                 return
@@ -416,7 +422,7 @@ class Agent:
             await self._close_forwarders(previous, runtime)
             # Once this frame lets go of it, the previous runtime is garbage, frozen, and
             # partly in cycles (a dropped cache and its entries point at each other).
-            asyncio.get_running_loop().call_soon(collect_garbage)
+            asyncio.get_running_loop().call_soon(collect_garbage, True)
             log.info("reload: now serving %s (%s)", config.path, config.digest[:12])
             return True
 
@@ -594,14 +600,13 @@ class Agent:
             await self.shutdown()
 
 
-def collect_garbage() -> None:
-    """Collect the whole heap, then freeze what is left out of the collector's later walks.
+def collect_garbage(thaw: bool) -> None:
+    """Collect cyclic garbage, then freeze what is left out of the collector's later walks.
 
-    Frozen objects are never collected, so the frozen are thawed first: what was alive
-    at the last pass and has since become garbage in a cycle (a replaced runtime's
-    caches; with the standard event loop, every closed transport) is freed too.
+    Frozen objects are never collected: with *thaw*, the frozen are collected too.
     """
-    gc.unfreeze()
+    if thaw:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 

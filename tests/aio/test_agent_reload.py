@@ -105,7 +105,7 @@ async def test_a_dropped_cache_is_freed_though_frozen() -> None:
         assert runtime is not None
         cache = weakref.ref(runtime.zones[0].cache)
         del runtime
-        collect_garbage()  # the periodic pass, with the answer stored
+        collect_garbage(False)  # a periodic pass, with the answer stored
         kit.corefile = corefile(up.port, "reload 2s", cache="cache 10")
         for _ in range(100):  # the reload loop picks the change up within 0.05 s
             await asyncio.sleep(0.05)
