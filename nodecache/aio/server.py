@@ -18,6 +18,7 @@ from collections.abc import Callable
 from nodecache.config.settings import TimeoutSettings
 from nodecache.core.handler import SLOT_SERVER_SHIFT, QueryHandler
 from nodecache.core.stats import AgentStats, server_index
+from nodecache.core.upstream import frame
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class TcpConnection(asyncio.Protocol):
     def _send(self, reply: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and reply:
-            transport.write(len(reply).to_bytes(2, "big") + reply)
+            transport.write(frame(reply))
 
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).

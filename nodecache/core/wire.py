@@ -236,14 +236,15 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
 def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
                 options: bytes = b"", payload: int = OUR_UDP_PAYLOAD, qid: int = 0,
-                edns: bool = True) -> bytes:
-    """A query with RD set and our OPT; ID 0 unless given (the forwarder sets its own).
+                edns: bool = True, rd: bool = True) -> bytes:
+    """A query with RD set (unless ``rd=False``) and our OPT; ID 0 unless given
+    (the forwarder sets its own).
 
     ``options`` are the client's EDNS options, passed on as CoreDNS's forward
     does (client subnet, cookies, padding...); the payload size is ours
     (``bufsize``'s when the block has it). ``edns=False``: no OPT at all.
     """
-    flags = RD | (CD if cd else 0)
+    flags = (RD if rd else 0) | (CD if cd else 0)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     question = header + qname + struct.pack("!HH", qtype, qclass)
     return question + opt_record(do, payload, options=options) if edns else question
