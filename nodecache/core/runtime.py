@@ -41,20 +41,21 @@ class EntryIndex:
     __slots__ = ("_handlers_of",)
 
     def __init__(self) -> None:
-        self._handlers_of: dict[BlockCache, list[QueryHandler]] = {}
+        #: None, a zone without a cache, is never a key: such a zone indexes nothing.
+        self._handlers_of: dict[BlockCache | None, list[QueryHandler]] = {}
 
     def add(self, zone: Zone, entry: Entry) -> None:
         """``zone`` is the zone the cache was made for (its ``cache`` never changes)."""
-        for handler in self._handlers_of.get(zone.cache, ()):  # type: ignore[arg-type]
+        for handler in self._handlers_of.get(zone.cache, ()):
             handler.index_add(entry)
 
     def remove(self, zone: Zone, entry: Entry) -> None:
-        for handler in self._handlers_of.get(zone.cache, ()):  # type: ignore[arg-type]
+        for handler in self._handlers_of.get(zone.cache, ()):
             handler.index_remove(entry)
 
     def track(self, handlers: Iterable[QueryHandler]) -> None:
         """Serve these handlers from now on (those of the running and pending runtimes)."""
-        handlers_of: dict[BlockCache, list[QueryHandler]] = {}
+        handlers_of: dict[BlockCache | None, list[QueryHandler]] = {}
         for handler in {id(h): h for h in handlers}.values():
             for zone in {id(z): z for z in handler.zones.values()}.values():
                 if zone.cache is not None:
