@@ -134,6 +134,29 @@ def test_frame_decoder(chunks: list[bytes], expected: list[object]) -> None:
     assert got == expected
 
 
+SPLIT_CASES = [
+    # (reads, messages taken after each read, error left, bytes left buffered)
+    ([frame(QUERY)], [[QUERY]], False, 0),                    # one whole frame
+    ([frame(QUERY) * 3], [[QUERY] * 3], False, 0),
+    ([frame(QUERY)[:1], frame(QUERY)[1:]], [[], [QUERY]], False, 0),
+    ([frame(QUERY) + frame(QUERY)[:5], frame(QUERY)[5:] + frame(QUERY)],
+     [[QUERY], [QUERY, QUERY]], False, 0),
+    ([frame(QUERY)[:5]], [[]], False, 5),
+    ([b"\x00\x03abc"], [[]], True, 5),                        # shorter than a header
+    ([frame(QUERY) + b"\x00\x00"], [[QUERY]], True, 2),        # the query before it counts
+    ([b"\x00\x00", frame(QUERY)], [[], []], True, 2 + len(frame(QUERY))),
+]
+
+
+@pytest.mark.parametrize("reads,taken,error,left", SPLIT_CASES)
+def test_feed_frames(reads: list[bytes], taken: list[list[bytes]], error: bool,
+                     left: int) -> None:
+    dec = FrameDecoder()
+    assert [dec.feed_frames(data) for data in reads] == taken
+    assert (dec.error is not None) is error
+    assert dec.buffered == left
+
+
 def test_frame_decoder_byte_by_byte() -> None:
     stream = frame(QUERY) + frame(query_wire("b.example.")) + frame(QUERY)
     dec = FrameDecoder()
