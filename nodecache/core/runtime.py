@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from nodecache.config.settings import Config, ServerBlock
-from nodecache.core.cache import BlockCache, Entry
-from nodecache.core.handler import LogQuery, QueryHandler, Zone, key_name
+from nodecache.core.cache import BlockCache, Entry, key_name
+from nodecache.core.handler import LogQuery, QueryHandler, Zone
 from nodecache.core.stats import CacheStats, ServerStats, server_index
 
 #: Listener address -> the handler serving it.

@@ -6,6 +6,7 @@ RFC 1035 unless another RFC is named.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -420,6 +421,31 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
     while offset < cut:
         offset += 1 + name[offset]
     return offset == cut
+
+
+#: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
+_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
+
+
+def name_text(qname: bytes) -> str:
+    """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
+    labels = []
+    offset = 0
+    plain = []
+    while qname[offset]:
+        length = qname[offset]
+        plain.append(qname[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    if all(_PLAIN_LABEL.fullmatch(label) for label in plain):
+        return b".".join(plain).decode("ascii") + "."
+    offset = 0
+    while qname[offset]:
+        length = qname[offset]
+        raw = qname[offset + 1:offset + 1 + length]
+        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}"
+                              for b in raw))
+        offset += 1 + length
+    return ".".join(labels) + "."
 
 
 # Mnemonics of the IANA DNS parameter registries (RFC 6895 section 3), spelled as
