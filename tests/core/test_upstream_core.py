@@ -15,7 +15,7 @@ import pytest
 from nodecache.core.upstream import (
     EOF, NEED_DATA, AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent,
     ConnState, FrameDecoder, FrameError, IdSource, InFlight, TRANSITIONS, UpstreamConnection,
-    frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_name, set_id,
+    frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_of, set_id,
 )
 from tests.kit.queries import query_wire
 
@@ -52,6 +52,8 @@ QUESTION_CASES = [
     (QUERY[:4] + b"\x00\x00" + QUERY[6:], None),            # QDCOUNT 0
     (QUERY[:4] + b"\x00\x02" + QUERY[6:], None),            # QDCOUNT 2
     (QUERY[:12] + b"\xc0\x0c\x00\x01\x00\x01", None),       # compression pointer
+    (QUERY[:12] + b"\x3f" + b"a" * 63 + b"\x3f" + b"a" * 63 + b"\x3f" + b"a" * 63
+     + b"\x3f" + b"a" * 63 + b"\x00\x00\x01\x00\x01", None),    # name of 257 octets
     (b"", None),
 ]
 
@@ -73,11 +75,9 @@ def test_header_helpers() -> None:
     assert get_id(set_id(QUERY, 7)) == 7 and set_id(QUERY, 7)[2:] == QUERY[2:]
     ans = answer_to(QUERY, rcode=dns.rcode.NXDOMAIN)
     assert is_response(ans) and not is_response(QUERY)
-    assert rcode_name(ans[3]) == "NXDOMAIN"
+    assert rcode_of(ans) == dns.rcode.NXDOMAIN
     assert not is_truncated(ans)
     assert is_truncated(ans[:2] + bytes([ans[2] | 0x02]) + ans[3:])
-    for rc in range(16):
-        assert rcode_name(rc) == dns.rcode.to_text(rc)
 
 
 @pytest.mark.parametrize("domain,rd", [(".", True), (".", False), ("cluster.local.", True)])
@@ -132,6 +132,29 @@ def test_frame_decoder(chunks: list[bytes], expected: list[object]) -> None:
             got.append("error")
             break
     assert got == expected
+
+
+SPLIT_CASES = [
+    # (reads, messages taken after each read, error left, bytes left buffered)
+    ([frame(QUERY)], [[QUERY]], False, 0),                    # one whole frame
+    ([frame(QUERY) * 3], [[QUERY] * 3], False, 0),
+    ([frame(QUERY)[:1], frame(QUERY)[1:]], [[], [QUERY]], False, 0),
+    ([frame(QUERY) + frame(QUERY)[:5], frame(QUERY)[5:] + frame(QUERY)],
+     [[QUERY], [QUERY, QUERY]], False, 0),
+    ([frame(QUERY)[:5]], [[]], False, 5),
+    ([b"\x00\x03abc"], [[]], True, 5),                        # shorter than a header
+    ([frame(QUERY) + b"\x00\x00"], [[QUERY]], True, 2),        # the query before it counts
+    ([b"\x00\x00", frame(QUERY)], [[], []], True, 2 + len(frame(QUERY))),
+]
+
+
+@pytest.mark.parametrize("reads,taken,error,left", SPLIT_CASES)
+def test_feed_frames(reads: list[bytes], taken: list[list[bytes]], error: bool,
+                     left: int) -> None:
+    dec = FrameDecoder()
+    assert [dec.feed_frames(data) for data in reads] == taken
+    assert (dec.error is not None) is error
+    assert dec.buffered == left
 
 
 def test_frame_decoder_byte_by_byte() -> None:
