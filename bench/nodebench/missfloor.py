@@ -39,7 +39,7 @@ class MissFloor(asyncio.DatagramProtocol):
         self.connecting: asyncio.Task[None] | None = None
         #: our ID -> (client's ID, client's address); a lost answer's slot is reused when
         #: the 16-bit IDs wrap, so this stays bounded.
-        self.pending: dict[int, tuple[bytes, object]] = {}
+        self.pending: dict[int, tuple[bytes, tuple[str, int]]] = {}
         self._ids = itertools.cycle(range(1, 65536))
         #: frames queued in this loop iteration, written together by :meth:`flush`
         self.out = bytearray()
