@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ def start_knot(cleanup: Cleanup, work: Path, addr: tuple[str, int] = KNOT) -> Da
         "@ IN NS ns\nns IN A 10.0.0.53\n* IN A 10.0.0.1\n")
     (d / "knot.conf").write_text(knot_config(d, f"{addr[0]}@{addr[1]}",
                                              {"cluster.local": d / "cluster.local.zone"}))
+    ensure_free("knotd", *addr)
     daemon = start_daemon(cleanup, "knotd", ["knotd", "-c", str(d / "knot.conf")], ns=None, log_dir=work)
     wait_answer(daemon, *addr)
     return daemon
@@ -89,8 +91,20 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
     return ["unbound", "-d", "-c", str(conf)], env
 
 
+def ensure_free(name: str, host: str, port: int) -> None:
+    """Stop unless UDP *host*:*port* is free: a server left running there with SO_REUSEPORT
+    (nodecache, knotd) would share the queries and the figures would be half someone else's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise BenchError(f"{name}: {host}:{port} is taken ({exc.strerror}): stop what listens there "
+                             "(ss -lunp) and run again") from None
+
+
 def start_cache(cleanup: Cleanup, name: str, d: Path, a: argparse.Namespace) -> Daemon:
     """Cache *name* running from directory *d*, pinned to the server core, answering."""
+    ensure_free(name, *ADDRS[name])
     argv, env = cache_argv(name, d, a)
     daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env)
     wait_answer(daemon, *ADDRS[name])
