@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from nodecache.core.wire import rcode_name as _mnemonic
 
 __all__ = [
-    "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
+    "FrameDecoder", "frame",
     "question_key", "same_question", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
     "rcode_name", "IdSource", "InFlight",
     "ConnState", "ConnEvent", "TRANSITIONS", "UpstreamConnection",
@@ -44,22 +44,6 @@ HEADER_SIZE = 12
 
 _U16 = struct.Struct("!H")
 _U16U16 = struct.Struct("!HH")
-
-
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: ``FrameDecoder.next_frame()``: no complete frame buffered; feed more bytes.
-NEED_DATA = _Sentinel("NEED_DATA")
-#: ``FrameDecoder.next_frame()``: the peer closed the stream cleanly between frames.
-EOF = _Sentinel("EOF")
 
 
 # -- wire helpers -----------------------------------------------------------
@@ -181,55 +165,57 @@ class IdSource:
 
 # -- framing ----------------------------------------------------------------
 
-class FrameError(Exception):
-    """The upstream sent bytes that are not DNS-over-TCP (its fault)."""
-
-
 class FrameDecoder:
-    """Splits a DNS-over-TCP byte stream into messages.
+    """Splits a DNS-over-TCP byte stream into messages, every whole one of a read at once.
 
-    ``feed(data)`` buffers bytes (``b""`` means the peer closed);
-    ``next_frame()`` returns one message, ``NEED_DATA`` or ``EOF``, and raises
-    :class:`FrameError` for a frame too short to hold a header or a stream
-    that ends inside a frame.
+    ``frames(data)`` returns the messages that ``data`` completes (``b""``
+    means the peer closed) and keeps a frame begun for the next read. A broken
+    stream (a frame too short to hold a header, or EOF inside a frame) sets
+    ``error``, the peer's fault; the messages before the break are returned.
     """
 
-    __slots__ = ("_buf", "_pos", "_eof")
+    __slots__ = ("_rest", "eof", "error")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            self._eof = True
-            return
-        if self._pos:
-            # drop what was consumed once per feed, not per frame
-            del self._buf[:self._pos]
-            self._pos = 0
-        self._buf += data
+        #: A frame begun in earlier reads.
+        self._rest = bytearray()
+        self.eof = False
+        self.error: str | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._rest)
 
-    def next_frame(self) -> bytes | _Sentinel:
-        buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail >= 2:
-            length = (buf[pos] << 8) | buf[pos + 1]
+    def frames(self, data: bytes) -> list[bytes]:
+        if self.error is not None:
+            return []
+        rest = self._rest
+        if not data:
+            self.eof = True
+            if rest:
+                self.error = f"stream ended inside a frame ({len(rest)} bytes left)"
+            return []
+        if rest:
+            rest += data
+            if len(rest) < 2 or len(rest) < 2 + (rest[0] << 8 | rest[1]):
+                return []  # still inside that frame: no copy, no scan
+            data = bytes(rest)
+            rest.clear()
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            length = data[pos] << 8 | data[pos + 1]
             if length < HEADER_SIZE:
-                raise FrameError(f"frame of {length} bytes is shorter than a DNS header")
-            if avail >= 2 + length:
-                self._pos = pos + 2 + length
-                return bytes(buf[pos + 2:pos + 2 + length])
-        if self._eof:
-            if avail:
-                raise FrameError(f"stream ended inside a frame ({avail} bytes left)")
-            return EOF
-        return NEED_DATA
+                self.error = f"frame of {length} bytes is shorter than a DNS header"
+                return out
+            after = pos + 2 + length
+            if after > end:
+                break
+            out.append(data[pos + 2:after])
+            pos = after
+        if pos < end:
+            rest += data[pos:]
+        return out
 
 
 # -- in-flight table ----------------------------------------------------------
@@ -491,28 +477,23 @@ class UpstreamConnection:
             return []
         events: list[AnswerReceived | ConnectionTerminated] = []
         decoder = self._decoder
-        decoder.feed(data)
-        while True:
-            try:
-                msg = decoder.next_frame()
-            except FrameError as exc:
-                term = self.terminate(ConnEvent.PROTOCOL_ERROR, str(exc))
-                if term is not None:
-                    events.append(term)
-                return events
-            if msg is NEED_DATA:
-                break
-            if msg is EOF:
-                term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
-                if term is not None:
-                    events.append(term)
-                return events
-            token = self.in_flight.match(msg)  # type: ignore[arg-type]
+        match = self.in_flight.match
+        for msg in decoder.frames(data):
+            token = match(msg)
             if token is not None:
-                self.last_used = now
-                events.append(AnswerReceived(token, msg))  # type: ignore[arg-type]
+                events.append(AnswerReceived(token, msg))
             # else: a late answer to a query given up on, or a stray: ignore it
-        self._maybe_drained()
+        if events:
+            self.last_used = now
+        term = None
+        if decoder.error is not None:
+            term = self.terminate(ConnEvent.PROTOCOL_ERROR, decoder.error)
+        elif decoder.eof:
+            term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
+        else:
+            self._maybe_drained()
+        if term is not None:
+            events.append(term)
         return events
 
     def connection_lost(self, detail: str = "") -> ConnectionTerminated | None:

@@ -13,8 +13,8 @@ import dns.rcode
 import pytest
 
 from nodecache.core.upstream import (
-    EOF, NEED_DATA, AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent,
-    ConnState, FrameDecoder, FrameError, IdSource, InFlight, TRANSITIONS, UpstreamConnection,
+    AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent,
+    ConnState, FrameDecoder, IdSource, InFlight, TRANSITIONS, UpstreamConnection,
     frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_name, set_id,
 )
 from tests.kit.queries import query_wire
@@ -105,17 +105,20 @@ def test_id_source_draws_blocks() -> None:
 # -- framing ------------------------------------------------------------------------
 
 FRAME_CASES = [
-    # (chunks fed, expected results in order; "error" = FrameError)
-    ([frame(QUERY)], [QUERY, NEED_DATA]),
-    ([frame(QUERY) + frame(QUERY)], [QUERY, QUERY, NEED_DATA]),
-    ([frame(QUERY)[:1], frame(QUERY)[1:]], [QUERY, NEED_DATA]),
-    ([frame(QUERY)[:5]], [NEED_DATA]),
-    ([frame(QUERY), b""], [QUERY, EOF]),
-    ([b""], [EOF]),
+    # (chunks fed, messages returned, then "eof" or "error" when the stream ended so)
+    ([frame(QUERY)], [QUERY]),
+    ([frame(QUERY) + frame(QUERY)], [QUERY, QUERY]),
+    ([frame(QUERY)[:1], frame(QUERY)[1:]], [QUERY]),
+    ([frame(QUERY)[:5]], []),
+    ([frame(QUERY), b""], [QUERY, "eof"]),
+    ([b""], ["eof"]),
     ([frame(QUERY)[:5], b""], ["error"]),                     # truncated at EOF
-    ([b"\x00"], [NEED_DATA]),
-    ([b"\x00\x03abc"], ["error"]),                             # shorter than a header
-    ([b"\x00\x00"], ["error"]),                                # zero-length frame
+    ([b"\x00"], []),
+    ([b"\x00\x03abc"], ["error"]),                           # shorter than a header
+    ([b"\x00\x00"], ["error"]),                              # zero-length frame
+    ([b"\x00", b"\x00"], ["error"]),                          # ... across two reads
+    ([frame(QUERY) + b"\x00\x00" + frame(QUERY)], [QUERY, "error"]),  # what came before counts
+    ([frame(QUERY)[:5], frame(QUERY)[5:] + frame(QUERY)[:3], frame(QUERY)[3:]], [QUERY, QUERY]),
 ]
 
 
@@ -124,13 +127,11 @@ def test_frame_decoder(chunks: list[bytes], expected: list[object]) -> None:
     dec = FrameDecoder()
     got: list[object] = []
     for chunk in chunks:
-        dec.feed(chunk)
-    for _ in expected:
-        try:
-            got.append(dec.next_frame())
-        except FrameError:
-            got.append("error")
-            break
+        got += dec.frames(chunk)
+    if dec.error is not None:
+        got.append("error")
+    elif dec.eof:
+        got.append("eof")
     assert got == expected
 
 
@@ -139,11 +140,9 @@ def test_frame_decoder_byte_by_byte() -> None:
     dec = FrameDecoder()
     out = []
     for i in range(len(stream)):
-        dec.feed(stream[i:i + 1])
-        while (msg := dec.next_frame()) is not NEED_DATA:
-            out.append(msg)
+        out += dec.frames(stream[i:i + 1])
     assert out == [QUERY, query_wire("b.example."), QUERY]
-    assert dec.buffered == 0
+    assert dec.buffered == 0 and dec.error is None
 
 
 # -- in-flight table ----------------------------------------------------------------
@@ -216,9 +215,7 @@ class MemoryServer:
         self.received: list[bytes] = []
 
     def receive(self, data: bytes) -> None:
-        self.decoder.feed(data)
-        while (msg := self.decoder.next_frame()) is not NEED_DATA:
-            self.received.append(msg)  # type: ignore[arg-type]
+        self.received += self.decoder.frames(data)
 
 
 def transfer(conn: UpstreamConnection, server: MemoryServer) -> None:
