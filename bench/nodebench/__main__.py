@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results",
                     help="where the report goes (default bench/results)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (configs, zones, logs)")
+    ap.add_argument("--load-only", action="store_true", dest="load_only",
+                    help="only scenario 7, hits under machine load (a few minutes)")
     ap.add_argument("--core", action="store_true",
                     help="only the core micro-benchmark (QueryHandler, no sockets; needs no root), printed")
     ap.add_argument("--missrate", action="store_true",
@@ -86,7 +88,7 @@ def meta(a: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     commit = _version(["git", "-C", str(S.REPO), "rev-parse", "--short", "HEAD"])
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "quick": a.quick, "plan": plan.__dict__, "cpu": cpu, "cores": os.cpu_count(),
+        "quick": a.quick, "load_only": a.load_only, "plan": plan.__dict__, "cpu": cpu, "cores": os.cpu_count(),
         "kernel": platform.release(), "loadavg_start": _loadavg(), "server_cpu": S.SERVER_CPU, "loadgen_cpu": S.LOADGEN_CPU,
         "versions": {
             "knotd": _version(["knotd", "--version"]).replace("knotd (Knot DNS), version ", ""),
@@ -171,22 +173,24 @@ def run(a: argparse.Namespace, cleanup: Cleanup) -> int:
     res["meta"]["corefile_origin"] = origin
     res["meta"]["corefile"] = path.read_text()
 
-    log("the core alone: hits and misses through QueryHandler, no sockets")
-    res["core"] = core_alone(a.quick)
-    log(f"  hit {res['core']['hit']['median_us']:.2f} us, miss {res['core']['miss']['median_us']:.2f} us (median)")
+    if not a.load_only:
+        log("the core alone: hits and misses through QueryHandler, no sockets")
+        res["core"] = core_alone(a.quick)
+        log(f"  hit {res['core']['hit']['median_us']:.2f} us, miss {res['core']['miss']['median_us']:.2f} us (median)")
     runner.start_cluster_dns()
     res["meta"]["zone_records"] = runner.zone.records
-    runner.run_direct()
+    if not a.load_only:
+        runner.run_direct()
     for c in caches:
         if c.name in problems:
             res["caches"][c.name] = {"status": problems[c.name], "ip": c.ip,
                                      "cluster_transport": c.cluster_transport, "notes": c.notes}
             continue
-        runner.run_cache(c)
+        runner.run_cache(c, load_only=a.load_only)
     res["meta"]["elapsed_s"] = time.monotonic() - t0
     res["meta"]["loadavg_end"] = _loadavg()
     log(f"writing {a.out}/report.md, results.json and plots")
-    report.write(res, runner.samples, a.out)
+    report.write(res, runner.samples, a.out, load_only=a.load_only)
     # node-cache without a build to run is reported, not a failure of the run.
     failed = [n for n, c in res["caches"].items() if c["status"] != "ok" and not c["status"].startswith("not measured")]
     for n, c in res["caches"].items():

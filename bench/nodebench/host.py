@@ -7,13 +7,14 @@ SIGINT/SIGTERM/SIGHUP (turned into :class:`Interrupted` by :func:`trap_signals`)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -177,6 +178,29 @@ def start_daemon(
     d = Daemon(name, proc, log_path)
     cleanup.push(f"stop {name}", d.stop)
     return d
+
+
+@contextlib.contextmanager
+def busy_loops(cpu: int, count: int, seconds: float) -> Iterator[None]:
+    """*count* shell busy loops pinned to *cpu* while the block runs: other pods' work.
+
+    Each runs in a session of its own, so the scheduler gives it a share of its
+    own (an autogroup), as pods in cgroups of their own get; each also ends by
+    itself after *seconds* (``timeout``), should this process be killed.
+    """
+    procs = [subprocess.Popen(["taskset", "-c", str(cpu), "timeout", f"{seconds:g}",
+                               "sh", "-c", "while :; do :; done"],
+                              start_new_session=True, stdin=subprocess.DEVNULL)
+             for _ in range(count)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(5)
 
 
 def proc_tree(pid: int) -> list[int]:

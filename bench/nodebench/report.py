@@ -90,6 +90,12 @@ def figures() -> list[Figure]:
          "<= 1.2x unbound", _vs("unbound", 1.2)),
         ("p99 hit latency at 5,000 q/s", "ms", lambda c, r: get(c, "throughput", "p99_ms_at_fixed"),
          "< 1.5", _abs(lambda v: v < 1.5)),
+        ("p99 hit latency under machine load (section 7's heaviest run)", "ms",
+         lambda c, r: get(c, "under_load", _heaviest(r), "latency_ms", "p99"), "<= node-cache",
+         _vs("node-cache", 1)),
+        ("answered under machine load (section 7's heaviest run)", "",
+         lambda c, r: get(c, "under_load", _heaviest(r), "answered"), ">= node-cache",
+         _vs("node-cache", 1, at_least=True)),
         ("p50 hit latency at 1,000 q/s", "ms", lambda c, r: get(c, "latency", "hit", "latency_ms", "p50"),
          "", None),
         ("p50 miss latency at 1,000 q/s", "ms", lambda c, r: get(c, "latency", "miss", "latency_ms", "p50"),
@@ -118,6 +124,12 @@ def figures() -> list[Figure]:
          lambda c, r: get(c, "conntrack", "with_notrack", "per_10k_queries", "pod_to_node_cache"),
          "0", _abs(lambda v: v == 0)),
     ]
+
+
+def _heaviest(res: dict[str, Any]) -> str:
+    """Section 7's run with the most busy loops at the highest rate."""
+    plan = get(res, "meta", "plan") or {}
+    return f"h{max(plan.get('load_hogs') or [0])}_q{max(plan.get('load_rates') or [0])}"
 
 
 def _sub(a: Any, b: Any) -> Any:
@@ -174,6 +186,8 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
         for note in res["caches"][c].get("notes") or []:
             L.append(f"- {c}: {note}")
     L.append("")
+    if m.get("load_only"):  # bench/run --load-only
+        return "\n".join(L + _under_load(res, caches))
 
     # --- summary against the targets
     L.append("## Summary against the targets\n")
@@ -391,10 +405,46 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
     L.append(table(["path", "entries / 10k queries", "pod to cache", "pod to cluster DNS", "node to upstream"],
                    rows) + "\n")
     L.append(_img(plots, "conntrack.png", "Conntrack entries"))
+    L += _under_load(res, caches)
     L.append("## Files\n")
     L.append("`results.json` holds every figure above and more (each dnsperf run's counts, every throughput "
              "trial, relay counters); the PNGs sit beside this report; `logs/` has each server's output.\n")
     return "\n".join(L)
+
+
+def _under_load(res: dict[str, Any], caches: list[str]) -> list[str]:
+    """Section 7: hits while busy loops share the server core."""
+    plan = res["meta"]["plan"]
+    keys = [(h, q) for h in plan.get("load_hogs") or () for q in plan.get("load_rates") or ()]
+    if not keys:
+        return []
+    L = ["## 7. Hits under machine load\n",
+         f"The cached names of section 1, paced with `-Q` for {fmt(plan['load_s'])} s a run (dnsperf as in section 3, "
+         "a query unanswered after 1 s is lost), while shell busy loops pinned to the server's core compete "
+         "for it, each in a session of its own (the scheduler gives each session an equal share, as it gives "
+         "pods in cgroups of their own). \"answered\" is the share of queries sent that got an answer: a "
+         "server whose queue is short drops what it cannot take, so its latency looks better and its clients "
+         "wait for a retry instead (glibc: 5 s). nodecache's last column counts the times it turned miss "
+         "shedding on (docs/failure-modes.md).\n"]
+    rows = []
+    for c in caches:
+        sc = _status_cell(res, c)
+        for h, q in keys:
+            run = get(res, "caches", c, "under_load", f"h{h}_q{q}")
+            if sc or run is None:
+                rows.append([c, str(h), f"{q:,}", *[sc or "n/a"] * 6])
+                continue
+            lat = run["latency_ms"]
+            rows.append([c, str(h), f"{q:,}", f"{run['answered']:.2%}", fmt(lat["p50"]), fmt(lat["p99"]),
+                         fmt(lat["p99.9"]), fmt(run.get("cpu_us_per_answer")),
+                         fmt(run["shedding_started"]) if "shedding_started" in run else "-"])
+    L.append(table(["cache", "busy loops", "q/s", "answered", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/answer",
+                    "shedding started"], rows) + "\n")
+    L += _ratio_rows(res, caches, [(f"{what} at {q:,} q/s, {h} busy loops", ("under_load", f"h{h}_q{q}", *path))
+                                   for h, q in keys
+                                   for what, path in (("p50", ("latency_ms", "p50")), ("p99", ("latency_ms", "p99")),
+                                                      ("answered", ("answered",)))])
+    return L
 
 
 def _pct(v: Any) -> str:
@@ -585,9 +635,9 @@ def plot(res: dict[str, Any], samples: dict[str, list[float]], out: Path) -> lis
     return written
 
 
-def write(res: dict[str, Any], samples: dict[str, list[float]], out: Path) -> None:
+def write(res: dict[str, Any], samples: dict[str, list[float]], out: Path, *, load_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     res = clean(res)
     (out / "results.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
-    plots = plot(res, samples, out)
+    plots = [] if load_only else plot(res, samples, out)
     (out / "report.md").write_text(render(res, plots))

@@ -1,4 +1,4 @@
-"""The six scenarios, run against the cluster DNS directly and through each node cache.
+"""The seven scenarios, run against the cluster DNS directly and through each node cache.
 
 Each cache runs alone, pinned to the server core, and every scenario that needs
 an empty cache gets a fresh process. All figures land in one dict (see
@@ -15,7 +15,7 @@ from typing import Any
 from . import servers as S
 from . import topology as T
 from . import zone as Z
-from .host import BenchError, Cleanup, Daemon, Interrupted, log
+from .host import BenchError, Cleanup, Daemon, Interrupted, busy_loops, log
 from .memory import measure as measure_memory
 from .memory import process_memory
 from .measure import PerfResult, conntrack_entries, conntrack_flush, dnsperf, probe, summary_ms
@@ -24,6 +24,8 @@ LOSS_LIMIT = 0.001  # 0.1 %
 #: Unloaded latency: 1,000 q/s paced, so queries rarely overlap. (dnsperf's
 #: closed loop with one outstanding query, ``-q 1``, stalls between queries.)
 LATENCY_ARGS = ["-n", "1", "-Q", "1000", "-q", "20", "-t", "2"]
+#: Log line nodecache writes when it starts shedding misses (aio/agent.py).
+SHEDDING_LINE = "shedding misses"
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,22 @@ class Plan:
     miss_names: int
     memory_points: tuple[int, ...]
     conntrack_queries: int
+    #: Hits under machine load: busy loops on the server core, paced rates, seconds per run.
+    load_hogs: tuple[int, ...]
+    load_rates: tuple[int, ...]
+    load_s: float
 
     @classmethod
     def make(cls, *, quick: bool, services: int, delay_ms: float, ttl: int) -> Plan:
         if quick:
             return cls(quick, services, delay_ms, ttl, latency_names=400, search_names=60, trial_s=2.0,
                        search_steps=3, fixed_rate=5000, fixed_s=3.0, miss_names=3000,
-                       memory_points=(10_000, 20_000), conntrack_queries=2000)
+                       memory_points=(10_000, 20_000), conntrack_queries=2000,
+                       load_hogs=(4,), load_rates=(1000, 5000), load_s=3.0)
         return cls(quick, services, delay_ms, ttl, latency_names=4000, search_names=400, trial_s=5.0,
                    search_steps=5, fixed_rate=5000, fixed_s=10.0, miss_names=20_000,
-                   memory_points=(10_000, 100_000), conntrack_queries=10_000)
+                   memory_points=(10_000, 100_000), conntrack_queries=10_000,
+                   load_hogs=(2, 8), load_rates=(1000, 5000), load_s=8.0)
 
 
 def _perf_dict(r: PerfResult, *, latency: bool = False) -> dict[str, Any]:
@@ -140,12 +148,16 @@ class Runner:
         d["conntrack"] = self._conntrack(T.CLUSTER_DNS)
 
     # --- one node cache ----------------------------------------------------------
-    def run_cache(self, cache: S.Cache) -> None:
+    def run_cache(self, cache: S.Cache, *, load_only: bool = False) -> None:
         res: dict[str, Any] = {"status": "running", "ip": cache.ip,
                                "cluster_transport": cache.cluster_transport, "notes": cache.notes}
         self.results["caches"][cache.name] = res
         try:
-            self._run_cache(cache, res)
+            if load_only:
+                log(f"== {cache.name} on {cache.ip} (pinned to core {S.SERVER_CPU}): 7. hits under machine load")
+                res["under_load"] = self.hits_under_load(cache, self._start(cache))
+            else:
+                self._run_cache(cache, res)
             res["status"] = "ok"
         except Interrupted:
             res["status"] = "interrupted"
@@ -179,6 +191,8 @@ class Runner:
             log(f"{name}: 3. maximum hit throughput (<= {LOSS_LIMIT:.1%} loss)")
             res["throughput"] = self._hit_throughput(cache, daemon)
             res["memory"] = {"idle": measure_memory(daemon.pid, cache.cgroup)}
+            log(f"{name}: 7. hits under machine load")
+            res["under_load"] = self.hits_under_load(cache, daemon)
             return
 
         # 2. search path
@@ -188,6 +202,10 @@ class Runner:
         # 3. hit throughput on one core
         log(f"{name}: 3. maximum hit throughput (<= {LOSS_LIMIT:.1%} loss)")
         res["throughput"] = self._hit_throughput(cache, daemon)
+
+        # 7. (here: the cache is warm) hits while other work keeps the server core busy
+        log(f"{name}: 7. hits under machine load")
+        res["under_load"] = self.hits_under_load(cache, daemon)
 
         # 4. misses through the upstream
         log(f"{name}: 4. miss throughput through the upstream ({p.miss_names} new names)")
@@ -234,6 +252,32 @@ class Runner:
         S.restart_cache(self.cleanup, self.topo, self.work, cache, self.nodecache_help, notrack=False)
         ct["without_notrack"] = self._conntrack(cache.ip, warm=True)
         res["conntrack"] = ct
+
+    def hits_under_load(self, cache: S.Cache, daemon: Daemon) -> dict[str, Any]:
+        """Section 7: cached names at paced rates while busy loops share the server core.
+
+        Keyed ``h{loops}_q{rate}``. For nodecache, ``shedding_started`` counts the
+        times it turned miss shedding on during the run (its log line).
+        """
+        p, hits = self.plan, self.latency_file
+        out: dict[str, Any] = {}
+        for hogs in p.load_hogs:
+            for rate in p.load_rates:
+                dnsperf(self.topo.pod, cache.ip, hits, ["-n", "1", "-q", "50", "-t", "2"])  # (re)warm every name
+                shed0 = daemon.tail(10**6).count(SHEDDING_LINE)
+                with busy_loops(S.SERVER_CPU, hogs, p.load_s + 10):
+                    time.sleep(0.3)  # let the scheduler settle on the new mix
+                    r = self._hit_trial(cache, daemon, hits, rate, p.load_s, verbose=True)
+                run = {"busy_loops": hogs, "target_qps": rate, **_perf_dict(r, latency=True),
+                       "answered": r.completed / r.sent if r.sent else math.nan}
+                if cache.name == "nodecache":
+                    run["shedding_started"] = daemon.tail(10**6).count(SHEDDING_LINE) - shed0
+                out[f"h{hogs}_q{rate}"] = run
+                lat = run["latency_ms"]
+                log(f"  {hogs} busy loops, -Q {rate}: answered {run['answered']:.2%}, p50 {lat['p50']:.2f} ms, "
+                    f"p99 {lat['p99']:.2f} ms, CPU {run.get('cpu_us_per_answer', math.nan):.1f} us/answer"
+                    + (f", shedding started {run['shedding_started']}x" if "shedding_started" in run else ""))
+        return out
 
     def _upstream_connections(self) -> int:
         """Established TCP connections to the cluster DNS address, from ss in the dns namespace."""

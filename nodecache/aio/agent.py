@@ -45,18 +45,13 @@ from nodecache.config.settings import Config
 from nodecache.core import querylog
 from nodecache.core import runtime as _runtime
 from nodecache.core.handler import SLOT_PROTO, QueryHandler, Zone
+from nodecache.core.overload import OverloadDetector
 from nodecache.core.stats import AgentStats, ForwardStats
 from nodecache.errors import ConfigError, NodecacheError
 from nodecache.metrics import StatsCollector, make_registry, server_stats
 
 log = logging.getLogger(__name__)
 
-#: The load probe runs this often, s. A UDP receive queue fuller than OVERLOAD_FILL
-#: (clients are waiting behind a backlog) marks the agent overloaded (miss
-#: shedding, see resolver) until OVERLOAD_HOLD has passed without.
-LOAD_PROBE_INTERVAL = 0.02
-OVERLOAD_FILL = 0.125
-OVERLOAD_HOLD = 0.5
 #: Python's cyclic garbage collector, tuned for a server whose heap is mostly a
 #: cache without reference cycles: a collection walks every tracked object, so
 #: with the default thresholds (700 allocations) the pauses of gen-2 passes over
@@ -324,22 +319,15 @@ class Agent:
                 pass
 
     async def _load_probe(self) -> None:
-        """Flag the resolvers overloaded while queries queue up on a UDP socket."""
+        """Flag the resolvers overloaded while queries queue up on a UDP socket (core/overload.py)."""
         loop = asyncio.get_running_loop()
-        calm_since = loop.time()
-        overloaded = False
+        detector = OverloadDetector()
         while not self.stopping.is_set():
-            await asyncio.sleep(LOAD_PROBE_INTERVAL)
-            now = loop.time()
+            await asyncio.sleep(detector.next_sample())
             fill = max((queue_fill(listener.udp_sock) for listener in self.listeners.values()),
                        default=0.0)
-            if fill > OVERLOAD_FILL:
-                calm_since = now
-                state = True
-            else:
-                state = overloaded and now - calm_since < OVERLOAD_HOLD
-            if state != overloaded and self.runtime is not None:
-                overloaded = state
+            if detector.sample(loop.time(), fill) and self.runtime is not None:
+                state = detector.overloaded
                 for resolver in self.runtime.resolvers.values():
                     resolver.overloaded = state
                 log.warning("%s", "queries are queueing up: shedding misses of the busiest "
@@ -509,7 +497,6 @@ class Agent:
             entry = item.entry
             if now >= entry.expires + zone.cache.settings.serve_stale:
                 continue  # expired beyond what serve_stale may still use
-            entry.owner = zone
             zone.cache.put(entry, now)
             count += 1
         for handler in runtime.unique_handlers():

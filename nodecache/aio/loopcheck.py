@@ -2,7 +2,7 @@
 
 As CoreDNS's ``loop``: at start, each forwarding zone with ``loop`` gets an
 HINFO query for a random name under it, sent to our own listener. The handler
-counts probe names it sees (``QueryHandler.loop_probes``); once is our own
+counts probe names it sees (``QueryHandler.watch_probe``); once is our own
 query, a second time means the upstream forwarded it back to us.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def check_loops(zones: Sequence[Zone], handlers: Mapping[tuple[str, int], 
         handler = handlers[address]
         label = f"{random.getrandbits(63)}.{random.getrandbits(63)}"
         name = zone_wire(f"{label}.{zone.name}" if zone.name != "." else f"{label}.")
-        handler.loop_probes[name] = 0
+        handler.watch_probe(name)
         probes.append((handler, name, (address[0], ports[address])))
     loop = asyncio.get_running_loop()
     for handler, name, (host, port) in probes:
@@ -60,7 +60,7 @@ async def check_loops(zones: Sequence[Zone], handlers: Mapping[tuple[str, int], 
                 await asyncio.wait_for(loop.sock_recv(sock, 512), LOOP_PROBE_WAIT)
             except (OSError, asyncio.TimeoutError):
                 pass
-        seen = handler.loop_probes.pop(name, 0)
+        seen = handler.probe_seen(name)
         if seen >= 2:
             looped = handler.route(name)
             raise LoopDetected(

@@ -168,7 +168,6 @@ class Resolver:
         #: Set by the agent while queries queue up on its sockets (it cannot keep up).
         self.overloaded = False
         self._loop = asyncio.get_running_loop()
-        handler.refresh = lambda miss: self.submit(miss, _discard, None)
 
     def submit(self, miss: Miss, deliver: Deliver, addr: object) -> None:
         flight = self.inflight.get(miss.key)
@@ -220,7 +219,3 @@ class Resolver:
             if flight.forwarder is not None and flight.query is not None:
                 flight.forwarder.cancel(flight.query)
         self.inflight.clear()
-
-
-def _discard(reply: bytes, addr: object) -> None:
-    """Background refreshes have no client."""

@@ -113,6 +113,16 @@ def queue_fill(sock: socket.socket | None) -> float:
     return queued / size if size else 0.0
 
 
+def submit_refreshes(handler: QueryHandler, submit: Callable[..., None]) -> None:
+    """Resolve the background refreshes ``handler`` queued; no client waits for them."""
+    for miss in handler.take_refreshes():
+        submit(miss, _no_client, None)
+
+
+def _no_client(reply: bytes, addr: object) -> None:
+    """A background refresh's reply goes nowhere (the cache has it)."""
+
+
 class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, handler: QueryHandler, slot: int, submit: Callable[..., None],
                  stats: AgentStats) -> None:
@@ -137,6 +147,8 @@ class UdpListener(asyncio.DatagramProtocol):
             self.transport.sendto(result, addr)  # type: ignore[union-attr]
         elif result is not None:
             self.submit(result, self._send, addr)
+        if self.handler.refreshes:  # a hit or a stale answer asked for a refresh
+            submit_refreshes(self.handler, self.submit)
 
     def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         transport = self.transport
@@ -295,6 +307,8 @@ class TcpConnection(asyncio.Protocol):
                 listener.stats.panics += 1
                 log.exception("handler failed on a TCP query from %s", self.addr)
                 continue
+            if listener.handler.refreshes:
+                submit_refreshes(listener.handler, listener.submit)
             if result.__class__ is bytes:
                 self._send(result)
             elif result is None:

@@ -36,8 +36,8 @@ from nodecache.config.settings import ServerBlock
 from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution, append_answers
 from nodecache.core.forwards import ForwardRoute, first_taker, routes_of
-from nodecache.core.cache import (BlockCache, Entry, Kind, Tag, build_entry, classify,
-                                  has_expired_rrsig)
+from nodecache.core.cache import (SERVFAIL as SERVFAIL_KIND, BlockCache, Entry, Tally, build_entry,
+                                  classify, has_expired_rrsig)
 from nodecache.core.stages import chain_for, dns64_for
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.core.truncate import truncate
@@ -116,14 +116,6 @@ class Zone:
     stats: ServerStats
     cache: BlockCache | None
     cache_stats: CacheStats | None
-    #: Hit path tally: (slot, entry tag, duration bucket, sizes) -> answers from
-    #: the cache; folded into the exported stats by QueryHandler.sync_stats().
-    #: sizes is the query's length, the reply's following from the tag; or,
-    #: negated, query length << 16 | reply length when the reply is not the plain one.
-    tally: dict[tuple[int, Tag, int, int], int] = field(
-        default_factory=dict)
-    #: Seconds spent on those answers (the duration histogram's sum), folded likewise.
-    hit_seconds: float = 0.0
     #: The block's ``forward`` lines, in order (empty without forward).
     forward_routes: tuple[ForwardRoute, ...] = field(init=False, default=())
     #: The block's answering plugins, run on a cache miss; None without any.
@@ -131,6 +123,13 @@ class Zone:
     dns64: DNS64 | None = field(init=False)
     #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
     udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
+    #: The first ``forward`` takes every name of the zone (no need to ask it per query).
+    forwards_all: bool = field(init=False, default=False)
+    #: Replies to misses made from the entry just stored, counted like the hit
+    #: path's (``BlockCache.tally``) but without the cache hit; sync_stats folds them.
+    replies: Tally = field(init=False, default_factory=dict)
+    #: Seconds those replies took, by server index (the slot's bits 8 and up).
+    reply_seconds: dict[int, float] = field(init=False, default_factory=dict)
 
     #: Each listener address's counters, by server index (the slot's bits 8 and
     #: up); a slot not listed here counts into ``stats`` and ``cache_stats``.
@@ -159,7 +158,8 @@ class Zone:
         are moved here and do not change the first's.
         """
         assert self.cache is not None and self.cache_stats is not None
-        own, first = self.cache_stats_for(slot), self.cache_stats
+        first = self.cache_stats
+        own = self.server_cache_stats.get(slot >> SLOT_SERVER_SHIFT, first)
         if own is first or own is None:
             self.cache.put(entry, now)
             return
@@ -180,6 +180,9 @@ class Zone:
         forward = self.block.forward
         if forward is not None:
             self.forward_routes = routes_of((forward, *self.block.later_forwards))
+            first = self.forward_routes[0]
+            self.forwards_all = not first.except_zones \
+                and wire.is_subdomain(zone_wire(self.name), first.zone)
 
 
 #: A query-log writer: (zone, client address, query, reply, slot, duration in s).
@@ -251,9 +254,18 @@ class QueryHandler:
         #: before the cache, so their replies depend on the client and the A records.
         self.aside: dict[bytes, Entry] = {}
         self.zones = {zone_wire(z.name): z for z in zones}
-        #: Called with a background Miss to refresh (prefetch, stale refresh);
-        #: the resolver that runs this handler's misses sets it.
-        self.refresh: Callable[[Miss], None] = lambda miss: None
+        #: Lengths of the zones' wire names: a suffix of another length is no zone.
+        self._zone_lengths = frozenset(map(len, self.zones))
+        #: Background Misses to refresh (prefetch, stale refresh), queued by
+        #: ``handle``: whoever calls ``handle`` takes them out and resolves them
+        #: (``take_refreshes``), as it does a Miss ``handle`` returns.
+        self.refreshes: list[Miss] = []
+        #: Caches of zones with dns64: their AAAA entries go into ``aside``.
+        self._dns64_caches = {id(z.cache) for z in zones if z.dns64 is not None
+                              and z.cache is not None}
+        #: The smallest ``bufsize`` of the zones: a UDP hit larger than this
+        #: looks its zone's own up (rare), a smaller one never needs to.
+        self._least_udp_cap = min((z.udp_cap for z in zones), default=wire.MAX_MESSAGE)
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
         self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
@@ -265,7 +277,10 @@ class QueryHandler:
     # -- cache bookkeeping ---------------------------------------------------
 
     def index_add(self, entry: Entry) -> None:
-        self._index_of(entry)[entry.key] = entry
+        if self._dns64_caches:
+            self._index_of(entry)[entry.key] = entry
+        else:
+            self.index[entry.key] = entry
 
     def index_remove(self, entry: Entry) -> None:
         index = self._index_of(entry)
@@ -274,11 +289,27 @@ class QueryHandler:
 
     def _index_of(self, entry: Entry) -> dict[bytes, Entry]:
         key = entry.key
-        owner = entry.owner
-        if owner is not None and owner.dns64 is not None \
+        if self._dns64_caches and id(entry.cache) in self._dns64_caches \
                 and key[len(key_name(key)):][:2] == b"\x00\x1c":
             return self.aside
         return self.index
+
+    def watch_probe(self, name: bytes) -> None:
+        """Count the queries for wire name ``name`` (lower-case) from now on (the loop check)."""
+        self.loop_probes[name] = 0
+
+    def probe_seen(self, name: bytes) -> int:
+        """How often ``name`` was asked since :meth:`watch_probe`; stops counting it."""
+        return self.loop_probes.pop(name, 0)
+
+    def take_refreshes(self) -> list[Miss]:
+        """The background refreshes queued since the last call (resolve each like a Miss)."""
+        refreshes = self.refreshes
+        if not refreshes:
+            return []
+        taken = refreshes[:]
+        refreshes.clear()
+        return taken
 
     def route(self, qname_lower: bytes) -> Zone | None:
         """The zone whose name is the longest suffix of ``qname_lower``."""
@@ -326,27 +357,29 @@ class QueryHandler:
                 # The body changes once a second (its TTL); build it once per value.
                 body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
                 reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt))
-                zone = entry.owner
+                cache = entry.cache
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
                 rsize = len(reply)
                 if rsize > 512:
                     limit = _client_limit(data, end, slot)
-                    if rsize > limit or not slot & 2 and rsize > zone.udp_cap:
-                        reply = truncate(reply, limit if slot & 2 else min(limit, zone.udp_cap), opt)
-                        size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
+                    if rsize > limit or not slot & 2 and rsize > self._least_udp_cap:
+                        cap = limit if slot & 2 else min(limit, self._udp_cap(entry))
+                        if rsize > cap:
+                            reply = truncate(reply, cap, opt)
+                            size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 if now >= entry.prefetch_at:
-                    self._prefetch(entry, data, end, now, slot)
+                    self._prefetch(entry, data, now, slot)
                 # One dict update counts the request, the response, the cache
                 # hit, the DO bit, the duration bucket and both sizes, by
                 # listener; sync_stats() unpacks it (the entry gives the type,
                 # the rcode, DO and the reply's size, the slot the server label).
                 elapsed = _perf() - started
-                tally = zone.tally
+                tally = cache.tally  # type: ignore[union-attr]
                 mark = (slot, entry.tag,
                         0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed), size)
                 tally[mark] = tally.get(mark, 0) + 1
-                zone.hit_seconds += elapsed
+                cache.hit_seconds += elapsed  # type: ignore[union-attr]
                 return reply
             if entry is None:
                 return self._fast_miss(data, end, key, now, slot, addr, started,
@@ -388,11 +421,13 @@ class QueryHandler:
                     question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
 
-    def _decide(self, miss: Miss, lower: bytes, now: float, addr: object) -> bytes | Miss:
+    def _decide(self, miss: Miss, lower: bytes, now: float, addr: object,
+                looked_up: bool = False) -> bytes | Miss:
         """A parsed, routable query: answer from the cache, serve stale, run the chain,
-        refuse, or miss; dns64 first looks at what that gives an AAAA question."""
+        refuse, or miss; dns64 first looks at what that gives an AAAA question.
+        ``looked_up``: the hit path found nothing in ``index`` for the key."""
         zone = miss.zone
-        entry = self.index.get(miss.key)
+        entry = None if looked_up else self.index.get(miss.key)
         dns64 = zone.dns64
         if dns64 is not None:
             if not miss.dns64 and not miss.background \
@@ -425,7 +460,7 @@ class QueryHandler:
             cache_stats.misses += 1
         if zone.chain is not None:
             return self._run_chain(miss, now, addr)
-        if first_taker(zone.forward_routes, lower) is None:
+        if not zone.forwards_all and first_taker(zone.forward_routes, lower) is None:
             # CoreDNS's NextOrFailure: no plugin takes the name (node-cache: SERVFAIL).
             reply = wire.error_response(miss.query, wire.SERVFAIL, miss.question_end, miss.edns)
             return self._finish(miss, reply, addr, wire.SERVFAIL, "")
@@ -442,11 +477,17 @@ class QueryHandler:
         costs a label walk per query instead of a full parse.
         """
         name_end = end - 4
+        zones = self.zones
+        lengths = self._zone_lengths
+        zone = None
         offset = 12
         length = data[offset]
         while length:
             if length > 63:
                 return self._slow(data, now, slot, addr, started)
+            if zone is None and name_end - offset in lengths:
+                # the longest zone suffix (``route``), found on the way
+                zone = zones.get(key[offset - 12:name_end - 12])
             offset += length + 1
             if offset >= name_end:
                 return self._slow(data, now, slot, addr, started)
@@ -454,10 +495,10 @@ class QueryHandler:
         if offset != name_end - 1 or name_end - 12 > 255 or data[name_end + 2:end] != b"\x00\x01" \
                 or data[name_end:name_end + 2] in (b"\x00\xfc", b"\x00\xfb") or self.loop_probes:
             return self._slow(data, now, slot, addr, started)
-        lower = key[:name_end - 12]
-        zone = self.route(lower)
         if zone is None:
-            return self._slow(data, now, slot, addr, started)
+            zone = zones.get(b"\x00")
+            if zone is None:
+                return self._slow(data, now, slot, addr, started)
         edns = (limit if not slot & 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
                 bool(do)) if data[11] else None
         if not slot & 2:
@@ -465,12 +506,19 @@ class QueryHandler:
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
                     options=data[end + 11:])
-        return self._decide(miss, lower, now, addr)
+        return self._decide(miss, key[:name_end - 12], now, addr, True)
 
-    def _prefetch(self, entry: Entry, data: bytes, end: int, now: float, slot: int) -> None:
-        zone = entry.owner
-        cache = zone.cache
+    def _udp_cap(self, entry: Entry) -> int:
+        """The largest UDP reply of the zone serving ``entry``, bytes (``bufsize``)."""
+        zone = self.route(key_name(entry.key))
+        return wire.MAX_MESSAGE if zone is None else zone.udp_cap
+
+    def _prefetch(self, entry: Entry, data: bytes, now: float, slot: int) -> None:
+        cache = entry.cache
         if cache is None or not cache.note_hit(entry, now):
+            return
+        zone = self.route(key_name(entry.key))  # the zone of the entry, looked up when it fires
+        if zone is None or zone.cache is not cache:
             return
         try:
             question = wire.parse_query(data)
@@ -521,13 +569,13 @@ class QueryHandler:
         """Refresh an entry in the background, through the chain when the block has one."""
         zone = miss.zone
         if zone.chain is None:
-            self.refresh(miss)
+            self.refreshes.append(miss)
             return
         resolution = zone.chain.resolve(_request(miss, None))
         if resolution.answer is None and resolution.rcode is None \
                 and self._forwards(miss, resolution):
             miss.resolution = resolution
-            self.refresh(miss)
+            self.refreshes.append(miss)
             return
         if resolution.answer is not None and not resolution.targets:
             self.absorb(miss, resolution.answer, now)
@@ -550,10 +598,11 @@ class QueryHandler:
             return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
                                     do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
                                     options=miss.options)
-        return wire.build_query(miss.qname, miss.qtype, miss.qclass,
-                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                options=miss.options,
-                                payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
+        # The client's question as it sent it (RFC 1035 section 4.1.2), behind our header.
+        return wire.query_from(miss.query[12:miss.question_end],
+                               do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
+                               options=miss.options,
+                               payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
 
     def absorb(self, miss: Miss, data: bytes, now: float, wall: float | None = None) -> Outcome:
         """Index (and, when cacheable, store) one upstream answer.
@@ -569,7 +618,9 @@ class QueryHandler:
                 return Outcome(data, None, None)
         end = miss.question_end
         key = miss.key
-        same = data[12:end - 4].lower() == key[:end - 16] and data[end - 4:end] == key[end - 16:end - 12]
+        # The question as asked, name compared without case (type and class bytes
+        # that look like letters only cost a second walk of the question).
+        same = data[12:end].lower() == key[:end - 12]
         try:
             response = wire.index_response(data, end if same else 0)
         except (ValueError, struct.error):
@@ -583,12 +634,11 @@ class QueryHandler:
                 stored_ttl = cache.ttl_for(kind, ttl)
                 expired_sig = do and has_expired_rrsig(response, data,
                                                        time.time() if wall is None else wall)
-                keep_stale = kind is Kind.SERVFAIL and miss.stale is not None
+                keep_stale = kind is SERVFAIL_KIND and miss.stale is not None
                 if stored_ttl > 0 and not expired_sig and not keep_stale:
-                    entry = build_entry(miss.key, data, response, kind, stored_ttl, now, do=do,
-                                        loadbalance=zone.block.loadbalance)
-                    entry.owner = zone
-                    entry.keep = cache.settings.keepttl
+                    entry = build_entry(key, data, response, kind, stored_ttl, now, do=do,
+                                        loadbalance=zone.block.loadbalance,
+                                        keep=cache.settings.keepttl, name_end=end - 17)
                     zone.store(entry, now, miss.slot)
         if miss.stale is not None:
             miss.stale.refreshing = False
@@ -670,8 +720,13 @@ class QueryHandler:
         response = outcome.response
         if response is None:
             return self.fail(miss, ValueError("malformed upstream answer"), now, addr)
-        if outcome.entry is not None:
-            reply = self._from_entry(miss, outcome.entry, now)
+        entry = outcome.entry
+        if entry is not None and miss.zone.cache is not None:
+            # the common miss: counted as the hit path counts, in one dict update
+            return self._finish(miss, self._from_entry(miss, entry, now), addr, response.rcode,
+                                "cache", stored=entry)
+        if entry is not None:
+            reply = self._from_entry(miss, entry, now)
         elif response.rcode == wire.SERVFAIL and miss.stale is not None:
             return self.fail(miss, ValueError("upstream SERVFAIL"), now, addr)
         else:
@@ -712,15 +767,19 @@ class QueryHandler:
 
     def _from_entry(self, miss: Miss, entry: Entry, now: float, stale: bool = False) -> bytes:
         data = miss.query
-        header = (data[2] & 1) | (2 if miss.edns else 0)
         if stale:
             ttl = STALE_TTL
         else:
             ttl = entry.ttl if entry.keep else entry.remaining(now)
-        opt = b""
+        # As on the hit path: the body is built once per TTL value.
+        body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
         if miss.edns:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
-        reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + entry.body(ttl) + opt
+            header = (data[2] & 1) | 2
+        else:
+            opt = b""
+            header = data[2] & 1
+        reply = data[:2] + entry.headers[header] + data[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
             reply = truncate(reply, miss.limit, opt)
         return reply
@@ -728,7 +787,7 @@ class QueryHandler:
     def _passthrough(self, miss: Miss, data: bytes, response: wire.Response) -> bytes:
         """An uncached upstream answer, re-headed for this client (own ID, case, OPT)."""
         query = miss.query
-        records = response.answers + response.authority + response.additional
+        records = response.records
         flags = wire.QR | (response.flags & ~(wire.RD | wire.AD)) \
             | (struct.unpack_from("!H", query, 2)[0] & wire.RD)
         if miss.edns and miss.edns[2]:
@@ -736,8 +795,8 @@ class QueryHandler:
         opt = b""
         if miss.edns:
             opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
-        header = struct.pack("!HHHHH", flags & 0xFFFF, 1, len(response.answers),
-                             len(response.authority), len(response.additional) + (1 if opt else 0))
+        header = struct.pack("!HHHHH", flags & 0xFFFF, 1, response.ancount, response.nscount,
+                             response.arcount + (1 if opt else 0))
         body = b"".join(data[r.start:r.end] for r in records)
         reply = query[:2] + header + query[12:miss.question_end] + body + opt
         if len(reply) > miss.limit:
@@ -745,17 +804,32 @@ class QueryHandler:
         return reply
 
     def _finish(self, miss: Miss, reply: bytes, addr: object, rcode: int, plugin: str,
-                hit: Entry | None = None) -> bytes:
-        """Count and log one reply from the slow path (``plugin`` labels the response)."""
+                hit: Entry | None = None, stored: Entry | None = None) -> bytes:
+        """Count and log one reply from the slow path (``plugin`` labels the response).
+
+        ``hit``: the reply is that entry's, a cache hit; ``stored``: it is the
+        entry this miss just stored (its tag says what the counters need).
+        """
         zone = miss.zone
+        elapsed = _perf() - miss.started
+        if stored is not None:
+            mark = (miss.slot, stored.tag,
+                    0 if elapsed < _FIRST_BUCKET else bisect_left(TIME_BUCKETS, elapsed),
+                    -(len(miss.query) << 16 | len(reply)))
+            replies = zone.replies
+            replies[mark] = replies.get(mark, 0) + 1
+            server = miss.slot >> SLOT_SERVER_SHIFT
+            zone.reply_seconds[server] = zone.reply_seconds.get(server, 0.0) + elapsed
+            if self.on_log is not None and zone.block.log is not None and not miss.background:
+                self.on_log(zone, addr, miss.query, reply, miss.slot, elapsed)
+            return reply
         stats = zone.stats_for(miss.slot)
         qtype = miss.query[miss.question_end - 4:miss.question_end - 2]
-        elapsed = _perf() - miss.started
-        if hit is not None:
+        if hit is not None and hit.cache is not None:
             mark = (miss.slot, hit.tag, bisect_left(TIME_BUCKETS, elapsed),
                     -(len(miss.query) << 16 | len(reply)))
-            zone.tally[mark] = zone.tally.get(mark, 0) + 1
-            zone.hit_seconds += elapsed
+            hit.cache.tally[mark] = hit.cache.tally.get(mark, 0) + 1
+            hit.cache.hit_seconds += elapsed
         else:
             stats.requests[(SLOT_PROTO[miss.slot & 3], SLOT_FAMILY[miss.slot & 3],
                             _type_name(qtype))] += 1
@@ -773,42 +847,58 @@ class QueryHandler:
         return reply
 
     def sync_stats(self) -> None:
-        """Fold the hit path's tallies into the exported counters (at scrape time)."""
+        """Fold the hit path's tallies, and the stored misses' replies, into the
+        exported counters (at scrape time)."""
         for zone in {id(z): z for z in self.zones.values()}.values():
-            tally, zone.tally = zone.tally, {}
-            seconds, zone.hit_seconds = zone.hit_seconds, 0.0
-            hits: dict[int, tuple[ServerStats, int]] = {}
-            for (slot, tag, bucket, sizes), count in tally.items():
-                stats = zone.stats_for(slot)
-                hits[id(stats)] = stats, hits.get(id(stats), (stats, 0))[1] + count
-                proto = SLOT_PROTO[slot & 3]
-                rcode, positive, qtype, question, records, do = tag
-                stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
-                stats.responses[(wire.rcode_name(rcode), "cache")] += count
-                stats.duration.counts[bucket] += count
-                stats.duration.count += count
-                if do:
-                    stats.do_requests += count
-                if sizes < 0:
-                    request, response = -sizes >> 16, -sizes & 0xFFFF
-                else:
-                    # The hit path's reply: header, the question as asked, the
-                    # stored records, and our OPT if the query had one.
-                    request = sizes
-                    response = 12 + question + records \
-                        + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
-                stats.request_size[proto].observe(request, count)
-                stats.response_size[proto].observe(response, count)
-                cache_stats = zone.cache_stats_for(slot)
-                if cache_stats is not None:
-                    if positive:
-                        cache_stats.hits_success += count
-                    else:
-                        cache_stats.hits_denial += count
-            # The hit path sums its time per zone: each address gets its share by hits.
-            total = sum(n for _, n in hits.values())
-            for stats, n in hits.values():
-                stats.duration.sum += seconds * n / total
+            cache = zone.cache
+            if cache is not None and cache.tally:
+                tally, cache.tally = cache.tally, {}
+                seconds, cache.hit_seconds = cache.hit_seconds, 0.0
+                # The hit path sums its time per zone: each address gets its share by hits.
+                counted = _fold(zone, tally, True)
+                total = sum(n for _, n in counted.values())
+                for stats, n in counted.values():
+                    stats.duration.sum += seconds * n / total
+            if zone.replies:
+                replies, zone.replies = zone.replies, {}
+                seconds_by, zone.reply_seconds = zone.reply_seconds, {}
+                _fold(zone, replies, False)
+                for server, spent in seconds_by.items():
+                    zone.server_stats.get(server, zone.stats).duration.sum += spent
+
+
+def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, int]]:
+    """Add ``tally``'s answers to ``zone``'s counters (``hits``: and to the cache hits);
+    the answers counted per stats object, by id."""
+    counted: dict[int, tuple[ServerStats, int]] = {}
+    for (slot, tag, bucket, sizes), count in tally.items():
+        stats = zone.stats_for(slot)
+        counted[id(stats)] = stats, counted.get(id(stats), (stats, 0))[1] + count
+        proto = SLOT_PROTO[slot & 3]
+        rcode, positive, qtype, question, records, do = tag
+        stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
+        stats.responses[(wire.rcode_name(rcode), "cache")] += count
+        stats.duration.counts[bucket] += count
+        stats.duration.count += count
+        if do:
+            stats.do_requests += count
+        if sizes < 0:
+            request, response = -sizes >> 16, -sizes & 0xFFFF
+        else:
+            # The hit path's reply: header, the question as asked, the
+            # stored records, and our OPT if the query had one.
+            request = sizes
+            response = 12 + question + records \
+                + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
+        stats.request_size[proto].observe(request, count)
+        stats.response_size[proto].observe(response, count)
+        cache_stats = zone.cache_stats_for(slot)
+        if hits and cache_stats is not None:
+            if positive:
+                cache_stats.hits_success += count
+            else:
+                cache_stats.hits_denial += count
+    return counted
 
 
 #: Look-ups nested inside one another (a template CNAME whose target a template

@@ -15,7 +15,6 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 
 from nodecache.config.settings import Config, ServerBlock
 from nodecache.core.cache import BlockCache, Entry
@@ -43,13 +42,13 @@ class EntryIndex:
     def __init__(self) -> None:
         self._handlers_of: dict[BlockCache, list[QueryHandler]] = {}
 
-    def add(self, zone: Zone, entry: Entry) -> None:
-        """``zone`` is the zone the cache was made for (its ``cache`` never changes)."""
-        for handler in self._handlers_of.get(zone.cache, ()):  # type: ignore[arg-type]
+    def add(self, entry: Entry) -> None:
+        """Index ``entry`` (just stored: its ``cache`` says whose it is) where it is served."""
+        for handler in self._handlers_of.get(entry.cache, ()):  # type: ignore[arg-type]
             handler.index_add(entry)
 
-    def remove(self, zone: Zone, entry: Entry) -> None:
-        for handler in self._handlers_of.get(zone.cache, ()):  # type: ignore[arg-type]
+    def remove(self, entry: Entry) -> None:
+        for handler in self._handlers_of.get(entry.cache, ()):  # type: ignore[arg-type]
             handler.index_remove(entry)
 
     def track(self, handlers: Iterable[QueryHandler]) -> None:
@@ -98,12 +97,10 @@ def build_zones(config: Config, previous: Sequence[Zone], index: EntryIndex, *,
                 donor = old_caches.get(_cache_identity(block, name))
                 if donor is not None and donor.cache is not None:
                     zone.cache, zone.cache_stats = donor.cache, donor.cache_stats
-                    for entry in zone.cache.entries():
-                        entry.owner = zone
                 else:
                     zone.cache_stats = CacheStats(block.server, name)
                     zone.cache = BlockCache(block.cache, zone.cache_stats, (name,),
-                                            partial(index.add, zone), partial(index.remove, zone))
+                                            index.add, index.remove)
             _split_servers(zone, donor.server_cache_stats
                            if donor is not None and donor.cache is not None else {})
             zones.append(zone)

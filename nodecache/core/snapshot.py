@@ -147,8 +147,8 @@ def load(data: bytes, now: float, wall: float) -> list[Restored]:
                 variants.append(tuple(reader.take(reader.u32()) for _ in range(reader.u16())))
             if not variants or len(key) < 5 or any(len(h) != 10 for h in headers):
                 raise SnapshotError("malformed entry")
-            entry = Entry(key, _KINDS[kind], rcode, headers, tuple(variants), ttl, now - age - gap)
-            entry.keep = bool(keep)
+            entry = Entry(key, _KINDS[kind], rcode, headers, tuple(variants), ttl, now - age - gap,
+                          bool(keep))
             restored.append(Restored(zone, entry))
     except (IndexError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"malformed entry: {exc}") from None

@@ -243,10 +243,29 @@ def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
     does (client subnet, cookies, padding...); the payload size is ours
     (``bufsize``'s when the block has it). ``edns=False``: no OPT at all.
     """
+    if qid == 0 and edns:
+        return query_from(qname + struct.pack("!HH", qtype, qclass), do=do, cd=cd,
+                          options=options, payload=payload)
     flags = RD | (CD if cd else 0)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     question = header + qname + struct.pack("!HH", qtype, qclass)
     return question + opt_record(do, payload, options=options) if edns else question
+
+
+#: Our query header (ID 0, RD, one question, our OPT), by CD bit.
+_QUERY_HEADS = (_HEADER.pack(0, RD, 1, 0, 0, 1), _HEADER.pack(0, RD | CD, 1, 0, 0, 1))
+#: Our OPT without options, by (DO, payload): a handful of values.
+_OPTS: dict[tuple[bool, int], bytes] = {}
+
+
+def query_from(question: bytes, *, do: bool, cd: bool, options: bytes = b"",
+               payload: int = OUR_UDP_PAYLOAD) -> bytes:
+    """:func:`build_query` (ID 0, with OPT) around a question already in wire form."""
+    if options:
+        opt = opt_record(do, payload, options=options)
+    else:
+        opt = _OPTS.get((do, payload)) or _OPTS.setdefault((do, payload), opt_record(do, payload))
+    return _QUERY_HEADS[cd] + question + opt
 
 
 @dataclass(slots=True)
@@ -263,18 +282,42 @@ class Record:
 
 @dataclass(slots=True)
 class Response:
-    """An upstream answer, indexed (not decoded)."""
+    """An upstream answer, indexed (not decoded), with what caching it needs."""
 
     flags: int
     rcode: int
-    counts: tuple[int, int, int]
     #: Offset just past the question.
     question_end: int
-    answers: list[Record]
-    authority: list[Record]
-    additional: list[Record]
+    #: Every record but OPT, in message order: ``ancount`` answers, ``nscount``
+    #: authority records, then the additional ones.
+    records: list[Record]
+    ancount: int
+    nscount: int
     #: The OPT record in the additional section, if any.
     opt: Record | None
+    #: The smallest TTL over ``records``, s; None without records.
+    min_ttl: int | None
+    #: The first SOA record of the authority section (RFC 2308 section 5).
+    soa: Record | None
+    #: Bytes of ``records``, as they are in the message.
+    records_length: int
+
+    @property
+    def arcount(self) -> int:
+        """Additional records, OPT not counted."""
+        return len(self.records) - self.ancount - self.nscount
+
+    @property
+    def answers(self) -> list[Record]:
+        return self.records[:self.ancount]
+
+    @property
+    def authority(self) -> list[Record]:
+        return self.records[self.ancount:self.ancount + self.nscount]
+
+    @property
+    def additional(self) -> list[Record]:
+        return self.records[self.ancount + self.nscount:]
 
 
 def index_response(data: bytes, question_end: int = 0) -> Response:
@@ -284,6 +327,8 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
     matched it against its own query (``core.upstream.InFlight.match``): it is
     then not walked again. Owner names that point at the question (0xC00C,
     nearly every record of an answer) are known good without following them.
+    The one walk also notes what the cache decides on (the smallest TTL, the
+    authority's SOA), so nothing walks the records again.
     """
     size = len(data)
     if size < HEADER_LEN:
@@ -298,37 +343,48 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
     if offset > size:
         raise ValueError("question truncated")
     question_end = offset
-    sections: list[list[Record]] = [[], [], []]
-    opt = None
+    records: list[Record] = []
+    opt = soa = None
     ext_rcode = 0
+    min_ttl: int | None = None
     unpack = _RR_FIXED.unpack_from
-    for section, count in zip(sections, (ancount, nscount, arcount)):
-        for _ in range(count):
-            start = offset
-            if offset + 1 < size and data[offset] == 0xC0 and data[offset + 1] == HEADER_LEN:
-                offset += 2  # a pointer to the question's name, checked already
-            else:
-                offset = check_name(data, offset)
-            if offset + 10 > size:
-                raise ValueError("resource record truncated")
-            rtype, _rclass, ttl, rdlength = unpack(data, offset)
-            end = offset + 10 + rdlength
-            if end > size:
-                raise ValueError("RDATA runs past the message")
-            if rtype in _RDATA_NAMES:
-                _check_rdata(data, rtype, offset + 10, end)
-            record = Record(start, rtype, ttl, offset + 4, end)
-            offset = end
-            if rtype == TYPE_OPT:
-                opt = record
-                ext_rcode = ttl >> 24
-            else:
-                section.append(record)
+    authority_end = ancount + nscount
+    misplaced_an = misplaced_ns = 0  # OPT records counted as answers or authority (ignored)
+    for index in range(authority_end + arcount):
+        start = offset
+        if data[offset:offset + 2] == b"\xc0\x0c":
+            offset += 2  # a pointer to the question's name (offset 12), checked already
+        else:
+            offset = check_name(data, offset)
+        if offset + 10 > size:
+            raise ValueError("resource record truncated")
+        rtype, _rclass, ttl, rdlength = unpack(data, offset)
+        end = offset + 10 + rdlength
+        if end > size:
+            raise ValueError("RDATA runs past the message")
+        if rtype in _RDATA_NAMES:
+            _check_rdata(data, rtype, offset + 10, end)
+        record = Record(start, rtype, ttl, offset + 4, end)
+        offset = end
+        if rtype == TYPE_OPT:
+            opt = record
+            ext_rcode = ttl >> 24
+            if index < ancount:
+                misplaced_an += 1
+            elif index < authority_end:
+                misplaced_ns += 1
+            continue
+        records.append(record)
+        if min_ttl is None or ttl < min_ttl:
+            min_ttl = ttl
+        if rtype == TYPE_SOA and soa is None and ancount <= index < authority_end:
+            soa = record
     if offset != size:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
-    return Response(flags, rcode, (ancount, nscount, arcount), question_end,
-                    sections[0], sections[1], sections[2], opt)
+    length = size - question_end - (opt.end - opt.start if opt is not None else 0)
+    return Response(flags, rcode, question_end, records, ancount - misplaced_an,
+                    nscount - misplaced_ns, opt, min_ttl, soa, length)
 
 
 def same_question(query: bytes, response: bytes) -> bool:

@@ -10,7 +10,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.kit.agentkit import AgentKit, handler_of, total
+from tests.kit.agentkit import AgentKit, handler_of, hit_at, total
 from tests.kit.answers import rcode_text, ttls
 from tests.kit.corefiles import corefile
 from tests.kit.fakeupstream import FakeUpstream, answer_from, loop_errors, make_answer
@@ -254,16 +254,16 @@ async def test_prefetch_refreshes_before_expiry() -> None:
         wire = make_query("a.example.").to_wire()
         up.delay = 0.2
         # With more than half the TTL left: a plain hit.
-        assert isinstance(handler.handle(wire, entry.stored + 4.9, 0), bytes)
+        assert isinstance(hit_at(kit, wire, entry.stored + 4.9), bytes)
         await asyncio.sleep(0.05)
         assert len(up.queries) == 1
         # Half or less left: the hit is answered from the cache and a refresh goes out.
-        reply = handler.handle(wire, entry.stored + 5.0, 0)
+        reply = hit_at(kit, wire, entry.stored + 5.0)
         assert isinstance(reply, bytes)
         assert ttls(dns.message.from_wire(reply)) == [5]
         await wait_for(lambda: len(up.queries) == 2)
         # Only one refresh at a time (the upstream is slow now: it is still in flight).
-        handler.handle(wire, entry.stored + 5.1, 0)
+        hit_at(kit, wire, entry.stored + 5.1)
         await wait_for(lambda: next(iter(handler.index.values())) is not entry)
         fresh = next(iter(handler.index.values()))
         assert fresh.stored > entry.stored

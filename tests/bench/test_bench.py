@@ -26,6 +26,8 @@ FLOOR_FIGURES = [
     ("throughput", "max_qps"),
     ("throughput", "cpu_us_per_answer_at_max"),
     ("throughput", "cpu_us_per_answer_at_fixed"),
+    ("under_load", "h4_q5000", "answered"),
+    ("under_load", "h4_q5000", "latency_ms", "p99"),
 ]
 #: Figures every measured cache must have, as paths into results.json's caches.<name>.
 CACHE_FIGURES = [
@@ -51,9 +53,13 @@ CACHE_FIGURES = [
     ("memory", "after", "10000", "cgroup_working_set_bytes"),
     ("conntrack", "with_notrack", "per_10k_queries", "pod_to_node_cache"),
     ("conntrack", "without_notrack", "per_10k_queries", "pod_to_node_cache"),
+    ("under_load", "h4_q1000", "answered"),
+    ("under_load", "h4_q5000", "latency_ms", "p99"),
+    ("under_load", "h4_q5000", "cpu_us_per_answer"),
 ]
 SECTIONS = ["## Summary against the targets", "## 0. The core alone", "## The delay element", "## 1. Latency", "## 2. Pod search path",
-            "## 3. Cache-hit throughput", "## 4. Misses", "## 5. Memory", "## 6. Conntrack"]
+            "## 3. Cache-hit throughput", "## 4. Misses", "## 5. Memory", "## 6. Conntrack",
+            "## 7. Hits under machine load"]
 PLOTS = ["latency_cdf.png", "miss_cdf.png", "searchpath.png", "throughput.png", "memory.png", "conntrack.png"]
 
 
@@ -99,6 +105,7 @@ def test_bench_quick_end_to_end(tmp_path: Path) -> None:
     # Two processes for nodecache (supervisor and worker), counted together.
     assert _get(res["caches"]["nodecache"], ("memory", "after", "10000", "processes")) == 2
     assert res["meta"]["versions"]["node-cache"].startswith("sha256:")
+    assert isinstance(res["caches"]["nodecache"]["under_load"]["h4_q5000"]["shedding_started"], int)
     for path in [("calibration", "delay_element_added_ms"), ("calibration", "relay_processing_ms"),
                  ("direct", "latency", "latency_ms", "p99"), ("direct", "searchpath", "lookup_ms", "p50"),
                  ("direct", "miss_throughput", "qps"), ("direct", "conntrack", "per_10k_queries", "total")]:

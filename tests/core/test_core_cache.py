@@ -1,6 +1,6 @@
-"""The cache, table by table: BlockCache's capacity, FIFO eviction and index callbacks;
-through the handler with a fake clock, what is stored for how long, the TTL countdown
-and the key."""
+"""The cache, table by table: BlockCache's capacity, FIFO eviction, index callbacks and
+its hold on its entries; through the handler with a fake clock, what is stored for how
+long, the TTL countdown and the key."""
 from __future__ import annotations
 
 from typing import Any
@@ -54,6 +54,20 @@ def test_capacity_and_eviction(puts: list[tuple[str, Kind]], success: str, denia
     assert (stats.evictions_success, stats.evictions_denial) == evictions
     assert sorted(index) == sorted(k.encode() for k in success + denial)
     assert (stats.entries_success, stats.entries_denial) == (len(success), len(denial))
+    assert all(e.cache is cache for e in index.values())  # the cache holds what it stores
+
+
+def test_entries_know_their_cache_not_a_zone() -> None:
+    """What a hit needs (the tally, prefetch) is on the cache holding the entry."""
+    d = Driver("cluster.local:53 {\n cache 30\n forward . 127.0.0.1\n}\n", answer_a())
+    d.ask(make_query("svc.cluster.local."))
+    (entry,) = d.handler.index.values()
+    (zone,) = d.handler.zones.values()
+    assert entry.cache is zone.cache and not hasattr(entry, "owner")
+    d.ask(make_query("svc.cluster.local."))  # a hit: counted in its cache's tally
+    assert sum(zone.cache.tally.values()) == 1
+    d.handler.sync_stats()
+    assert zone.cache.tally == {} and zone.cache_stats.hits_success == 1
 
 
 # -- through the handler: what is stored, for how long, under which key ----------

@@ -221,6 +221,21 @@ def test_prefetch_after_enough_hits_near_expiry() -> None:
     assert d.ask(make_query(SVC)).answer[0].ttl == 100
 
 
+def test_refreshes_wait_in_the_handler_until_taken() -> None:
+    """A hit calling for a prefetch queues it; whoever calls ``handle`` takes it, once."""
+    corefile = "cluster.local:53 {\n cache 100 {\n prefetch 1 1m 50%\n }\n forward . 127.0.0.1\n}\n"
+    d = Driver(corefile, answer_a(100))
+    d.ask(make_query(SVC))
+    entry = next(iter(d.handler.index.values()))
+    assert d.handler.take_refreshes() == []
+    reply = d.handler.handle(make_query(SVC).to_wire(), d.now + 60, 0)
+    assert isinstance(reply, bytes)  # the client is answered from the cache at once
+    (refresh,) = d.handler.take_refreshes()
+    assert refresh.background and refresh.stale is entry and refresh.key == entry.key
+    assert refresh.zone is d.handler.route(wire.zone_to_wire(SVC))  # looked up when it fired
+    assert d.handler.take_refreshes() == [] and entry.refreshing
+
+
 def test_prefetch_needs_amount_hits() -> None:
     corefile = "cluster.local:53 {\n cache 30 {\n  prefetch 3 1m 50%\n }\n forward . 127.0.0.1\n}\n"
     d = Driver(corefile, answer_a(10))
@@ -266,7 +281,7 @@ def test_hits_are_counted_at_sync() -> None:
     assert zone.stats.requests[("udp", "1", "A")] == 5
     # The miss too: as in CoreDNS, the reply is written through the cache.
     assert zone.stats.responses[("NOERROR", "cache")] == 5
-    # Sizes: the hit path's tally is bucketed at sync, the miss counted at once.
+    # Sizes: the hit path's tally is bucketed at sync, so is the stored miss's reply.
     query_size = len(make_query(SVC).to_wire())
     reply_size = len(d.handler.handle(make_query(SVC).to_wire(), d.now, 0))  # type: ignore[arg-type]
     request, response = zone.stats.request_size["udp"], zone.stats.response_size["udp"]
@@ -330,6 +345,20 @@ def test_bufsize_caps_udp_answers(line: str, count: int, payload: int | None, tc
         assert (reply.edns >= 0) == (payload is not None)  # the OPT stays
     else:
         assert answers == count
+
+
+def test_bufsize_is_each_zones_own_on_a_shared_handler() -> None:
+    """Two blocks on one listener, one with bufsize: only its answers are cut."""
+    driver = Driver(". {\n cache 30\n forward . 127.0.0.1\n}\n"
+                    "small.example {\n cache 30\n bufsize 1100\n forward . 127.0.0.1\n}\n",
+                    _records(80))
+    for name, cut in (("big.example.", False), ("a.small.example.", True)):
+        query = dns.message.make_query(name, "A", use_edns=0, payload=4096)
+        assert driver.ask(query, tcp=True) is not None  # stored whole
+        raw = driver.handler.handle(query.to_wire(), driver.now, 0)  # a UDP hit
+        assert isinstance(raw, bytes)
+        assert bool(dns.message.from_wire(raw).flags & dns.flags.TC) is cut
+        assert len(raw) <= 1100 if cut else len(raw) > 1100
 
 
 @pytest.mark.parametrize("line,payload", [("bufsize 1100", 1100), ("bufsize 4096", 4096),

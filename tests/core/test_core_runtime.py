@@ -32,8 +32,8 @@ def test_reload_keeps_what_did_not_change(text: str, zone_kept: bool, cache_kept
     assert cluster.name == "cluster.local." and cluster.cache is not None
     key = b"\x03svc\x07cluster\x05local\x00\x00\x01\x00\x01"
     first = entry(key)
-    first.owner = cluster                       # as QueryHandler.absorb sets it
     cluster.cache.put(first, 0.0)
+    assert first.cache is cluster.cache         # the cache holds it, no zone is named
     assert key in handler.index                 # the cache fills the handler's index
 
     new_zones, new_handlers = build(parse_text(text, default_port=53), zones, index)
@@ -42,7 +42,8 @@ def test_reload_keeps_what_did_not_change(text: str, zone_kept: bool, cache_kept
     assert (new_zones[0].cache is cluster.cache) is cache_kept
     assert (key in new_handler.index) is cache_kept  # kept entries are served at once
     if cache_kept:
-        assert new_zones[0].cache.get(key).owner is new_zones[0]  # type: ignore[union-attr]
+        assert new_zones[0].cache.get(key).cache is new_zones[0].cache  # type: ignore[union-attr]
+        assert new_handler.route(b"\x03svc\x07cluster\x05local\x00") is new_zones[0]
     # during the switch both handlers follow the caches; afterwards only the new one
     index.track([handler, new_handler])
     other = b"\x01x\x07cluster\x05local\x00\x00\x01\x00\x01"

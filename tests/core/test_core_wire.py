@@ -6,6 +6,7 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.rrset
 import pytest
 
 from nodecache.core import wire
@@ -113,6 +114,34 @@ def test_index_response_finds_records_and_opt() -> None:
     assert idx.opt is not None and idx.rcode == 0
     for record in idx.answers:
         assert int.from_bytes(data[record.ttl_offset:record.ttl_offset + 4], "big") == 30
+    # what the cache decides on, noted in the same walk (OPT neither counted nor measured)
+    assert (idx.ancount, idx.nscount, idx.arcount, idx.min_ttl, idx.soa) == (2, 1, 0, 30, None)
+    assert idx.records_length == sum(r.end - r.start for r in idx.records) \
+        == idx.opt.start - idx.question_end
+
+
+def test_index_response_notes_the_authority_soa() -> None:
+    query = dns.message.make_query("gone.cluster.local.", "A")
+    resp = dns.message.make_response(query)
+    resp.set_rcode(dns.rcode.NXDOMAIN)
+    resp.authority.append(dns.rrset.from_text(
+        "cluster.local.", 20, "IN", "SOA", "ns.cluster.local. host.cluster.local. 1 7200 1800 86400 5"))
+    resp.additional.append(dns.rrset.from_text("ns.cluster.local.", 40, "IN", "A", "10.0.0.53"))
+    idx = wire.index_response(resp.to_wire())
+    assert idx.soa is not None and idx.soa is idx.authority[0] and idx.soa.rtype == wire.TYPE_SOA
+    assert (idx.ancount, idx.nscount, idx.arcount, idx.min_ttl) == (0, 1, 1, 20)
+    assert idx.rcode == wire.NXDOMAIN and idx.opt is None
+
+
+@pytest.mark.parametrize("do,cd,options,payload", [(False, False, b"", 1232), (True, True, b"", 4096),
+                                                   (False, False, b"\x00\x0a\x00\x02ab", 1232)])
+def test_query_from_a_question_is_build_query(do: bool, cd: bool, options: bytes,
+                                              payload: int) -> None:
+    qname = wire.zone_to_wire("svc.cluster.local.")
+    # an ID other than 0 takes build_query's own path: the same bytes but the ID
+    built = wire.build_query(qname, 28, 1, do=do, cd=cd, options=options, payload=payload, qid=7)
+    assert wire.query_from(qname + b"\x00\x1c\x00\x01", do=do, cd=cd, options=options,
+                           payload=payload) == b"\x00\x00" + built[2:]
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 11, bytes.fromhex(PLAIN_HEX)[:-1],

@@ -244,3 +244,16 @@ def handler_of(kit: AgentKit):  # type: ignore[no-untyped-def]
     runtime = kit.agent.runtime
     assert runtime is not None
     return runtime.handlers[(LOOPBACK, 0)]
+
+
+def hit_at(kit: AgentKit, data: bytes, now: float) -> object:
+    """``handle`` a UDP query at loop time ``now`` as the listener does: the
+    refreshes it queues (prefetch, stale refresh) go to the kit's resolver."""
+    from nodecache.aio.server import submit_refreshes  # noqa: PLC0415
+
+    handler = handler_of(kit)
+    result = handler.handle(data, now, 0)
+    runtime = kit.agent.runtime
+    assert runtime is not None
+    submit_refreshes(handler, runtime.resolvers[id(handler)].submit)
+    return result

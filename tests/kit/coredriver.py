@@ -26,8 +26,8 @@ class Driver:
         self.handler = make_handler(corefile)
         self.upstream = upstream
         self.upstream_queries: list[dns.message.Message] = []
+        #: Every background refresh the handler queued, in order (the agent resolves them).
         self.refreshes: list[Miss] = []
-        self.handler.refresh = self.refreshes.append
         self.now = 1000.0
 
     def ask(self, query: dns.message.Message | bytes, *, tcp: bool = False,
@@ -35,6 +35,7 @@ class Driver:
             addr: object = None) -> dns.message.Message | None:
         data = query if isinstance(query, bytes) else query.to_wire()
         result = self.handler.handle(data, self.now, (2 if tcp else 0) | (1 if ipv6 else 0), addr)
+        self.refreshes.extend(self.handler.take_refreshes())
         if isinstance(result, Miss):
             result = self.resolve(result, fail)
         return None if result is None else dns.message.from_wire(result)
