@@ -168,12 +168,12 @@ def run_command(run_args: list[str] | None, conf: str, basecorefile: str | None,
             raise click.BadParameter("template mode (--basecorefile) needs --localip",
                                      param_hint="--localip")
         # As node-cache: every -localip is bound; __PILLAR__DNS__SERVER__ becomes "".
-        source = TemplateSource(
+        source: Callable[[], Config] = TemplateSource(
             basecorefile=basecorefile, conf=conf, local_ips=local_ips, dns_server_ips=[],
             upstreamsvc=upstreamsvc, kubednscm=kubednscm, resolv_conf=resolv_conf, domain=domain,
             dns_port=dns_port, stats=stats)
     else:
-        source = FileSource(conf, default_port=dns_port)  # type: ignore[assignment]
+        source = FileSource(conf, default_port=dns_port)
     try:
         config = source()
         port = _health_port(config, health_port)

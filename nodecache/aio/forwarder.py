@@ -48,9 +48,10 @@ from nodecache.core.stats import (
 )
 from nodecache.core.upstream import (
     AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent, ConnState,
-    IdSource, UpstreamConnection, health_probe, is_truncated, question_key,
-    same_question,
+    IdSource, UpstreamConnection, frame, health_probe, is_truncated, question_key, same_question,
+    set_id,
 )
+from nodecache.core.wire import HEADER_LEN
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _read_answer(sock: socket.socket, qid: int, question: bytes | None) -> bytes
             return None
         except OSError as exc:
             return exc
-        if (len(data) >= 12 and data[0] == hi and data[1] == lo and data[2] & 0x80
+        if (len(data) >= HEADER_LEN and data[0] == hi and data[1] == lo and data[2] & 0x80
                 and (question is None or same_question(data, question))):
             return data
     return None
@@ -815,18 +816,18 @@ class Forwarder:
         loop = self._loop
         deadline = loop.time() + min(_HEALTH_TIMEOUT, self.settings.try_timeout)
         qid = self._ids()
-        probe = qid.to_bytes(2, "big") + self._probe[2:]
+        probe = set_id(self._probe, qid)
         try:
             if self.settings.force_tcp or up.tls is not None:
                 async with asyncio.timeout_at(deadline):
                     reader, writer = await asyncio.open_connection(*up.addr, **up.tls_args())
                     try:
-                        writer.write(len(probe).to_bytes(2, "big") + probe)
+                        writer.write(frame(probe))
                         length = int.from_bytes(await reader.readexactly(2), "big")
                         data = await reader.readexactly(length)
                     finally:
                         writer.transport.abort()
-                return len(data) >= 12 and data[:2] == probe[:2]
+                return len(data) >= HEADER_LEN and data[:2] == probe[:2]
             sock = socket.socket(up.family, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)

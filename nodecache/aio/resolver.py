@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from nodecache.aio.errorlog import ErrorReporter
 from nodecache.core import querylog, wire
-from nodecache.core.handler import Miss, Outcome, QueryHandler, Zone, name_text
+from nodecache.core.handler import Miss, Outcome, QueryHandler, Zone
 from nodecache.core.stats import AgentStats
 from nodecache.errors import UpstreamError
 
@@ -115,7 +115,7 @@ class _Flight:
                 error = exc
         if outcome is None and miss.zone.block.errors is not None:
             resolver.errors.report(miss.zone.block, querylog.error_line(
-                wire.SERVFAIL, name_text(miss.qname), miss.qtype, error), str(error))
+                wire.SERVFAIL, wire.name_text(miss.qname), miss.qtype, error), str(error))
         for waiter, send, where in self.waiters:
             try:
                 if outcome is not None:
@@ -127,7 +127,7 @@ class _Flight:
                 else:
                     send(handler.fail(waiter, error or UpstreamError(), now, where), where)
             except Exception:  # one bad reply must not cost the other waiters theirs
-                log.exception("answering %s failed", name_text(waiter.qname))
+                log.exception("answering %s failed", wire.name_text(waiter.qname))
         self.waiters = []
 
     def serve_stale(self) -> None:
@@ -147,7 +147,7 @@ class _Flight:
             try:
                 send(handler.fail(miss, _STALE_TIMER_ERROR, now, where), where)
             except Exception:
-                log.exception("answering %s failed", name_text(miss.qname))
+                log.exception("answering %s failed", wire.name_text(miss.qname))
         self.waiters = keep
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from nodecache.config.settings import TimeoutSettings
 from nodecache.core.handler import SLOT_SERVER_SHIFT, QueryHandler
 from nodecache.core.stats import AgentStats, server_index
+from nodecache.core.upstream import FrameDecoder, frame
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ class TcpConnection(asyncio.Protocol):
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        #: The client's byte stream, split into queries (a frame begun is buffered here).
+        self.frames = FrameDecoder()
         self.inflight = 0
         self.paused = False
         #: The client half-closed: close once nothing is in flight.
@@ -231,7 +233,7 @@ class TcpConnection(asyncio.Protocol):
         idle = loop.time() - self.last_activity
         limit = self._quiet_limit()
         if self.inflight == 0 and idle >= limit:
-            if self.buffer and self.transport is not None:
+            if self.frames.buffered and self.transport is not None:
                 self.transport.close()  # a frame begun long ago will not be finished
                 return
             self.finish()
@@ -268,7 +270,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _fin_if_done(self) -> None:
         transport = self.transport
-        if self.fin_sent or transport is None or self.buffer or self.inflight:
+        if self.fin_sent or transport is None or self.frames.buffered or self.inflight:
             return
         if _unread(transport):
             return  # queries the loop has not read yet: data_received comes back here
@@ -289,16 +291,10 @@ class TcpConnection(asyncio.Protocol):
         if self.fin_sent:
             self.late_bytes += len(data)  # read, so that closing sends no RST
             return
-        buffer = self.buffer
-        buffer += data
+        frames = self.frames
         listener = self.listener
         now = listener.time()
-        while len(buffer) >= 2:
-            length = buffer[0] << 8 | buffer[1]
-            if len(buffer) < 2 + length:
-                break
-            message = bytes(buffer[2:2 + length])
-            del buffer[:2 + length]
+        for message in frames.feed_frames(data):
             self.last_activity = now
             self.served = True
             try:
@@ -312,7 +308,7 @@ class TcpConnection(asyncio.Protocol):
             if result.__class__ is bytes:
                 self._send(result)
             elif result is None:
-                # No header to answer: the stream cannot be trusted any more.
+                # A response (QR set), never answered: the stream cannot be trusted any more.
                 if self.transport is not None:
                     self.transport.close()
                 return
@@ -322,6 +318,10 @@ class TcpConnection(asyncio.Protocol):
                 if self.inflight >= TCP_MAX_INFLIGHT and self.transport is not None:
                     self.transport.pause_reading()
                     self.paused = True
+        if frames.error is not None and self.transport is not None:
+            # No header to answer: the stream cannot be trusted any more.
+            self.transport.close()
+            return
         if self.finishing:
             self._fin_if_done()
 
@@ -343,7 +343,7 @@ class TcpConnection(asyncio.Protocol):
     def _send(self, reply: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and reply:
-            transport.write(len(reply).to_bytes(2, "big") + reply)
+            transport.write(frame(reply))
 
     def eof_received(self) -> bool | None:
         # Half-close: finish what is in flight, then close (RFC 7766 section 6.2.4).

@@ -58,6 +58,24 @@ SUCCESS, DENIAL, SERVFAIL = Kind.SUCCESS, Kind.DENIAL, Kind.SERVFAIL
 #: Shared tags: entries that count alike share one tuple (few distinct ones).
 Tag = tuple[int, bool, bytes, int, int, bool]
 _TAGS: dict[Tag, Tag] = {}
+#: A cache key's last byte, DO (2) | CD (1); none when both are clear.
+_KEY_FLAGS = (b"", b"\x01", b"\x02", b"\x03")
+
+
+def cache_key(qname_lower: bytes, qtype_class: bytes, *, do: bool, cd: bool) -> bytes:
+    """The key a question's answer is cached under.
+
+    The lower-case wire name (RFC 4343), QTYPE and QCLASS as sent, then one
+    byte with DO (2) and CD (1) when either is set: answers with RRSIGs
+    (RFC 3225) or unchecked (RFC 4035 section 3.2.2) are kept apart.
+    ``QueryHandler.handle``'s hit path builds the same bytes inline.
+    """
+    return qname_lower + qtype_class + _KEY_FLAGS[(2 if do else 0) | (1 if cd else 0)]
+
+
+def key_name(key: bytes) -> bytes:
+    """The lower-case wire name at the start of a cache key."""
+    return key[:wire.skip_name(key, 0)]
 #: Hits counted by the hit path: (slot, entry tag, duration bucket, sizes) -> answers;
 #: sizes is the query's length (the reply's follows from the tag) or, negated,
 #: query length << 16 | reply length when the reply is not the plain one.

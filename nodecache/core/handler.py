@@ -24,7 +24,6 @@ a shortcut can never answer a query the slow path would refuse.
 """
 from __future__ import annotations
 
-import re
 import struct
 import time
 from bisect import bisect_left
@@ -37,7 +36,7 @@ from nodecache.core import wire
 from nodecache.core.chain import Chain, Request, Resolution, append_answers
 from nodecache.core.forwards import ForwardRoute, first_taker, routes_of
 from nodecache.core.cache import (SERVFAIL as SERVFAIL_KIND, BlockCache, Entry, Tally, build_entry,
-                                  classify, has_expired_rrsig)
+                                  cache_key, classify, has_expired_rrsig, key_name)
 from nodecache.core.stages import chain_for, dns64_for
 from nodecache.core.stats import TIME_BUCKETS, CacheStats, ServerStats
 from nodecache.core.truncate import truncate
@@ -74,39 +73,6 @@ def _client_limit(data: bytes, end: int, slot: int) -> int:
 
 
 zone_wire = wire.zone_to_wire
-#: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
-_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
-
-
-def key_name(key: bytes) -> bytes:
-    """The lower-case wire name at the start of a cache key."""
-    offset = 0
-    while key[offset]:
-        offset += 1 + key[offset]
-    return key[:offset + 1]
-
-
-def name_text(qname: bytes) -> str:
-    """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
-    labels = []
-    offset = 0
-    plain = []
-    while qname[offset]:
-        length = qname[offset]
-        plain.append(qname[offset + 1:offset + 1 + length])
-        offset += 1 + length
-    if all(_PLAIN_LABEL.fullmatch(label) for label in plain):
-        return b".".join(plain).decode("ascii") + "."
-    offset = 0
-    while qname[offset]:
-        length = qname[offset]
-        raw = qname[offset + 1:offset + 1 + length]
-        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}"
-                              for b in raw))
-        offset += 1 + length
-    return ".".join(labels) + "."
-
-
 @dataclass(eq=False)
 class Zone:
     """One zone of one server block, with its runtime state."""
@@ -348,6 +314,7 @@ class QueryHandler:
                 header = (data[2] & 1) | 2
             else:
                 return self._slow(data, now, slot, addr, started)
+            # cache_key's bytes, inline: a call would cost more than building them.
             key = data[12:end - 4].lower() + data[end - 4:end]
             if do or data[3] & 0x10:
                 key += b"\x02" if not data[3] & 0x10 else (b"\x03" if do else b"\x01")
@@ -410,11 +377,9 @@ class QueryHandler:
             return wire.error_response(data, wire.REFUSED, question.end, edns)
         if lower in self.loop_probes:
             self.loop_probes[lower] += 1
-        key = lower + data[question.end - 4:question.end]
         do = bool(edns and edns[2])
         cd = bool(question.flags & wire.CD)
-        if do or cd:
-            key += bytes(((2 if do else 0) | (1 if cd else 0),))
+        key = cache_key(lower, data[question.end - 4:question.end], do=do, cd=cd)
         limit = wire.MAX_MESSAGE if slot & 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
                                                         zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
@@ -916,7 +881,7 @@ def _bytes(result: bytes | Miss, miss: Miss) -> bytes:
 def _request(miss: Miss, addr: object) -> Request:
     """The chain's view of a miss: the question, and who asked over what."""
     remote, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else ("", 0)
-    qname = name_text(miss.qname)
+    qname = wire.name_text(miss.qname)
     return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
                    SLOT_PROTO[miss.slot & 3], 2 if miss.slot & 1 else 1,
                    miss.query[12:miss.question_end])

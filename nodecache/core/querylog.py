@@ -23,8 +23,7 @@ from decimal import Decimal
 
 from nodecache.config.settings import LogSettings
 from nodecache.core import wire
-from nodecache.core.handler import name_text
-from nodecache.core.wire import class_name, rcode_name, type_name
+from nodecache.core.wire import class_name, name_text, rcode_name, type_name
 
 #: CoreDNS ``replacer`` prints this for a placeholder without a value.
 EMPTY_VALUE = "-"

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from nodecache.config.settings import Config, ServerBlock
-from nodecache.core.cache import BlockCache, Entry
-from nodecache.core.handler import LogQuery, QueryHandler, Zone, key_name
+from nodecache.core.cache import BlockCache, Entry, key_name
+from nodecache.core.handler import LogQuery, QueryHandler, Zone
 from nodecache.core.stats import CacheStats, ServerStats, server_index
 
 #: Listener address -> the handler serving it.
@@ -40,20 +40,21 @@ class EntryIndex:
     __slots__ = ("_handlers_of",)
 
     def __init__(self) -> None:
-        self._handlers_of: dict[BlockCache, list[QueryHandler]] = {}
+        #: None (an entry not in a cache) is never a key: such an entry is indexed nowhere.
+        self._handlers_of: dict[BlockCache | None, list[QueryHandler]] = {}
 
     def add(self, entry: Entry) -> None:
         """Index ``entry`` (just stored: its ``cache`` says whose it is) where it is served."""
-        for handler in self._handlers_of.get(entry.cache, ()):  # type: ignore[arg-type]
+        for handler in self._handlers_of.get(entry.cache, ()):
             handler.index_add(entry)
 
     def remove(self, entry: Entry) -> None:
-        for handler in self._handlers_of.get(entry.cache, ()):  # type: ignore[arg-type]
+        for handler in self._handlers_of.get(entry.cache, ()):
             handler.index_remove(entry)
 
     def track(self, handlers: Iterable[QueryHandler]) -> None:
         """Serve these handlers from now on (those of the running and pending runtimes)."""
-        handlers_of: dict[BlockCache, list[QueryHandler]] = {}
+        handlers_of: dict[BlockCache | None, list[QueryHandler]] = {}
         for handler in {id(h): h for h in handlers}.values():
             for zone in {id(z): z for z in handler.zones.values()}.values():
                 if zone.cache is not None:

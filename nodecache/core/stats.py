@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from nodecache.core.upstream import rcode_name
+from nodecache.core.wire import rcode_name
 
 #: CoreDNS ``plugin.TimeBuckets``: 0.25 ms doubling 16 times (to about 8 s), in s.
 TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**n for n in range(16))
@@ -155,7 +155,7 @@ class ForwardStats:
         out: dict[tuple[str, str], Histogram] = {}
         for key, count in list(self.answers.items()):
             pair = key >> ANSWER_RCODE_SHIFT
-            label = (self.upstreams[pair >> 4], rcode_name(pair))  # its low 4 bits
+            label = (self.upstreams[pair >> 4], rcode_name(pair & 0x0F))
             h = out.get(label)
             if h is None:
                 h = out[label] = Histogram()

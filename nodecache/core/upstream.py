@@ -28,22 +28,39 @@ import os
 import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Final
 
-from nodecache.core.wire import rcode_name as _mnemonic
+from nodecache.core.wire import (
+    CLASS_IN, HEADER_LEN, TYPE_NS, build_query, read_qname, zone_to_wire,
+)
+from nodecache.errors import ClientProtocolError
 
 __all__ = [
-    "FrameDecoder", "frame",
+    "NEED_DATA", "EOF", "FrameError", "FrameDecoder", "frame",
     "question_key", "same_question", "set_id", "get_id", "is_response", "is_truncated", "rcode_of",
-    "rcode_name", "IdSource", "InFlight",
+    "IdSource", "InFlight",
     "ConnState", "ConnEvent", "TRANSITIONS", "UpstreamConnection",
     "AnswerReceived", "ConnectionTerminated", "Backoff", "ConnectionPool",
 ]
 
-#: Size of the DNS header, bytes (RFC 1035 section 4.1.1).
-HEADER_SIZE = 12
-
 _U16 = struct.Struct("!H")
 _U16U16 = struct.Struct("!HH")
+
+
+class _Sentinel(enum.Enum):
+    """What :meth:`FrameDecoder.next_frame` returns instead of a message."""
+
+    #: No complete frame buffered; feed more bytes.
+    NEED_DATA = "NEED_DATA"
+    #: The peer closed the stream cleanly between frames.
+    EOF = "EOF"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+EOF: Final = _Sentinel.EOF
 
 
 # -- wire helpers -----------------------------------------------------------
@@ -54,26 +71,19 @@ def question_key(wire: bytes) -> bytes | None:
     The key is the QNAME in wire form, lower-cased (RFC 4343: names compare
     case-insensitively; label lengths are at most 63 so ``lower()`` leaves them
     alone), followed by QTYPE and QCLASS. Only messages with exactly one
-    question count (RFC 9619). A compression pointer is refused: nothing
-    precedes the first question for it to point at.
+    question count (RFC 9619). The name is read by ``wire.read_qname``, which
+    refuses a compression pointer: nothing precedes the first question for it
+    to point at.
     """
-    n = len(wire)
-    if n < HEADER_SIZE + 5 or wire[4] != 0 or wire[5] != 1:
+    if wire[4:6] != b"\x00\x01":
         return None
-    i = HEADER_SIZE
-    while True:
-        length = wire[i]
-        if length == 0:
-            break
-        if length > 63:
-            return None
-        i += length + 1
-        if i >= n:
-            return None
-    end = i + 5
-    if end > n:
+    try:
+        end = read_qname(wire, HEADER_LEN)
+    except ClientProtocolError:
         return None
-    return wire[HEADER_SIZE:i + 1].lower() + wire[i + 1:end]
+    if end + 4 > len(wire):
+        return None
+    return wire[HEADER_LEN:end].lower() + wire[end:end + 4]
 
 
 def same_question(wire: bytes, question: bytes) -> bool:
@@ -111,31 +121,18 @@ def rcode_of(wire: bytes) -> int:
     return wire[3] & 0x0F
 
 
-#: Header RCODE -> its mnemonic, looked up once.
-_RCODE_NAMES = tuple(_mnemonic(i) for i in range(16))
-
-
-def rcode_name(rcode: int) -> str:
-    """The mnemonic of the header RCODE in the low 4 bits of ``rcode``."""
-    return _RCODE_NAMES[rcode & 0x0F]
-
-
 def frame(wire: bytes) -> bytes:
     """``wire`` with its 2-byte TCP length prefix (RFC 1035 section 4.2.2)."""
     return _U16.pack(len(wire)) + wire
 
 
 def health_probe(domain: str = ".", *, recursion_desired: bool = True, qid: int = 0) -> bytes:
-    """A ``DOMAIN IN NS`` query in wire form, as CoreDNS's health check sends."""
-    out = bytearray(_U16.pack(qid))
-    out += b"\x01\x00" if recursion_desired else b"\x00\x00"
-    out += b"\x00\x01\x00\x00\x00\x00\x00\x00"
-    for label in domain.rstrip(".").split(".") if domain.strip(".") else ():
-        raw = label.encode("idna") if not label.isascii() else label.encode()
-        out.append(len(raw))
-        out += raw
-    out += b"\x00\x00\x02\x00\x01"  # root, NS, IN
-    return bytes(out)
+    """A ``DOMAIN IN NS`` query without OPT, as CoreDNS's health check sends.
+
+    ``domain`` is a zone as the config normalises it (lower-case ASCII, absolute).
+    """
+    return build_query(zone_to_wire(domain), TYPE_NS, CLASS_IN, do=False, cd=False,
+                       rd=recursion_desired, qid=qid, edns=False)
 
 
 class IdSource:
@@ -165,57 +162,90 @@ class IdSource:
 
 # -- framing ----------------------------------------------------------------
 
-class FrameDecoder:
-    """Splits a DNS-over-TCP byte stream into messages, every whole one of a read at once.
+class FrameError(Exception):
+    """The peer sent bytes that are not DNS-over-TCP (its fault)."""
 
-    ``frames(data)`` returns the messages that ``data`` completes (``b""``
-    means the peer closed) and keeps a frame begun for the next read. A broken
-    stream (a frame too short to hold a header, or EOF inside a frame) sets
-    ``error``, the peer's fault; the messages before the break are returned.
+
+class FrameDecoder:
+    """Splits a DNS-over-TCP byte stream into messages.
+
+    ``feed(data)`` buffers bytes (``b""`` means the peer closed);
+    ``next_frame()`` returns one message, ``NEED_DATA`` or ``EOF``, and raises
+    :class:`FrameError` for a frame too short to hold a header or a stream
+    that ends inside a frame. ``feed_frames(data)`` does both in one call.
     """
 
-    __slots__ = ("_rest", "eof", "error")
+    __slots__ = ("_buf", "_pos", "_eof", "error")
 
     def __init__(self) -> None:
-        #: A frame begun in earlier reads.
-        self._rest = bytearray()
-        self.eof = False
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        #: Why :meth:`feed_frames` stopped splitting (a frame shorter than a header), or None.
         self.error: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+            return
+        if self._pos:
+            # drop what was consumed once per feed, not per frame
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._rest)
+        return len(self._buf) - self._pos
 
-    def frames(self, data: bytes) -> list[bytes]:
-        if self.error is not None:
-            return []
-        rest = self._rest
-        if not data:
-            self.eof = True
-            if rest:
-                self.error = f"stream ended inside a frame ({len(rest)} bytes left)"
-            return []
-        if rest:
-            rest += data
-            if len(rest) < 2 or len(rest) < 2 + (rest[0] << 8 | rest[1]):
-                return []  # still inside that frame: no copy, no scan
-            data = bytes(rest)
-            rest.clear()
-        out: list[bytes] = []
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            length = data[pos] << 8 | data[pos + 1]
-            if length < HEADER_SIZE:
+    def next_frame(self) -> bytes | _Sentinel:
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length < HEADER_LEN:
+                raise FrameError(f"frame of {length} bytes is shorter than a DNS header")
+            if avail >= 2 + length:
+                self._pos = pos + 2 + length
+                return bytes(buf[pos + 2:pos + 2 + length])
+        if self._eof:
+            if avail:
+                raise FrameError(f"stream ended inside a frame ({avail} bytes left)")
+            return EOF
+        return NEED_DATA
+
+    def feed_frames(self, data: bytes) -> list[bytes]:
+        """Feed ``data`` (not EOF) and take every message it completes, in order.
+
+        :meth:`feed` and :meth:`next_frame` in one call per read, for the TCP
+        listener's hit path, where a call per frame costs more than the split.
+        A frame too short for a header ends the split: the messages before it
+        are returned, and :attr:`error` says why no more will come.
+        """
+        buf = self._buf
+        if self._pos:
+            del buf[:self._pos]
+            self._pos = 0
+        if not buf:
+            # The common read, one whole frame: no copy through the buffer.
+            size = len(data)
+            if size >= 2 + HEADER_LEN and size == 2 + ((data[0] << 8) | data[1]):
+                return [data[2:]]
+        buf += data
+        messages = []
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length < HEADER_LEN:
                 self.error = f"frame of {length} bytes is shorter than a DNS header"
-                return out
-            after = pos + 2 + length
-            if after > end:
                 break
-            out.append(data[pos + 2:after])
-            pos = after
-        if pos < end:
-            rest += data[pos:]
-        return out
+            end = pos + 2 + length
+            if end > size:
+                break
+            messages.append(bytes(buf[pos + 2:end]))
+            pos = end
+        self._pos = pos
+        return messages
 
 
 # -- in-flight table ----------------------------------------------------------
@@ -251,7 +281,7 @@ class InFlight:
 
     def match(self, answer: bytes) -> Hashable | None:
         """The token of the query ``answer`` answers (removing it), or None."""
-        if len(answer) < HEADER_SIZE or not answer[2] & 0x80:
+        if len(answer) < HEADER_LEN or not answer[2] & 0x80:
             return None
         qid = (answer[0] << 8) | answer[1]
         entry = self._by_id.get(qid)
@@ -477,23 +507,29 @@ class UpstreamConnection:
             return []
         events: list[AnswerReceived | ConnectionTerminated] = []
         decoder = self._decoder
+        if not data:
+            decoder.feed(data)
+            try:
+                decoder.next_frame()  # EOF between frames, or FrameError inside one
+                term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
+            except FrameError as exc:
+                term = self.terminate(ConnEvent.PROTOCOL_ERROR, str(exc))
+            return [term] if term is not None else []
         match = self.in_flight.match
-        for msg in decoder.frames(data):
+        # every whole message of the read in one call (not a call per frame)
+        for msg in decoder.feed_frames(data):
             token = match(msg)
             if token is not None:
                 events.append(AnswerReceived(token, msg))
             # else: a late answer to a query given up on, or a stray: ignore it
         if events:
             self.last_used = now
-        term = None
         if decoder.error is not None:
             term = self.terminate(ConnEvent.PROTOCOL_ERROR, decoder.error)
-        elif decoder.eof:
-            term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
-        else:
-            self._maybe_drained()
-        if term is not None:
-            events.append(term)
+            if term is not None:
+                events.append(term)
+            return events
+        self._maybe_drained()
         return events
 
     def connection_lost(self, detail: str = "") -> ConnectionTerminated | None:

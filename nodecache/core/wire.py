@@ -6,6 +6,7 @@ RFC 1035 unless another RFC is named.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -236,17 +237,18 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
 def build_query(qname: bytes, qtype: int, qclass: int, *, do: bool, cd: bool,
                 options: bytes = b"", payload: int = OUR_UDP_PAYLOAD, qid: int = 0,
-                edns: bool = True) -> bytes:
-    """A query with RD set and our OPT; ID 0 unless given (the forwarder sets its own).
+                edns: bool = True, rd: bool = True) -> bytes:
+    """A query with RD set (unless ``rd=False``) and our OPT; ID 0 unless given
+    (the forwarder sets its own).
 
     ``options`` are the client's EDNS options, passed on as CoreDNS's forward
     does (client subnet, cookies, padding...); the payload size is ours
     (``bufsize``'s when the block has it). ``edns=False``: no OPT at all.
     """
-    if qid == 0 and edns:
+    if qid == 0 and edns and rd:
         return query_from(qname + struct.pack("!HH", qtype, qclass), do=do, cd=cd,
                           options=options, payload=payload)
-    flags = RD | (CD if cd else 0)
+    flags = (RD if rd else 0) | (CD if cd else 0)
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     question = header + qname + struct.pack("!HH", qtype, qclass)
     return question + opt_record(do, payload, options=options) if edns else question
@@ -419,6 +421,31 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
     while offset < cut:
         offset += 1 + name[offset]
     return offset == cut
+
+
+#: A label printed as it is: printable ASCII but '.' and '\\' (RFC 4343 section 2.1).
+_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")
+
+
+def name_text(qname: bytes) -> str:
+    """Text form of a wire name (for logs and zone checks); non-printable bytes escaped."""
+    labels = []
+    offset = 0
+    plain = []
+    while qname[offset]:
+        length = qname[offset]
+        plain.append(qname[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    if all(_PLAIN_LABEL.fullmatch(label) for label in plain):
+        return b".".join(plain).decode("ascii") + "."
+    offset = 0
+    while qname[offset]:
+        length = qname[offset]
+        raw = qname[offset + 1:offset + 1 + length]
+        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}"
+                              for b in raw))
+        offset += 1 + length
+    return ".".join(labels) + "."
 
 
 # Mnemonics of the IANA DNS parameter registries (RFC 6895 section 3), spelled as

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from nodecache.core import wire
+from nodecache.core.upstream import frame
 from nodecache.hostnet.rules import notrack_rules
 from tests.kit import netns, refnodecache
 from tests.kit import reliabilitykit as kit
@@ -356,15 +358,15 @@ def long_client(start_at: float) -> dict[str, int]:
     qid = 0
     while time.time() < end:
         qid = (qid + 1) & 0xFFFF
-        query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) \
-            + kit._wire_name(f"h{qid % kit.HOT}.example.") + b"\x00\x01\x00\x01"
+        query = wire.build_query(wire.zone_to_wire(f"h{qid % kit.HOT}.example."), wire.TYPE_A,
+                                 wire.CLASS_IN, do=False, cd=False, qid=qid, edns=False)
         counts["asked"] += 1
         for attempt in range(3):
             if sock is None:
                 sock = socketlib.create_connection((V4, 53), timeout=2.0)
                 counts["connections"] += 1
             try:
-                sock.sendall(struct.pack("!H", len(query)) + query)
+                sock.sendall(frame(query))
                 head = read_exactly(2)
                 reply = read_exactly(struct.unpack("!H", head)[0]) if head else None
             except (ConnectionResetError, BrokenPipeError):
