@@ -65,28 +65,38 @@ class _Upstream(asyncio.DatagramProtocol):
         self.server.upstream_answer(data)
 
 
+def udp_socket(listen: str, port: int) -> socket.socket:
+    """The listening socket, with room for a burst of queries (4 MiB)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((listen, port))
+    return sock
+
+
 async def serve(listen: str, port: int, upstream: str, seconds: float,
                 upstream_port: int = 53) -> None:
     loop = asyncio.get_running_loop()
     server = FloorServer((upstream, upstream_port))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((listen, port))
-    await loop.create_datagram_endpoint(lambda: server, sock=sock)
+    await loop.create_datagram_endpoint(lambda: server, sock=udp_socket(listen, port))
     relay, _ = await loop.create_datagram_endpoint(lambda: _Upstream(server),
                                                    remote_addr=(upstream, upstream_port))
     server.relay = relay
     await asyncio.sleep(seconds)  # the bench stops it long before
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m nodebench.floor", description=__doc__.split("\n")[0])
+def arguments(prog: str, doc: str, transport: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a floor server: where it listens, where misses go."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     ap.add_argument("--listen", required=True, help="address to answer on (UDP)")
     ap.add_argument("--port", type=int, default=53)
-    ap.add_argument("--upstream", required=True, help="where misses go (UDP)")
+    ap.add_argument("--upstream", required=True, help=f"where misses go ({transport})")
     ap.add_argument("--upstream-port", type=int, default=53)
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="exit after this long, s")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = arguments("python -m nodebench.floor", __doc__, "UDP", argv)
     uvloop.run(serve(a.listen, a.port, a.upstream, a.max_seconds, a.upstream_port))
 
 

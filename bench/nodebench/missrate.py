@@ -1,8 +1,10 @@
-"""Cache misses over TCP on loopback: nodecache, node-cache and unbound in one run.
+"""Cache misses over TCP on loopback: nodecache, node-cache, unbound and the miss floor in one run.
 
 Every cache forwards ``cluster.local`` over TCP to the same knotd (a wildcard
 zone, so every name exists) and is pinned to the server core; dnsperf runs on
-the load generator's. Per cache and run it measures:
+the load generator's. The miss floor (:mod:`nodebench.missfloor`) forwards the
+same way with nothing else: the least a Python miss path pays. Per cache and
+run it measures:
 
 * misses/s: N never-seen names, up to 100 outstanding (dnsperf ``-q 100``);
 * CPU per miss: the cache's user+system CPU over that run / answers, us;
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, p
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
          "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304),
-         "floor": ("127.0.0.35", 5305)}
+         "floor": ("127.0.0.35", 5305), "miss-floor": ("127.0.0.36", 5306)}
 TOOLS = ("knotd", "unbound", "dnsperf", "dig", "taskset")
 #: A name the wildcard zone answers, asked until a server is up.
 PROBE_NAME = "up.svc.cluster.local"
@@ -47,17 +50,19 @@ def corefile(host: str, port: int) -> str:
             f"    forward . {KNOT[0]}:{KNOT[1]} {{\n        force_tcp\n    }}\n}}\n")
 
 
-def start_knot(cleanup: Cleanup, work: Path) -> Daemon:
+def start_knot(cleanup: Cleanup, work: Path, addr: tuple[str, int] = KNOT) -> Daemon:
+    """knotd on *addr* serving a wildcard ``cluster.local``: every name has an A record (10.0.0.1)."""
     d = work / "knot"
     (d / "db").mkdir(parents=True)
     (d / "cluster.local.zone").write_text(
         "$ORIGIN cluster.local.\n$TTL 30\n"
         "@ IN SOA ns.cluster.local. host.cluster.local. 1 7200 1800 86400 5\n"
         "@ IN NS ns\nns IN A 10.0.0.53\n* IN A 10.0.0.1\n")
-    (d / "knot.conf").write_text(knot_config(d, f"{KNOT[0]}@{KNOT[1]}",
+    (d / "knot.conf").write_text(knot_config(d, f"{addr[0]}@{addr[1]}",
                                              {"cluster.local": d / "cluster.local.zone"}))
+    ensure_free("knotd", *addr)
     daemon = start_daemon(cleanup, "knotd", ["knotd", "-c", str(d / "knot.conf")], ns=None, log_dir=work)
-    wait_answer(daemon, *KNOT)
+    wait_answer(daemon, *addr)
     return daemon
 
 
@@ -79,15 +84,27 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
         return [str(a.node_cache_binary), "-localip", host, "-conf", str(d / "Corefile"),
                 "-setupinterface=false", "-setupiptables=false", "-skipteardown",
                 "-metrics-listen-address", f"{host}:9353", "-basecorefile", str(d / "none")], env
-    if name == "floor":
-        return [python(), "-m", "nodebench.floor", "--listen", host, "--port", str(port),
+    if name in ("floor", "miss-floor"):
+        return [python(), "-m", f"nodebench.{name.replace('-', '')}", "--listen", host, "--port", str(port),
                 "--upstream", KNOT[0], "--upstream-port", str(KNOT[1])], env
     conf = unbound_conf(d, interface=host, port=port, upstream=f"{KNOT[0]}@{KNOT[1]}")
     return ["unbound", "-d", "-c", str(conf)], env
 
 
+def ensure_free(name: str, host: str, port: int) -> None:
+    """Stop unless UDP *host*:*port* is free: a server left running there with SO_REUSEPORT
+    (nodecache, knotd) would share the queries and the figures would be half someone else's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise BenchError(f"{name}: {host}:{port} is taken ({exc.strerror}): stop what listens there "
+                             "(ss -lunp) and run again") from None
+
+
 def start_cache(cleanup: Cleanup, name: str, d: Path, a: argparse.Namespace) -> Daemon:
     """Cache *name* running from directory *d*, pinned to the server core, answering."""
+    ensure_free(name, *ADDRS[name])
     argv, env = cache_argv(name, d, a)
     daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env)
     wait_answer(daemon, *ADDRS[name])
@@ -155,6 +172,12 @@ def table(results: dict[str, list[dict[str, float]]], names: int) -> str:
             ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"),
             ("pss_mb", "{:.1f}"), ("rss_mb", "{:.1f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    floor, ours = results.get("miss-floor", []), results.get("nodecache", [])
+    if floor and ours:
+        cpu = [r["cpu_us_per_miss"] / f["cpu_us_per_miss"] for r, f in zip(ours, floor) if f["cpu_us_per_miss"] > 0]
+        rate = [r["misses_per_s"] / f["misses_per_s"] for r, f in zip(ours, floor)]
+        lines.append(f"\nnodecache / miss floor, run by run: CPU per miss {cell(cpu, '{:.2f}x') if cpu else '-'}, "
+                     f"misses/s {cell(rate, '{:.2f}x')}")
     return "\n".join(lines)
 
 
@@ -212,7 +235,7 @@ def run_all(prog: str, a: argparse.Namespace, measure: Measure) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("bench/run --missrate", __doc__, "nodecache,node-cache,unbound")
+    ap = parser("bench/run --missrate", __doc__, "nodecache,node-cache,unbound,miss-floor")
     ap.add_argument("--names", type=int, default=20_000, help="never-seen names in the burst (default 20000)")
     ap.add_argument("--light", type=int, default=10_000, help="names at 2,000 q/s (default 10000)")
     a = checked(ap, ap.parse_args(argv))

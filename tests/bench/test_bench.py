@@ -190,20 +190,23 @@ def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_missrate_on_loopback_measures_every_cache() -> None:
-    """``bench/run --missrate``: nodecache, node-cache (its build beside the project) and
-    unbound forward never-seen names over TCP to one knotd on loopback; every cache answers
-    (nearly) every name of the burst and gets a row with figures. Timings are not asserted."""
+    """``bench/run --missrate``: nodecache, node-cache (its build beside the project), unbound
+    and the miss floor forward never-seen names over TCP to one knotd on loopback; every cache
+    answers (nearly) every name of the burst and gets a row with figures, and nodecache's ratio
+    to the floor follows the table. Timings are not asserted."""
     assert NODE_CACHE.exists(), f"the node-cache build is missing: {NODE_CACHE}"
     cp = subprocess.run([str(ROOT / "bench" / "run"), "--missrate", "--names", "2000", "--light", "100",
                          "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
-    assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound"], cp.stdout
+    assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound", "miss-floor"]
     for cells in rows[1:]:  # misses/s, CPU, latency, PSS, RSS; CPU counts 10 ms ticks, so it may read 0
         values = [float(c.strip().replace(",", "")) for c in cells[1:]]
         assert len(values) == 5 and values[1] >= 0 and all(v > 0 for v in values[:1] + values[2:]), cells
+    assert re.search(r"^nodecache / miss floor, run by run: CPU per miss (-|[\d.]+x), misses/s [\d.]+x$",
+                     cp.stdout, re.M), cp.stdout
     answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
-    assert len(answered) == 3 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
+    assert len(answered) == 4 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
 
 
 @pytest.mark.timeout(180)
