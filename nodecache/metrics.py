@@ -346,11 +346,9 @@ class StatsCollector:
         for f in forwards:
             for to, n in f.requests.items():
                 requests[(to,)] += n
-            for (to, rcode), n in f.responses.items():
-                responses[(rcode, to)] += n
-            for (to, rcode), h in f.duration.items():
-                if h.count:
-                    _add_hist(durations, (to, rcode), h)
+            for (to, rcode), h in f.answer_durations().items():
+                responses[(rcode, to)] += h.count
+                _add_hist(durations, (to, rcode), h)
             for to, n in f.healthcheck_failures.items():
                 hc_failures[(to,)] += n
             for to, n in f.conn_reused.items():

@@ -10,6 +10,8 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from nodecache.core.wire import rcode_name
+
 #: CoreDNS ``plugin.TimeBuckets``: 0.25 ms doubling 16 times (to about 8 s), in s.
 TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**n for n in range(16))
 #: CoreDNS ``plugin/metrics/vars`` request and response size buckets, bytes.
@@ -54,6 +56,12 @@ def server_index(label: str) -> int:
         index = _SERVER_INDEX[label] = len(SERVER_LABELS)
         SERVER_LABELS.append(label)
     return index
+
+
+#: Bit fields of a ForwardStats answer key: bucket (0-16) in bits 0-4, RCODE in 5-8.
+ANSWER_RCODE_SHIFT = 5
+ANSWER_UPSTREAM_SHIFT = 9
+_BUCKET_MASK = (1 << ANSWER_RCODE_SHIFT) - 1
 
 
 def _size_histograms() -> defaultdict[str, Histogram]:
@@ -109,11 +117,15 @@ class ForwardStats:
     zone: str
     #: upstream "host:port" -> queries sent
     requests: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: (upstream, rcode name) -> answers received
-    responses: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    #: (upstream, rcode name) -> request duration histogram
-    duration: defaultdict[tuple[str, str], Histogram] = field(
-        default_factory=lambda: defaultdict(Histogram))
+    #: upstream "host:port" by the index answer keys carry (:meth:`upstream_index`).
+    upstreams: list[str] = field(default_factory=list)
+    #: Answers received, one dict update each: answer key -> count, unpacked
+    #: at scrape time (:meth:`answer_durations`). An answer key is the
+    #: upstream's index << ANSWER_UPSTREAM_SHIFT | header RCODE <<
+    #: ANSWER_RCODE_SHIFT | the TIME_BUCKETS slot of its duration.
+    answers: dict[int, int] = field(default_factory=dict)
+    #: key >> ANSWER_RCODE_SHIFT (upstream index * 16 + RCODE) -> seconds those answers took
+    seconds: list[float] = field(default_factory=list)
     healthcheck_failures: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: Times every upstream was down and one was tried anyway.
     healthcheck_broken: int = 0
@@ -121,6 +133,36 @@ class ForwardStats:
     #: upstream -> TCP connections opened (pool misses) / reused (pool hits)
     conn_opened: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     conn_reused: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def upstream_index(self, name: str) -> int:
+        """The index answer keys carry for upstream ``name``, made on first use."""
+        if name in self.upstreams:
+            return self.upstreams.index(name)
+        self.upstreams.append(name)
+        self.seconds.extend([0.0] * 16)
+        return len(self.upstreams) - 1
+
+    def answered(self, index: int, rcode: int, seconds: float) -> None:
+        """Count one answer (header RCODE ``rcode``) from upstream ``index`` that took
+        ``seconds`` (the forwarder does the same inline, on its per-answer path)."""
+        key = index << ANSWER_UPSTREAM_SHIFT | rcode << ANSWER_RCODE_SHIFT \
+            | bisect_left(TIME_BUCKETS, seconds)
+        self.answers[key] = self.answers.get(key, 0) + 1
+        self.seconds[key >> ANSWER_RCODE_SHIFT] += seconds
+
+    def answer_durations(self) -> dict[tuple[str, str], Histogram]:
+        """(upstream, rcode name) -> the duration histogram of its answers (their count too)."""
+        out: dict[tuple[str, str], Histogram] = {}
+        for key, count in list(self.answers.items()):
+            pair = key >> ANSWER_RCODE_SHIFT
+            label = (self.upstreams[pair >> 4], rcode_name(pair & 0x0F))
+            h = out.get(label)
+            if h is None:
+                h = out[label] = Histogram()
+                h.sum = self.seconds[pair]
+            h.counts[key & _BUCKET_MASK] += count
+            h.count += count
+        return out
 
 
 @dataclass

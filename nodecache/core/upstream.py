@@ -507,27 +507,28 @@ class UpstreamConnection:
             return []
         events: list[AnswerReceived | ConnectionTerminated] = []
         decoder = self._decoder
-        decoder.feed(data)
-        while True:
+        if not data:
+            decoder.feed(data)
             try:
-                msg = decoder.next_frame()
+                decoder.next_frame()  # EOF between frames, or FrameError inside one
+                term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
             except FrameError as exc:
                 term = self.terminate(ConnEvent.PROTOCOL_ERROR, str(exc))
-                if term is not None:
-                    events.append(term)
-                return events
-            if msg is NEED_DATA:
-                break
-            if msg is EOF:
-                term = self.terminate(ConnEvent.PEER_CLOSED, "closed by upstream")
-                if term is not None:
-                    events.append(term)
-                return events
-            token = self.in_flight.match(msg)
+            return [term] if term is not None else []
+        match = self.in_flight.match
+        # every whole message of the read in one call (not a call per frame)
+        for msg in decoder.feed_frames(data):
+            token = match(msg)
             if token is not None:
-                self.last_used = now
                 events.append(AnswerReceived(token, msg))
             # else: a late answer to a query given up on, or a stray: ignore it
+        if events:
+            self.last_used = now
+        if decoder.error is not None:
+            term = self.terminate(ConnEvent.PROTOCOL_ERROR, decoder.error)
+            if term is not None:
+                events.append(term)
+            return events
         self._maybe_drained()
         return events
 

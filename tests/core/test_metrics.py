@@ -114,9 +114,11 @@ def test_cache_counters() -> None:
 def test_forward_counters_under_both_names() -> None:
     f = ForwardStats(SERVER, ".")
     f.requests[UP] += 9
-    f.responses[(UP, "NOERROR")] += 8
-    f.responses[(UP, "SERVFAIL")] += 1
-    f.duration[(UP, "NOERROR")].observe(0.003)
+    up = f.upstream_index(UP)
+    for _ in range(7):
+        f.answered(up, 0, 0.0001)
+    f.answered(up, 0, 0.003)
+    f.answered(up, 2, 0.01)
     f.healthcheck_failures[UP] += 2
     f.healthcheck_broken = 1
     f.max_concurrent_rejects = 5
@@ -137,31 +139,41 @@ def test_forward_counters_under_both_names() -> None:
         f'coredns_forward_conn_cache_misses_total{{proto="tcp",to="{UP}"}} 3.0',
         f'coredns_proxy_conn_cache_hits_total{{proto="tcp",proxy_name="forward",to="{UP}"}} 12.0',
         f'coredns_proxy_conn_cache_misses_total{{proto="tcp",proxy_name="forward",to="{UP}"}} 3.0',
-        f'coredns_forward_request_duration_seconds_bucket{{le="0.002",rcode="NOERROR",to="{UP}"}} 0.0',
+        f'coredns_forward_request_duration_seconds_bucket{{le="0.00025",rcode="NOERROR",'
+        f'to="{UP}"}} 7.0',
+        f'coredns_forward_request_duration_seconds_bucket{{le="0.002",rcode="NOERROR",to="{UP}"}} 7.0',
         f'coredns_forward_request_duration_seconds_bucket{{le="0.004",rcode="NOERROR",'
-        f'to="{UP}"}} 1.0',
-        f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 1.0',
+        f'to="{UP}"}} 8.0',
+        f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 8.0',
+        f'coredns_forward_request_duration_seconds_sum{{rcode="SERVFAIL",to="{UP}"}} 0.01',
         f'coredns_proxy_request_duration_seconds_bucket{{le="+Inf",proxy_name="forward",'
-        f'rcode="NOERROR",to="{UP}"}} 1.0',
+        f'rcode="NOERROR",to="{UP}"}} 8.0',
     ]:
         assert line in lines
 
 
 def test_duration_keyed_by_upstream_and_rcode() -> None:
     f = ForwardStats(SERVER, ".")
-    f.duration[(UP, "NOERROR")].observe(0.001)
+    f.answered(f.upstream_index("192.0.2.9:53"), 3, 0.5)
+    f.answered(f.upstream_index(UP), 0, 0.001)
     c = StatsCollector()
     c.set_sources(forwards=[f])
+    lines = scrape(c)
     assert f'coredns_forward_request_duration_seconds_count{{rcode="NOERROR",to="{UP}"}} 1.0' \
-        in scrape(c)
+        in lines
+    assert f'coredns_forward_request_duration_seconds_sum{{rcode="NOERROR",to="{UP}"}} 0.001' \
+        in lines
+    assert 'coredns_forward_responses_total{rcode="NXDOMAIN",to="192.0.2.9:53"} 1.0' in lines
+    assert 'coredns_forward_request_duration_seconds_sum{rcode="NXDOMAIN",to="192.0.2.9:53"} 0.5' \
+        in lines
 
 
 def test_same_labels_from_two_blocks_are_summed() -> None:
     a, b = ForwardStats("dns://:53", "."), ForwardStats("dns://:53", "in-addr.arpa.")
     a.requests[UP] += 1
     b.requests[UP] += 2
-    a.duration[(UP, "NOERROR")].observe(0.1)
-    b.duration[(UP, "NOERROR")].observe(0.2)
+    a.answered(a.upstream_index(UP), 0, 0.1)
+    b.answered(b.upstream_index(UP), 0, 0.2)
     c = StatsCollector()
     c.set_sources(forwards=[a, b])
     lines = scrape(c)
@@ -220,7 +232,7 @@ def test_scrape_does_not_mutate_stats() -> None:
     c = StatsCollector()
     c.set_sources(forwards=[f])
     scrape(c)
-    assert not f.requests and not f.duration and not f.conn_opened
+    assert not f.requests and not f.answers and not f.conn_opened
 
 
 class Fixed:
