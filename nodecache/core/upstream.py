@@ -614,9 +614,16 @@ class ConnectionPool:
     def choose(self, now: float) -> tuple[UpstreamConnection, bool] | Backoff | None:
         last = self._last
         if (last is not None and last.state is ConnState.OPEN
-                and len(last.in_flight._by_id) < self._fast_limit
                 and not (last.max_age and now >= last.created + last.max_age)):
-            return last, False  # fast path: the connection used last has room
+            load = len(last.in_flight._by_id)
+            # Fast path: the connection used last has room. Queries that have not
+            # left yet (sent in this loop iteration) stay on it up to max_in_flight:
+            # one write carries them all, and one read most of their answers,
+            # where spreading each query over the pool costs a write and a read
+            # per connection per iteration (measured: 4 misses per write against
+            # 32). The spread applies between iterations.
+            if load < self._fast_limit or (last._out and load < last.max_in_flight):
+                return last, False
         choice = self._choose(now)
         self._last = choice[0] if type(choice) is tuple else None
         return choice

@@ -441,8 +441,10 @@ def test_pool_reuses_then_spreads_then_limits() -> None:
     assert new
     first.connected(0.0)
     fill(first, 1)
+    first.data_to_send()                              # the loop iteration's write
     assert pool.choose(0.0) == (first, False)         # 1 in flight < spread: reuse
     fill(first, 1)
+    first.data_to_send()
     second, new = pool.choose(0.0)  # type: ignore[misc]
     assert new and second is not first                # 2 in flight == spread: open another
     second.connected(0.0)
@@ -450,6 +452,26 @@ def test_pool_reuses_then_spreads_then_limits() -> None:
     assert pool.choose(0.0) == (first, False)         # at the limit: least busy with room
     fill(first, 1)
     assert pool.choose(0.0) is None                   # both full, at the connection limit
+
+
+def test_pool_keeps_one_iterations_queries_on_one_connection() -> None:
+    """Queries not yet written share the connection up to max_in_flight (one write
+    for them all); once written, the spread picks the least busy connection again."""
+    pool = new_pool(max_in_flight=4, spread=1)
+    first, _ = pool.choose(0.0)  # type: ignore[misc]
+    first.connected(0.0)
+    for _ in range(4):
+        assert pool.choose(0.0) == (first, False)     # over the spread, not yet written
+        fill(first, 1)
+    second, new = pool.choose(0.0)  # type: ignore[misc]
+    assert new and second is not first               # first is full
+    second.connected(0.0)
+    fill(second, 1)
+    second.data_to_send()
+    third = pool.choose(0.0)
+    assert third == (second, False)                   # least busy, below max_in_flight
+    fill(second, 1)
+    assert pool.choose(0.0) == (second, False)        # its query has not left yet
 
 
 def test_pool_connecting_takes_burst() -> None:
