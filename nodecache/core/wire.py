@@ -389,18 +389,6 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
                     nscount - misplaced_ns, opt, min_ttl, soa, length)
 
 
-def same_question(query: bytes, response: bytes) -> bool:
-    """True when the response's question equals the query's (name case-insensitive)."""
-    try:
-        q_end = read_qname(query, HEADER_LEN) + 4
-        r_end = skip_name(response, HEADER_LEN) + 4
-    except (ClientProtocolError, ValueError):
-        return False
-    if read_u16(response, 4) != 1 or response[HEADER_LEN] & 0xC0:
-        return False
-    return query[HEADER_LEN:q_end].lower() == response[HEADER_LEN:r_end].lower()
-
-
 def zone_to_wire(zone: str) -> bytes:
     """Lower-case wire form of a text zone name (``"cluster.local."``, ``"."``)."""
     if zone == ".":

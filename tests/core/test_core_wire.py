@@ -151,16 +151,6 @@ def test_index_response_rejects_malformed(data: bytes) -> None:
         wire.index_response(data)
 
 
-@pytest.mark.parametrize("asked, answered, same", [
-    ("a.example.", "A.EXAMPLE.", True),
-    ("a.example.", "b.example.", False),
-])
-def test_same_question(asked: str, answered: str, same: bool) -> None:
-    query = dns.message.make_query(asked, "A")
-    other = dns.message.make_response(dns.message.make_query(answered, "A"))
-    assert wire.same_question(query.to_wire(), other.to_wire()) is same
-
-
 def test_mnemonics_are_dnspythons_for_every_number() -> None:
     import dns.rdataclass
     import dns.rdatatype

@@ -15,7 +15,8 @@ import pytest
 from nodecache.core.upstream import (
     EOF, NEED_DATA, AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent,
     ConnState, FrameDecoder, FrameError, IdSource, InFlight, TRANSITIONS, UpstreamConnection,
-    frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_of, set_id,
+    frame, get_id, health_probe, is_response, is_truncated, question_key, rcode_of, same_question,
+    set_id,
 )
 from tests.kit.queries import query_wire
 
@@ -554,3 +555,15 @@ def test_cancel_does_not_drain() -> None:
     qid = conn.send(q, question_key(q), "a", 0.0)
     assert conn.give_up(qid, 1.0, timed_out=False) is None
     assert conn.state is ConnState.OPEN
+
+
+@pytest.mark.parametrize("asked, answered, rdtype, same", [
+    ("a.example.", "A.EXAMPLE.", "A", True),      # names compare case-insensitively
+    ("a.example.", "b.example.", "A", False),
+    ("a.example.", "a.example.", "AAAA", False),  # the type is part of the question
+])
+def test_same_question(asked: str, answered: str, rdtype: str, same: bool) -> None:
+    query = dns.message.make_query(asked, "A").to_wire()
+    answer = dns.message.make_response(dns.message.make_query(answered, rdtype)).to_wire()
+    key = question_key(query)
+    assert key is not None and same_question(answer, key) is same
