@@ -98,6 +98,28 @@ def _wait_health_checks(ip: str, count: int) -> None:
     raise AssertionError(f"the health self-check of {ip} did not run {count} times")
 
 
+def _wait_loop_probes(ip: str, zones: Sequence[str] = ("example.", ".")) -> None:
+    """Until each zone's ``loop`` probe (an HINFO query to itself) has been counted.
+
+    CoreDNS counts HINFO under ``type="other"``; the traffic here asks no such type.
+
+    node-cache sends its probe when the listener answers, which can be a second after
+    start (the first try is refused and retried); its reply is stored in the cache,
+    through the first address. Traffic sent before it would see a different cache size.
+    """
+    deadline = time.monotonic() + 40  # the loop plugin stops probing after 30 s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        for family in text_string_to_metric_families(_scrape(ip)):
+            if family.name == "coredns_dns_requests":
+                seen = {s.labels["zone"] for s in family.samples
+                        if s.labels.get("type") == "other" and s.value >= 1}
+        if seen >= set(zones):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the loop probes of {ip} were not counted: {sorted(seen)} of {zones}")
+
+
 Samples = dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
 
 
@@ -150,6 +172,7 @@ def _pair(tmp_path: Path, make_corefile: Callable[[Sequence[str]], str],
                 for ips, proc in zip(addresses.values(), procs):
                     for ip in ips:
                         kit.wait_answering(ns, ip, PORT, "h1.example.", proc=proc)
+                    netns.call(ns, _wait_loop_probes, ips[0], timeout=60)
                 yield ns
             finally:
                 for proc in procs:
