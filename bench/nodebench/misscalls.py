@@ -82,7 +82,7 @@ async def _start_floor(host: str, port: int) -> Callable[[], Awaitable[None]]:
 STARTERS = {"nodecache": _start_nodecache, "miss-floor": _start_floor}
 
 
-async def count(name: str, work: Path, names: int) -> dict[str, object]:
+async def count(name: str, work: Path, names: int, dump: Path | None = None) -> dict[str, object]:
     """Calls and held blocks per miss of server *name*, and its top callees."""
     host, port = ADDRS[name]
     stop = await STARTERS[name](host, port)
@@ -98,6 +98,8 @@ async def count(name: str, work: Path, names: int) -> dict[str, object]:
         held = sys.getallocatedblocks() - blocks
     finally:
         await stop()
+    if dump is not None:
+        profile.dump_stats(dump.with_name(f"{dump.name}.{name}"))
     stats = pstats.Stats(profile)
     rows = sorted(((nc, func) for func, (_cc, nc, *_rest) in stats.stats.items()),  # type: ignore[attr-defined]
                   reverse=True)
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="nodecache,miss-floor", help="comma-separated, of "
                     + ", ".join(STARTERS))
     ap.add_argument("--top", type=int, default=25, help="functions listed per server (default 25)")
+    ap.add_argument("--dump", type=Path, help="also write each server's profile to DUMP.SERVER (pstats)")
     a = ap.parse_args(argv)
     servers = [s for s in a.servers.split(",") if s]
     if set(servers) - set(STARTERS) or not 1 <= a.names <= 100_000:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         try:
             start_knot(cleanup, work)
-            results = {s: uvloop.run(count(s, work, a.names)) for s in servers}
+            results = {s: uvloop.run(count(s, work, a.names, a.dump)) for s in servers}
         except BenchError as exc:
             print(f"{ap.prog}: error: {exc}", file=sys.stderr)
             return 2
