@@ -378,7 +378,8 @@ class _Query:
         self.sent = 0.0
         #: Earlier tries that timed out but whose answer is still taken:
         #: (upstream, UDP socket or TCP connection, ID).
-        self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] = []
+        #: None until a try times out (most queries never need the list).
+        self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] | None = None
 
 
 class Forwarder:
@@ -658,7 +659,7 @@ class Forwarder:
     def _release_late(self, q: _Query, answered: object = None) -> None:
         """Stop listening for the earlier tries' answers (``answered`` already gave one)."""
         now = self._loop.time()
-        for up, where, qid in q.late:
+        for up, where, qid in q.late or ():
             if where is answered:
                 continue
             if isinstance(where, UpstreamConnection):
@@ -668,7 +669,7 @@ class Forwarder:
             else:
                 self._loop.remove_reader(where.fileno())
                 where.close()
-        q.late.clear()
+        q.late = None
 
     def _finish(self, q: _Query, answer: bytes | None, error: Exception | None) -> None:
         if q.late:
@@ -720,7 +721,7 @@ class Forwarder:
             return  # an earlier try's socket: the current try goes on
         up = q.up
         if not current:
-            up = next(u for u, where, _ in q.late if where is sock)
+            up = next(u for u, where, _ in q.late or () if where is sock)
         self._stop_try(q)
         self._answered(up, data, q.sent)
         if is_truncated(data):
@@ -744,12 +745,12 @@ class Forwarder:
             if conn.state is ConnState.CLOSED:
                 up._discard(conn)
             elif q.qid in conn.in_flight:
-                q.late.append((up, conn, q.qid))
+                q.late = [*(q.late or ()), (up, conn, q.qid)]
             if term is not None:
                 up._terminated(conn, term)
         elif sock is not None:
             q.sock = None
-            q.late.append((q.up, sock, q.qid))
+            q.late = [*(q.late or ()), (q.up, sock, q.qid)]
         # Go's words end the text: CoreDNS's consolidate patterns expect them (".* i/o timeout$").
         self._try_failed(q, Failure.TIMEOUT,
                          f"no answer within {self.settings.try_timeout}s: i/o timeout")
@@ -814,7 +815,7 @@ class Forwarder:
         if conn is q.conn:
             q.conn = None  # the connection already forgot the query
         else:  # a late answer to an earlier try
-            up = next((u for u, where, _ in q.late if where is conn), up)
+            up = next((u for u, where, _ in q.late or () if where is conn), up)
         self._stop_try(q)
         if q.late:
             self._release_late(q, answered=conn)
