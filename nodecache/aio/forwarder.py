@@ -47,9 +47,9 @@ from nodecache.core.stats import (
     ANSWER_RCODE_SHIFT, ANSWER_UPSTREAM_SHIFT, TIME_BUCKETS, ForwardStats,
 )
 from nodecache.core.upstream import (
-    AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated, ConnEvent, ConnState,
-    IdSource, UpstreamConnection, frame, health_probe, is_truncated, question_key, same_question,
-    set_id,
+    MAX_CONNECTIONS, MAX_IN_FLIGHT, AnswerReceived, Backoff, ConnectionPool, ConnectionTerminated,
+    ConnEvent, ConnState, IdSource, UpstreamConnection, frame, health_probe, is_truncated,
+    question_key, same_question, set_id,
 )
 from nodecache.core.wire import HEADER_LEN
 from nodecache.errors import ClientProtocolError, ConcurrencyLimitError, UpstreamError
@@ -388,14 +388,14 @@ class Forwarder:
     :param settings: The ``forward`` settings (upstreams, policy, timeouts).
     :param stats: Counters to fill (``coredns_forward_*``, ``coredns_proxy_*``).
     :param max_connections: TCP connections per upstream at most
-        (default ``ConnectionPool.MAX_CONNECTIONS``).
+        (default ``MAX_CONNECTIONS``).
     :param max_in_flight: Queries in flight per TCP connection at most
-        (default ``ConnectionPool.MAX_IN_FLIGHT``).
+        (default ``MAX_IN_FLIGHT``).
     """
 
     def __init__(self, settings: ForwardSettings, stats: ForwardStats, *,
-                 max_connections: int = ConnectionPool.MAX_CONNECTIONS,
-                 max_in_flight: int = ConnectionPool.MAX_IN_FLIGHT) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         assert settings.upstreams, "forward needs at least one upstream"
         self.settings = settings
         self.stats = stats

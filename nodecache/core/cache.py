@@ -294,28 +294,6 @@ def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     return tuple(cuts)
 
 
-class _Store(OrderedDict[bytes, Entry]):
-    """A capacity-bounded store, first in first out.
-
-    An OrderedDict, not a dict: popping a dict's oldest key again and again
-    makes ``next(iter(d))`` skip ever more deleted slots (measured 4 us per
-    eviction at 9,984 entries; OrderedDict 0.5 us).
-    """
-
-    __slots__ = ("maxsize", "_on_evict")
-
-    def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-        self._on_evict = on_evict
-
-    def add(self, key: bytes, entry: Entry) -> None:
-        """Store ``entry`` (``key`` must be absent), evicting the oldest when full."""
-        while len(self) >= self.maxsize:
-            self._on_evict(*self.popitem(last=False))
-        self[key] = entry
-
-
 class BlockCache:
     """The cache of one server block: TTL policy plus capacity.
 
@@ -340,8 +318,11 @@ class BlockCache:
         self.stores_all = not settings.zones and not self._no_success and not self._no_denial
         self._index_add = index_add
         self._index_remove = index_remove
-        self.success = _Store(settings.success_capacity, self._evicted)
-        self.denial = _Store(settings.denial_capacity, self._evicted)
+        # OrderedDicts, not dicts: popping a dict's oldest key again and again
+        # makes ``next(iter(d))`` skip ever more deleted slots (measured 4 us per
+        # eviction at 9,984 entries; OrderedDict 0.5 us). First in, first out.
+        self.success: OrderedDict[bytes, Entry] = OrderedDict()
+        self.denial: OrderedDict[bytes, Entry] = OrderedDict()
         #: The hit path's count of answers from this cache, and the seconds they
         #: took (the duration histogram's sum); the handler folds both into the
         #: exported stats (QueryHandler.sync_stats) and empties them.
@@ -397,11 +378,13 @@ class BlockCache:
         key = entry.key
         if key in self.success or key in self.denial:
             self.remove(key)
-        store = self.success if entry.kind is SUCCESS else self.denial
-        if len(store) >= store.maxsize:
-            store.add(key, entry)
+        if entry.kind is SUCCESS:
+            store, capacity = self.success, s.success_capacity
         else:
-            store[key] = entry
+            store, capacity = self.denial, s.denial_capacity
+        while len(store) >= capacity:
+            self._evicted(*store.popitem(last=False))
+        store[key] = entry
         self._index_add(entry)
         self.stats.entries_success = len(self.success)
         self.stats.entries_denial = len(self.denial)

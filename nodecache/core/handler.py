@@ -83,24 +83,24 @@ class Zone:
     cache: BlockCache | None
     cache_stats: CacheStats | None
     #: The block's ``forward`` lines, in order (empty without forward).
-    forward_routes: tuple[ForwardRoute, ...] = field(init=False, default=())
+    forward_routes: tuple[ForwardRoute, ...] = field(init=False)
     #: The block's answering plugins, run on a cache miss; None without any.
     chain: Chain | None = field(init=False)
     dns64: DNS64 | None = field(init=False)
     #: Largest UDP reply, bytes, whatever the client's EDNS size says (``bufsize``).
-    udp_cap: int = field(init=False, default=wire.MAX_MESSAGE)
+    udp_cap: int = field(init=False)
     #: The first ``forward`` takes every name of the zone (no need to ask it per query).
-    forwards_all: bool = field(init=False, default=False)
+    forwards_all: bool = field(init=False)
     #: Replies to misses made from the entry just stored, counted like the hit
     #: path's (``BlockCache.tally``) but without the cache hit; sync_stats folds them.
-    replies: Tally = field(init=False, default_factory=dict)
+    replies: Tally = field(init=False)
     #: Seconds those replies took, by server index (the slot's bits 8 and up).
-    reply_seconds: dict[int, float] = field(init=False, default_factory=dict)
+    reply_seconds: dict[int, float] = field(init=False)
 
     #: Each listener address's counters, by server index (the slot's bits 8 and
     #: up); a slot not listed here counts into ``stats`` and ``cache_stats``.
-    server_stats: dict[int, ServerStats] = field(init=False, default_factory=dict)
-    server_cache_stats: dict[int, CacheStats] = field(init=False, default_factory=dict)
+    server_stats: dict[int, ServerStats] = field(init=False)
+    server_cache_stats: dict[int, CacheStats] = field(init=False)
 
     def stats_for(self, slot: int) -> ServerStats:
         return self.server_stats.get(slot >> SLOT_SERVER_SHIFT, self.stats)
@@ -139,10 +139,15 @@ class Zone:
          first.evictions_denial) = before
 
     def __post_init__(self) -> None:
+        # Every init=False field is set here, none by a field default: compiled
+        # dataclasses (mypyc) do not apply those defaults.
         self.chain = chain_for(self.block) or None
         self.dns64 = dns64_for(self.block)
-        if self.block.bufsize is not None:
-            self.udp_cap = self.block.bufsize
+        bufsize = self.block.bufsize
+        self.udp_cap = wire.MAX_MESSAGE if bufsize is None else bufsize
+        self.replies, self.reply_seconds = {}, {}
+        self.server_stats, self.server_cache_stats = {}, {}
+        self.forward_routes, self.forwards_all = (), False
         forward = self.block.forward
         if forward is not None:
             self.forward_routes = routes_of((forward, *self.block.later_forwards))

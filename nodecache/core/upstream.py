@@ -569,6 +569,24 @@ class Backoff:
     until: float
 
 
+#: Connections per upstream at most. CoreDNS opens one per query in flight;
+#: with pipelining a few carry thousands of queries per second, and a few
+#: (not one) spread the load over the backends of a ClusterIP (conntrack
+#: pins each connection to one pod).
+MAX_CONNECTIONS: Final = 8
+#: Queries in flight per connection at most. Servers built on miekg/dns
+#: (CoreDNS, kube-dns) answer a connection's queries one after another, so
+#: a deep pipeline means head-of-line blocking behind one slow query.
+MAX_IN_FLIGHT: Final = 32
+#: Open another connection (below MAX_CONNECTIONS) once the least busy one
+#: has this many queries in flight: spreads load, bounds queueing.
+SPREAD: Final = 4
+#: First delay before redialling after a failed connect, s; doubles per failure.
+BACKOFF_MIN: Final = 0.05
+#: Longest delay between dials, s.
+BACKOFF_MAX: Final = 2.0
+
+
 class ConnectionPool:
     """The pooled TCP connections to one upstream, and when to dial another.
 
@@ -576,23 +594,6 @@ class ConnectionPool:
     room, or a new one the adapter must dial, or ``Backoff`` after failed dials,
     or None when every connection is full and no more may be opened.
     """
-
-    #: Connections per upstream at most. CoreDNS opens one per query in flight;
-    #: with pipelining a few carry thousands of queries per second, and a few
-    #: (not one) spread the load over the backends of a ClusterIP (conntrack
-    #: pins each connection to one pod).
-    MAX_CONNECTIONS = 8
-    #: Queries in flight per connection at most. Servers built on miekg/dns
-    #: (CoreDNS, kube-dns) answer a connection's queries one after another, so
-    #: a deep pipeline means head-of-line blocking behind one slow query.
-    MAX_IN_FLIGHT = 32
-    #: Open another connection (below MAX_CONNECTIONS) once the least busy one
-    #: has this many queries in flight: spreads load, bounds queueing.
-    SPREAD = 4
-    #: First delay before redialling after a failed connect, s; doubles per failure.
-    BACKOFF_MIN = 0.05
-    #: Longest delay between dials, s.
-    BACKOFF_MAX = 2.0
 
     def __init__(self, *, max_age: float, expire: float, ids: Callable[[], int],
                  max_connections: int = MAX_CONNECTIONS, max_in_flight: int = MAX_IN_FLIGHT,
