@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: Not more: under a flood a deeper queue only delays every client's answers
 #: past the point where they retry (4 MB measured: seconds behind a flood).
 UDP_RCVBUF = 1024 * 1024
+#: A datagram's source: (host, port) from an IPv4 socket, (host, port,
+#: flowinfo, scope_id) from an IPv6 one.
+Address = tuple[str, int] | tuple[str, int, int, int]
 #: TCP timeouts without a ``timeouts`` plugin, s (CoreDNS's): a new connection
 #: must bring its first query within READ, later ones within IDLE of the last
 #: activity; a reply the client does not take within WRITE closes it.
@@ -139,7 +142,7 @@ class UdpListener(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
             result = self.handler.handle(data, self._time(), self.slot, addr)
         except Exception:  # a bug must cost one query, never the listener
@@ -153,7 +156,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if self.handler.refreshes:  # a hit or a stale answer asked for a refresh
             submit_refreshes(self.handler, self.submit)
 
-    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+    def _send(self, reply: bytes, addr: Address) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.sendto(reply, addr)

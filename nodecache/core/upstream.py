@@ -144,7 +144,7 @@ class IdSource:
     __slots__ = ("_pool", "_pos", "_random")
 
     #: IDs fetched per ``os.urandom`` call.
-    BLOCK = 2048
+    BLOCK: Final = 2048
 
     def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self._random = random_bytes
