@@ -54,14 +54,21 @@ SLOT_FAMILY = ("1", "2", "1", "2")
 
 _TTL = struct.Struct("!I").pack
 _perf = time.perf_counter
-_OPT_PLAIN = wire.opt_record(False)
-_OPT_DO = wire.opt_record(True)
+_OPT_LEN = len(wire.opt_record(False))  # bytes, our OPT without options
+#: Our OPT after the client's owner, type and size (CoreDNS's ``SizeAndDo`` echoes the
+#: size): extended rcode, version 0, the DO bit or not, no options (RFC 6891 6.1.2-3).
+_OPT_TAIL_PLAIN, _OPT_TAIL_DO = b"\x00\x00\x00\x00\x00\x00", b"\x00\x00\x80\x00\x00\x00"
 _QTYPE_AXFR, _QTYPE_IXFR = 252, 251
 _FIRST_BUCKET = TIME_BUCKETS[0]
 _MAX_PLAIN = wire.MAX_UDP_PLAIN
 _MAX_MESSAGE = wire.MAX_MESSAGE
 #: A stale answer's TTL, s (CoreDNS answers 0; RFC 8767 section 4 suggests 30).
 STALE_TTL = 0
+
+
+def _opt(edns: tuple[int, int, bool]) -> bytes:
+    """Our OPT for a client's EDNS (:attr:`wire.Question.edns`): its size and DO bit."""
+    return wire.opt_record(edns[2], edns[0])
 
 
 def _client_limit(data: bytes, end: int, slot: int) -> int:
@@ -303,14 +310,16 @@ class QueryHandler:
             end = data.find(0, 12) + 5
             arcount = data[11]
             if arcount == 0 and size == end:
-                opt = b""
+                opt_head = opt_tail = b""
                 header = data[2] & 1
                 do = 0
             elif arcount == 1 and size >= end + 11 \
                     and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
                 do = data[end + 7] & 0x80
-                opt = _OPT_DO if do else _OPT_PLAIN
+                # Our OPT: the client's owner, type and size, then our own fields.
+                opt_head = data[end:end + 5]
+                opt_tail = _OPT_TAIL_DO if do else _OPT_TAIL_PLAIN
                 header = (data[2] & 1) | 2
             else:
                 return self._slow(data, now, slot, addr, started)
@@ -323,7 +332,8 @@ class QueryHandler:
                 ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
                 # The body changes once a second (its TTL); build it once per value.
                 body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
-                reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt))
+                reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt_head,
+                                  opt_tail))
                 cache = entry.cache
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
@@ -333,7 +343,7 @@ class QueryHandler:
                     if rsize > limit or not slot & 2 and rsize > self._least_udp_cap:
                         cap = limit if slot & 2 else min(limit, self._udp_cap(entry))
                         if rsize > cap:
-                            reply = truncate(reply, cap, opt)
+                            reply = truncate(reply, cap, opt_head + opt_tail)
                             size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
                 if now >= entry.prefetch_at:
                     self._prefetch(entry, data, now, slot)
@@ -368,7 +378,8 @@ class QueryHandler:
             return wire.error_response(data, wire.NOTIMP, question.end, edns)
         if edns is not None and edns[1] != 0:
             # RFC 6891 section 6.1.3: an unknown EDNS version gets BADVERS.
-            return wire.error_response(data, wire.BADVERS, question.end, (0, 0, edns[2]))
+            # node-cache's BADVERS carries an OPT of size 0, DO clear.
+            return wire.error_response(data, wire.BADVERS, question.end, (0, 0, False))
         if question.qclass != wire.CLASS_IN or question.qtype in (_QTYPE_AXFR, _QTYPE_IXFR):
             return wire.error_response(data, wire.REFUSED, question.end, edns)
         lower = question.key_name
@@ -380,8 +391,8 @@ class QueryHandler:
         do = bool(edns and edns[2])
         cd = bool(question.flags & wire.CD)
         key = cache_key(lower, data[question.end - 4:question.end], do=do, cd=cd)
-        limit = wire.MAX_MESSAGE if slot & 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
-                                                        zone.udp_cap)
+        limit = wire.MAX_MESSAGE if slot & 2 else min(max(edns[0], _MAX_PLAIN) if edns
+                                                        else _MAX_PLAIN, zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
@@ -464,8 +475,7 @@ class QueryHandler:
             zone = zones.get(b"\x00")
             if zone is None:
                 return self._slow(data, now, slot, addr, started)
-        edns = (limit if not slot & 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
-                bool(do)) if data[11] else None
+        edns = (data[end + 3] << 8 | data[end + 4], 0, bool(do)) if data[11] else None
         if not slot & 2:
             limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
@@ -688,8 +698,12 @@ class QueryHandler:
         entry = outcome.entry
         if entry is not None and miss.zone.cache is not None:
             # the common miss: counted as the hit path counts, in one dict update
-            return self._finish(miss, self._from_entry(miss, entry, now), addr, response.rcode,
-                                "cache", stored=entry)
+            reply = self._from_entry(miss, entry, now)
+            if not response.flags & wire.AA:
+                # CoreDNS's cache sets AA on what it serves from store, not on the
+                # upstream answer it passes on while storing it.
+                reply = reply[:2] + bytes((reply[2] & ~(wire.AA >> 8),)) + reply[3:]
+            return self._finish(miss, reply, addr, response.rcode, "cache", stored=entry)
         if entry is not None:
             reply = self._from_entry(miss, entry, now)
         elif response.rcode == wire.SERVFAIL and miss.stale is not None:
@@ -739,7 +753,7 @@ class QueryHandler:
         # As on the hit path: the body is built once per TTL value.
         body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
         if miss.edns:
-            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+            opt = _opt(miss.edns)
             header = (data[2] & 1) | 2
         else:
             opt = b""
@@ -759,7 +773,7 @@ class QueryHandler:
             flags |= response.flags & wire.AD
         opt = b""
         if miss.edns:
-            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+            opt = _opt(miss.edns)
         header = struct.pack("!HHHHH", flags & 0xFFFF, 1, response.ancount, response.nscount,
                              response.arcount + (1 if opt else 0))
         body = b"".join(data[r.start:r.end] for r in records)
@@ -854,7 +868,7 @@ def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, 
             # stored records, and our OPT if the query had one.
             request = sizes
             response = 12 + question + records \
-                + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
+                + (_OPT_LEN if sizes > 12 + question else 0)
         stats.request_size[proto].observe(request, count)
         stats.response_size[proto].observe(response, count)
         cache_stats = zone.cache_stats_for(slot)

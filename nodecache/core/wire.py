@@ -53,7 +53,9 @@ class Question:
     #: Offset just past the question (QNAME, QTYPE, QCLASS).
     end: int
     flags: int
-    #: Client EDNS: None without OPT, else (payload size, version, DO bit).
+    #: Client EDNS: None without OPT, else (payload size as sent, version, DO bit);
+    #: the size is echoed in our OPT, as CoreDNS's ``SizeAndDo`` does, and read as
+    #: at least 512 where it limits a reply (RFC 6891 section 6.2.5).
     edns: tuple[int, int, bool] | None
     #: The client OPT's RDATA: its EDNS options as sent (RFC 6891 section 6.1.2).
     options: bytes = b""
@@ -201,7 +203,7 @@ def parse_query(data: bytes) -> Question:
                 # RFC 6891 section 6.1.1: one OPT, in the additional section, owner root.
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
                     raise ClientProtocolError("misplaced or repeated OPT record")
-                edns = (max(rclass, MAX_UDP_PLAIN), (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
+                edns = (rclass, (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
                 options = data[offset - rdlength:offset]
     except ValueError as exc:
         raise ClientProtocolError(str(exc)) from None
@@ -223,6 +225,7 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
     ``question_end`` is None when the question could not be read; the reply
     then carries no question (QDCOUNT 0), as FORMERR replies may.
+    ``edns`` is the client's (:attr:`Question.edns`): the OPT echoes its size and DO bit.
     ``rcode`` may be an extended RCODE (e.g. BADVERS), split per RFC 6891 section 6.1.3.
     """
     qid, flags = struct.unpack_from("!HH", data)
@@ -230,7 +233,7 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
     question = data[HEADER_LEN:question_end] if question_end else b""
     additional = b""
     if edns is not None:
-        additional = opt_record(edns[2], ext_rcode=rcode >> 4)
+        additional = opt_record(edns[2], edns[0], ext_rcode=rcode >> 4)
     header = _HEADER.pack(qid, flags, 1 if question else 0, 0, 0, 1 if additional else 0)
     return header + question + additional
 
