@@ -193,10 +193,14 @@ def parser(prog: str, doc: str | None, caches: str) -> argparse.ArgumentParser:
 
 
 def checked(ap: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.Namespace:
-    a.caches = [c for c in a.caches.split(",") if c] + (["nodecache-before"] if a.before else [])
+    # each cache once (it gets one work folder per run), in the order given
+    a.caches = list(dict.fromkeys([c for c in a.caches.split(",") if c]
+                                  + (["nodecache-before"] if a.before else [])))
     unknown = set(a.caches) - set(ADDRS)
     if unknown:
         ap.error(f"unknown cache(s): {', '.join(sorted(unknown))}")
+    if "nodecache-before" in a.caches and not a.before:
+        ap.error("nodecache-before needs --before DIR (the source tree to run)")
     if not 1 <= a.runs <= 10:
         ap.error("--runs must be 1..10")
     return a
