@@ -239,6 +239,8 @@ class QueryHandler:
         #: The smallest ``bufsize`` of the zones: a UDP hit larger than this
         #: looks its zone's own up (rare), a smaller one never needs to.
         self._least_udp_cap = min((z.udp_cap for z in zones), default=wire.MAX_MESSAGE)
+        #: Some zone has ``bufsize``: it lowers the size our OPT echoes.
+        self._bufsized = self._least_udp_cap < wire.MAX_MESSAGE
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
         self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
@@ -320,6 +322,8 @@ class QueryHandler:
                 # Our OPT: the client's owner, type and size, then our own fields.
                 opt_head = data[end:end + 5]
                 opt_tail = _OPT_TAIL_DO if do else _OPT_TAIL_PLAIN
+                if self._bufsized:
+                    opt_head = self._bufsize_head(data, end)
                 header = (data[2] & 1) | 2
             else:
                 return self._slow(data, now, slot, addr, started)
@@ -386,6 +390,8 @@ class QueryHandler:
         zone = self.route(lower)
         if zone is None:
             return wire.error_response(data, wire.REFUSED, question.end, edns)
+        if edns is not None and edns[0] > zone.udp_cap:
+            edns = (zone.udp_cap, edns[1], edns[2])  # bufsize lowers it, as in CoreDNS
         if lower in self.loop_probes:
             self.loop_probes[lower] += 1
         do = bool(edns and edns[2])
@@ -475,13 +481,23 @@ class QueryHandler:
             zone = zones.get(b"\x00")
             if zone is None:
                 return self._slow(data, now, slot, addr, started)
-        edns = (data[end + 3] << 8 | data[end + 4], 0, bool(do)) if data[11] else None
+        edns = (min(data[end + 3] << 8 | data[end + 4], zone.udp_cap), 0, bool(do)) \
+            if data[11] else None
         if not slot & 2:
             limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
                     options=data[end + 11:])
         return self._decide(miss, key[:name_end - 12], now, addr, True)
+
+    def _bufsize_head(self, data: bytes, end: int) -> bytes:
+        """The hit path's OPT head (owner, type, size) with the size ``bufsize`` lowers
+        the client's to (CoreDNS's bufsize rewrites the query before the cache sees it)."""
+        zone = self.route(data[12:end - 4].lower())
+        size = data[end + 3] << 8 | data[end + 4]
+        if zone is None or size <= zone.udp_cap:
+            return data[end:end + 5]
+        return data[end:end + 3] + struct.pack("!H", zone.udp_cap)
 
     def _udp_cap(self, entry: Entry) -> int:
         """The largest UDP reply of the zone serving ``entry``, bytes (``bufsize``)."""

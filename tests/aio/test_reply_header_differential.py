@@ -22,8 +22,9 @@ ZONE = {"www.example.org. A": ["www.example.org. 300 IN A 192.0.2.10"]}
 SOA = "example.org. 60 IN SOA ns.example.org. hostmaster.example.org. 1 7200 3600 86400 60"
 
 
-def block(upstream: str) -> str:
-    return f".:53 {{\n  bind 127.0.0.1\n  cache 30\n  forward . {upstream}\n}}\n"
+def block(upstream: str, *plugins: str) -> str:
+    lines = "".join(f"  {plugin}\n" for plugin in plugins)
+    return f".:53 {{\n  bind 127.0.0.1\n{lines}  cache 30\n  forward . {upstream}\n}}\n"
 
 
 #: (UDP size the client sends, DO): below 512, our own 1232, larger.
@@ -42,6 +43,15 @@ async def test_opt_echoes_the_clients_size(tmp_path: Path) -> None:
         assert theirs is not None and theirs.rcode() == dns.rcode.BADVERS
         assert ours is not None and ours.rcode() == dns.rcode.BADVERS
         assert (ours.payload, ours.ednsflags & dns.flags.DO) == (theirs.payload, 0)
+
+
+async def test_bufsize_lowers_the_size_echoed(tmp_path: Path) -> None:
+    """CoreDNS's bufsize lowers the client's size in the query, so the echo is lowered too."""
+    async with Zone(ZONE, SOA) as up, Pair(block(up.spec, "bufsize 1100"), tmp_path) as pair:
+        for tcp in (False, True):
+            for payload, dnssec in SIZES:
+                reply = await pair.check("www.example.org.", tcp=tcp, payload=payload, dnssec=dnssec)
+                assert reply is not None and reply.payload == min(payload, 1100)
 
 
 async def test_servfail_without_upstream_opt_echoes_the_size(tmp_path: Path) -> None:

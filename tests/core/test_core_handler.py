@@ -87,6 +87,14 @@ def test_edns_reply_echoes_the_clients_size_and_do(payload: int, do: bool, tcp: 
     assert d.ask(make_query(SVC), tcp=tcp).edns == -1
 
 
+@pytest.mark.parametrize("payload", [700, 4096])
+def test_bufsize_lowers_the_size_echoed(payload: int) -> None:
+    d = Driver(CLUSTER.replace("    forward", "    bufsize 1100\n    forward"), answer_a())
+    query = make_query(SVC, edns=0, payload=payload)
+    for reply in (d.ask(query), d.ask(query), d.ask(query, tcp=True)):  # miss, hit, TCP hit
+        assert reply is not None and reply.payload == min(payload, 1100)
+
+
 def test_badvers_opt_has_size_0_and_no_do() -> None:
     """As node-cache's: the OPT of a BADVERS reply says size 0, DO clear."""
     reply = Driver(CLUSTER, answer_a()).ask(make_query(SVC, edns=1, payload=4096, dnssec=True))
