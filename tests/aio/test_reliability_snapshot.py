@@ -19,8 +19,8 @@ NAMES = [f"n{i}.example." for i in range(200)]
 
 def entry(key: bytes = b"\x01a\x00\x00\x01\x00\x01", stored: float = 100.0) -> Entry:
     headers = tuple(bytes(10) for _ in range(4))
-    return Entry(key, Kind.SUCCESS, 0, headers, ((b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"),),
-                 300, stored)
+    return Entry.from_segments(key, Kind.SUCCESS, 0, headers,
+                               ((b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"),), 300, stored)
 
 
 def test_round_trip_keeps_aging() -> None:
@@ -29,7 +29,7 @@ def test_round_trip_keeps_aging() -> None:
     (item,) = snapshot.load(data, now=7.0, wall=5030.0)
     assert item.zone == "example.@53"
     assert item.entry.remaining(7.0) == 300 - 60 - 30
-    assert item.entry.variants == entry().variants
+    assert item.entry.segments() == entry().segments()
     assert item.entry.kind is Kind.SUCCESS
 
 
