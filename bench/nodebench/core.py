@@ -271,7 +271,16 @@ def entry_bytes(names: int = MEMORY_NAMES, top: int = 8) -> dict[str, Any]:
     if len(handler.index) != names:
         raise RuntimeError(f"{len(handler.index)} names stored, not {names}")
     return {"names": names, "bytes_per_name": total / names,
-            "by_line": [(str(s.traceback[0]), s.size_diff / names) for s in held[:top]]}
+            "by_line": [(_where(s.traceback[0]), s.size_diff / names) for s in held[:top]]}
+
+
+def _where(frame: Any) -> str:
+    """A source line, relative to the checkout it is in."""
+    path = Path(frame.filename)
+    for parent in path.parents:
+        if (parent / "nodecache" / "__init__.py").is_file():
+            return f"{path.relative_to(parent)}:{frame.lineno}"
+    return f"{path}:{frame.lineno}"
 
 
 def render_memory(r: dict[str, Any]) -> str:
@@ -328,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     r = measure(a.names, a.rounds)
-    print(json.dumps(r, indent=2) if a.json else render(r))
+    r["memory"] = entry_bytes()
+    print(json.dumps(r, indent=2) if a.json else render(r) + "\n" + render_memory(r["memory"]))
     return 0
 
 
