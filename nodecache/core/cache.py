@@ -330,9 +330,8 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
     ``name_end`` is the offset of the root label ending the question's name
     in ``key`` (the name's length - 1), when the caller knows it.
     """
-    flags = (resp.flags | wire.QR | wire.AA) & ~(wire.TC | wire.RD)
-    if not do:
-        flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
+    # RFC 4035 section 3.2.3: AD only for clients that asked
+    flags = (resp.flags | _QR_AA) & (_KEPT_DO if do else _KEPT)
     records = resp.records
     shape = (flags, resp.ancount, resp.nscount, len(records) - resp.ancount - resp.nscount)
     headers = _HEADER_SETS.get(shape) or _headers(*shape)
@@ -366,6 +365,10 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
     return entry
 
 
+#: A stored answer's header flags: QR and AA set; TC, RD (the client's) and, without DO, AD clear.
+_QR_AA = wire.QR | wire.AA
+_KEPT_DO = 0xFFFF & ~(wire.TC | wire.RD)
+_KEPT = _KEPT_DO & ~wire.AD
 #: Shared TTL offsets of bodies, and those of one record by its offset.
 _CUTS: dict[tuple[int, ...], tuple[int, ...]] = {}
 _ONE_CUT: dict[int, tuple[int, ...]] = {}
@@ -440,17 +443,18 @@ class _Store(dict[bytes, Entry]):
     outnumber the live ones.
     """
 
-    __slots__ = ("maxsize", "_on_evict", "_order")
+    __slots__ = ("maxsize", "_on_evict", "order")
 
     def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
         super().__init__()
         self.maxsize = maxsize
         self._on_evict = on_evict
-        self._order: deque[Entry] = deque()
+        #: The entries in the order they were stored (and some no longer stored).
+        self.order: deque[Entry] = deque()
 
     def add(self, key: bytes, entry: Entry) -> None:
         """Store ``entry`` (``key`` must be absent), evicting the oldest when full."""
-        order = self._order
+        order = self.order
         while len(self) >= self.maxsize:
             oldest = order.popleft()
             if self.get(oldest.key) is oldest:
@@ -458,8 +462,13 @@ class _Store(dict[bytes, Entry]):
                 self._on_evict(oldest.key, oldest)
         self[key] = entry
         order.append(entry)
-        if len(order) > 2 * len(self) + 64:
-            self._order = deque(self.values())
+
+    def discard(self, key: bytes) -> Entry | None:
+        """Take ``key``'s entry out, if stored; the order forgets it in time."""
+        entry = self.pop(key, None)
+        if entry is not None and len(self.order) > 2 * len(self) + 64:
+            self.order = deque(self.values())
+        return entry
 
 
 class BlockCache:
@@ -543,14 +552,19 @@ class BlockCache:
         success, denial = self.success, self.denial
         if key in success or key in denial:
             self.remove(key)
-        (denial if entry.tag[1] else success).add(key, entry)  # kind 0: SUCCESS
+        store = denial if entry.tag[1] else success  # kind 0: SUCCESS
+        if len(store) < store.maxsize:
+            store[key] = entry
+            store.order.append(entry)
+        else:
+            store.add(key, entry)
         self._index_add(entry)
         self.stats.entries_success = len(success)
         self.stats.entries_denial = len(denial)
 
     def remove(self, key: bytes) -> None:
         for store in (self.success, self.denial):
-            entry = store.pop(key, None)
+            entry = store.discard(key)
             if entry is not None:
                 self._index_remove(entry)
         self.stats.entries_success = len(self.success)

@@ -67,7 +67,7 @@ def test_replaced_entries_do_not_pile_up() -> None:
                        lambda e: None, lambda e: None)
     for n in range(1000):
         cache.put(entry("ab"[n % 2]), 0.0)
-    assert len(cache.success._order) < 100
+    assert len(cache.success.order) < 100
     cache.put(entry("c"), 0.0)  # b was put last: a goes
     assert list(cache.success) == [b"b", b"c"]
 
