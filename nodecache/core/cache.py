@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-An upstream answer is stored once as *segments*: the message body after the
-question, cut at every record's 4-byte TTL field. A hit joins the segments
-with the remaining TTL (all records carry one TTL, as CoreDNS does, so clients
-see no jarring per-record TTLs), and prepends the client's ID, a pre-built
-header and the client's own question bytes (exact case, RFC 4343). Compression
-pointers stay valid because the client's question has the same length as the
-stored one. Nothing on the hit path builds message objects.
+An upstream answer is stored once as its *body*, the records after the
+question, with the offsets of their 4-byte TTL fields. Every TTL field holds
+the TTL left (all records carry one TTL, as CoreDNS does, so clients see no
+jarring per-record TTLs); the body is rebuilt when that drops by a second,
+not per hit. A hit prepends the client's ID, a pre-built header and the
+client's own question bytes (exact case, RFC 4343). Compression pointers stay
+valid because the client's question has the same length as the stored one.
+Nothing on the hit path builds message objects.
 
 Entries are not swept when they expire: an expired entry stays until evicted
 or refreshed, which is what lets serve_stale answer with it (RFC 8767).
