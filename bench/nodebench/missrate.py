@@ -42,7 +42,10 @@ from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, p
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
          "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304),
-         "floor": ("127.0.0.35", 5305), "miss-floor": ("127.0.0.36", 5306)}
+         "floor": ("127.0.0.35", 5305), "miss-floor": ("127.0.0.36", 5306),
+         # The floor read other ways (floor.py ``--io``), for comparing ways of reading a socket.
+         "floor-reader": ("127.0.0.37", 5307), "floor-mmsg": ("127.0.0.38", 5308),
+         "floor-thread": ("127.0.0.39", 5309)}
 TOOLS = ("knotd", "unbound", "dnsperf", "dig", "taskset")
 #: A name the wildcard zone answers, asked until a server is up.
 PROBE_NAME = "up.svc.cluster.local"
@@ -87,9 +90,10 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
         return [str(a.node_cache_binary), "-localip", host, "-conf", str(d / "Corefile"),
                 "-setupinterface=false", "-setupiptables=false", "-skipteardown",
                 "-metrics-listen-address", f"{host}:9353", "-basecorefile", str(d / "none")], env
-    if name in ("floor", "miss-floor"):
-        return [python(), "-m", f"nodebench.{name.replace('-', '')}", "--listen", host, "--port", str(port),
-                "--upstream", KNOT[0], "--upstream-port", str(KNOT[1])], env
+    if name in ("floor", "miss-floor") or name.startswith("floor-"):
+        module, _, io = name.replace("miss-", "miss").partition("-")
+        return [python(), "-m", f"nodebench.{module}", "--listen", host, "--port", str(port),
+                "--upstream", KNOT[0], "--upstream-port", str(KNOT[1]), *(["--io", io] if io else [])], env
     conf = unbound_conf(d, interface=host, port=port, upstream=f"{KNOT[0]}@{KNOT[1]}")
     return ["unbound", "-d", "-c", str(conf)], env
 

@@ -218,13 +218,41 @@ class _UpstreamState:
 
     def handle_events(self, proto: _TCPProtocol,
                       events: list[AnswerReceived | ConnectionTerminated]) -> None:
+        """A read's events: each answer's bookkeeping here, in one loop (a call per
+        answer costs about what the bookkeeping does), then the query's ``done``."""
         fwd = self.fwd
+        conn = proto.conn
+        stats = fwd.stats
+        answers, seconds = stats.answers, stats.seconds
+        base = self.answer_base
+        now = self.loop.time()
+        answered = False
         for ev in events:
             if type(ev) is AnswerReceived:
-                fwd._tcp_answered(ev.token, ev.wire, proto.conn)  # type: ignore[arg-type]
+                q: _Query = ev.token  # type: ignore[assignment]
+                done = q.done
+                if q.conn is not conn or done is None or q.timer is not None or q.late \
+                        or q.plan is not None:  # a late answer, a retry, failover: the long way
+                    fwd._tcp_answered(q, ev.wire, conn)
+                    continue
+                # the try ends with its answer: the connection already forgot it, the
+                # deadline queue drops it lazily (below), ForwardStats.answered inline
+                q.conn = None
+                q.expires = 0.0
+                answer = ev.wire
+                elapsed = now - q.sent
+                key = base | (answer[3] & 0x0F) << ANSWER_RCODE_SHIFT | bisect_left(TIME_BUCKETS, elapsed)
+                answers[key] = answers.get(key, 0) + 1
+                seconds[key >> ANSWER_RCODE_SHIFT] += elapsed
+                answered = True
+                fwd._in_flight -= 1
+                fwd._live.discard(q)
+                q.done = None
+                done(answer, None)
             else:
-                self._terminated(proto.conn, ev)  # type: ignore[arg-type]
-        conn = proto.conn
+                self._terminated(conn, ev)  # type: ignore[arg-type]
+        if answered:
+            fwd._drop_answered()
         if conn.state is not ConnState.CLOSED and self.pool.surplus_idle(conn):
             conn.terminate(ConnEvent.IDLE, "max_idle_conns")
         if conn.state is ConnState.CLOSED:
@@ -350,7 +378,8 @@ class _Query:
         self.sent = 0.0
         #: Earlier tries that timed out but whose answer is still taken:
         #: (upstream, UDP socket or TCP connection, ID).
-        self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] = []
+        #: None until a try times out (most queries never need the list).
+        self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] | None = None
 
 
 class Forwarder:
@@ -389,6 +418,8 @@ class Forwarder:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._plain_first = _plan.plain_first_try(settings.budget, self._failover)
         self._first_timeout = min(settings.try_timeout, settings.budget)
+        #: The order of a single upstream (None: the policy orders each query).
+        self._order: Sequence[int] | None = (0,) if len(settings.upstreams) == 1 else None
         self._started = False
         self._closed = False
         self._probe = health_probe(settings.health_check_domain,
@@ -488,7 +519,8 @@ class Forwarder:
         """
         if self._closed:
             raise UpstreamError("forwarder closed")
-        self._ensure_loop()
+        if self._loop is None:
+            self._ensure_loop()
         s = self.settings
         limit = s.max_concurrent
         if limit and self._in_flight >= limit:
@@ -499,7 +531,8 @@ class Forwarder:
             if question is None:
                 raise ClientProtocolError("query has no single well-formed question")
         now = self._loop.time()
-        order = self._policy.order(len(self._upstreams))
+        # every policy orders a single upstream alike
+        order = self._policy.order(len(self._upstreams)) if self._order is None else self._order
         q = _Query(request, question, order, now, done, s.force_tcp or (not s.prefer_udp and tcp))
         self._in_flight += 1
         self._live.add(q)
@@ -601,10 +634,7 @@ class Forwarder:
         """Release what the current try holds: its timer, socket, connection slot."""
         if q.expires:
             q.expires = 0.0
-            queue = self._expiry
-            # answers come mostly in order: drop the answered tries at the front
-            while queue and queue[0][1].expires != queue[0][0]:
-                queue.popleft()
+            self._drop_answered()
         if q.timer is not None:
             q.timer.cancel()
             q.timer = None
@@ -619,10 +649,17 @@ class Forwarder:
             if conn.state is ConnState.CLOSED:  # the last query of a draining connection
                 q.up._discard(conn)
 
+    def _drop_answered(self) -> None:
+        """Drop the deadlines of ended tries at the front of the queue (answers come
+        mostly in order; the rest leave when the timer reaches them)."""
+        queue = self._expiry
+        while queue and queue[0][1].expires != queue[0][0]:
+            queue.popleft()
+
     def _release_late(self, q: _Query, answered: object = None) -> None:
         """Stop listening for the earlier tries' answers (``answered`` already gave one)."""
         now = self._loop.time()
-        for up, where, qid in q.late:
+        for up, where, qid in q.late or ():
             if where is answered:
                 continue
             if isinstance(where, UpstreamConnection):
@@ -632,7 +669,7 @@ class Forwarder:
             else:
                 self._loop.remove_reader(where.fileno())
                 where.close()
-        q.late.clear()
+        q.late = None
 
     def _finish(self, q: _Query, answer: bytes | None, error: Exception | None) -> None:
         if q.late:
@@ -684,7 +721,7 @@ class Forwarder:
             return  # an earlier try's socket: the current try goes on
         up = q.up
         if not current:
-            up = next(u for u, where, _ in q.late if where is sock)
+            up = next(u for u, where, _ in q.late or () if where is sock)
         self._stop_try(q)
         self._answered(up, data, q.sent)
         if is_truncated(data):
@@ -708,12 +745,12 @@ class Forwarder:
             if conn.state is ConnState.CLOSED:
                 up._discard(conn)
             elif q.qid in conn.in_flight:
-                q.late.append((up, conn, q.qid))
+                q.late = [*(q.late or ()), (up, conn, q.qid)]
             if term is not None:
                 up._terminated(conn, term)
         elif sock is not None:
             q.sock = None
-            q.late.append((q.up, sock, q.qid))
+            q.late = [*(q.late or ()), (q.up, sock, q.qid)]
         # Go's words end the text: CoreDNS's consolidate patterns expect them (".* i/o timeout$").
         self._try_failed(q, Failure.TIMEOUT,
                          f"no answer within {self.settings.try_timeout}s: i/o timeout")
@@ -765,7 +802,9 @@ class Forwarder:
             self._spawn(up.dial(conn, proto))
         else:
             stats.conn_reused[up.name] += 1
-            up.protocols[conn].schedule_flush()
+            proto = up.protocols[conn]
+            if not proto._flush_pending:  # the first query of this loop iteration on it
+                proto.schedule_flush()
         stats.requests[up.name] += 1
         self._expire_at(q, deadline)
 
@@ -776,7 +815,7 @@ class Forwarder:
         if conn is q.conn:
             q.conn = None  # the connection already forgot the query
         else:  # a late answer to an earlier try
-            up = next((u for u, where, _ in q.late if where is conn), up)
+            up = next((u for u, where, _ in q.late or () if where is conn), up)
         self._stop_try(q)
         if q.late:
             self._release_late(q, answered=conn)

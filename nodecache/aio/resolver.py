@@ -104,8 +104,13 @@ class _Flight:
             self.timer.cancel()
         if resolver.inflight.get(miss.key) is self:
             del resolver.inflight[miss.key]
-        if self.source is not None:
-            self.release()
+        source = self.source
+        if source is not None:  # release(), in line: nearly every miss has a source
+            self.source = None
+            per_source = resolver.per_source
+            held = per_source.pop(source, 1) - 1
+            if held > 0:
+                per_source[source] = held
         now = resolver._loop.time()
         outcome: Outcome | None = None
         if answer is not None:

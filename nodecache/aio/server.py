@@ -133,6 +133,8 @@ class UdpListener(asyncio.DatagramProtocol):
         self.stats = stats
         self.transport: asyncio.DatagramTransport | None = None
         self._time = asyncio.get_running_loop().time
+        #: Every miss's deliver callback, bound once (not a bound method per miss).
+        self._deliver = self._send
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -147,7 +149,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if result.__class__ is bytes:
             self.transport.sendto(result, addr)  # type: ignore[union-attr]
         elif result is not None:
-            self.submit(result, self._send, addr)
+            self.submit(result, self._deliver, addr)
         if self.handler.refreshes:  # a hit or a stale answer asked for a refresh
             submit_refreshes(self.handler, self.submit)
 

@@ -159,7 +159,8 @@ def first_try(order: Sequence[int], health: Sequence[UpstreamHealth], max_fails:
     first in ``order`` when it is up; -1 when a :class:`ForwardPlan` must decide.
     The try times out at ``start + min(try_timeout, budget)``."""
     idx = order[0]
-    return -1 if health[idx].is_down(max_fails) else idx
+    # UpstreamHealth.is_down, in line: this runs once per query
+    return -1 if max_fails > 0 and health[idx].fails > max_fails else idx
 
 
 class ForwardPlan:

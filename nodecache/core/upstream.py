@@ -454,7 +454,10 @@ class UpstreamConnection:
 
     def send(self, wire: bytes, question: bytes, token: Hashable, now: float) -> int:
         """Queue ``wire`` (a query) with a fresh ID; returns that ID."""
-        assert self.accepting, f"send on a connection that takes no queries: {self!r}"
+        # self.accepting, without a property call per query
+        assert (self.state is ConnState.OPEN or self.state is ConnState.CONNECTING) \
+            and len(self.in_flight._by_id) < self.max_in_flight, \
+            f"send on a connection that takes no queries: {self!r}"
         qid = self.in_flight.add(question, token)
         self._out.append(_U16U16.pack(len(wire), qid) + wire[2:])
         self.last_used = now
