@@ -332,12 +332,11 @@ class QueryHandler:
             if do or data[3] & 0x10:
                 key += b"\x02" if not data[3] & 0x10 else (b"\x03" if do else b"\x01")
             entry = self.index.get(key)
-            if entry is not None and now < entry.expires:
-                ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
-                # The body changes once a second (its TTL); build it once per value.
-                body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
-                reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt_head,
-                                  opt_tail))
+            # The body changes once a second (its TTL): renew builds it then, and
+            # says False once the entry has expired.
+            if entry is not None and (now < entry.body_until or entry.renew(now)):
+                reply = b"".join((data[:2], entry.headers[header], data[12:end], entry.body,
+                                  opt_head, opt_tail))
                 cache = entry.cache
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
@@ -349,7 +348,7 @@ class QueryHandler:
                         if rsize > cap:
                             reply = truncate(reply, cap, opt_head + opt_tail)
                             size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
-                if now >= entry.prefetch_at:
+                if entry.prefetch is not None:
                     self._prefetch(entry, data, now, slot)
                 # One dict update counts the request, the response, the cache
                 # hit, the DO bit, the duration bucket and both sizes, by
@@ -763,11 +762,11 @@ class QueryHandler:
     def _from_entry(self, miss: Miss, entry: Entry, now: float, stale: bool = False) -> bytes:
         data = miss.query
         if stale:
-            ttl = STALE_TTL
+            body = entry.body_with(STALE_TTL)
+        elif now < entry.body_until or entry.renew(now):
+            body = entry.body  # as on the hit path: built once per TTL value
         else:
-            ttl = entry.ttl if entry.keep else entry.remaining(now)
-        # As on the hit path: the body is built once per TTL value.
-        body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
+            body = entry.body_with(0)
         if miss.edns:
             opt = _opt(miss.edns)
             header = (data[2] & 1) | 2
@@ -870,7 +869,7 @@ def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, 
         stats = zone.stats_for(slot)
         counted[id(stats)] = stats, counted.get(id(stats), (stats, 0))[1] + count
         proto = SLOT_PROTO[slot & 3]
-        rcode, positive, qtype, question, records, do = tag
+        rcode, kind, qtype, question, records, do = tag
         stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
         stats.responses[(wire.rcode_name(rcode), "cache")] += count
         stats.duration.counts[bucket] += count
@@ -889,7 +888,7 @@ def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, 
         stats.response_size[proto].observe(response, count)
         cache_stats = zone.cache_stats_for(slot)
         if hits and cache_stats is not None:
-            if positive:
+            if not kind:  # SUCCESS, in KINDS
                 cache_stats.hits_success += count
             else:
                 cache_stats.hits_denial += count

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nodecache.errors import ClientProtocolError
 
@@ -273,8 +274,7 @@ def query_from(question: bytes, *, do: bool, cd: bool, options: bytes = b"",
     return _QUERY_HEADS[cd] + question + opt
 
 
-@dataclass(slots=True)
-class Record:
+class Record(NamedTuple):
     """Where one resource record sits in a message."""
 
     start: int
@@ -285,8 +285,7 @@ class Record:
     end: int
 
 
-@dataclass(slots=True)
-class Response:
+class Response(NamedTuple):
     """An upstream answer, indexed (not decoded), with what caching it needs."""
 
     flags: int
@@ -323,6 +322,11 @@ class Response:
     @property
     def additional(self) -> list[Record]:
         return self.records[self.ancount + self.nscount:]
+
+
+#: Record and Response built as the tuples they are: a NamedTuple's own
+#: constructor is a Python call, this is not (about 0.15 us less a record).
+_new_tuple = tuple.__new__
 
 
 def index_response(data: bytes, question_end: int = 0) -> Response:
@@ -369,7 +373,7 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
             raise ValueError("RDATA runs past the message")
         if rtype in _RDATA_NAMES:
             _check_rdata(data, rtype, offset + 10, end)
-        record = Record(start, rtype, ttl, offset + 4, end)
+        record = _new_tuple(Record, (start, rtype, ttl, offset + 4, end))
         offset = end
         if rtype == TYPE_OPT:
             opt = record
@@ -388,8 +392,8 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
     length = size - question_end - (opt.end - opt.start if opt is not None else 0)
-    return Response(flags, rcode, question_end, records, ancount - misplaced_an,
-                    nscount - misplaced_ns, opt, min_ttl, soa, length)
+    return _new_tuple(Response, (flags, rcode, question_end, records, ancount - misplaced_an,
+                                 nscount - misplaced_ns, opt, min_ttl, soa, length))
 
 
 def zone_to_wire(zone: str) -> bytes:
