@@ -20,7 +20,8 @@ miss round stored. Rounds are timed in CPU time (``time.thread_time_ns``), with
 the agent's garbage-collector thresholds and the earlier rounds' garbage collected first (the
 agent makes none while serving). Run it with ``bench/run --core`` or ``python -m nodebench.core``
 (``--profile`` prints a cProfile table; ``--rounds`` keeps it busy for py-spy; ``--tree DIR``
-measures another checkout's package, for before/after figures).
+measures another checkout's package, for before/after figures; ``--memory`` prints the bytes
+a stored name holds, by tracemalloc, and the source lines that allocate them).
 """
 from __future__ import annotations
 
@@ -239,6 +240,56 @@ def _check(handler: Any, qs: list[bytes], answers: list[bytes], miss_type: type)
             raise RuntimeError(f"a stored name was not answered from the cache: {got!r}")
 
 
+#: Names stored for ``--memory``: as many as bench/'s memory figure asks (10,000 names).
+MEMORY_NAMES = 10_000
+
+
+def entry_bytes(names: int = MEMORY_NAMES, top: int = 8) -> dict[str, Any]:
+    """Bytes held per stored name (tracemalloc, after a collection), and the source
+    lines holding the most of them. The success cache is enlarged to hold every name."""
+    import tracemalloc
+
+    text = corefile_text()
+    if "success 9984 30" not in text:
+        raise RuntimeError("the Corefile's cache no longer reads 'success 9984 30'")
+    handler = build_handler(text.replace("success 9984 30", f"success {names * 2} 30", 1))
+    qs = queries("m", names)
+    answers = [fake_answer(q) for q in qs]
+    _warm_up(text)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for q, a in zip(qs, answers):
+        miss = handler.handle(q, NOW, SLOT_UDP4)
+        handler.reply(miss, handler.absorb(miss, a, NOW), NOW)
+    del miss, q, a
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    held = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0]
+    total = sum(s.size_diff for s in held)
+    if len(handler.index) != names:
+        raise RuntimeError(f"{len(handler.index)} names stored, not {names}")
+    return {"names": names, "bytes_per_name": total / names,
+            "by_line": [(_where(s.traceback[0]), s.size_diff / names) for s in held[:top]]}
+
+
+def _where(frame: Any) -> str:
+    """A source line, relative to the checkout it is in."""
+    path = Path(frame.filename)
+    for parent in path.parents:
+        if (parent / "nodecache" / "__init__.py").is_file():
+            return f"{path.relative_to(parent)}:{frame.lineno}"
+    return f"{path}:{frame.lineno}"
+
+
+def render_memory(r: dict[str, Any]) -> str:
+    lines = [f"memory of the core: {r['bytes_per_name']:.0f} bytes per stored name"
+             f" ({r['names']:,} names, tracemalloc), of which:"]
+    lines += [f"  {size:7.1f}  {where}" for where, size in r["by_line"]]
+    return "\n".join(lines)
+
+
 def render(r: dict[str, Any]) -> str:
     st = r["miss_stages_us"]
     lines = [f"core alone ({r['names']:,} names per round, {r['hit']['rounds']} rounds, Python {r['python']}):",
@@ -262,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--tree", type=Path, help="measure the nodecache package of this checkout instead"
                     " (same Python; run twice to compare two trees)")
+    ap.add_argument("--memory", action="store_true", help=f"bytes per stored name ({MEMORY_NAMES:,} names)")
     ap.add_argument("--profile", action="store_true", help="run once under cProfile and print the top functions")
     a = ap.parse_args(argv)
     if not 1 <= a.names <= 9000 or not 1 <= a.rounds <= 10_000:
@@ -270,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (a.tree / "nodecache" / "__init__.py").is_file():
             ap.error(f"--tree {a.tree}: no nodecache package there")
         sys.path.insert(0, str(a.tree.resolve()))
+    if a.memory:
+        m = entry_bytes()
+        print(json.dumps(m, indent=2) if a.json else render_memory(m))
+        return 0
     if a.profile:
         import cProfile
         import pstats
@@ -281,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     r = measure(a.names, a.rounds)
-    print(json.dumps(r, indent=2) if a.json else render(r))
+    r["memory"] = entry_bytes()
+    print(json.dumps(r, indent=2) if a.json else render(r) + "\n" + render_memory(r["memory"]))
     return 0
 
 

@@ -126,6 +126,21 @@ class MemoryCgroup:
             inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
         return {"cgroup_usage_bytes": usage, "cgroup_working_set_bytes": max(0, usage - inactive)}
 
+    def breakdown(self) -> dict[str, int]:
+        """What the usage is made of, bytes: anonymous memory (the heap: Python objects,
+        Go's heap), page cache charged here, kernel memory, socket buffers, and slab
+        (v2 only: cgroup v1's memory.stat has no slab line)."""
+        stat = self._stat()
+        if self.version == 2:
+            return {k: stat.get(k, 0) for k in ("anon", "file", "kernel", "sock", "slab")}
+        out = {"anon": stat.get("total_rss", 0), "file": stat.get("total_cache", 0)}
+        for key, name in (("kernel", "memory.kmem.usage_in_bytes"), ("sock", "memory.kmem.tcp.usage_in_bytes")):
+            try:
+                out[key] = int((self.path / name).read_text())
+            except OSError:  # no kernel memory accounting
+                pass
+        return out
+
     def remove(self) -> None:
         """Move what is left to the parent, then remove the directory."""
         if not self.path.exists():
@@ -161,6 +176,7 @@ def measure(pid: int, cgroup: MemoryCgroup | None) -> dict[str, int]:
     if cgroup is not None:
         try:
             out.update(cgroup.usage())
+            out.update({f"cgroup_{k}_bytes": v for k, v in cgroup.breakdown().items()})
         except OSError as exc:
             log(f"cannot read {cgroup.path}: {exc}")
     return out

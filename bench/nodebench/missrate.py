@@ -9,7 +9,10 @@ run it measures:
 * misses/s: N never-seen names, up to 100 outstanding (dnsperf ``-q 100``);
 * CPU per miss: the cache's user+system CPU over that run / answers, us;
 * latency at a light load: M more never-seen names at 2,000 q/s, average;
-* memory after the N names: PSS and RSS summed over the cache's processes.
+* memory after the N names: PSS and RSS summed over the cache's processes,
+  and, each cache started in a memory cgroup of its own (where one can be
+  made), the cgroup's working set and what it is made of (anon, file,
+  kernel, sock; slab on cgroup v2).
 
 Run it as ``bench/run --missrate`` (or ``python -m nodebench.missrate`` with
 ``bench`` on ``PYTHONPATH``); no namespaces and nothing leaves 127.0.0.0/8.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from .host import BenchError, Cleanup, Daemon, log, start_daemon
 from .measure import dnsperf
-from .memory import tree_memory
+from .memory import MemoryCgroup, measure as measure_memory
 from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, python, unbound_conf
 
 KNOT = ("127.0.0.30", 5300)
@@ -106,11 +109,13 @@ def ensure_free(name: str, host: str, port: int) -> None:
                              "(ss -lunp) and run again") from None
 
 
-def start_cache(cleanup: Cleanup, name: str, d: Path, a: argparse.Namespace) -> Daemon:
-    """Cache *name* running from directory *d*, pinned to the server core, answering."""
+def start_cache(cleanup: Cleanup, name: str, d: Path, a: argparse.Namespace,
+                cgroup: MemoryCgroup | None = None) -> Daemon:
+    """Cache *name* running from directory *d*, pinned to the server core (in *cgroup*), answering."""
     ensure_free(name, *ADDRS[name])
     argv, env = cache_argv(name, d, a)
-    daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env)
+    daemon = start_daemon(cleanup, name, argv, ns=None, log_dir=d, cpu=SERVER_CPU, env=env,
+                          outer=cgroup.prefix() if cgroup is not None else ())
     wait_answer(daemon, *ADDRS[name])
     return daemon
 
@@ -142,12 +147,13 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
     d.mkdir(parents=True)
     cleanup = Cleanup()
     try:
-        daemon = start_cache(cleanup, name, d, a)
+        cgroup = MemoryCgroup.create(cleanup, f"ncb{os.getpid()}-{name}-{run}")
+        daemon = start_cache(cleanup, name, d, a, cgroup)
         host = ADDRS[name][0]
         dnsperf(None, host, write_names(d / "warm.txt", f"w{run}x", 200), dnsperf_on(name, "-q", "20"))  # connections up
         burst = dnsperf(None, host, write_names(d / "miss.txt", f"m{run}x", a.names), dnsperf_on(name, "-q", "100"),
                         server_pid=daemon.pid, timeout=600)
-        memory = tree_memory(daemon.pid)
+        memory = measure_memory(daemon.pid, cgroup)
         paced = dnsperf(None, host, write_names(d / "light.txt", f"l{run}x", a.light),
                         dnsperf_on(name, "-q", "100", "-Q", "2000"), verbose=True, timeout=600)
         if not paced.latencies:
@@ -156,7 +162,8 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
         return {"misses_per_s": burst.qps, "cpu_us_per_miss": burst.server_cpu / burst.completed * 1e6,
                 "latency_ms_2000": sum(paced.latencies) / len(paced.latencies) * 1000,
                 "answered": burst.completed,
-                "pss_mb": memory["pss_bytes"] / 2**20, "rss_mb": memory["rss_bytes"] / 2**20}
+                "pss_mb": memory["pss_bytes"] / 2**20, "rss_mb": memory["rss_bytes"] / 2**20,
+                **{k.replace("_bytes", "_mb"): v / 2**20 for k, v in memory.items() if k.startswith("cgroup_")}}
     finally:
         cleanup.run()
 
@@ -176,6 +183,14 @@ def table(results: dict[str, list[dict[str, float]]], names: int) -> str:
             ("misses_per_s", "{:,.0f}"), ("cpu_us_per_miss", "{:.1f}"), ("latency_ms_2000", "{:.3f}"),
             ("pss_mb", "{:.1f}"), ("rss_mb", "{:.1f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    parts = [k for k in ("cgroup_working_set_mb", "cgroup_anon_mb", "cgroup_file_mb", "cgroup_kernel_mb",
+                         "cgroup_sock_mb", "cgroup_slab_mb") if any(k in r for rows in results.values() for r in rows)]
+    if parts:
+        lines += ["", f"memory cgroup after {names:,} names, MB: | cache | "
+                  + " | ".join(k[7:-3].replace("_", " ") for k in parts) + " |",
+                  "|---|" + "---|" * len(parts)]
+        for name, rows in results.items():
+            lines.append(f"| {name} | " + " | ".join(cell([r.get(k, 0.0) for r in rows], "{:.1f}") for k in parts) + " |")
     floor, ours = results.get("miss-floor", []), results.get("nodecache", [])
     if floor and ours:
         cpu = [r["cpu_us_per_miss"] / f["cpu_us_per_miss"] for r, f in zip(ours, floor) if f["cpu_us_per_miss"] > 0]
@@ -197,10 +212,14 @@ def parser(prog: str, doc: str | None, caches: str) -> argparse.ArgumentParser:
 
 
 def checked(ap: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.Namespace:
-    a.caches = [c for c in a.caches.split(",") if c] + (["nodecache-before"] if a.before else [])
+    # each cache once (it gets one work folder per run), in the order given
+    a.caches = list(dict.fromkeys([c for c in a.caches.split(",") if c]
+                                  + (["nodecache-before"] if a.before else [])))
     unknown = set(a.caches) - set(ADDRS)
     if unknown:
         ap.error(f"unknown cache(s): {', '.join(sorted(unknown))}")
+    if "nodecache-before" in a.caches and not a.before:
+        ap.error("nodecache-before needs --before DIR (the source tree to run)")
     if not 1 <= a.runs <= 10:
         ap.error("--runs must be 1..10")
     return a

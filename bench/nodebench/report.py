@@ -230,6 +230,10 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
             L.append("A miss by stage (each stage for all names in turn, best round; `send` and `receive` are "
                      "the pooled TCP connection's framing): "
                      + ", ".join(f"`{k}` {fmt(v)} us" for k, v in stages.items()) + ".\n")
+        held = core.get("memory")
+        if held:
+            L.append(f"Memory: {held['bytes_per_name']:.0f} bytes per stored name (tracemalloc over "
+                     f"{held['names']:,} names: entry, key, body, store and index).\n")
 
     # --- calibration
     cal = res["calibration"]

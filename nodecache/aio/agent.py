@@ -609,6 +609,23 @@ def collect_garbage(thaw: bool) -> None:
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``): what
+    start-up, a reload or a collection freed is otherwise kept, and counted in the
+    container's working set (about 1 MB after start-up). Elsewhere (musl) nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes  # noqa: PLC0415 - once, here only
+        _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+#: glibc's ``malloc_trim``; False where there is none; None until first asked.
+_malloc_trim: Any = None
 
 
 def _log_query(zone: Zone, addr: object, query: bytes, reply: bytes, slot: int,

@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-An upstream answer is stored once as *segments*: the message body after the
-question, cut at every record's 4-byte TTL field. A hit joins the segments
-with the remaining TTL (all records carry one TTL, as CoreDNS does, so clients
-see no jarring per-record TTLs), and prepends the client's ID, a pre-built
-header and the client's own question bytes (exact case, RFC 4343). Compression
-pointers stay valid because the client's question has the same length as the
-stored one. Nothing on the hit path builds message objects.
+An upstream answer is stored once as its *body*, the records after the
+question, with the offsets of their 4-byte TTL fields. Every TTL field holds
+the TTL left (all records carry one TTL, as CoreDNS does, so clients see no
+jarring per-record TTLs); the body is rebuilt when that drops by a second,
+not per hit. A hit prepends the client's ID, a pre-built header and the
+client's own question bytes (exact case, RFC 4343). Compression pointers stay
+valid because the client's question has the same length as the stored one.
+Nothing on the hit path builds message objects.
 
 Entries are not swept when they expire: an expired entry stays until evicted
 or refreshed, which is what lets serve_stale answer with it (RFC 8767).
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -55,8 +56,12 @@ class Kind(Enum):
 SUCCESS, DENIAL, SERVFAIL = Kind.SUCCESS, Kind.DENIAL, Kind.SERVFAIL
 
 
+#: The kinds by number, as tags hold them: an Enum member's hash is a Python call,
+#: and the hit path hashes its entry's tag.
+KINDS = (SUCCESS, DENIAL, SERVFAIL)
+
 #: Shared tags: entries that count alike share one tuple (few distinct ones).
-Tag = tuple[int, bool, bytes, int, int, bool]
+Tag = tuple[int, int, bytes, int, int, bool]
 _TAGS: dict[Tag, Tag] = {}
 #: A cache key's last byte, DO (2) | CD (1); none when both are clear.
 _KEY_FLAGS = (b"", b"\x01", b"\x02", b"\x03")
@@ -85,70 +90,165 @@ Tally = dict[tuple[int, Tag, int, int], int]
 class Entry:
     """One cached answer. ``headers[rd | has_opt << 1]`` is bytes 2..12 of the reply.
 
-    Fixed once built: key, kind, rcode, tag, headers, variants, ttl, stored,
-    expires, keep. The rest changes: the cache that holds it (set by
-    :meth:`BlockCache.put`), the loadbalance turn, the prefetch counters and
-    the last body built.
+    ``body`` is the records after the question as the last reply sent them,
+    every TTL field (at the offsets ``cuts``) set to the TTL left then; it
+    stays right until ``body_until`` (loop time, s), when the TTL clients see
+    drops by one, so a hit compares one float and :meth:`renew` rebuilds it
+    about once a second. Kind and rcode are the shared ``tag``'s.
+
+    Fixed once built: key, tag, headers, cuts, ttl, stored, keep. The rest
+    changes: the cache that holds it (set by :meth:`BlockCache.put`), the
+    prefetch count, whether a refresh is in flight, the body.
     """
 
-    __slots__ = ("key", "kind", "rcode", "tag", "headers", "variants", "ttl", "stored", "expires",
-                 "keep", "cache", "turn", "prefetch_at", "refresh_at", "hits", "window_start",
-                 "refreshing", "body_ttl", "last_body")
+    __slots__ = ("key", "tag", "headers", "body", "body_until", "cuts", "ttl", "stored", "keep",
+                 "cache", "prefetch", "refreshing")
 
-    def __init__(self, key: bytes, kind: Kind, rcode: int, headers: tuple[bytes, ...],
-                 variants: tuple[tuple[bytes, ...], ...], ttl: int, stored: float,
-                 keep: bool = False, tag: Tag | None = None) -> None:
+    def __init__(self, key: bytes, tag: Tag, headers: tuple[bytes, ...], body: bytes,
+                 cuts: tuple[int, ...], ttl: int, stored: float, keep: bool = False) -> None:
         self.key = key
-        self.kind = kind
-        self.rcode = rcode
         #: How a hit is tallied for metrics (see :func:`tag_of`).
-        self.tag = tag or tag_of(key, kind, rcode,
-                                 len(b"\0\0\0\0".join(variants[0])) if variants else 0)
+        self.tag = tag
         self.headers = headers
-        #: One or more segment lists; more than one when loadbalance rotates A/AAAA.
-        self.variants = variants
+        self.body = body
+        #: ``body`` holds for loop times before this, s; -inf: rebuild before use.
+        self.body_until = -math.inf
+        #: Offsets of the TTL fields in ``body``.
+        self.cuts = cuts
         #: The stored (clamped) TTL, s.
         self.ttl = ttl
         #: Loop time when stored, s.
         self.stored = stored
-        self.expires = stored + ttl
         #: keepttl: hits report the stored TTL.
         self.keep = keep
         #: The cache holding the entry (its hit tally, its prefetch settings).
         self.cache: BlockCache | None = None
-        self.turn = 0
-        #: Loop time from which hits are counted for prefetch; inf when prefetch is off.
-        self.prefetch_at = math.inf
-        #: Loop time from which a counted hit triggers the prefetch.
-        self.refresh_at = math.inf
-        self.hits = 0
-        self.window_start = stored
+        #: Hits counted for prefetch; None while the cache does not prefetch.
+        self.prefetch: PrefetchCount | None = None
         #: True while a prefetch or stale refresh is in flight (one at a time).
         self.refreshing = False
-        #: The last body built and its TTL; -1 means none (or loadbalance, which rotates).
-        self.body_ttl = -1
-        self.last_body = b""
+
+    @classmethod
+    def from_segments(cls, key: bytes, kind: Kind, rcode: int, headers: tuple[bytes, ...],
+                      variants: tuple[tuple[bytes, ...], ...], ttl: int, stored: float,
+                      keep: bool = False) -> Entry:
+        """An entry from records cut at their TTL fields (:meth:`segments`, a snapshot's);
+        more than one variant when loadbalance rotates A/AAAA."""
+        records_length = len(b"\0\0\0\0".join(variants[0])) if variants else 0
+        tag = tag_of(key, kind, rcode, records_length)
+        if len(variants) > 1:
+            return RotatingEntry(key, tag, headers, variants, ttl, stored, keep)
+        segments = variants[0] if variants else (b"",)
+        cuts, offset = [], 0
+        for segment in segments[:-1]:
+            offset += len(segment)
+            cuts.append(offset)
+            offset += 4
+        return cls(key, tag, headers, b"\0\0\0\0".join(segments), tuple(cuts), ttl, stored, keep)
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.tag[1]]
+
+    @property
+    def rcode(self) -> int:
+        return self.tag[0]
+
+    @property
+    def expires(self) -> float:
+        """Loop time when it expires, s."""
+        return self.stored + self.ttl
 
     def remaining(self, now: float) -> int:
         """Whole seconds left, as clients see them (never negative)."""
         left = self.ttl - int(now - self.stored)
         return left if left > 0 else 0
 
-    def body(self, ttl: int) -> bytes:
+    def renew(self, now: float) -> bool:
+        """Bring ``body`` up to ``now``; False (and no change) once the entry has expired."""
+        stored, ttl = self.stored, self.ttl
+        if now >= stored + ttl:
+            return False
+        if self.keep:
+            self.body_until = stored + ttl
+        else:
+            age = int(now - stored)
+            if age > 0:
+                ttl -= age
+            self.body_until = stored + (age + 1)
+        self.body = self.body_with(ttl)
+        return True
+
+    def body_with(self, ttl: int) -> bytes:
         """The records after the question, every TTL set to ``ttl``."""
+        body = self.body
+        ttl_bytes = _U32.pack(ttl)
+        cuts = self.cuts
+        if len(cuts) == 1:
+            cut = cuts[0]
+            return b"".join((body[:cut], ttl_bytes, body[cut + 4:]))
+        pieces, start = [], 0
+        for cut in cuts:
+            pieces.append(body[start:cut])
+            start = cut + 4
+        pieces.append(body[start:])
+        return ttl_bytes.join(pieces)
+
+    def segments(self) -> tuple[tuple[bytes, ...], ...]:
+        """The records cut at their TTL fields, once per variant (see :meth:`from_segments`)."""
+        body, pieces, start = self.body, [], 0
+        for cut in self.cuts:
+            pieces.append(body[start:cut])
+            start = cut + 4
+        pieces.append(body[start:])
+        return (tuple(pieces),)
+
+
+class RotatingEntry(Entry):
+    """An entry whose A/AAAA records loadbalance rotates: each reply takes the next order."""
+
+    __slots__ = ("variants", "turn")
+
+    def __init__(self, key: bytes, tag: Tag, headers: tuple[bytes, ...],
+                 variants: tuple[tuple[bytes, ...], ...], ttl: int, stored: float,
+                 keep: bool = False) -> None:
+        super().__init__(key, tag, headers, b"", (), ttl, stored, keep)
+        #: The record orders, each cut at the TTL fields.
+        self.variants = variants
+        self.turn = 0
+
+    def renew(self, now: float) -> bool:
+        if now >= self.stored + self.ttl:
+            return False
+        self.body = self.body_with(self.ttl if self.keep else self.remaining(now))
+        return True  # body_until stays -inf: every reply rotates
+
+    def body_with(self, ttl: int) -> bytes:
         variants = self.variants
-        if len(variants) == 1:
-            body = self.last_body = _U32.pack(ttl).join(variants[0])
-            self.body_ttl = ttl
-            return body
         self.turn = (self.turn + 1) % len(variants)
         return _U32.pack(ttl).join(variants[self.turn])
+
+    def segments(self) -> tuple[tuple[bytes, ...], ...]:
+        return self.variants
+
+
+class PrefetchCount:
+    """An entry's hits counted for prefetch (CoreDNS ``prefetch``)."""
+
+    __slots__ = ("hits", "window_start", "refresh_at")
+
+    def __init__(self, window_start: float, refresh_at: float) -> None:
+        self.hits = 0
+        #: Loop time of the last counted hit, s.
+        self.window_start = window_start
+        #: Loop time from which a counted hit triggers the prefetch, s.
+        self.refresh_at = refresh_at
 
 
 def tag_of(key: bytes, kind: Kind, rcode: int, records_length: int, name_end: int = -1) -> Tag:
     """How hits of an entry are tallied, shared by every entry that counts alike.
 
-    (rcode, positive, qtype as wire bytes, question length, records' length as
+    (rcode, kind's index in KINDS, qtype as wire bytes, question length, records' length as
     sent; both in bytes, DNSSEC OK). With the query's length that gives the
     reply's (QueryHandler.sync_stats); DO is the key's (the byte after the
     question, bit 2), so the query's. ``name_end`` is the offset of the key's
@@ -158,7 +258,8 @@ def tag_of(key: bytes, kind: Kind, rcode: int, records_length: int, name_end: in
         name_end = 0
         while name_end < len(key) and key[name_end]:
             name_end += 1 + key[name_end]
-    tag = (rcode, kind is SUCCESS, key[name_end + 1:name_end + 3], name_end + 5,
+    tag = (rcode, 0 if kind is SUCCESS else 1 if kind is DENIAL else 2,
+           key[name_end + 1:name_end + 3], name_end + 5,
            records_length, len(key) > name_end + 5 and bool(key[name_end + 5] & 2))
     return _TAGS.get(tag) or _TAGS.setdefault(tag, tag)
 
@@ -226,26 +327,63 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
                 name_end: int = -1) -> Entry:
     """Make an Entry from an upstream answer already classified as cacheable.
 
+    Its body is ready for a reply at ``now`` (every TTL field ``ttl``).
     ``name_end`` is the offset of the root label ending the question's name
     in ``key`` (the name's length - 1), when the caller knows it.
     """
-    flags = (resp.flags | wire.QR | wire.AA) & ~(wire.TC | wire.RD)
-    if not do:
-        flags &= ~wire.AD  # RFC 4035 section 3.2.3: AD only for clients that asked
+    # RFC 4035 section 3.2.3: AD only for clients that asked
+    flags = (resp.flags | _QR_AA) & (_KEPT_DO if do else _KEPT)
     records = resp.records
     shape = (flags, resp.ancount, resp.nscount, len(records) - resp.ancount - resp.nscount)
     headers = _HEADER_SETS.get(shape) or _headers(*shape)
+    rcode = resp.rcode
+    tag = tag_of(key, kind, rcode, resp.records_length, name_end)
     if loadbalance:
         variants = tuple(_segments(data, order) for order in _rotations(data, resp))
-    elif len(records) == 1:
-        record = records[0]  # most answers: one record, cut once
-        variants = ((_shared(data[record.start:record.ttl_offset]),
-                     data[record.ttl_offset + 4:record.end]),)
+        rotating = RotatingEntry(key, tag, headers, variants, ttl, now, keep)
+        rotating.renew(now)
+        return rotating
+    ttl_bytes = _U32.pack(ttl)
+    if len(records) == 1:
+        record = records[0]  # most answers: one record
+        start, cut = record.start, record.ttl_offset
+        body = b"".join((data[start:cut], ttl_bytes, data[cut + 4:record.end]))
+        cut -= start
+        cuts = _ONE_CUT.get(cut) or _cuts((cut,))
     else:
-        variants = (_segments(data, records),)
-    rcode = resp.rcode
-    return Entry(key, kind, rcode, headers, variants, ttl, now, keep,
-                 tag_of(key, kind, rcode, resp.records_length, name_end))
+        pieces: list[bytes] = []
+        offsets: list[int] = []
+        length = 0
+        for record in records:
+            start, cut, end = record.start, record.ttl_offset, record.end
+            pieces += (data[start:cut], ttl_bytes, data[cut + 4:end])
+            offsets.append(length + cut - start)
+            length += end - start
+        body = b"".join(pieces)
+        cuts = _cuts(tuple(offsets))
+    entry = Entry(key, tag, headers, body, cuts, ttl, now, keep)
+    entry.body_until = now + ttl if keep else now + 1
+    return entry
+
+
+#: A stored answer's header flags: QR and AA set; TC, RD (the client's) and, without DO, AD clear.
+_QR_AA = wire.QR | wire.AA
+_KEPT_DO = 0xFFFF & ~(wire.TC | wire.RD)
+_KEPT = _KEPT_DO & ~wire.AD
+#: Shared TTL offsets of bodies, and those of one record by its offset.
+_CUTS: dict[tuple[int, ...], tuple[int, ...]] = {}
+_ONE_CUT: dict[int, tuple[int, ...]] = {}
+
+
+def _cuts(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    known = _CUTS.get(offsets)
+    if known is not None:
+        return known
+    if len(_CUTS) < _SHARED_LIMIT:
+        _CUTS[offsets] = offsets
+        if len(offsets) == 1:
+            _ONE_CUT[offsets[0]] = offsets
+    return offsets
 
 
 #: Shared header sets: a handful of (flags, counts) combinations cover most
@@ -294,6 +432,46 @@ def _segments(data: bytes, records: list[wire.Record]) -> tuple[bytes, ...]:
     return tuple(cuts)
 
 
+class _Store(dict[bytes, Entry]):
+    """A capacity-bounded store, first in first out (a replaced entry goes to the back).
+
+    A plain dict, with the order also kept in a deque of the entries: popping
+    a dict's oldest key again and again makes ``next(iter(d))`` skip ever more
+    deleted slots (measured 4 us per eviction at 9,984 entries), and an
+    OrderedDict holds a linked node per key (about 45 bytes more an entry). An
+    entry replaced or removed stays in the deque until it comes up, then is
+    skipped; the deque is rebuilt from the dict's order when such entries
+    outnumber the live ones.
+    """
+
+    __slots__ = ("maxsize", "_on_evict", "order")
+
+    def __init__(self, maxsize: int, on_evict: Callable[[bytes, Entry], None]) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+        self._on_evict = on_evict
+        #: The entries in the order they were stored (and some no longer stored).
+        self.order: deque[Entry] = deque()
+
+    def add(self, key: bytes, entry: Entry) -> None:
+        """Store ``entry`` (``key`` must be absent), evicting the oldest when full."""
+        order = self.order
+        while len(self) >= self.maxsize:
+            oldest = order.popleft()
+            if self.get(oldest.key) is oldest:
+                del self[oldest.key]
+                self._on_evict(oldest.key, oldest)
+        self[key] = entry
+        order.append(entry)
+
+    def discard(self, key: bytes) -> Entry | None:
+        """Take ``key``'s entry out, if stored; the order forgets it in time."""
+        entry = self.pop(key, None)
+        if entry is not None and len(self.order) > 2 * len(self) + 64:
+            self.order = deque(self.values())
+        return entry
+
+
 class BlockCache:
     """The cache of one server block: TTL policy plus capacity.
 
@@ -318,11 +496,8 @@ class BlockCache:
         self.stores_all = not settings.zones and not self._no_success and not self._no_denial
         self._index_add = index_add
         self._index_remove = index_remove
-        # OrderedDicts, not dicts: popping a dict's oldest key again and again
-        # makes ``next(iter(d))`` skip ever more deleted slots (measured 4 us per
-        # eviction at 9,984 entries; OrderedDict 0.5 us). First in, first out.
-        self.success: OrderedDict[bytes, Entry] = OrderedDict()
-        self.denial: OrderedDict[bytes, Entry] = OrderedDict()
+        self.success = _Store(settings.success_capacity, self._evicted)
+        self.denial = _Store(settings.denial_capacity, self._evicted)
         #: The hit path's count of answers from this cache, and the seconds they
         #: took (the duration histogram's sum); the handler folds both into the
         #: exported stats (QueryHandler.sync_stats) and empties them.
@@ -371,27 +546,26 @@ class BlockCache:
         entry.cache = self
         if s.prefetch_amount:
             # Prefetch when at most PERCENTAGE of the TTL is left (rounded up,
-            # so it happens at the latest 1 s before expiry).
+            # so it happens at the latest 1 s before expiry); every hit is counted.
             left = math.ceil(entry.ttl * s.prefetch_percentage / 100)
-            entry.refresh_at = entry.expires - left
-            entry.prefetch_at = entry.stored  # every hit is counted
+            entry.prefetch = PrefetchCount(entry.stored, entry.expires - left)
         key = entry.key
-        if key in self.success or key in self.denial:
+        success, denial = self.success, self.denial
+        if key in success or key in denial:
             self.remove(key)
-        if entry.kind is SUCCESS:
-            store, capacity = self.success, s.success_capacity
+        store = denial if entry.tag[1] else success  # kind 0: SUCCESS
+        if len(store) < store.maxsize:
+            store[key] = entry
+            store.order.append(entry)
         else:
-            store, capacity = self.denial, s.denial_capacity
-        while len(store) >= capacity:
-            self._evicted(*store.popitem(last=False))
-        store[key] = entry
+            store.add(key, entry)
         self._index_add(entry)
-        self.stats.entries_success = len(self.success)
-        self.stats.entries_denial = len(self.denial)
+        self.stats.entries_success = len(success)
+        self.stats.entries_denial = len(denial)
 
     def remove(self, key: bytes) -> None:
         for store in (self.success, self.denial):
-            entry = store.pop(key, None)
+            entry = store.discard(key)
             if entry is not None:
                 self._index_remove(entry)
         self.stats.entries_success = len(self.success)
@@ -403,11 +577,14 @@ class BlockCache:
     def note_hit(self, entry: Entry, now: float) -> bool:
         """Count a hit for prefetch; True when this hit should trigger one."""
         s = self.settings
+        count = entry.prefetch
+        if count is None:
+            return False
         # Hits count while each comes within DURATION of the previous one (CoreDNS freq).
-        if now - entry.window_start > s.prefetch_duration:
-            entry.hits = 1
+        if now - count.window_start > s.prefetch_duration:
+            count.hits = 1
         else:
-            entry.hits += 1
-        entry.window_start = now
-        return entry.hits >= s.prefetch_amount and now >= entry.refresh_at \
+            count.hits += 1
+        count.window_start = now
+        return count.hits >= s.prefetch_amount and now >= count.refresh_at \
             and not entry.refreshing

@@ -54,14 +54,21 @@ SLOT_FAMILY = ("1", "2", "1", "2")
 
 _TTL = struct.Struct("!I").pack
 _perf = time.perf_counter
-_OPT_PLAIN = wire.opt_record(False)
-_OPT_DO = wire.opt_record(True)
+_OPT_LEN = len(wire.opt_record(False))  # bytes, our OPT without options
+#: Our OPT after the client's owner, type and size (CoreDNS's ``SizeAndDo`` echoes the
+#: size): extended rcode, version 0, the DO bit or not, no options (RFC 6891 6.1.2-3).
+_OPT_TAIL_PLAIN, _OPT_TAIL_DO = b"\x00\x00\x00\x00\x00\x00", b"\x00\x00\x80\x00\x00\x00"
 _QTYPE_AXFR, _QTYPE_IXFR = 252, 251
 _FIRST_BUCKET = TIME_BUCKETS[0]
 _MAX_PLAIN = wire.MAX_UDP_PLAIN
 _MAX_MESSAGE = wire.MAX_MESSAGE
 #: A stale answer's TTL, s (CoreDNS answers 0; RFC 8767 section 4 suggests 30).
 STALE_TTL = 0
+
+
+def _opt(edns: tuple[int, int, bool]) -> bytes:
+    """Our OPT for a client's EDNS (:attr:`wire.Question.edns`): its size and DO bit."""
+    return wire.opt_record(edns[2], edns[0])
 
 
 def _client_limit(data: bytes, end: int, slot: int) -> int:
@@ -237,6 +244,8 @@ class QueryHandler:
         #: The smallest ``bufsize`` of the zones: a UDP hit larger than this
         #: looks its zone's own up (rare), a smaller one never needs to.
         self._least_udp_cap = min((z.udp_cap for z in zones), default=wire.MAX_MESSAGE)
+        #: Some zone has ``bufsize``: it lowers the size our OPT echoes.
+        self._bufsized = self._least_udp_cap < wire.MAX_MESSAGE
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
         self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
@@ -308,14 +317,18 @@ class QueryHandler:
             end = data.find(0, 12) + 5
             arcount = data[11]
             if arcount == 0 and size == end:
-                opt = b""
+                opt_head = opt_tail = b""
                 header = data[2] & 1
                 do = 0
             elif arcount == 1 and size >= end + 11 \
                     and size == end + 11 + (data[end + 9] << 8 | data[end + 10]) \
                     and data[end:end + 3] == b"\x00\x00\x29" and not data[end + 6]:
                 do = data[end + 7] & 0x80
-                opt = _OPT_DO if do else _OPT_PLAIN
+                # Our OPT: the client's owner, type and size, then our own fields.
+                opt_head = data[end:end + 5]
+                opt_tail = _OPT_TAIL_DO if do else _OPT_TAIL_PLAIN
+                if self._bufsized:
+                    opt_head = self._bufsize_head(data, end)
                 header = (data[2] & 1) | 2
             else:
                 return self._slow(data, now, slot, addr, started)
@@ -324,11 +337,11 @@ class QueryHandler:
             if do or data[3] & 0x10:
                 key += b"\x02" if not data[3] & 0x10 else (b"\x03" if do else b"\x01")
             entry = self.index.get(key)
-            if entry is not None and now < entry.expires:
-                ttl = entry.ttl - int(now - entry.stored) if not entry.keep else entry.ttl
-                # The body changes once a second (its TTL); build it once per value.
-                body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
-                reply = b"".join((data[:2], entry.headers[header], data[12:end], body, opt))
+            # The body changes once a second (its TTL): renew builds it then, and
+            # says False once the entry has expired.
+            if entry is not None and (now < entry.body_until or entry.renew(now)):
+                reply = b"".join((data[:2], entry.headers[header], data[12:end], entry.body,
+                                  opt_head, opt_tail))
                 cache = entry.cache
                 # Both limits are at least 512 (RFC 1035, bufsize's minimum): a smaller
                 # reply, nearly every one, costs a single compare with a constant.
@@ -338,9 +351,9 @@ class QueryHandler:
                     if rsize > limit or not slot & 2 and rsize > self._least_udp_cap:
                         cap = limit if slot & 2 else min(limit, self._udp_cap(entry))
                         if rsize > cap:
-                            reply = truncate(reply, cap, opt)
+                            reply = truncate(reply, cap, opt_head + opt_tail)
                             size = -(size << 16 | len(reply))  # both sizes given (see sync_stats)
-                if now >= entry.prefetch_at:
+                if entry.prefetch is not None:
                     self._prefetch(entry, data, now, slot)
                 # One dict update counts the request, the response, the cache
                 # hit, the DO bit, the duration bucket and both sizes, by
@@ -373,20 +386,23 @@ class QueryHandler:
             return wire.error_response(data, wire.NOTIMP, question.end, edns)
         if edns is not None and edns[1] != 0:
             # RFC 6891 section 6.1.3: an unknown EDNS version gets BADVERS.
-            return wire.error_response(data, wire.BADVERS, question.end, (0, 0, edns[2]))
+            # node-cache's BADVERS carries an OPT of size 0, DO clear.
+            return wire.error_response(data, wire.BADVERS, question.end, (0, 0, False))
         if question.qclass != wire.CLASS_IN or question.qtype in (_QTYPE_AXFR, _QTYPE_IXFR):
             return wire.error_response(data, wire.REFUSED, question.end, edns)
         lower = question.key_name
         zone = self.route(lower)
         if zone is None:
             return wire.error_response(data, wire.REFUSED, question.end, edns)
+        if edns is not None and edns[0] > zone.udp_cap:
+            edns = (zone.udp_cap, edns[1], edns[2])  # bufsize lowers it, as in CoreDNS
         if lower in self.loop_probes:
             self.loop_probes[lower] += 1
         do = bool(edns and edns[2])
         cd = bool(question.flags & wire.CD)
         key = cache_key(lower, data[question.end - 4:question.end], do=do, cd=cd)
-        limit = wire.MAX_MESSAGE if slot & 2 else min(edns[0] if edns else wire.MAX_UDP_PLAIN,
-                                                        zone.udp_cap)
+        limit = wire.MAX_MESSAGE if slot & 2 else min(max(edns[0], _MAX_PLAIN) if edns
+                                                        else _MAX_PLAIN, zone.udp_cap)
         miss = Miss(zone, key, data, question.qname, question.qtype, question.qclass,
                     question.end, edns, cd, limit, slot, started, options=question.options)
         return self._decide(miss, lower, now, addr)
@@ -469,14 +485,23 @@ class QueryHandler:
             zone = zones.get(b"\x00")
             if zone is None:
                 return self._slow(data, now, slot, addr, started)
-        edns = (limit if not slot & 2 else max(data[end + 3] << 8 | data[end + 4], _MAX_PLAIN), 0,
-                bool(do)) if data[11] else None
+        edns = (min(data[end + 3] << 8 | data[end + 4], zone.udp_cap), 0, bool(do)) \
+            if data[11] else None
         if not slot & 2:
             limit = min(limit, zone.udp_cap)
         miss = Miss(zone, key, data, data[12:name_end], data[name_end] << 8 | data[name_end + 1],
                     wire.CLASS_IN, end, edns, bool(data[3] & 0x10), limit, slot, started,
                     options=data[end + 11:])
         return self._decide(miss, key[:name_end - 12], now, addr, True)
+
+    def _bufsize_head(self, data: bytes, end: int) -> bytes:
+        """The hit path's OPT head (owner, type, size) with the size ``bufsize`` lowers
+        the client's to (CoreDNS's bufsize rewrites the query before the cache sees it)."""
+        zone = self.route(data[12:end - 4].lower())
+        size = data[end + 3] << 8 | data[end + 4]
+        if zone is None or size <= zone.udp_cap:
+            return data[end:end + 5]
+        return data[end:end + 3] + struct.pack("!H", zone.udp_cap)
 
     def _udp_cap(self, entry: Entry) -> int:
         """The largest UDP reply of the zone serving ``entry``, bytes (``bufsize``)."""
@@ -693,8 +718,12 @@ class QueryHandler:
         entry = outcome.entry
         if entry is not None and miss.zone.cache is not None:
             # the common miss: counted as the hit path counts, in one dict update
-            return self._finish(miss, self._from_entry(miss, entry, now), addr, response.rcode,
-                                "cache", stored=entry)
+            reply = self._from_entry(miss, entry, now)
+            if not response.flags & wire.AA:
+                # CoreDNS's cache sets AA on what it serves from store, not on the
+                # upstream answer it passes on while storing it.
+                reply = reply[:2] + bytes((reply[2] & ~(wire.AA >> 8),)) + reply[3:]
+            return self._finish(miss, reply, addr, response.rcode, "cache", stored=entry)
         if entry is not None:
             reply = self._from_entry(miss, entry, now)
         elif response.rcode == wire.SERVFAIL and miss.stale is not None:
@@ -738,13 +767,13 @@ class QueryHandler:
     def _from_entry(self, miss: Miss, entry: Entry, now: float, stale: bool = False) -> bytes:
         data = miss.query
         if stale:
-            ttl = STALE_TTL
+            body = entry.body_with(STALE_TTL)
+        elif now < entry.body_until or entry.renew(now):
+            body = entry.body  # as on the hit path: built once per TTL value
         else:
-            ttl = entry.ttl if entry.keep else entry.remaining(now)
-        # As on the hit path: the body is built once per TTL value.
-        body = entry.last_body if ttl == entry.body_ttl else entry.body(ttl)
+            body = entry.body_with(0)
         if miss.edns:
-            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+            opt = _opt(miss.edns)
             header = (data[2] & 1) | 2
         else:
             opt = b""
@@ -764,7 +793,7 @@ class QueryHandler:
             flags |= response.flags & wire.AD
         opt = b""
         if miss.edns:
-            opt = _OPT_DO if miss.edns[2] else _OPT_PLAIN
+            opt = _opt(miss.edns)
         header = struct.pack("!HHHHH", flags & 0xFFFF, 1, response.ancount, response.nscount,
                              response.arcount + (1 if opt else 0))
         body = b"".join(data[r.start:r.end] for r in records)
@@ -845,7 +874,7 @@ def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, 
         stats = zone.stats_for(slot)
         counted[id(stats)] = stats, counted.get(id(stats), (stats, 0))[1] + count
         proto = SLOT_PROTO[slot & 3]
-        rcode, positive, qtype, question, records, do = tag
+        rcode, kind, qtype, question, records, do = tag
         stats.requests[(proto, SLOT_FAMILY[slot & 3], _type_name(qtype))] += count
         stats.responses[(wire.rcode_name(rcode), "cache")] += count
         stats.duration.counts[bucket] += count
@@ -859,12 +888,12 @@ def _fold(zone: Zone, tally: Tally, hits: bool) -> dict[int, tuple[ServerStats, 
             # stored records, and our OPT if the query had one.
             request = sizes
             response = 12 + question + records \
-                + (len(_OPT_PLAIN) if sizes > 12 + question else 0)
+                + (_OPT_LEN if sizes > 12 + question else 0)
         stats.request_size[proto].observe(request, count)
         stats.response_size[proto].observe(response, count)
         cache_stats = zone.cache_stats_for(slot)
         if hits and cache_stats is not None:
-            if positive:
+            if not kind:  # SUCCESS, in KINDS
                 cache_stats.hits_success += count
             else:
                 cache_stats.hits_denial += count

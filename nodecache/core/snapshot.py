@@ -77,8 +77,9 @@ def dump(entries: Iterable[tuple[str, Entry]], now: float, wall: float) -> bytes
                            max(0.0, now - entry.stored), 1 if entry.keep else 0)]
         for header in entry.headers:
             out += [bytes((len(header),)), header]
-        out.append(struct.pack("!H", len(entry.variants)))
-        for segments in entry.variants:
+        variants = entry.segments()
+        out.append(struct.pack("!H", len(variants)))
+        for segments in variants:
             out.append(struct.pack("!H", len(segments)))
             for segment in segments:
                 out += [struct.pack("!I", len(segment)), segment]
@@ -147,8 +148,8 @@ def load(data: bytes, now: float, wall: float) -> list[Restored]:
                 variants.append(tuple(reader.take(reader.u32()) for _ in range(reader.u16())))
             if not variants or len(key) < 5 or any(len(h) != 10 for h in headers):
                 raise SnapshotError("malformed entry")
-            entry = Entry(key, _KINDS[kind], rcode, headers, tuple(variants), ttl, now - age - gap,
-                          bool(keep))
+            entry = Entry.from_segments(key, _KINDS[kind], rcode, headers, tuple(variants), ttl,
+                                        now - age - gap, bool(keep))
             restored.append(Restored(zone, entry))
     except (IndexError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"malformed entry: {exc}") from None

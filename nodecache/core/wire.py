@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nodecache.errors import ClientProtocolError
 
@@ -53,7 +54,9 @@ class Question:
     #: Offset just past the question (QNAME, QTYPE, QCLASS).
     end: int
     flags: int
-    #: Client EDNS: None without OPT, else (payload size, version, DO bit).
+    #: Client EDNS: None without OPT, else (payload size as sent, version, DO bit);
+    #: the size is echoed in our OPT, as CoreDNS's ``SizeAndDo`` does, and read as
+    #: at least 512 where it limits a reply (RFC 6891 section 6.2.5).
     edns: tuple[int, int, bool] | None
     #: The client OPT's RDATA: its EDNS options as sent (RFC 6891 section 6.1.2).
     options: bytes = b""
@@ -201,7 +204,7 @@ def parse_query(data: bytes) -> Question:
                 # RFC 6891 section 6.1.1: one OPT, in the additional section, owner root.
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
                     raise ClientProtocolError("misplaced or repeated OPT record")
-                edns = (max(rclass, MAX_UDP_PLAIN), (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
+                edns = (rclass, (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
                 options = data[offset - rdlength:offset]
     except ValueError as exc:
         raise ClientProtocolError(str(exc)) from None
@@ -223,6 +226,7 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
 
     ``question_end`` is None when the question could not be read; the reply
     then carries no question (QDCOUNT 0), as FORMERR replies may.
+    ``edns`` is the client's (:attr:`Question.edns`): the OPT echoes its size and DO bit.
     ``rcode`` may be an extended RCODE (e.g. BADVERS), split per RFC 6891 section 6.1.3.
     """
     qid, flags = struct.unpack_from("!HH", data)
@@ -230,7 +234,7 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
     question = data[HEADER_LEN:question_end] if question_end else b""
     additional = b""
     if edns is not None:
-        additional = opt_record(edns[2], ext_rcode=rcode >> 4)
+        additional = opt_record(edns[2], edns[0], ext_rcode=rcode >> 4)
     header = _HEADER.pack(qid, flags, 1 if question else 0, 0, 0, 1 if additional else 0)
     return header + question + additional
 
@@ -270,8 +274,7 @@ def query_from(question: bytes, *, do: bool, cd: bool, options: bytes = b"",
     return _QUERY_HEADS[cd] + question + opt
 
 
-@dataclass(slots=True)
-class Record:
+class Record(NamedTuple):
     """Where one resource record sits in a message."""
 
     start: int
@@ -282,8 +285,7 @@ class Record:
     end: int
 
 
-@dataclass(slots=True)
-class Response:
+class Response(NamedTuple):
     """An upstream answer, indexed (not decoded), with what caching it needs."""
 
     flags: int
@@ -320,6 +322,11 @@ class Response:
     @property
     def additional(self) -> list[Record]:
         return self.records[self.ancount + self.nscount:]
+
+
+#: Record and Response built as the tuples they are: a NamedTuple's own
+#: constructor is a Python call, this is not (about 0.15 us less a record).
+_new_tuple = tuple.__new__
 
 
 def index_response(data: bytes, question_end: int = 0) -> Response:
@@ -366,7 +373,7 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
             raise ValueError("RDATA runs past the message")
         if rtype in _RDATA_NAMES:
             _check_rdata(data, rtype, offset + 10, end)
-        record = Record(start, rtype, ttl, offset + 4, end)
+        record = _new_tuple(Record, (start, rtype, ttl, offset + 4, end))
         offset = end
         if rtype == TYPE_OPT:
             opt = record
@@ -385,8 +392,8 @@ def index_response(data: bytes, question_end: int = 0) -> Response:
         raise ValueError("trailing bytes")
     rcode = (ext_rcode << 4) | (flags & 0xF)
     length = size - question_end - (opt.end - opt.start if opt is not None else 0)
-    return Response(flags, rcode, question_end, records, ancount - misplaced_an,
-                    nscount - misplaced_ns, opt, min_ttl, soa, length)
+    return _new_tuple(Response, (flags, rcode, question_end, records, ancount - misplaced_an,
+                                 nscount - misplaced_ns, opt, min_ttl, soa, length))
 
 
 def zone_to_wire(zone: str) -> bytes:

@@ -73,7 +73,7 @@ async def test_udp_answers_fit_the_client_buffer(name: str, payload: int | None,
             assert len(addresses) == (limit - len(query.to_wire())) // 16
             assert set(addresses) <= set(RECORDS[f"{name} A"])
             assert (reply.edns >= 0) == (payload is not None)
-            assert payload is None or reply.payload == OUR_UDP_PAYLOAD
+            assert payload is None or reply.payload == payload
             # The client's TCP retry gets everything.
             full = await kit.query(name, tcp=True, **kwargs)
             assert not full.flags & dns.flags.TC
@@ -98,14 +98,14 @@ OPT_CASES = [
 @pytest.mark.parametrize("kwargs,version", [c[1:] for c in OPT_CASES],
                          ids=[c[0] for c in OPT_CASES])
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-async def test_opt_echoed_with_our_size(kwargs: dict, version: int, tcp: bool) -> None:
+async def test_opt_echoes_the_clients_size(kwargs: dict, version: int, tcp: bool) -> None:
     async with FakeUpstream(sized) as up, AgentKit(corefile(up.port)) as kit:
         for _ in range(2):  # miss, then hit
             reply = await kit.query("small.example.", tcp=tcp, **kwargs)
             assert reply.rcode() == dns.rcode.NOERROR
             assert reply.edns == version
             if version >= 0:
-                assert reply.payload == OUR_UDP_PAYLOAD
+                assert reply.payload == kwargs.get("payload", 1232)  # node-cache's echo
                 assert bool(reply.ednsflags & dns.flags.DO) == bool(kwargs.get("dnssec"))
                 assert len(reply.additional) == 0  # the OPT is not an additional RR
         assert len(up.queries) == 1
@@ -129,7 +129,7 @@ async def test_unknown_edns_version_gets_badvers(version: int) -> None:
 
 async def test_client_edns_options_go_upstream_and_replies_keep_our_opt() -> None:
     # CoreDNS's forward passes the client's options on; the cache key ignores
-    # them, and the reply's OPT is ours (no options echoed back).
+    # them, and the reply's OPT is ours (the client's size, no options echoed back).
     subnet = dns.edns.ECSOption("192.0.2.0", 24)
     cookie = dns.edns.GenericOption(10, b"\x01\x02\x03\x04\x05\x06\x07\x08")
     async with FakeUpstream(sized) as up, AgentKit(corefile(up.port)) as kit:
@@ -137,7 +137,7 @@ async def test_client_edns_options_go_upstream_and_replies_keep_our_opt() -> Non
             query = dns.message.make_query(name, "A", use_edns=0, payload=4096, options=options)
             reply = await kit.ask(query)
             assert reply is not None and reply.rcode() == dns.rcode.NOERROR
-            assert not reply.options and reply.payload == OUR_UDP_PAYLOAD
+            assert not reply.options and reply.payload == 4096
         # strict parse: the slow path passes options on too
         query = dns.message.make_query("small.example.", "TXT", use_edns=0, options=[cookie])
         query.flags |= dns.flags.AD

@@ -9,18 +9,20 @@ import dns.rcode
 import pytest
 
 from nodecache.core import snapshot
-from nodecache.core.cache import Entry, Kind
+from nodecache.core.cache import Entry, Kind, RotatingEntry
 from tests.kit.agentkit import AgentKit
 from tests.kit.answers import ttls
+from tests.kit.coredriver import Driver, answer_a
 from tests.kit.fakeupstream import FakeUpstream
+from tests.kit.queries import make_query
 
 NAMES = [f"n{i}.example." for i in range(200)]
 
 
 def entry(key: bytes = b"\x01a\x00\x00\x01\x00\x01", stored: float = 100.0) -> Entry:
     headers = tuple(bytes(10) for _ in range(4))
-    return Entry(key, Kind.SUCCESS, 0, headers, ((b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"),),
-                 300, stored)
+    return Entry.from_segments(key, Kind.SUCCESS, 0, headers,
+                               ((b"\xc0\x0c\x00\x01\x00\x01", b"\x00\x04\x0a\x00\x00\x01"),), 300, stored)
 
 
 def test_round_trip_keeps_aging() -> None:
@@ -29,8 +31,30 @@ def test_round_trip_keeps_aging() -> None:
     (item,) = snapshot.load(data, now=7.0, wall=5030.0)
     assert item.zone == "example.@53"
     assert item.entry.remaining(7.0) == 300 - 60 - 30
-    assert item.entry.variants == entry().variants
+    assert item.entry.segments() == entry().segments()
     assert item.entry.kind is Kind.SUCCESS
+
+
+@pytest.mark.parametrize("options", ["", "    loadbalance\n", "    cache 30 {\n keepttl\n }\n"])
+def test_round_trip_keeps_every_entry_shape(options: str) -> None:
+    """Three A records, plain, rotated by loadbalance, or with keepttl: restored, the
+    entry answers as the stored one did."""
+    cache = "" if "cache" in options else "    cache 30\n"
+    corefile = f"cluster.local:53 {{\n{cache}{options}    forward . 127.0.0.1\n}}\n"
+    d = Driver(corefile, answer_a(20, "10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    d.ask(make_query("svc.cluster.local."))
+    (stored,) = d.handler.index.values()
+    assert stored.keep == ("keepttl" in options)
+    assert isinstance(stored, RotatingEntry) == ("loadbalance" in options)
+    data = snapshot.dump([("cluster.local.@53", stored)], now=d.now + 5.0, wall=500.0)
+    (item,) = snapshot.load(data, now=d.now + 5.0, wall=500.0)
+    restored = item.entry
+    assert type(restored) is type(stored) and restored.tag is stored.tag
+    assert restored.kind is Kind.SUCCESS and restored.keep == stored.keep
+    assert sorted(restored.segments()) == sorted(stored.segments())
+    assert restored.renew(d.now + 5.0) and stored.renew(d.now + 5.0)
+    assert restored.remaining(d.now + 5.0) == 15
+    assert {restored.body_with(9) for _ in range(3)} == {stored.body_with(9) for _ in range(3)}
 
 
 @pytest.mark.parametrize("mangle", [

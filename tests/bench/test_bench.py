@@ -165,6 +165,9 @@ def test_core_micro_benchmark_drives_the_handler() -> None:
         assert 0 < res[kind]["best_us"] <= res[kind]["median_us"] < 1e5, res[kind]
     assert list(res["miss_stages_us"]) == ["handle", "upstream_query", "send", "receive", "absorb", "reply"]
     assert all(v > 0 for v in res["miss_stages_us"].values())
+    # bytes a stored name holds: the entry, its key and body, the store's and the index's slots
+    assert res["memory"]["names"] == 10_000 and 150 < res["memory"]["bytes_per_name"] < 4000, res["memory"]
+    assert any(where.startswith("nodecache/core/") for where, _ in res["memory"]["by_line"]), res["memory"]
 
 
 def test_core_micro_benchmark_measures_another_tree(tmp_path: Path) -> None:
@@ -188,6 +191,13 @@ def test_bench_run_stops_at_once_without_a_virtualenv(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
+def _memory_controller() -> bool:
+    """Whether this machine lets the bench make memory cgroups (v2 with the controller, or v1)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    return ("memory" in v2.read_text().split()) if v2.exists() \
+        else Path("/sys/fs/cgroup/memory/memory.usage_in_bytes").exists()
+
+
 @pytest.mark.timeout(180)
 def test_missrate_on_loopback_measures_every_cache() -> None:
     """``bench/run --missrate``: nodecache, node-cache (its build beside the project), unbound
@@ -198,8 +208,16 @@ def test_missrate_on_loopback_measures_every_cache() -> None:
     cp = subprocess.run([str(ROOT / "bench" / "run"), "--missrate", "--names", "2000", "--light", "100",
                          "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
+    first, _, rest = cp.stdout.partition("\n\n")
+    rows = [line.split("|")[1:-1] for line in first.splitlines() if line.startswith("| ")]
     assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound", "miss-floor"]
+    # each cache's memory cgroup after the burst: working set, anon, file, kernel, sock (slab on v2)
+    cgroup = [line.split("|")[1:-1] for line in rest.splitlines() if line.startswith("| ")]
+    assert [cells[0].strip() for cells in cgroup] == (
+        ["nodecache", "node-cache", "unbound", "miss-floor"] if _memory_controller() else []), rest
+    for cells in cgroup:
+        working_set, anon = float(cells[1]), float(cells[2])
+        assert 1 < working_set < 500 and 0 < anon <= working_set + 0.1, cells
     for cells in rows[1:]:  # misses/s, CPU, latency, PSS, RSS; CPU counts 10 ms ticks, so it may read 0
         values = [float(c.strip().replace(",", "")) for c in cells[1:]]
         assert len(values) == 5 and values[1] >= 0 and all(v > 0 for v in values[:1] + values[2:]), cells

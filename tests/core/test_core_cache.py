@@ -12,6 +12,7 @@ import dns.rdatatype
 import pytest
 
 from nodecache.config.settings import CacheSettings
+from nodecache.core import wire
 from nodecache.core.cache import BlockCache, Entry, Kind
 from nodecache.core.handler import Miss
 from nodecache.core.stats import CacheStats
@@ -21,7 +22,7 @@ from tests.kit.queries import make_query
 
 
 def entry(key: str, kind: Kind = Kind.SUCCESS) -> Entry:
-    return Entry(key.encode(), kind, 0, (b"",) * 4, ((b"",),), 30, 0.0)
+    return Entry.from_segments(key.encode(), kind, 0, (b"",) * 4, ((b"",),), 30, 0.0)
 
 
 # puts in order (key, kind) -> keys left in the success store, in the denial store,
@@ -36,6 +37,9 @@ CASES = [
      "b", "cd", (0, 1)),
     # a key changing class leaves the other store
     ([("a", Kind.SUCCESS), ("a", Kind.DENIAL)], "", "a", (0, 0)),
+    # replaced again and again: the older copies are no entries to evict
+    ([("a", Kind.SUCCESS), ("b", Kind.SUCCESS), ("a", Kind.SUCCESS), ("a", Kind.SUCCESS),
+      ("b", Kind.SUCCESS), ("a", Kind.SUCCESS), ("c", Kind.SUCCESS)], "ac", "", (1, 0)),
 ]
 
 
@@ -55,6 +59,17 @@ def test_capacity_and_eviction(puts: list[tuple[str, Kind]], success: str, denia
     assert sorted(index) == sorted(k.encode() for k in success + denial)
     assert (stats.entries_success, stats.entries_denial) == (len(success), len(denial))
     assert all(e.cache is cache for e in index.values())  # the cache holds what it stores
+
+
+def test_replaced_entries_do_not_pile_up() -> None:
+    """The store's eviction order forgets replaced entries: memory follows the capacity."""
+    cache = BlockCache(CacheSettings(success_capacity=2), CacheStats("dns://:53", "."), (".",),
+                       lambda e: None, lambda e: None)
+    for n in range(1000):
+        cache.put(entry("ab"[n % 2]), 0.0)
+    assert len(cache.success.order) < 100
+    cache.put(entry("c"), 0.0)  # b was put last: a goes
+    assert list(cache.success) == [b"b", b"c"]
 
 
 def test_entries_know_their_cache_not_a_zone() -> None:
@@ -155,6 +170,29 @@ def test_ttl_counts_down(offset: float, expected: int | None) -> None:
         return
     assert isinstance(result, bytes) and result[:2] == b"\x00\x07"
     assert ttls(dns.message.from_wire(result)) == [expected]
+
+
+@pytest.mark.parametrize("cache,addresses,expected", [
+    ("cache 30", ("10.0.0.1",), [10, 10, 9, 9, 6, 1]),
+    ("cache 30", ("10.0.0.1", "10.0.0.2", "10.0.0.3"), [10, 10, 9, 9, 6, 1]),
+    ("cache 30 {\n keepttl\n }", ("10.0.0.1", "10.0.0.2"), [10] * 6),
+])
+def test_ttl_counts_down_hit_after_hit(cache: str, addresses: tuple[str, ...],
+                                       expected: list[int]) -> None:
+    """One entry asked again and again: the body built for one second is rebuilt for the next."""
+    d = Driver(_block(cache), answer_a(10, *addresses))
+    d.ask(make_query(SVC))
+    stored = d.now
+    seen = []
+    for offset in (0.2, 0.9, 1.0, 1.7, 4.2, 9.9):
+        reply = d.handler.handle(make_query(SVC).to_wire(), stored + offset, 0)
+        assert isinstance(reply, bytes)
+        message = dns.message.from_wire(reply)
+        assert sorted(r.address for r in message.answer[0]) == sorted(addresses)
+        (ttl,) = {r.ttl for r in wire.index_response(reply).records}  # each record's own
+        seen.append(ttl)
+    assert seen == expected
+    assert isinstance(d.handler.handle(make_query(SVC).to_wire(), stored + 10.0, 0), Miss)
 
 
 # (first query, second query, share one entry?): the key is the lower-cased name,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -60,13 +61,62 @@ def test_reply_echoes_id_and_exact_case() -> None:
     assert len(d.upstream_queries) == 1
 
 
-def test_edns_reply_has_our_opt_and_do_echo() -> None:
+# (payload the client sends, DO, over TCP): node-cache echoes the size as sent, below
+# 512 and over TCP too (CoreDNS's SizeAndDo); the limit of a reply stays >= 512.
+EDNS_ECHO_CASES = [(4096, False, False), (700, True, False), (100, False, False),
+                   (1232, True, True), (100, False, True)]
+
+
+@pytest.mark.parametrize("payload,do,tcp", EDNS_ECHO_CASES)
+def test_edns_reply_echoes_the_clients_size_and_do(payload: int, do: bool, tcp: bool) -> None:
     d = Driver(CLUSTER, answer_a())
-    for query in (make_query(SVC, edns=0, payload=4096), make_query(SVC, dnssec=True)):
-        reply = d.ask(query)
-        assert reply.edns == 0 and reply.payload == wire.OUR_UDP_PAYLOAD
-        assert bool(reply.ednsflags & dns.flags.DO) == bool(query.ednsflags & dns.flags.DO)
-    assert d.ask(make_query(SVC)).edns == -1
+    query = make_query(SVC, edns=0, payload=payload, dnssec=do)
+    with_option = make_query(SVC, edns=0, payload=payload, dnssec=do)
+    with_option.use_edns(0, query.ednsflags, payload, options=[dns.edns.GenericOption(65001, b"x")])
+    outside = make_query("svc.example.", edns=0, payload=payload, dnssec=do)
+    # the miss, the hit path's hit, the strict parse's hit (an option), a failure, a refusal
+    replies = [d.ask(query, tcp=tcp), d.ask(query, tcp=tcp), d.ask(with_option, tcp=tcp),
+               d.ask(make_query("down." + SVC, edns=0, payload=payload, dnssec=do), tcp=tcp,
+                     fail=UpstreamError("down")),
+               d.ask(outside, tcp=tcp)]
+    rcodes = [r.rcode() if r else None for r in replies]
+    assert rcodes == [0, 0, 0, dns.rcode.SERVFAIL, dns.rcode.REFUSED]
+    for reply in replies:
+        assert reply is not None and reply.edns == 0 and reply.payload == payload
+        assert bool(reply.ednsflags & dns.flags.DO) == do and not reply.options
+    assert d.ask(make_query(SVC), tcp=tcp).edns == -1
+
+
+@pytest.mark.parametrize("payload", [700, 4096])
+def test_bufsize_lowers_the_size_echoed(payload: int) -> None:
+    d = Driver(CLUSTER.replace("    forward", "    bufsize 1100\n    forward"), answer_a())
+    query = make_query(SVC, edns=0, payload=payload)
+    for reply in (d.ask(query), d.ask(query), d.ask(query, tcp=True)):  # miss, hit, TCP hit
+        assert reply is not None and reply.payload == min(payload, 1100)
+
+
+def test_badvers_opt_has_size_0_and_no_do() -> None:
+    """As node-cache's: the OPT of a BADVERS reply says size 0, DO clear."""
+    reply = Driver(CLUSTER, answer_a()).ask(make_query(SVC, edns=1, payload=4096, dnssec=True))
+    assert reply is not None and reply.rcode() == dns.rcode.BADVERS
+    assert reply.payload == 0 and not reply.ednsflags & dns.flags.DO
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NOERROR, dns.rcode.SERVFAIL])
+@pytest.mark.parametrize("upstream_aa", [False, True])
+def test_aa_is_the_upstreams_on_the_miss_and_set_on_hits(rcode: int, upstream_aa: bool) -> None:
+    """CoreDNS's cache passes the upstream's header on while storing, and sets AA on
+    what it serves from store."""
+    def upstream(q: dns.message.Message) -> dns.message.Message:
+        r = answer_a()(q) if rcode == dns.rcode.NOERROR else dns.message.make_response(q)
+        r.set_rcode(rcode)
+        r.flags = r.flags & ~dns.flags.AA | (dns.flags.AA if upstream_aa else 0)
+        return r
+    d = Driver(CLUSTER, upstream)
+    miss, hit = d.ask(make_query(SVC)), d.ask(make_query(SVC))
+    assert miss is not None and hit is not None and miss.rcode() == hit.rcode() == rcode
+    assert bool(miss.flags & dns.flags.AA) == upstream_aa and hit.flags & dns.flags.AA
+    assert len(d.upstream_queries) == 1  # the second was a hit
 
 
 def test_udp_truncation_and_tcp_full_answer() -> None:

@@ -11,7 +11,7 @@ BASE = "cluster.local:53 {\n cache 30\n forward . 10.0.0.1\n}\n.:53 {\n cache 30
 
 
 def entry(key: bytes) -> Entry:
-    return Entry(key, Kind.SUCCESS, 0, (b"",) * 4, ((b"",),), 30, 0.0)
+    return Entry.from_segments(key, Kind.SUCCESS, 0, (b"",) * 4, ((b"",),), 30, 0.0)
 
 
 # the new Corefile -> (cluster.local zone kept, its cache kept)

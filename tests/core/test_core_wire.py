@@ -26,7 +26,7 @@ def test_parse_plain_query_from_hex() -> None:
 
 @pytest.mark.parametrize("kw, edns", [
     ({"edns": 0, "payload": 1232}, (1232, 0, False)),
-    ({"edns": 0, "payload": 100}, (512, 0, False)),  # below 512 counts as 512 (RFC 6891 6.2.5)
+    ({"edns": 0, "payload": 100}, (100, 0, False)),  # as sent; limits read it as 512
     ({"edns": 0, "dnssec": True}, (1232, 0, True)),
     ({"edns": 1}, (1232, 1, False)),
 ])

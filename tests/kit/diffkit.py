@@ -16,8 +16,9 @@ What it does:
 * :meth:`Pair.check` sends the same query to both, twice (the second answer
   comes from the cache), and asserts that the replies are equal after
   normalising: TTLs are dropped, records sorted within each section, the
-  OPT record and the RA flag left out (nodecache sets RA on replies it
-  makes itself; it carries no meaning for a stub).
+  RA flag left out (nodecache sets RA on replies it makes itself; it
+  carries no meaning for a stub). Of the OPT record, its version, UDP size
+  and DO bit are compared (both echo the client's size).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ class Zone(FakeUpstream):
 
 
 def normalise(message: dns.message.Message | None) -> Any:
-    """What is compared: RCODE, flags but RA, question, and each section without TTLs."""
+    """What is compared: RCODE, flags but RA, question, EDNS (version, size, DO) and
+    each section without TTLs."""
     if message is None:
         return None
     flags = dns.flags.to_text(message.flags & ~dns.flags.RA)
@@ -94,7 +96,9 @@ def normalise(message: dns.message.Message | None) -> Any:
                          for rrset in section for rdata in rrset)
         sections.append(records)
     question = [q.to_text() for q in message.question]
-    return (dns.rcode.to_text(message.rcode()), flags, question, *sections)
+    edns = (message.edns, message.payload, bool(message.ednsflags & dns.flags.DO)) \
+        if message.edns >= 0 else None
+    return (dns.rcode.to_text(message.rcode()), flags, question, edns, *sections)
 
 
 def _canonical(rdata: dns.rdata.Rdata) -> str:
@@ -160,17 +164,19 @@ class Pair:
         return await self.kit.ask(query, tcp=tcp)
 
     async def both(self, name: str, rdtype: str = "A", *, tcp: bool = False,
-                   edns: int | None = 0) -> tuple[dns.message.Message | None,
-                                                  dns.message.Message | None]:
-        query = make_query(name, rdtype, edns=edns)
-        return await self.ours(query, tcp), await self.reference(query, tcp)
+                   edns: int | None = 0, **query: Any) -> tuple[dns.message.Message | None,
+                                                                dns.message.Message | None]:
+        """Ask both; ``query``: more of :func:`make_query`'s arguments (payload, dnssec)."""
+        message = make_query(name, rdtype, edns=edns, **query)
+        return await self.ours(message, tcp), await self.reference(message, tcp)
 
     async def check(self, name: str, rdtype: str = "A", *, tcp: bool = False,
-                    edns: int | None = 0, times: int = 2) -> dns.message.Message | None:
+                    edns: int | None = 0, times: int = 2,
+                    **query: Any) -> dns.message.Message | None:
         """Assert both answer alike, ``times`` times in a row; nodecache's last answer."""
         ours = None
         for attempt in range(times):
-            ours, theirs = await self.both(name, rdtype, tcp=tcp, edns=edns)
+            ours, theirs = await self.both(name, rdtype, tcp=tcp, edns=edns, **query)
             assert theirs is not None, f"node-cache did not answer {name} {rdtype}"
             assert normalise(ours) == normalise(theirs), \
                 f"{name} {rdtype} (query {attempt + 1}):\nnodecache:\n{ours}\n\nnode-cache:\n{theirs}"
