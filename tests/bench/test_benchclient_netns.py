@@ -45,10 +45,16 @@ def _run_client(topo: T.Topology, work: Path, out: Path, *args: str) -> subproce
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=S._env())
 
 
-def _close(ours: float, theirs: float) -> bool:
+def _close(ours: float, theirs: float | tuple[float, float]) -> bool:
     """Within 0.3 ms or 60 % of each other: the same thing measured by two tools on a
-    loaded two-core machine."""
-    return abs(ours - theirs) <= max(0.3, 0.6 * min(ours, theirs))
+    loaded two-core machine. ``theirs`` may be a range (low, high): the reference tool's
+    figure for a warm cache and for one where negative answers may have expired."""
+    low, high = theirs if isinstance(theirs, tuple) else (theirs, theirs)
+    low, high = min(low, high), max(low, high)
+    if low <= ours <= high:
+        return True
+    near = low if ours < low else high
+    return abs(ours - near) <= max(0.3, 0.6 * min(ours, near))
 
 
 @pytest.mark.privileged
@@ -128,7 +134,7 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: Cluster, tmp_path: Pat
     one_phase = ["--walk-max", "0", "--names-file", str(names), "--sample", "600", "--rate", str(RATE),
                  "--lookups-file", str(lookups_file), "--lookups", str(len(lookups)), "--lookup-types", "A",
                  "--lookup-rate", "200", "--misses", "600"]
-    pairs: dict[str, list[tuple[float, float]]] = {}
+    pairs: dict[str, list[tuple[float, float | tuple[float, float]]]] = {}
     ref = with_ref["targets"]["ref-node-cache"]
     for label, addr, t in (("kube-dns", KUBE_DNS_SERVICE, kd), ("node-cache", T.NODECACHE_IP, nc),
                            ("ref-node-cache", T.NODE_CACHE_IP, ref)):
@@ -160,7 +166,7 @@ def test_bench_client_in_the_pod_matches_dnsperf(cluster: Cluster, tmp_path: Pat
     # that, the fastest try of each tool does (beside two busy loops one pair read 1.08
     # against 5.02 ms, the next 2.18 against 0.49).
     bad = {k: v for k, v in pairs.items() if "not checked" not in k and not _close(*v[-1])
-           and not _close(min(o for o, _ in v), min(t for _, t in v))}
+           and not _close(min(o for o, _ in v), min(_low(t) for _, t in v))}
     assert not bad, f"bench-client and dnsperf disagree beyond the margin: {bad}"
 
 
@@ -171,14 +177,23 @@ def _get(d: Any, path: tuple[str, ...]) -> float:
     return d
 
 
+def _low(theirs: float | tuple[float, float]) -> float:
+    return min(theirs) if isinstance(theirs, tuple) else theirs
+
+
 def _reference(topo: T.Topology, work: Path, addr: str, phase: str, names: Path, lookups: Path,
-               attempt: int) -> float:
-    """p50 (ms) of the same phase measured by bench/'s tools: dnsperf paced at RATE, or the probe."""
-    if phase == "searchpath":  # the second pass, as ours: negative answers may have expired
-        probe(topo.pod, "searchpath", addr, lookups, "--search", SEARCH)
-        sp = probe(topo.pod, "searchpath", addr, lookups, "--search", SEARCH)
-        assert sp["failures"] <= 1
-        return float(summary_ms(sp["lookups_s"])["p50"])
+               attempt: int) -> float | tuple[float, float]:
+    """p50 (ms) of the same phase measured by bench/'s tools: dnsperf paced at RATE, or the probe.
+
+    The search path is probed twice: the second pass finds every answer cached, the first
+    may find negative answers expired (their TTL is short, and how many expired since
+    bench-client's own passes depends on how busy the machine was): (second, first).
+    """
+    if phase == "searchpath":
+        passes = [probe(topo.pod, "searchpath", addr, lookups, "--search", SEARCH) for _ in range(2)]
+        assert passes[1]["failures"] <= 1
+        first, second = (float(summary_ms(sp["lookups_s"])["p50"]) for sp in passes)
+        return second, first
     if phase == "miss":  # fresh names, as ours are
         names = Z.write_queries(work / f"fresh-{attempt}.txt", Z.pod_names(f"bcref{attempt}", 600))
     r = dnsperf(topo.pod, addr, names, LATENCY_ARGS, verbose=True)
