@@ -314,5 +314,8 @@ def test_a_flood_of_unique_names_from_one_source_does_not_starve_another(
     # p99 < 0.1 s, failed 3 runs in 3 with two busy loops beside the test.)
     assert prompt(on) >= 0.8 and on["after"][1] == on["after"][0], report
     # The reference, same flood on the same machine: more than the agent answers, so
-    # that without shedding the victim's queries wait behind it or are lost.
-    assert prompt(off) <= 0.5, report
+    # that without shedding the victim's queries wait behind it or are lost. On a busy
+    # machine they come later than PROMPT; on a quiet one they may come within it
+    # (131-250 ms), but the victim, one query at a time, gets a few through where with
+    # shedding it gets hundreds (7 against 326).
+    assert prompt(off) <= 0.5 or on["answered"] >= 5 * max(1, off["answered"]), report
