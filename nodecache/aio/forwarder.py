@@ -201,8 +201,9 @@ class _UpstreamState:
         self.loop = fwd._loop
         self.upstream = upstream
         self.name = str(upstream)
-        #: The upstream's part of its answers' tally keys (``ForwardStats.answers``).
-        self.answer_base = fwd.stats.upstream_index(self.name) << ANSWER_UPSTREAM_SHIFT
+        #: The upstream's index in ``ForwardStats``, and its part of its answers' tally keys.
+        self.index = fwd.stats.upstream_index(self.name)
+        self.answer_base = self.index << ANSWER_UPSTREAM_SHIFT
         self.addr = (upstream.host, upstream.port)
         self.family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
         self.health = _policy.UpstreamHealth()
@@ -237,6 +238,7 @@ class _UpstreamState:
                     continue
                 # the try ends with its answer: the connection already forgot it, the
                 # deadline queue drops it lazily (below), ForwardStats.answered inline
+                # (a call per answer costs as much as the counting)
                 q.conn = None
                 q.expires = 0.0
                 answer = ev.wire
@@ -681,14 +683,7 @@ class Forwarder:
             done(answer, error)
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
-        # ForwardStats.answered, inline (a call costs as much as the rest)
-        elapsed = self._loop.time() - sent
-        key = up.answer_base | (answer[3] & 0x0F) << ANSWER_RCODE_SHIFT \
-            | bisect_left(TIME_BUCKETS, elapsed)
-        stats = self.stats
-        answers = stats.answers
-        answers[key] = answers.get(key, 0) + 1
-        stats.seconds[key >> ANSWER_RCODE_SHIFT] += elapsed
+        self.stats.answered(up.index, answer[3] & 0x0F, self._loop.time() - sent)
 
     # -- UDP -----------------------------------------------------------------------------
 

@@ -181,27 +181,24 @@ class Entry:
 
     def body_with(self, ttl: int) -> bytes:
         """The records after the question, every TTL set to ``ttl``."""
-        body = self.body
-        ttl_bytes = _U32.pack(ttl)
         cuts = self.cuts
         if len(cuts) == 1:
-            cut = cuts[0]
-            return b"".join((body[:cut], ttl_bytes, body[cut + 4:]))
-        pieces, start = [], 0
-        for cut in cuts:
-            pieces.append(body[start:cut])
-            start = cut + 4
-        pieces.append(body[start:])
-        return ttl_bytes.join(pieces)
+            body, cut = self.body, cuts[0]
+            return b"".join((body[:cut], _U32.pack(ttl), body[cut + 4:]))
+        return _U32.pack(ttl).join(self._pieces())
 
     def segments(self) -> tuple[tuple[bytes, ...], ...]:
         """The records cut at their TTL fields, once per variant (see :meth:`from_segments`)."""
+        return (tuple(self._pieces()),)
+
+    def _pieces(self) -> list[bytes]:
+        """``body`` cut at its TTL fields, the fields left out."""
         body, pieces, start = self.body, [], 0
         for cut in self.cuts:
             pieces.append(body[start:cut])
             start = cut + 4
         pieces.append(body[start:])
-        return (tuple(pieces),)
+        return pieces
 
 
 class RotatingEntry(Entry):

@@ -244,8 +244,6 @@ class QueryHandler:
         #: The smallest ``bufsize`` of the zones: a UDP hit larger than this
         #: looks its zone's own up (rare), a smaller one never needs to.
         self._least_udp_cap = min((z.udp_cap for z in zones), default=wire.MAX_MESSAGE)
-        #: Some zone has ``bufsize``: it lowers the size our OPT echoes.
-        self._bufsized = self._least_udp_cap < wire.MAX_MESSAGE
         #: Called for blocks with ``log``: (zone, addr, query, reply, slot, duration).
         self.on_log = on_log if any(z.block.log is not None for z in zones) else None
         #: Loop-detection probe names (lower wire) -> times seen.
@@ -327,8 +325,8 @@ class QueryHandler:
                 # Our OPT: the client's owner, type and size, then our own fields.
                 opt_head = data[end:end + 5]
                 opt_tail = _OPT_TAIL_DO if do else _OPT_TAIL_PLAIN
-                if self._bufsized:
-                    opt_head = self._bufsize_head(data, end)
+                if (data[end + 3] << 8 | data[end + 4]) > self._least_udp_cap:
+                    opt_head = self._bufsize_head(data, end)  # a bufsize may lower it
                 header = (data[2] & 1) | 2
             else:
                 return self._slow(data, now, slot, addr, started)
