@@ -34,6 +34,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from typing import NamedTuple
 
 from nodecache.config.settings import CacheSettings
 from nodecache.core import wire
@@ -60,9 +61,29 @@ SUCCESS, DENIAL, SERVFAIL = Kind.SUCCESS, Kind.DENIAL, Kind.SERVFAIL
 #: and the hit path hashes its entry's tag.
 KINDS = (SUCCESS, DENIAL, SERVFAIL)
 
-#: Shared tags: entries that count alike share one tuple (few distinct ones).
-Tag = tuple[int, int, bytes, int, int, bool]
-_TAGS: dict[Tag, Tag] = {}
+
+class Tag(NamedTuple):
+    """How hits of an entry are tallied (see :func:`tag_of`).
+
+    Entries that count alike share one (there are few distinct ones). Named, so
+    that compiled code holds it as one object too: mypyc stores a plain tuple's
+    fields inside each entry and builds a new tuple on every read.
+    """
+
+    rcode: int
+    #: The kind's index in KINDS.
+    kind: int
+    #: QTYPE as wire bytes.
+    qtype: bytes
+    #: The question's length, bytes.
+    question_length: int
+    #: The records' length as sent, bytes.
+    records_length: int
+    #: DNSSEC OK, the query's (the key's flags byte).
+    do: bool
+
+
+_TAGS: dict[tuple[int, int, bytes, int, int, bool], Tag] = {}
 #: A cache key's last byte, DO (2) | CD (1); none when both are clear.
 _KEY_FLAGS = (b"", b"\x01", b"\x02", b"\x03")
 
@@ -245,11 +266,9 @@ class PrefetchCount:
 def tag_of(key: bytes, kind: Kind, rcode: int, records_length: int, name_end: int = -1) -> Tag:
     """How hits of an entry are tallied, shared by every entry that counts alike.
 
-    (rcode, kind's index in KINDS, qtype as wire bytes, question length, records' length as
-    sent; both in bytes, DNSSEC OK). With the query's length that gives the
-    reply's (QueryHandler.sync_stats); DO is the key's (the byte after the
-    question, bit 2), so the query's. ``name_end`` is the offset of the key's
-    root label, when the caller knows it.
+    With the query's length it gives the reply's (QueryHandler.sync_stats); DO
+    is the key's (the byte after the question, bit 2), so the query's.
+    ``name_end`` is the offset of the key's root label, when the caller knows it.
     """
     if name_end < 0:
         name_end = 0
@@ -258,7 +277,7 @@ def tag_of(key: bytes, kind: Kind, rcode: int, records_length: int, name_end: in
     tag = (rcode, 0 if kind is SUCCESS else 1 if kind is DENIAL else 2,
            key[name_end + 1:name_end + 3], name_end + 5,
            records_length, len(key) > name_end + 5 and bool(key[name_end + 5] & 2))
-    return _TAGS.get(tag) or _TAGS.setdefault(tag, tag)
+    return _TAGS.get(tag) or _TAGS.setdefault(tag, Tag(*tag))
 
 
 def _in_zones(name: bytes, zones: tuple[bytes, ...]) -> bool:
