@@ -71,8 +71,17 @@ def _health_port(config: Config, flag: int | None) -> int:
     return flag if flag is not None else 8080
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from nodecache.build import describe  # noqa: PLC0415
+    click.echo(f"nodecache, version {__version__}\nbuild: {describe()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="nodecache")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version, help="Show the version and the build (compiled or pure).")
 def cli() -> None:
     """nodecache: a node-local DNS cache agent for Kubernetes."""
 

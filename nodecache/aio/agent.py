@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nodecache import __version__
 from nodecache.aio.errorlog import ErrorReporter
 from nodecache.aio.forwardchain import ForwardChain, forwarder_for, stats_of
 from nodecache.aio.forwarder import Forwarder
@@ -40,6 +41,7 @@ from nodecache.aio.resolver import Resolver
 from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
 from nodecache.aio.handover import successor_serving, take_shared
 from nodecache.aio.servinglock import ServingLock
+from nodecache.build import describe as describe_build
 from nodecache.config import bind
 from nodecache.config.settings import Config
 from nodecache.core import querylog
@@ -205,6 +207,7 @@ class Agent:
     # -- start ---------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("nodecache %s, %s", __version__, describe_build())
         config = self.load_config()
         if self.hostnet is not None:
             await asyncio.to_thread(self.hostnet.check_prerequisites)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nodecache import __version__
+from nodecache.build import describe
 
 
 def nodecache(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,6 +54,8 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path) -> None
 def test_version_and_module_entry_point() -> None:
     result = nodecache("--version")
     assert result.returncode == 0 and __version__ in result.stdout
+    # The subprocess inherits NODECACHE_PURE, so it runs the build this process runs.
+    assert f"build: {describe()}" in result.stdout, result.stdout
 
 
 def test_nodecache_style_args_are_accepted(tmp_path: Path) -> None:
@@ -109,6 +112,7 @@ def test_demo_serves_the_sample_cluster_through_the_cache() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert f"dig @127.0.0.1 -p {ports[0]} kubernetes.default.svc.cluster.local" in err
+    assert f"nodecache {__version__}, {describe()}" in err, err
 
 
 def test_run_with_an_unknown_interface_fails_with_its_position(tmp_path: Path) -> None:
