@@ -27,8 +27,11 @@ RUN apt-get update \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 FROM runtime AS build
+# gcc, libc6-dev and python3-dev (Python.h): mypyc compiles the hot modules to C
+# extensions (setup.py). They stay in this stage: the runtime gets the built
+# extensions only.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv \
+    && apt-get install -y --no-install-recommends python3-venv gcc libc6-dev python3-dev \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 # Only the pinned files, hash-checked: the build tools in a venv of their own,
@@ -41,18 +44,21 @@ RUN --mount=type=secret,id=pip-ca \
     && python3 -m venv --without-pip /opt/nodecache \
     && /opt/build/bin/pip --python /opt/nodecache/bin/python install --require-hashes \
         --no-deps -r /src/requirements/image.txt
-# The package itself, built offline from the copied sources. README.md is left
-# out on purpose: it only feeds the long description, and a docs edit then does
-# not redo this layer. The template goes along as package data
+# The package itself, built offline from the copied sources, its hot modules
+# compiled: NODECACHE_MYPYC=1 fails the build rather than ship pure Python
+# (--build-arg NODECACHE_MYPYC=0 makes a pure image). README.md is left out on
+# purpose: it only feeds the long description, and a docs edit then does not
+# redo this layer. The template goes along as package data
 # (share/nodecache/Corefile.nodelocal).
-COPY pyproject.toml setup.cfg Corefile.nodelocal /src/
+COPY pyproject.toml setup.cfg setup.py Corefile.nodelocal /src/
 COPY nodecache /src/nodecache
+ARG NODECACHE_MYPYC=1
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index -w /src/dist /src \
     && /opt/build/bin/pip --python /opt/nodecache/bin/python install --no-deps --no-index \
         /src/dist/nodecache-*.whl
 
 FROM runtime
-# Only the finished venv comes over: no sources, build tools or wheels.
+# Only the finished venv comes over: no sources, build tools, compiler or wheels.
 COPY --from=build /opt/nodecache /opt/nodecache
 # Bytecode was compiled at install time; the root filesystem may be read-only.
 ENV PATH=/opt/nodecache/bin:$PATH \
