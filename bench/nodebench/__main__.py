@@ -98,6 +98,7 @@ def meta(a: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "python": platform.python_version(),
             "nodecache": commit,
         },
+        "build": S.nodecache_build(),
     }
 
 

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .servers import nodecache_build
+
 REPO = Path(__file__).resolve().parents[2]
 #: Names per round; below the deployed cache's 9984 entries, so nothing is evicted.
 NAMES = 5000
@@ -155,6 +157,7 @@ def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> di
         "hit_plugins": _best_and_median(plugin_hit_us),
         "miss_stages_us": stage_us,
         "python": sys.version.split()[0],
+        "build": nodecache_build(),
         "tree": str(Path(sys.modules["nodecache"].__file__ or "").parents[1]),
     }
 
@@ -292,7 +295,8 @@ def render_memory(r: dict[str, Any]) -> str:
 
 def render(r: dict[str, Any]) -> str:
     st = r["miss_stages_us"]
-    lines = [f"core alone ({r['names']:,} names per round, {r['hit']['rounds']} rounds, Python {r['python']}):",
+    lines = [f"core alone ({r['names']:,} names per round, {r['hit']['rounds']} rounds, Python {r['python']}, "
+             f"nodecache {r.get('build', 'pure Python')}):",
              f"  hit   {r['hit']['best_us']:7.2f} us/op best, {r['hit']['median_us']:7.2f} median",
              f"  miss  {r['miss']['best_us']:7.2f} us/op best, {r['miss']['median_us']:7.2f} median"
              " (handle + upstream_query + absorb + reply, fake upstream answer)"]

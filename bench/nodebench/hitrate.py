@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .host import Cleanup, proc_tree
 from .measure import PerfResult, dnsperf
-from .missrate import ADDRS, cell, checked, dnsperf_on, parser, run_all, start_cache, write_names
+from .missrate import ADDRS, build_header, cell, checked, dnsperf_on, parser, run_all, start_cache, write_names
 
 #: Rate of the paced run, q/s.
 PACED_RATE = 5000
@@ -139,7 +139,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("bench/run --hitrate", __doc__, "nodecache,node-cache,unbound,floor,floor-thread")
+    ap = parser("bench/run --hitrate", __doc__, "nodecache,nodecache-pure,node-cache,unbound,floor,floor-thread")
     ap.add_argument("--names", type=int, default=1000, help="distinct cached names (default 1000)")
     ap.add_argument("--hits", type=int, default=300_000, help="queries of the unthrottled run (default 300000)")
     ap.add_argument("--paced", type=int, default=25_000, help=f"queries at {PACED_RATE:,} q/s (default 25000)")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(ap.prog, a, measure)
     if results is None:
         return 2
-    print(table(results))
+    print(build_header(a) + table(results))
     return 0
 
 

@@ -20,7 +20,9 @@ The servers, knotd and the run loop are shared with ``bench/run --hitrate``
 (:mod:`nodebench.hitrate`).
 node-cache is the build beside the project unless ``--node-cache`` names one.
 ``--before DIR`` also runs nodecache from another source tree (an export of
-an older commit) in the same run, for before/after figures.
+an older commit) in the same run, for before/after figures. ``nodecache-pure``
+is the same tree as ``nodecache`` run with ``NODECACHE_PURE=1``: where the
+modules are compiled (setup.py), the two rows compare the builds.
 """
 from __future__ import annotations
 
@@ -37,12 +39,13 @@ from pathlib import Path
 from .host import BenchError, Cleanup, Daemon, log, start_daemon
 from .measure import dnsperf
 from .memory import MemoryCgroup, measure as measure_memory
-from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, python, unbound_conf
+from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, nodecache_build, python, unbound_conf
 
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
          "unbound": ("127.0.0.33", 5303), "nodecache-before": ("127.0.0.34", 5304),
          "floor": ("127.0.0.35", 5305), "miss-floor": ("127.0.0.36", 5306),
+         "nodecache-pure": ("127.0.0.40", 5310),
          # The floor read other ways (floor.py ``--io``), for comparing ways of reading a socket.
          "floor-reader": ("127.0.0.37", 5307), "floor-mmsg": ("127.0.0.38", 5308),
          "floor-thread": ("127.0.0.39", 5309)}
@@ -79,6 +82,8 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
     if name.startswith("nodecache"):
         (d / "Corefile").write_text(corefile(host, port))
         src = a.before if name == "nodecache-before" else a.nodecache_src
+        if name == "nodecache-pure":
+            env["NODECACHE_PURE"] = "1"
         if src:
             env["PYTHONPATH"] = f"{Path(src).resolve()}{os.pathsep}{env['PYTHONPATH']}"
         # -P: the source tree first in PYTHONPATH, not the current directory's, is the one run.
@@ -191,13 +196,26 @@ def table(results: dict[str, list[dict[str, float]]], names: int) -> str:
                   "|---|" + "---|" * len(parts)]
         for name, rows in results.items():
             lines.append(f"| {name} | " + " | ".join(cell([r.get(k, 0.0) for r in rows], "{:.1f}") for k in parts) + " |")
-    floor, ours = results.get("miss-floor", []), results.get("nodecache", [])
-    if floor and ours:
-        cpu = [r["cpu_us_per_miss"] / f["cpu_us_per_miss"] for r, f in zip(ours, floor) if f["cpu_us_per_miss"] > 0]
-        rate = [r["misses_per_s"] / f["misses_per_s"] for r, f in zip(ours, floor)]
-        lines.append(f"\nnodecache / miss floor, run by run: CPU per miss {cell(cpu, '{:.2f}x') if cpu else '-'}, "
-                     f"misses/s {cell(rate, '{:.2f}x')}")
+    ours = results.get("nodecache", [])
+    for ref in ("nodecache-pure", "miss-floor"):
+        theirs = results.get(ref, [])
+        if theirs and ours:
+            cpu = [r["cpu_us_per_miss"] / f["cpu_us_per_miss"] for r, f in zip(ours, theirs) if f["cpu_us_per_miss"] > 0]
+            rate = [r["misses_per_s"] / f["misses_per_s"] for r, f in zip(ours, theirs)]
+            lines.append(f"\nnodecache / {ref}, run by run: CPU per miss {cell(cpu, '{:.2f}x') if cpu else '-'}, "
+                         f"misses/s {cell(rate, '{:.2f}x')}")
     return "\n".join(lines)
+
+
+def build_header(a: argparse.Namespace) -> str:
+    """Which build each nodecache row ran, above the table."""
+    lines = []
+    for name in a.caches:
+        if name.startswith("nodecache"):
+            src = a.before if name == "nodecache-before" else a.nodecache_src
+            env = {**os.environ, "NODECACHE_PURE": "1"} if name == "nodecache-pure" else None
+            lines.append(f"{name}: {nodecache_build(env, Path(src) / 'nodecache' if src else None)}\n")
+    return "".join(lines)
 
 
 def parser(prog: str, doc: str | None, caches: str) -> argparse.ArgumentParser:
@@ -258,7 +276,7 @@ def run_all(prog: str, a: argparse.Namespace, measure: Measure) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("bench/run --missrate", __doc__, "nodecache,node-cache,unbound,miss-floor")
+    ap = parser("bench/run --missrate", __doc__, "nodecache,nodecache-pure,node-cache,unbound,miss-floor")
     ap.add_argument("--names", type=int, default=20_000, help="never-seen names in the burst (default 20000)")
     ap.add_argument("--light", type=int, default=10_000, help="names at 2,000 q/s (default 10000)")
     a = checked(ap, ap.parse_args(argv))
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(ap.prog, a, measure)
     if results is None:
         return 2
-    print(table(results, a.names))
+    print(build_header(a) + table(results, a.names))
     return 0
 
 

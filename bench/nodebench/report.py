@@ -176,6 +176,7 @@ def render(res: dict[str, Any], plots: list[str]) -> str:
              f"TTL {m['plan']['ttl']} s), behind a delaying relay adding {m['plan']['delay_ms']} ms each way. "
              f"nodecache's Corefile: {m['corefile_origin']}.\n")
     L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".\n")
+    L.append(f"nodecache build: {m.get('build', 'not recorded')} (NODECACHE_PURE=1 runs pure Python).\n")
     L.append("## Status\n")
     rows = []
     for c in caches:

@@ -120,6 +120,16 @@ def start_relay(cleanup: Cleanup, topo: T.Topology, work: Path, *, listen: str, 
     return daemon, stats
 
 
+def nodecache_build(environ: dict[str, str] | None = None, package: Path | None = None) -> str:
+    """Which build of nodecache (this one, or the *package* directory of another tree) runs
+    with *environ*: compiled modules or pure Python, for the headers."""
+    try:
+        from nodecache.build import PACKAGE_DIR, describe
+    except ImportError:  # a tree from before the compiled build
+        return "pure Python"
+    return describe(package or PACKAGE_DIR, os.environ if environ is None else environ)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{REPO / 'bench'}:{REPO}"

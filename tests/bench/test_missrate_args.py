@@ -9,7 +9,8 @@ from tests.kit import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from nodebench.missrate import checked, parser  # noqa: E402
+from nodebench.missrate import build_header, checked, parser  # noqa: E402
+from nodecache.build import describe  # noqa: E402
 
 CASES = [
     (["--caches", "nodecache,unbound"], ["nodecache", "unbound"]),
@@ -36,3 +37,11 @@ def test_bad_cache_lists_are_refused(argv: list[str], message: str,
     with pytest.raises(SystemExit):
         checked(ap, ap.parse_args(argv))
     assert message in capsys.readouterr().err
+
+
+def test_the_header_says_which_build_each_nodecache_ran() -> None:
+    ap = parser("missrate", "doc", "nodecache,nodecache-pure,unbound")
+    header = build_header(checked(ap, ap.parse_args([]))).splitlines()
+    assert [line.split(":")[0] for line in header] == ["nodecache", "nodecache-pure"]
+    assert header[0] == f"nodecache: {describe()}"
+    assert header[1].startswith("nodecache-pure: pure Python")
