@@ -16,12 +16,14 @@ from __future__ import annotations
 import abc
 import random as _random
 from collections.abc import Sequence
+from typing import ClassVar
 
 
 class Policy(abc.ABC):
     """Orders ``n`` upstreams for one query."""
 
-    name: str
+    #: The Corefile's name for it (``policy NAME``); the class's, not each instance's.
+    name: ClassVar[str]
 
     @abc.abstractmethod
     def order(self, n: int) -> Sequence[int]:

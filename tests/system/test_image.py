@@ -6,6 +6,7 @@ it) are in tests/system/test_image_node.py; both use the session's one build.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -64,10 +65,13 @@ def test_only_the_venv_comes_over(image: Image) -> None:
     pm, tag = image
     script = ("set -e; test ! -e /src; test ! -e /opt/build; "
               "test ! -e /opt/nodecache/bin/pip; "
-              "! ls /opt/nodecache/lib/python3.11/site-packages | grep -E '^(pip|setuptools|wheel)'; "
+              # (`! cmd` never stops `set -e`: each check is a test)
+              "test -z \"$(ls /opt/nodecache/lib/python3.11/site-packages | grep -E '^(pip|setuptools|wheel)')\"; "
               "/opt/nodecache/bin/python -c 'import uvloop, pyroute2, dns, prometheus_client'; "
               "test -f /opt/nodecache/share/nodecache/Corefile.nodelocal; "
               "iptables-legacy --version; iptables-nft --version; nft --version; ip -V; "
+              # the compiler and the headers stayed in the build stage
+              "test -z \"$(command -v gcc cc)\"; test ! -e /usr/include/python3.11/Python.h; "
               # the build's CA bundle (a secret) is not in the image; nor is any bundle
               "test ! -e /etc/ssl/certs/ca-certificates.crt")
     out = _run(image, "-c", script, entrypoint="sh", check=False)
@@ -76,6 +80,23 @@ def test_only_the_venv_comes_over(image: Image) -> None:
     history = pm.run("history", "--no-trunc", "--format", "{{.CreatedBy}}", tag).stdout
     assert "COPY dir:" in history  # the venv
     assert "pyproject.toml" not in history and "/src" not in history, history
+
+
+def test_the_image_runs_the_compiled_modules_and_can_run_pure(image: Image) -> None:
+    compiled = [m.removesuffix(".py").replace("/", ".").removeprefix("nodecache.")
+                for m in re.findall(r'"(nodecache/[a-z_/]+\.py)"', (ROOT / "setup.py").read_text())]
+    out = _run(image, "--version").stdout
+    assert f"build: compiled with mypyc: {', '.join(sorted(compiled))}\n" in out, out
+    code = "import nodecache.core.handler as h; print(h.__file__)"
+    where = _run(image, "-c", code, entrypoint="/opt/nodecache/bin/python").stdout.strip()
+    assert where.startswith("/opt/nodecache/") and where.endswith("-linux-gnu.so"), where
+    # The operator's way back: the same image, pure Python.
+    pm, tag = image
+    pure = pm.run("run", "--rm", "--network=none", "-e", "NODECACHE_PURE=1", tag, "--version").stdout
+    assert "build: pure Python (NODECACHE_PURE is set" in pure, pure
+    where = pm.run("run", "--rm", "--network=none", "-e", "NODECACHE_PURE=1",
+                   "--entrypoint", "/opt/nodecache/bin/python", tag, "-c", code).stdout.strip()
+    assert where.endswith("/nodecache/core/handler.py"), where
 
 
 def test_versions_pinned_in_the_lock_are_installed(image: Image) -> None:
