@@ -22,7 +22,9 @@ What it does:
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from tests.kit.agentkit import AgentKit
+from tests.kit.agentkit import AgentKit, tcp_exchange, udp_exchange
 from tests.kit.fakeupstream import FakeUpstream
 from tests.kit.queries import make_query
 from tests.kit.refnodecache import free_port, node_cache
@@ -64,7 +66,8 @@ class Zone(FakeUpstream):
 
         def handler(query: dns.message.Message, proto: str) -> dns.message.Message:
             reply = dns.message.make_response(query)
-            reply.flags |= dns.flags.AA
+            # AA, and CD copied from the query (RFC 4035 section 3.2.2), as servers do
+            reply.flags |= dns.flags.AA | (query.flags & dns.flags.CD)
             question = query.question[0]
             name = question.name.to_text().lower()
             found = rrsets.get((name, question.rdtype))
@@ -99,6 +102,25 @@ def normalise(message: dns.message.Message | None) -> Any:
     edns = (message.edns, message.payload, bool(message.ednsflags & dns.flags.DO)) \
         if message.edns >= 0 else None
     return (dns.rcode.to_text(message.rcode()), flags, question, edns, *sections)
+
+
+def wire_view(raw: bytes | None) -> Any:
+    """All of a reply but its ID, TTLs, compression and record order: the header's
+    flags and counts, the full RCODE, the question, the OPT (version, size, DO,
+    options) and each section's records."""
+    if raw is None:
+        return None
+    try:
+        message = dns.message.from_wire(raw)
+    except dns.exception.DNSException:
+        return ("undecodable", raw[2:].hex())
+    edns = None
+    if message.opt is not None:
+        edns = (message.edns, message.payload, bool(message.ednsflags & dns.flags.DO),
+                [option.to_wire().hex() for option in message.options])
+    return (dns.flags.to_text(message.flags), struct.unpack_from("!4H", raw, 4),
+            dns.rcode.to_text(message.rcode()), [q.to_text().lower() for q in message.question],
+            edns, *normalise(message)[4:])
 
 
 def _canonical(rdata: dns.rdata.Rdata) -> str:
@@ -162,6 +184,18 @@ class Pair:
 
     async def ours(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
         return await self.kit.ask(query, tcp=tcp)
+
+    async def both_raw(self, data: bytes, *, tcp: bool = False,
+                       timeout: float = QUERY_TIMEOUT) -> tuple[bytes | None, bytes | None]:
+        """Send the bytes ``data`` as a query to both; their replies' bytes (None: none)."""
+        async def ask(address: tuple[str, int]) -> bytes | None:
+            if not tcp:
+                return await udp_exchange(address, data, timeout)
+            try:
+                return await tcp_exchange(address, data, timeout)
+            except asyncio.TimeoutError:
+                return None
+        return await ask(self.kit.address), await ask((self.host, self.port))
 
     async def both(self, name: str, rdtype: str = "A", *, tcp: bool = False,
                    edns: int | None = 0, **query: Any) -> tuple[dns.message.Message | None,
