@@ -144,3 +144,16 @@ async def test_errors_of_our_own(tmp_path: Path) -> None:
     async with Pair(block("example.org", f"127.0.0.1:{closed_port()}"), tmp_path) as pair:
         differences = await _differences(pair, rows)
     assert not differences, "\n".join(differences)
+
+
+async def test_a_chaos_template(tmp_path: Path) -> None:
+    """A CH question reaches the plugins, as in node-cache: a ``template CH`` answers it."""
+    corefile = (".:53 {\n  bind 127.0.0.1\n  template CH TXT version.bind {\n"
+                "    answer \"version.bind. 0 CH TXT nodecache\"\n  }\n"
+                f"  cache 30\n  forward . 127.0.0.1:{closed_port()}\n}}\n")
+    rows = {"version.bind CH TXT": query(qtype=16, qclass=3, name=b"\x07version\x04bind\x00"),
+            "version.bind CH TXT, no EDNS": query(qtype=16, qclass=3, rest=b"",
+                                                  name=b"\x07version\x04bind\x00")}
+    async with Pair(corefile, tmp_path) as pair:
+        differences = await _differences(pair, rows)
+    assert not differences, "\n".join(differences)

@@ -15,10 +15,10 @@ What it does:
   whole record sets from a table (so CNAME chains and SOAs are possible).
 * :meth:`Pair.check` sends the same query to both, twice (the second answer
   comes from the cache), and asserts that the replies are equal after
-  normalising: TTLs are dropped, records sorted within each section, the
-  RA flag left out (nodecache sets RA on replies it makes itself; it
-  carries no meaning for a stub). Of the OPT record, its version, UDP size
-  and DO bit are compared (both echo the client's size).
+  normalising: TTLs are dropped, records sorted within each section. Of the
+  OPT record, its version, UDP size and DO bit are compared (both echo the
+  client's size). :meth:`Pair.both_raw` and :func:`wire_view` compare all of
+  a reply to a query given as bytes, its header's counts and OPT options too.
 """
 from __future__ import annotations
 
@@ -87,11 +87,11 @@ class Zone(FakeUpstream):
 
 
 def normalise(message: dns.message.Message | None) -> Any:
-    """What is compared: RCODE, flags but RA, question, EDNS (version, size, DO) and
-    each section without TTLs."""
+    """What is compared: RCODE, flags, question, EDNS (version, size, DO) and each
+    section without TTLs."""
     if message is None:
         return None
-    flags = dns.flags.to_text(message.flags & ~dns.flags.RA)
+    flags = dns.flags.to_text(message.flags)
     sections = []
     for section in (message.answer, message.authority, message.additional):
         records = sorted(f"{rrset.name.to_text().lower()} {dns.rdataclass.to_text(rrset.rdclass)}"
