@@ -42,7 +42,6 @@ EDNS_DO = 0x8000  # RFC 3225 section 3, in the OPT TTL's low 16 bits
 _U16 = struct.Struct("!H")
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_COUNTS5 = struct.Struct("!HHHHH")  # flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
 
 
 @dataclass(slots=True)
@@ -210,7 +209,8 @@ def parse_query(data: bytes) -> Question:
             if rtype == TYPE_OPT:
                 # RFC 6891 section 6.1.1: one OPT, in the additional section, owner root.
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
-                    raise ClientProtocolError("misplaced or repeated OPT record", question_end=end + 4)
+                    raise ClientProtocolError("misplaced or repeated OPT record",
+                                              question_end=end + 4)
                 edns = (rclass, (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
                 options = data[offset - rdlength:offset]
     except ValueError as exc:
@@ -229,7 +229,7 @@ def header_rcode(data: bytes) -> int:
     opcode = (data[2] >> 3) & 0xF
     if opcode != OPCODE_QUERY and opcode != OPCODE_NOTIFY:
         return NOTIMP
-    _flags, qdcount, ancount, nscount, arcount = _COUNTS5.unpack_from(data, 2)
+    _id, _flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1 or ancount > 1 or nscount > 1 or arcount > 2:
         return FORMERR
     return NOERROR

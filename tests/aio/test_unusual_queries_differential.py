@@ -116,9 +116,10 @@ async def _differences(pair: Pair, rows: dict[str, bytes]) -> list[str]:
                 timeout = DROP_WAIT if label in ("QR set", "short header") else 3.0
                 ours, theirs = await pair.both_raw(data, tcp=tcp, timeout=timeout)
                 assert theirs is not None or timeout == DROP_WAIT, f"node-cache: no reply to {label}"
-                if wire_view(ours) != wire_view(theirs):
+                mine, reference = wire_view(ours), wire_view(theirs)
+                if mine != reference:
                     found.append(f"{label} ({'tcp' if tcp else 'udp'}, query {attempt}):\n"
-                                 f"  nodecache:  {wire_view(ours)}\n  node-cache: {wire_view(theirs)}")
+                                 f"  nodecache:  {mine}\n  node-cache: {reference}")
     return found
 
 
