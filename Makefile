@@ -12,6 +12,8 @@ PYTEST = $(VENV)/bin/pytest -q -p no:cacheprovider
 
 $(VENV)/.installed: setup.py setup.cfg pyproject.toml $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
+	# none may outlive its module's place in setup.py (the build copies the current ones back)
+	find nodecache -name '*.so' -delete
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	@$(VENV)/bin/python -c 'from nodecache.build import describe; print("nodecache build:", describe())'
