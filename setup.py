@@ -19,8 +19,8 @@ import sysconfig
 
 from setuptools import setup
 
-#: The modules compiled, relative to the repository root: those a query goes
-#: through, hit or miss (docs/architecture.md, "Compiled build").
+#: The modules compiled, relative to the repository root: those where a query
+#: spends its CPU, each measured in and out (docs/architecture.md, "Compiled build").
 COMPILED = (
     "nodecache/core/wire.py",
     "nodecache/core/cache.py",
@@ -28,6 +28,11 @@ COMPILED = (
     "nodecache/core/upstream.py",
     "nodecache/core/plan.py",
     "nodecache/core/stats.py",
+    "nodecache/aio/forwarder.py",
+    "nodecache/aio/resolver.py",
+    # its query class subclasses the forwarder's: interpreted classes cannot
+    # inherit from compiled ones
+    "nodecache/aio/forwardchain.py",
 )
 #: The shared library's module; the per-module extensions load it.
 GROUP = "nodecache.compiled"
