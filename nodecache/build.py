@@ -8,16 +8,19 @@ back to pure Python without another image, and the tests' pure run.
 from __future__ import annotations
 
 import importlib.machinery
-import importlib.util
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from importlib.machinery import ModuleSpec
-from pathlib import Path
-from types import ModuleType
+
+# The supervisor imports this with NODECACHE_PURE set, and holds no typing, pathlib
+# or collections (tests/system/test_failsafe.py): those only for mypy, or late.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+    from types import ModuleType
 
 PURE_ENV = "NODECACHE_PURE"
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def pure_requested(environ: Mapping[str, str] = os.environ) -> bool:
@@ -28,14 +31,17 @@ class SourcesFirst:
     """A meta path finder that loads ``nodecache.*`` modules from their ``.py``."""
 
     def find_spec(self, name: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> ModuleSpec | None:
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if not name.startswith("nodecache.") or path is None:
             return None
         leaf = name.rpartition(".")[2] + ".py"
         for entry in path:
             source = os.path.join(entry, leaf)
             if os.path.isfile(source):
-                return importlib.util.spec_from_file_location(name, source)
+                loader = importlib.machinery.SourceFileLoader(name, source)
+                spec = importlib.machinery.ModuleSpec(name, loader, origin=source)
+                spec.has_location = True  # __file__ is set, bytecode cached as usual
+                return spec
         return None  # a package, or not ours: the ordinary finders decide
 
 
@@ -49,11 +55,14 @@ def _module_name(source: Path, root: Path) -> str:
     return ".".join(source.relative_to(root.parent).with_suffix("").parts)
 
 
-def extensions(root: Path = PACKAGE_DIR) -> dict[str, tuple[Path, Path]]:
+def extensions(root: Path | str = PACKAGE_DIR) -> dict[str, tuple[Path, Path]]:
     """``{module: (extension, source)}`` for each module with an extension beside its ``.py``.
 
     The library all of them load (``compiled__mypyc``) has no ``.py`` and is not listed.
     """
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(root)
     found = {}
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         for ext in root.rglob("*" + suffix):
@@ -63,13 +72,13 @@ def extensions(root: Path = PACKAGE_DIR) -> dict[str, tuple[Path, Path]]:
     return dict(sorted(found.items()))
 
 
-def stale(root: Path = PACKAGE_DIR) -> list[str]:
+def stale(root: Path | str = PACKAGE_DIR) -> list[str]:
     """Compiled modules whose ``.py`` changed after they were built: they would shadow the edit."""
     return [name for name, (ext, source) in extensions(root).items()
             if source.stat().st_mtime > ext.stat().st_mtime]
 
 
-def describe(root: Path = PACKAGE_DIR, environ: Mapping[str, str] = os.environ) -> str:
+def describe(root: Path | str = PACKAGE_DIR, environ: Mapping[str, str] = os.environ) -> str:
     """One line for the start-up log and ``--version``."""
     names = [n.removeprefix("nodecache.") for n in extensions(root)]
     if not names:

@@ -96,3 +96,17 @@ def test_stale_extensions_and_the_description(tmp_path: Path) -> None:
         "pure Python (NODECACHE_PURE is set; 2 compiled modules not used)"
     assert build.describe(pkg, {"NODECACHE_PURE": "0"}).startswith("compiled")
     assert build.describe(tmp_path / "none", {}) == "pure Python"
+
+
+def test_the_pure_switch_costs_the_supervisor_no_libraries() -> None:
+    # As the supervisor starts (no site, isolated): it imports nodecache, so the switch.
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import nodecache; "
+            "held = ' '.join(sorted(sys.modules)); import nodecache.core.wire as w; "
+            "print(w.__file__); print(held)")
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(ROOT)],
+                         env={"NODECACHE_PURE": "1"}, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.splitlines()
+    assert out[0] == str(ROOT / "nodecache/core/wire.py")
+    assert "nodecache.build" in out[1].split()
+    for heavy in ("typing", "collections", "pathlib", "importlib.util", "functools"):
+        assert heavy not in out[1].split(), f"the switch imports {heavy}"
