@@ -110,3 +110,13 @@ def test_the_pure_switch_costs_the_supervisor_no_libraries() -> None:
     assert "nodecache.build" in out[1].split()
     for heavy in ("typing", "collections", "pathlib", "importlib.util", "functools"):
         assert heavy not in out[1].split(), f"the switch imports {heavy}"
+
+
+def test_every_module_imports_beside_the_compiled_ones() -> None:
+    # A class of an interpreted module cannot subclass a compiled module's class
+    # (mypyc's TypeError at import): every module is imported, in this run's build.
+    code = ("import importlib, pkgutil, nodecache\n"
+            "for m in pkgutil.walk_packages(nodecache.__path__, 'nodecache.'):\n"
+            "    if not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
