@@ -565,7 +565,7 @@ class Forwarder:
             q.index = index
             up = q.up = self._upstreams[index]
             if q.use_tcp or up.tls is not None:
-                self._try_tcp(q, now + self._first_timeout)
+                self._try_tcp(q, now + self._first_timeout, now)
             else:
                 self._try_udp(q, now + self._first_timeout)
 
@@ -613,7 +613,7 @@ class Forwarder:
 
     def _try(self, q: Query, deadline: float) -> None:
         if q.use_tcp or q.up.tls is not None:
-            self._try_tcp(q, deadline)
+            self._try_tcp(q, deadline, self._loop.time())
         else:
             self._try_udp(q, deadline)
 
@@ -744,7 +744,8 @@ class Forwarder:
             # TC=1: ask again over TCP (RFC 7766 section 5)
             q.up = up
             s = self.settings
-            self._try_tcp(q, min(self._loop.time() + s.try_timeout, q.start + s.budget))
+            now = self._loop.time()
+            self._try_tcp(q, min(now + s.try_timeout, q.start + s.budget), now)
         else:
             self._deliver(q, data)
 
@@ -796,10 +797,8 @@ class Forwarder:
 
     # -- TCP -------------------------------------------------------------------------------
 
-    def _try_tcp(self, q: Query, deadline: float) -> None:
+    def _try_tcp(self, q: Query, deadline: float, now: float) -> None:
         up = q.up
-        loop = self._loop
-        now = loop.time()
         choice = up.pool.choose(now)
         if choice is None:  # every connection full: not the upstream's fault
             self._try_failed(q, Failure.BUSY, "")

@@ -14,7 +14,9 @@ Rules of this module:
    A slow upstream is not overload: its misses wait for an answer, a stale
    one or SERVFAIL within the budget (``max_concurrent`` bounds them).
    Only misses that would start an upstream query count: coalesced followers
-   cost nothing and are never shed.
+   cost nothing and are never shed. Misses are counted only while
+   overloaded (a count kept at all times would cost every miss three dict
+   operations): one that started before holds no share.
    One pod flooding unique names then costs a label walk per query, and the
    other pods' cache hits, waiting in the same socket queue, keep being
    answered. TCP misses are bounded per connection (``server.TCP_MAX_INFLIGHT``).
@@ -188,7 +190,8 @@ class Resolver:
         self.stats = stats or AgentStats()
         #: key -> the upstream query in flight for it.
         self.inflight: dict[bytes, _Flight] = {}
-        #: UDP misses in flight per client address (only addresses with some).
+        #: UDP misses in flight per client address, of those started while overloaded
+        #: (only addresses with some).
         self.per_source: dict[object, int] = {}
         #: Set by the agent while queries queue up on its sockets (it cannot keep up).
         self.overloaded = False
@@ -206,10 +209,11 @@ class Resolver:
             else:
                 flight.followers.append((miss, deliver, addr))
             return
-        source = addr[0] if not miss.slot & 2 and isinstance(addr, tuple) else None
-        if source is not None:
+        source = None
+        if self.overloaded and not miss.slot & 2 and isinstance(addr, tuple):
+            source = addr[0]
             held = self.per_source.get(source, 0)
-            if held >= OVERLOAD_SHARE and self.overloaded:
+            if held >= OVERLOAD_SHARE:
                 self.stats.dropped += 1
                 return
             self.per_source[source] = held + 1
