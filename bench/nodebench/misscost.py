@@ -38,7 +38,7 @@ from pathlib import Path
 import uvloop
 
 from .host import BenchError, Cleanup
-from .misscalls import STARTERS, _dnsperf
+from .misscalls import STARTERS, Address, _dnsperf
 from .missrate import ADDRS, KNOT, start_knot, write_names
 
 #: Functions whose calls count as an allocation.
@@ -65,10 +65,13 @@ class GcWatch:
         self.longest[gen] = max(self.longest[gen], took)
 
 
-async def measure(name: str, work: Path, names: int, tag: str = "") -> dict[str, object]:
-    """GC, held blocks and CPU per miss of server *name* over *names* never-seen names."""
-    host, port = ADDRS[name]
-    stop = await STARTERS[name]((host, port), KNOT)
+async def measure(name: str, work: Path, names: int, tag: str = "", *,
+                  listen: Address | None = None, upstream: Address = KNOT) -> dict[str, object]:
+    """GC, held blocks and CPU per miss of server *name* (on *listen*, default its
+    ``bench/run --missrate`` address, forwarding to the knotd on *upstream*) over
+    *names* never-seen names."""
+    host, port = listen or ADDRS[name]
+    stop = await STARTERS[name]((host, port), upstream)
     try:
         await _dnsperf(host, port, write_names(work / f"{name}{tag}-warm.txt", "w", 200))
         pass_names = write_names(work / f"{name}{tag}-pass.txt", f"p{tag}", names)
