@@ -552,14 +552,14 @@ class Forwarder:
         # every policy orders a single upstream alike
         order = self._policy.order(len(self._upstreams)) if self._order is None else self._order
         q.request, q.question, q.order, q.start = request, question, order, now
-        q.plan, q.up, q.late = None, None, None  # type: ignore[assignment]
+        q.plan = q.late = None
         q.use_tcp = s.force_tcp or (not s.prefer_udp and tcp)
         q.live = True
         self._in_flight += 1
         self._live.add(q)
         index = _plan.first_try(order, self._healths, s.max_fails) if self._plain_first else -1
         if index < 0:
-            self._plan_of(q)
+            q.plan = self._new_plan(q)
             self._step(q)
         else:
             q.index = index
@@ -570,17 +570,19 @@ class Forwarder:
                 self._try_udp(q, now + self._first_timeout)
 
     def _plan_of(self, q: Query) -> _plan.ForwardPlan:
-        """``q``'s plan, built on first need (after a plain first try, resumed after it)."""
+        """``q``'s plan, built on first need: after a plain first try, resumed after it."""
         plan = q.plan
         if plan is None:
-            s = self.settings
-            plan = q.plan = _plan.ForwardPlan(
-                q.order, self._healths, max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
-                try_timeout=s.try_timeout, start=q.start, budget=s.budget, rng=self._rng,
-                max_connect_attempts=s.max_connect_attempts, failover=self._failover)
-            if q.up is not None:
-                plan.took_first()
+            plan = q.plan = self._new_plan(q)
+            plan.took_first()
         return plan
+
+    def _new_plan(self, q: Query) -> _plan.ForwardPlan:
+        s = self.settings
+        return _plan.ForwardPlan(
+            q.order, self._healths, max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
+            try_timeout=s.try_timeout, start=q.start, budget=s.budget, rng=self._rng,
+            max_connect_attempts=s.max_connect_attempts, failover=self._failover)
 
     def cancel(self, q: Query) -> None:
         """Stop forwarding ``q``; its ``done`` is not called."""
