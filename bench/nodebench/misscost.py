@@ -139,8 +139,11 @@ def callgrind_totals(path: Path) -> tuple[int, int]:
 def callgrind(name: str, work: Path, names: int, keep: Path | None = None) -> dict[str, float]:
     """Instructions and allocations per miss of server *name*: runs of 2N and N names, differenced."""
     totals = []
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": f"{here.parent}:{here.parent.parent}"}  # bench/ and the tree
+    import nodecache  # noqa: PLC0415
+
+    # this bench/, and the nodecache tree this process imported (maybe another's)
+    tree = Path(nodecache.__file__ or "").resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}:{tree}"}
     for n in (names, 2 * names):
         out = work / f"callgrind.{name}.{n}"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
