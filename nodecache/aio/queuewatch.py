@@ -8,6 +8,7 @@ datagram instead of sampling (rule 5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import struct
@@ -29,27 +30,31 @@ def queue_fill(sock: socket.socket) -> float:
     return queued / size if size else 0.0
 
 
-async def wait_datagram(socks: list[socket.socket], timeout: float) -> bool:
+async def wait_datagram(watch: select.epoll, socks: list[socket.socket], timeout: float) -> bool:
     """Wait until a datagram waits on one of ``socks`` (True) or ``timeout`` s pass (False).
 
     The event loop already watches each socket for its transport, so the
-    sockets go into an epoll set of our own, which the loop watches instead;
-    nothing is read: the transports still get every datagram. The set holds
-    no reference to a socket: one closed meanwhile leaves it (and its port).
+    sockets go into ``watch``, an epoll set of our own that the loop watches
+    instead, and out of it again after; nothing is read: the transports still
+    get every datagram. The set holds no reference to a socket: one closed
+    meanwhile leaves it (and its port).
     """
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[bool] = loop.create_future()
     timer = loop.call_later(timeout, _wake, woken, False)
-    watch = select.epoll()
+    registered: list[int] = []
     try:
         for sock in socks:
             watch.register(sock.fileno(), select.EPOLLIN)
+            registered.append(sock.fileno())
         loop.add_reader(watch.fileno(), _wake, woken, True)
         return await woken
     finally:
         timer.cancel()
         loop.remove_reader(watch.fileno())
-        watch.close()
+        for fd in registered:
+            with contextlib.suppress(OSError):  # closed meanwhile: already out
+                watch.unregister(fd)
 
 
 def _wake(woken: asyncio.Future[bool], datagram: bool) -> None:
@@ -62,12 +67,14 @@ async def watch_queues(sockets: Callable[[], list[socket.socket]], detector: Ove
     """Sample the queues of ``sockets()`` (asked afresh each time: a reload changes them)
     for ever; call ``changed`` with the new state whenever ``detector`` changes it."""
     loop = asyncio.get_running_loop()
-    while True:
-        if not detector.parks():
-            await asyncio.sleep(detector.next_sample())
-        elif await wait_datagram(sockets(), detector.park):
-            detector.datagram_came()
-            await asyncio.sleep(detector.next_sample())
-        fill = max((queue_fill(sock) for sock in sockets()), default=0.0)
-        if detector.sample(loop.time(), fill):
-            changed(detector.overloaded)
+    # One epoll set for the watch's life, not one per wait: the agent's descriptors stay put.
+    with select.epoll() as watch:
+        while True:
+            if not detector.parks():
+                await asyncio.sleep(detector.next_sample())
+            elif await wait_datagram(watch, sockets(), detector.park):
+                detector.datagram_came()
+                await asyncio.sleep(detector.next_sample())
+            fill = max((queue_fill(sock) for sock in sockets()), default=0.0)
+            if detector.sample(loop.time(), fill):
+                changed(detector.overloaded)
