@@ -9,7 +9,8 @@ run, after one pass over ``--names`` distinct names has filled its cache:
 * CPU per hit: the server's user+system CPU over that run / answers, us;
 * CPU per answer at a fixed 5,000 q/s (where the wake-up per datagram shows),
   and the server's wake-ups per answer there: its threads' voluntary context
-  switches (/proc/PID/task/*/status) over the answers;
+  switches (/proc/PID/task/*/status) over the answers, and that CPU split: schedstat's time
+  on the CPU (exact), user and system (tick-sampled), preemptions, time waiting for the core;
 * with ``--strace``, a second paced pass under ``strace -c -f``: system calls
   per answer by name, failed ones (EAGAIN reads) apart (strace slows the
   server, so it batches more; counts, not times, are what this shows).
@@ -25,6 +26,7 @@ tree, for before/after figures in one run. Nothing leaves 127.0.0.0/8.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +39,8 @@ from .host import Cleanup, proc_tree
 from .measure import PerfResult, dnsperf
 from .missrate import ADDRS, build_header, cell, checked, dnsperf_on, parser, run_all, start_cache, write_names
 
+#: Clock ticks per second of utime and stime.
+_TCK = os.sysconf("SC_CLK_TCK")
 #: Rate of the paced run, q/s.
 PACED_RATE = 5000
 
@@ -45,10 +49,16 @@ PACED_RATE = 5000
 _RARE = 0.005
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary context switches of every thread of *pid* and its descendants: each is a
-    thread going to sleep (in epoll_wait, recvfrom...), so one per wake-up."""
-    total = 0
+#: Per-thread counters :func:`thread_counters` sums: /proc/PID/task/TID/status lines, then the
+#: schedstat fields (ns on the CPU, ns waiting for it, times scheduled in) and stat's utime/stime.
+_STATUS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+
+
+def thread_counters(pid: int) -> dict[str, float]:
+    """Summed over every thread of *pid* and its descendants: context switches (a voluntary
+    one is a thread going to sleep in epoll_wait, recvfrom..., so one per wake-up), CPU time
+    from schedstat (ns, exact, unlike the tick-sampled utime/stime), and utime and stime, s."""
+    total = dict.fromkeys((*_STATUS, "run_ns", "wait_ns", "slices", "utime", "stime"), 0.0)
     for p in proc_tree(pid):
         try:
             threads = list(Path(f"/proc/{p}/task").iterdir())
@@ -56,10 +66,18 @@ def context_switches(pid: int) -> int:
             continue
         for t in threads:
             try:
-                m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", (t / "status").read_text(), re.M)
+                status = (t / "status").read_text()
+                sched = (t / "schedstat").read_text().split()
+                stat = (t / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(m.group(1)) if m else 0
+            for key in _STATUS:
+                m = re.search(rf"^{key}:\s+(\d+)", status, re.M)
+                total[key] += int(m.group(1)) if m else 0
+            for key, value in zip(("run_ns", "wait_ns", "slices"), sched):
+                total[key] += int(value)
+            total["utime"] += int(stat[11]) / _TCK
+            total["stime"] += int(stat[12]) / _TCK
     return total
 
 
@@ -101,13 +119,19 @@ def measure(name: str, work: Path, a: argparse.Namespace, run: int) -> dict[str,
             return dnsperf(None, host, paced_names, dnsperf_on(name, "-q", "100", "-Q", str(PACED_RATE)),
                            server_pid=daemon.pid, timeout=600)
 
-        switches = context_switches(daemon.pid)
+        before = thread_counters(daemon.pid)
         paced = paced_run()
-        switches = context_switches(daemon.pid) - switches
+        after = thread_counters(daemon.pid)
+        n = paced.completed
+        delta = {k: after[k] - before[k] for k in after}
         assert burst.server_cpu is not None and paced.server_cpu is not None
         out = {"hits_per_s": burst.qps, "cpu_us_per_hit": burst.server_cpu / burst.completed * 1e6,
-               "cpu_us_at_5000": paced.server_cpu / paced.completed * 1e6,
-               "wakeups_per_answer_at_5000": switches / paced.completed, "answered": burst.completed}
+               "cpu_us_at_5000": paced.server_cpu / n * 1e6,
+               "wakeups_per_answer_at_5000": delta["voluntary_ctxt_switches"] / n, "answered": burst.completed,
+               "run_us_at_5000": delta["run_ns"] / n / 1e3, "user_us_at_5000": delta["utime"] / n * 1e6,
+               "system_us_at_5000": delta["stime"] / n * 1e6,
+               "preempted_per_answer_at_5000": delta["nonvoluntary_ctxt_switches"] / n,
+               "wait_us_at_5000": delta["wait_ns"] / n / 1e3}
         if a.strace:
             out.update({f"syscalls:{k}": v for k, v in
                         syscalls(daemon.pid, lambda: paced_run().completed, d / "strace.txt").items()})
@@ -127,6 +151,15 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         lines.append(f"| {name} | {cell([r['hits_per_s'] for r in rows], '{:,.0f}')} | {cell(cpu, '{:.2f}')} | "
                      f"{ratio} | {cell([r['cpu_us_at_5000'] for r in rows], '{:.1f}')} | "
                      f"{cell([r['wakeups_per_answer_at_5000'] for r in rows], '{:.2f}')} |")
+    lines += ["", f"Per answer at {PACED_RATE:,} q/s: CPU from schedstat (exact), user and system CPU "
+              "(tick-sampled), context switches, time runnable but waiting for the core:", "",
+              "| server | CPU us (schedstat) | user us | system us | wake-ups | preempted | run-queue wait us |",
+              "|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        lines.append(f"| {name} | " + " | ".join(cell([r.get(k, 0.0) for r in rows], fmt) for k, fmt in (
+            ("run_us_at_5000", "{:.1f}"), ("user_us_at_5000", "{:.1f}"), ("system_us_at_5000", "{:.1f}"),
+            ("wakeups_per_answer_at_5000", "{:.2f}"), ("preempted_per_answer_at_5000", "{:.3f}"),
+            ("wait_us_at_5000", "{:.1f}"))) + " |")
     calls = sorted({k for rows in results.values() for r in rows for k in r if k.startswith("syscalls:")})
     if calls:
         lines += ["", f"System calls per answer at {PACED_RATE:,} q/s under strace (name! = failed calls):", "",

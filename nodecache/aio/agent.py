@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from nodecache.aio.http import HttpEndpoints, PluginEndpoints, self_check
 from nodecache.aio.loopcheck import check_loops
 from nodecache.aio.pidfile import PidFile
 from nodecache.aio.resolver import Resolver
-from nodecache.aio.server import TCP_DRAIN_FORCE, Listener, queue_fill
+from nodecache.aio.queuewatch import watch_queues
+from nodecache.aio.server import TCP_DRAIN_FORCE, Listener
 from nodecache.aio.handover import successor_serving, take_shared
 from nodecache.aio.servinglock import ServingLock
 from nodecache.build import describe as describe_build
@@ -328,18 +330,17 @@ class Agent:
 
     async def _load_probe(self) -> None:
         """Flag the resolvers overloaded while queries queue up on a UDP socket (core/overload.py)."""
-        loop = asyncio.get_running_loop()
-        detector = OverloadDetector()
-        while not self.stopping.is_set():
-            await asyncio.sleep(detector.next_sample())
-            fill = max((queue_fill(listener.udp_sock) for listener in self.listeners.values()),
-                       default=0.0)
-            if detector.sample(loop.time(), fill) and self.runtime is not None:
-                state = detector.overloaded
-                for resolver in self.runtime.resolvers.values():
-                    resolver.overloaded = state
-                log.warning("%s", "queries are queueing up: shedding misses of the busiest "
-                            "clients" if state else "keeping up again")
+        await watch_queues(self._udp_sockets, OverloadDetector(), self._set_overloaded)
+
+    def _udp_sockets(self) -> list[socket.socket]:
+        return [listener.udp_sock for listener in self.listeners.values() if listener.udp_sock is not None]
+
+    def _set_overloaded(self, state: bool) -> None:
+        if self.runtime is not None:
+            for resolver in self.runtime.resolvers.values():
+                resolver.overloaded = state
+        log.warning("%s", "queries are queueing up: shedding misses of the busiest "
+                    "clients" if state else "keeping up again")
 
     async def _resync_loop(self) -> None:
         if self.hostnet is None:

@@ -101,22 +101,6 @@ def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {address}")
 
 
-#: linux/socket.h SO_MEMINFO: the socket's memory counters; the first is the
-#: receive queue (SK_MEMINFO_RMEM_ALLOC), the second the receive buffer, bytes.
-_SO_MEMINFO = 55
-
-
-def queue_fill(sock: socket.socket | None) -> float:
-    """How full a socket's receive queue is, 0..1 (queries waiting to be read)."""
-    if sock is None:
-        return 0.0
-    try:
-        queued, size = struct.unpack_from("2I", sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 36))
-    except OSError:
-        return 0.0
-    return queued / size if size else 0.0
-
-
 def submit_refreshes(handler: QueryHandler, submit: Callable[..., None]) -> None:
     """Resolve the background refreshes ``handler`` queued; no client waits for them."""
     for miss in handler.take_refreshes():

@@ -232,14 +232,20 @@ def test_hitrate_on_loopback_measures_every_server() -> None:
     """``bench/run --hitrate``: nodecache, node-cache, unbound and the Python floor (read by the
     event loop, and by a thread) answer the same cached names again and again; every server
     answers (nearly) every query of the burst and gets a row, CPU per hit also as a multiple of
-    the floor's, and its wake-ups per answer at 5,000 q/s. Timings are not asserted."""
+    the floor's, and per answer at 5,000 q/s its wake-ups and its CPU (schedstat, user, system).
+    Timings are not asserted."""
     assert NODE_CACHE.exists(), f"the node-cache build is missing: {NODE_CACHE}"
     cp = subprocess.run([str(ROOT / "bench" / "run"), "--hitrate", "--names", "100", "--hits", "20000",
                          "--paced", "2500", "--runs", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in cp.stdout.splitlines() if line.startswith("| ")]
-    assert [cells[0].strip() for cells in rows] == ["server", "nodecache", "node-cache", "unbound", "floor",
-                                                    "floor-thread"]
+    tables = [[line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| ")]
+              for block in cp.stdout.split("\n\n")]
+    rows, per_answer = tables[0], tables[2]
+    servers = ["server", "nodecache", "node-cache", "unbound", "floor", "floor-thread"]
+    assert [cells[0].strip() for cells in rows] == servers
+    assert [cells[0].strip() for cells in per_answer] == servers
+    for cells in per_answer[1:]:  # schedstat CPU, user, system, wake-ups, preempted, run-queue wait
+        assert float(cells[1]) > 0 and all(float(c) >= 0 for c in cells[2:]), cells
     for cells in rows[1:]:  # hits/s, CPU per hit, x floor, CPU at 5,000 q/s, wake-ups; CPU counts 10 ms ticks
         assert float(cells[1].strip().replace(",", "")) > 0, cells
         assert float(cells[2]) >= 0 and float(cells[4]) >= 0, cells

@@ -67,3 +67,36 @@ def test_samples_come_faster_while_a_backlog_builds_or_overload_lasts() -> None:
     # calm; a full sample asks for a quick look; calm again; a backlog and overload
     # (held 0.5 s after the last full sample) keep the quick pace; then calm
     assert due == [calm, fast, calm, fast, fast, fast] + [fast] * 24 + [calm] * 2
+
+
+def test_sampling_waits_for_traffic_after_a_second_of_empty_queues() -> None:
+    """Rule 5: ``quiet`` empty samples in a row and the agent waits for a datagram; a
+    queued byte in between, a backlog or overload lasting keep it sampling."""
+    detector = OverloadDetector()
+    parks = []
+    for i, fill in enumerate([0.0] * 9 + [E] + [0.0] * 10):
+        detector.sample(i * STEP, fill)
+        parks.append(detector.parks())
+    assert parks == [False] * 19 + [True]
+    # The wait ended without a datagram: one more empty sample and it waits again.
+    detector.sample(1.0, 0.0)
+    assert detector.parks()
+    # A datagram ended it: a second of samples again before the next wait.
+    detector.datagram_came()
+    for i in range(detector.quiet - 1):
+        detector.sample(2.0 + i * STEP, 0.0)
+        assert not detector.parks()
+    detector.sample(3.0, 0.0)
+    assert detector.parks()
+
+
+def test_overload_keeps_sampling_even_with_empty_queues() -> None:
+    detector = OverloadDetector()
+    for i in range(3):
+        detector.sample(i * STEP, F)
+    assert detector.overloaded
+    for i in range(3, 3 + detector.quiet + 5):  # empty, still within the hold (0.5 s)
+        detector.sample(i * STEP, 0.0)
+        assert detector.overloaded and not detector.parks()
+    detector.sample(10.0, 0.0)  # the hold is over
+    assert not detector.overloaded and detector.parks()
