@@ -28,12 +28,13 @@ from tests.kit.fakeupstream import FakeUpstream
 
 pytestmark = pytest.mark.timeout(60)
 
-#: The worker's whole life, modules written at exit (atexit runs after a SIGTERM shutdown).
+#: The serving process's whole life, modules written at exit (atexit runs after a SIGTERM
+#: shutdown): ``python -m nodecache.serve``, which ``nodecache run`` becomes.
 WORKER = """
 import atexit, json, sys
 atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
-from nodecache.cli import main
-main(sys.argv[2:])
+from nodecache.serve import main
+sys.exit(main(sys.argv[2:]))
 """
 
 COREFILE = """.:{port} {{
@@ -58,6 +59,23 @@ def imported(code: str) -> list[str]:
                           "print(json.dumps(sorted(sys.modules)))"],
                          capture_output=True, text=True, timeout=30, check=True)
     return list(json.loads(out.stdout))
+
+
+def serving_argv(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
+    """The command line ``nodecache run args`` replaces itself with (checked, not started)."""
+    from nodecache import cli, serve
+    became: list[list[str]] = []
+
+    def become(options: serve.ServeOptions) -> None:
+        became.append(serve.argv(options))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve, "become_server", become)
+    with pytest.raises(SystemExit):
+        cli.main(["run", *args])
+    [argv] = became
+    assert argv[:3] == [sys.executable, "-m", "nodecache.serve"], argv
+    return argv
 
 
 def under(modules: list[str], roots: tuple[str, ...]) -> list[str]:
@@ -91,16 +109,17 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.mark.asyncio
-async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path) -> None:
+async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = {"a.example. A": "192.0.2.1", "a.example. AAAA": "2001:db8::1"}
     async with FakeUpstream(records=records) as up:
         ports = {k: free_port() for k in ("port", "metrics", "health", "ready")}
         conf = tmp_path / "Corefile"
         conf.write_text(COREFILE.format(upstream=up.port, **ports))
         dump = tmp_path / "modules.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(dump), "run", "--conf", str(conf),
-             "--localip", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        argv = serving_argv(monkeypatch, "--conf", str(conf), "--localip", "")
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(dump), *argv[3:]],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 20
             while (await asyncio.to_thread(_get, ports["ready"], "/ready"))[0] != 200:
@@ -130,3 +149,7 @@ async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path
     modules = json.loads(dump.read_text())
     assert "nodecache.aio.agent" in modules
     assert under(modules, ("dns", "prometheus_client")) == [], out
+    # Nor the command line (click), the one-shot commands or, without host networking,
+    # the host-network code: each is part of the container's working set for good.
+    assert under(modules, ("click", "nodecache.cli", "nodecache.benchclient",
+                           "nodecache.hostnet.host", "nodecache.hostnet.commands")) == [], out
