@@ -35,6 +35,11 @@ class ConfigError(NodecacheError):
 class ClientProtocolError(NodecacheError):
     """The client sent a malformed DNS message (answered with FORMERR)."""
 
+    def __init__(self, *args: object, question_end: int | None = None) -> None:
+        super().__init__(*args)
+        #: Offset just past the question when it was read (the FORMERR echoes it).
+        self.question_end = question_end
+
 
 class UpstreamError(NodecacheError):
     """No upstream answered in time (answered with SERVFAIL)."""

@@ -320,16 +320,17 @@ def _rotations(data: bytes, resp: wire.Response) -> list[list[wire.Record]]:
 
 
 def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: int,
-                now: float, *, do: bool, loadbalance: bool = False, keep: bool = False,
-                name_end: int = -1) -> Entry:
+                now: float, *, do: bool, cd: bool = False, loadbalance: bool = False,
+                keep: bool = False, name_end: int = -1) -> Entry:
     """Make an Entry from an upstream answer already classified as cacheable.
 
     Its body is ready for a reply at ``now`` (every TTL field ``ttl``).
     ``name_end`` is the offset of the root label ending the question's name
     in ``key`` (the name's length - 1), when the caller knows it.
     """
-    # RFC 4035 section 3.2.3: AD only for clients that asked
-    flags = (resp.flags | _QR_AA) & (_KEPT_DO if do else _KEPT)
+    # RFC 4035 section 3.2.3: AD only for clients that asked; section 3.2.2: CD
+    # is the client's (``cd``: the key's), whatever the upstream said.
+    flags = (resp.flags | _QR_AA) & (_KEPT_DO if do else _KEPT) | (wire.CD if cd else 0)
     records = resp.records
     shape = (flags, resp.ancount, resp.nscount, len(records) - resp.ancount - resp.nscount)
     headers = _HEADER_SETS.get(shape) or _headers(*shape)
@@ -363,9 +364,10 @@ def build_entry(key: bytes, data: bytes, resp: wire.Response, kind: Kind, ttl: i
     return entry
 
 
-#: A stored answer's header flags: QR and AA set; TC, RD (the client's) and, without DO, AD clear.
+#: A stored answer's header flags: QR and AA set; TC, RD and CD (the client's) and, without DO,
+#: AD clear.
 _QR_AA = wire.QR | wire.AA
-_KEPT_DO = 0xFFFF & ~(wire.TC | wire.RD)
+_KEPT_DO = 0xFFFF & ~(wire.TC | wire.RD | wire.CD)
 _KEPT = _KEPT_DO & ~wire.AD
 #: Shared TTL offsets of bodies, and those of one record by its offset.
 _CUTS: dict[tuple[int, ...], tuple[int, ...]] = {}

@@ -374,19 +374,25 @@ class QueryHandler:
         """Everything that is not a plain hit: strict parsing, errors, misses, stale."""
         if len(data) < wire.HEADER_LEN or data[2] & 0x80:
             return None  # no header to answer, or a response: never reply (no loops)
+        rcode = wire.header_rcode(data)
+        if rcode:
+            return wire.reject_response(data, rcode)
         try:
             question = wire.parse_query(data)
-        except ClientProtocolError:
-            # RFC 1035 section 4.1.1: FORMERR; without a readable question, none is echoed.
-            return wire.error_response(data, wire.FORMERR, None, None)
-        edns = question.edns
+        except ClientProtocolError as exc:
+            # RFC 1035 section 4.1.1: FORMERR, echoing the question when it was readable.
+            return wire.reject_response(data, wire.FORMERR, exc.question_end)
         if data[2] & 0x78:
-            return wire.error_response(data, wire.NOTIMP, question.end, edns)
+            # NOTIFY (RFC 1996): we are no secondary (node-cache passes it on upstream).
+            return wire.reject_response(data, wire.NOTIMP)
+        edns = question.edns
         if edns is not None and edns[1] != 0:
             # RFC 6891 section 6.1.3: an unknown EDNS version gets BADVERS.
             # node-cache's BADVERS carries an OPT of size 0, DO clear.
             return wire.error_response(data, wire.BADVERS, question.end, (0, 0, False))
-        if question.qclass != wire.CLASS_IN or question.qtype in (_QTYPE_AXFR, _QTYPE_IXFR):
+        if question.qtype == _QTYPE_AXFR or question.qtype == _QTYPE_IXFR:
+            # A zone transfer is a stream of messages: neither the cache nor a
+            # pipelined upstream connection carries one (node-cache forwards it).
             return wire.error_response(data, wire.REFUSED, question.end, edns)
         lower = question.key_name
         zone = self.route(lower)
@@ -630,6 +636,7 @@ class QueryHandler:
                 keep_stale = kind is SERVFAIL_KIND and miss.stale is not None
                 if stored_ttl > 0 and not expired_sig and not keep_stale:
                     entry = build_entry(key, data, response, kind, stored_ttl, now, do=do,
+                                        cd=miss.cd,
                                         loadbalance=zone.block.loadbalance,
                                         keep=cache.settings.keepttl, name_end=end - 17)
                     zone.store(entry, now, miss.slot)

@@ -32,6 +32,7 @@ CD = 0x0010  # RFC 4035 section 3.2.2
 # RCODEs (section 4.1.1; RFC 6891 section 9 for BADVERS).
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
+OPCODE_QUERY, OPCODE_NOTIFY = 0, 4  # RFC 1035 section 4.1.1, RFC 1996
 
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_AAAA, TYPE_OPT = 1, 2, 5, 6, 28, 41
 TYPE_RRSIG = 46
@@ -175,7 +176,10 @@ def parse_query(data: bytes) -> Question:
     """Parse a client's query fully and strictly (the slow path).
 
     Raises ``ClientProtocolError`` for anything malformed; the caller answers
-    FORMERR when at least a header was readable.
+    FORMERR when at least a header was readable. Its ``question_end`` is set
+    when the question was read and a record after it was not. As node-cache
+    (miekg/dns) does, bytes after the last record are ignored, and so are
+    record counts that run past the end of the message.
     """
     if len(data) < HEADER_LEN:
         raise ClientProtocolError("shorter than a DNS header")
@@ -192,25 +196,58 @@ def parse_query(data: bytes) -> Question:
     options = b""
     try:
         for index in range(ancount + nscount + arcount):
+            if offset == len(data):
+                break  # the counts promised more records than came
             name_start = offset
             offset = skip_name(data, offset)
             if offset + 10 > len(data):
-                raise ClientProtocolError("resource record truncated")
+                raise ClientProtocolError("resource record truncated", question_end=end + 4)
             rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
             offset += 10 + rdlength
             if offset > len(data):
-                raise ClientProtocolError("RDATA runs past the message")
+                raise ClientProtocolError("RDATA runs past the message", question_end=end + 4)
             if rtype == TYPE_OPT:
                 # RFC 6891 section 6.1.1: one OPT, in the additional section, owner root.
                 if edns is not None or index < ancount + nscount or data[name_start] != 0:
-                    raise ClientProtocolError("misplaced or repeated OPT record")
+                    raise ClientProtocolError("misplaced or repeated OPT record",
+                                              question_end=end + 4)
                 edns = (rclass, (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO))
                 options = data[offset - rdlength:offset]
     except ValueError as exc:
-        raise ClientProtocolError(str(exc)) from None
-    if offset != len(data):
-        raise ClientProtocolError("trailing bytes after the last record")
+        raise ClientProtocolError(str(exc), question_end=end + 4) from None
     return Question(data[HEADER_LEN:end], qtype, qclass, end + 4, flags, edns, options)
+
+
+def header_rcode(data: bytes) -> int:
+    """What the header alone makes of a query (at least 12 bytes, QR clear):
+    NOTIMP for an opcode other than QUERY or NOTIFY, FORMERR for counts no
+    query has, else NOERROR (read on). These are miekg/dns's checks, which
+    node-cache makes before it reads the question: QDCOUNT 1 (RFC 9619), at
+    most one answer (a NOTIFY's SOA, RFC 1996 section 3.7), one authority
+    record (an IXFR's SOA, RFC 1995 section 3) and two additional ones.
+    """
+    opcode = (data[2] >> 3) & 0xF
+    if opcode != OPCODE_QUERY and opcode != OPCODE_NOTIFY:
+        return NOTIMP
+    _id, _flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if qdcount != 1 or ancount > 1 or nscount > 1 or arcount > 2:
+        return FORMERR
+    return NOERROR
+
+
+def reject_response(data: bytes, rcode: int, question_end: int | None = None) -> bytes:
+    """node-cache's reply to a query it cannot take (``rcode`` FORMERR or NOTIMP).
+
+    The query's own header comes back with QR set, AA and Z clear, its TC, RD,
+    RA, AD and CD bits as they were, opcode QUERY for FORMERR (the query's
+    for NOTIMP); the question only when it was read (``question_end``), and
+    no records and no OPT, whatever the query had.
+    """
+    qid, flags = struct.unpack_from("!HH", data)
+    kept = TC | RD | RA | AD | CD | (OPCODE_MASK if rcode == NOTIMP else 0)
+    question = data[HEADER_LEN:question_end] if question_end else b""
+    return _HEADER.pack(qid, QR | (flags & kept) | rcode, 1 if question else 0, 0, 0, 0) \
+        + question
 
 
 def opt_record(do: bool, payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0,
@@ -224,13 +261,16 @@ def error_response(data: bytes, rcode: int, question_end: int | None,
                    edns: tuple[int, int, bool] | None) -> bytes:
     """A reply with ``rcode`` and no records, echoing ID, opcode, RD, CD and the question.
 
+    RA stays clear, as in the errors node-cache makes itself (CoreDNS's
+    ``SetRcode``): the error is ours, not the recursion's.
+
     ``question_end`` is None when the question could not be read; the reply
     then carries no question (QDCOUNT 0), as FORMERR replies may.
     ``edns`` is the client's (:attr:`Question.edns`): the OPT echoes its size and DO bit.
     ``rcode`` may be an extended RCODE (e.g. BADVERS), split per RFC 6891 section 6.1.3.
     """
     qid, flags = struct.unpack_from("!HH", data)
-    flags = QR | (flags & (OPCODE_MASK | RD | CD)) | RA | (rcode & 0xF)
+    flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
     question = data[HEADER_LEN:question_end] if question_end else b""
     additional = b""
     if edns is not None:

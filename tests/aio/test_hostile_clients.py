@@ -142,9 +142,10 @@ async def test_broken_frames_cost_only_their_connection(data: bytes, why: str) -
         with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
             got = await asyncio.wait_for(reader.read(), 3)  # the server must end it
         writer.close()
-        if got:  # whatever came back is a well-formed frame with a FORMERR
+        if got:  # whatever came back is a well-formed frame: a FORMERR (NOTIMP for a random
+            # opcode), or an answer to the query before the tail (ignored, as by node-cache)
             assert len(got) == 2 + struct.unpack("!H", got[:2])[0], why
-            assert got[5] & 0xF == 1, why
+            assert got[5] & 0xF in ((0,) if "valid query" in why else (1, 4)), why
         # The agent is fine: TCP and UDP still answer, nothing panicked.
         assert (await kit.query("n2.example.", tcp=True)).answer, why
         assert (await kit.query("n2.example.")).answer, why

@@ -111,6 +111,34 @@ class TcpClient:
             pass
 
 
+async def udp_exchange(address: tuple[str, int], data: bytes,
+                       timeout: float = CLIENT_TIMEOUT) -> bytes | None:
+    """Send one datagram to ``address``; the reply's bytes, or None when none came in time."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(address)
+        await loop.sock_sendall(sock, data)
+        try:
+            return await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
+async def tcp_exchange(address: tuple[str, int], data: bytes,
+                       timeout: float = CLIENT_TIMEOUT) -> bytes | None:
+    """One framed query to ``address`` on a fresh connection; the reply's bytes or None
+    (closed); ``asyncio.TimeoutError`` when the server neither answers nor closes."""
+    reader, writer = await asyncio.open_connection(*address)
+    client = TcpClient(reader, writer)
+    try:
+        await client.send(data)
+        return await client.recv_raw(timeout)
+    finally:
+        await client.close()
+
+
 class AgentKit:
     """An Agent serving ``corefile`` on loopback; see the module docstring."""
 
@@ -157,16 +185,7 @@ class AgentKit:
 
     async def udp_raw(self, data: bytes, timeout: float = CLIENT_TIMEOUT) -> bytes | None:
         """Send one datagram; the reply's bytes, or None when none came in ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.connect(self.address)
-            await loop.sock_sendall(sock, data)
-            try:
-                return await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
-            except asyncio.TimeoutError:
-                return None
+        return await udp_exchange(self.address, data, timeout)
 
     async def tcp_client(self) -> TcpClient:
         reader, writer = await asyncio.open_connection(*self.address)
@@ -174,12 +193,7 @@ class AgentKit:
 
     async def tcp_raw(self, data: bytes, timeout: float = CLIENT_TIMEOUT) -> bytes | None:
         """One framed query on a fresh connection; the reply's bytes or None (closed)."""
-        client = await self.tcp_client()
-        try:
-            await client.send(data)
-            return await client.recv_raw(timeout)
-        finally:
-            await client.close()
+        return await tcp_exchange(self.address, data, timeout)
 
     async def ask(self, message: dns.message.Message, *, tcp: bool = False,
                   timeout: float = CLIENT_TIMEOUT) -> dns.message.Message | None:

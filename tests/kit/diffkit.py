@@ -15,14 +15,16 @@ What it does:
   whole record sets from a table (so CNAME chains and SOAs are possible).
 * :meth:`Pair.check` sends the same query to both, twice (the second answer
   comes from the cache), and asserts that the replies are equal after
-  normalising: TTLs are dropped, records sorted within each section, the
-  RA flag left out (nodecache sets RA on replies it makes itself; it
-  carries no meaning for a stub). Of the OPT record, its version, UDP size
-  and DO bit are compared (both echo the client's size).
+  normalising: TTLs are dropped, records sorted within each section. Of the
+  OPT record, its version, UDP size and DO bit are compared (both echo the
+  client's size). :meth:`Pair.both_raw` and :func:`wire_view` compare all of
+  a reply to a query given as bytes, its header's counts and OPT options too.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from tests.kit.agentkit import AgentKit
+from tests.kit.agentkit import AgentKit, tcp_exchange, udp_exchange
 from tests.kit.fakeupstream import FakeUpstream
 from tests.kit.queries import make_query
 from tests.kit.refnodecache import free_port, node_cache
@@ -64,7 +66,8 @@ class Zone(FakeUpstream):
 
         def handler(query: dns.message.Message, proto: str) -> dns.message.Message:
             reply = dns.message.make_response(query)
-            reply.flags |= dns.flags.AA
+            # AA, and CD copied from the query (RFC 4035 section 3.2.2), as servers do
+            reply.flags |= dns.flags.AA | (query.flags & dns.flags.CD)
             question = query.question[0]
             name = question.name.to_text().lower()
             found = rrsets.get((name, question.rdtype))
@@ -84,11 +87,11 @@ class Zone(FakeUpstream):
 
 
 def normalise(message: dns.message.Message | None) -> Any:
-    """What is compared: RCODE, flags but RA, question, EDNS (version, size, DO) and
-    each section without TTLs."""
+    """What is compared: RCODE, flags, question, EDNS (version, size, DO) and each
+    section without TTLs."""
     if message is None:
         return None
-    flags = dns.flags.to_text(message.flags & ~dns.flags.RA)
+    flags = dns.flags.to_text(message.flags)
     sections = []
     for section in (message.answer, message.authority, message.additional):
         records = sorted(f"{rrset.name.to_text().lower()} {dns.rdataclass.to_text(rrset.rdclass)}"
@@ -99,6 +102,25 @@ def normalise(message: dns.message.Message | None) -> Any:
     edns = (message.edns, message.payload, bool(message.ednsflags & dns.flags.DO)) \
         if message.edns >= 0 else None
     return (dns.rcode.to_text(message.rcode()), flags, question, edns, *sections)
+
+
+def wire_view(raw: bytes | None) -> Any:
+    """All of a reply but its ID, TTLs, compression and record order: the header's
+    flags and counts, the full RCODE, the question, the OPT (version, size, DO,
+    options) and each section's records."""
+    if raw is None:
+        return None
+    try:
+        message = dns.message.from_wire(raw)
+    except dns.exception.DNSException:
+        return ("undecodable", raw[2:].hex())
+    edns = None
+    if message.opt is not None:
+        edns = (message.edns, message.payload, bool(message.ednsflags & dns.flags.DO),
+                [option.to_wire().hex() for option in message.options])
+    return (dns.flags.to_text(message.flags), struct.unpack_from("!4H", raw, 4),
+            dns.rcode.to_text(message.rcode()), [q.to_text().lower() for q in message.question],
+            edns, *normalise(message)[4:])
 
 
 def _canonical(rdata: dns.rdata.Rdata) -> str:
@@ -162,6 +184,18 @@ class Pair:
 
     async def ours(self, query: dns.message.Message, tcp: bool = False) -> dns.message.Message | None:
         return await self.kit.ask(query, tcp=tcp)
+
+    async def both_raw(self, data: bytes, *, tcp: bool = False,
+                       timeout: float = QUERY_TIMEOUT) -> tuple[bytes | None, bytes | None]:
+        """Send the bytes ``data`` as a query to both; their replies' bytes (None: none)."""
+        async def ask(address: tuple[str, int]) -> bytes | None:
+            if not tcp:
+                return await udp_exchange(address, data, timeout)
+            try:
+                return await tcp_exchange(address, data, timeout)
+            except asyncio.TimeoutError:
+                return None
+        return await ask(self.kit.address), await ask((self.host, self.port))
 
     async def both(self, name: str, rdtype: str = "A", *, tcp: bool = False,
                    edns: int | None = 0, **query: Any) -> tuple[dns.message.Message | None,
