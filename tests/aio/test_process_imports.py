@@ -25,6 +25,7 @@ import pytest
 
 from tests.aio.test_lifecycle import free_port
 from tests.kit.fakeupstream import FakeUpstream
+from tests.kit.servekit import serving_argv
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,23 +62,6 @@ def imported(code: str) -> list[str]:
     return list(json.loads(out.stdout))
 
 
-def serving_argv(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
-    """The command line ``nodecache run args`` replaces itself with (checked, not started)."""
-    from nodecache import cli, serve
-    became: list[list[str]] = []
-
-    def become(options: serve.ServeOptions) -> None:
-        became.append(serve.argv(options))
-        raise SystemExit(0)
-
-    monkeypatch.setattr(serve, "become_server", become)
-    with pytest.raises(SystemExit):
-        cli.main(["run", *args])
-    [argv] = became
-    assert argv[:3] == [sys.executable, "-m", "nodecache.serve"], argv
-    return argv
-
-
 def under(modules: list[str], roots: tuple[str, ...]) -> list[str]:
     return [m for m in modules if any(m == r or m.startswith(r + ".") for r in roots)]
 
@@ -109,15 +93,14 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.mark.asyncio
-async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path) -> None:
     records = {"a.example. A": "192.0.2.1", "a.example. AAAA": "2001:db8::1"}
     async with FakeUpstream(records=records) as up:
         ports = {k: free_port() for k in ("port", "metrics", "health", "ready")}
         conf = tmp_path / "Corefile"
         conf.write_text(COREFILE.format(upstream=up.port, **ports))
         dump = tmp_path / "modules.json"
-        argv = serving_argv(monkeypatch, "--conf", str(conf), "--localip", "")
+        argv = serving_argv("--conf", str(conf), "--localip", "")
         proc = subprocess.Popen([sys.executable, "-c", WORKER, str(dump), *argv[3:]],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
