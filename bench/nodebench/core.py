@@ -36,8 +36,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .servers import nodecache_build
-
 REPO = Path(__file__).resolve().parents[2]
 #: Names per round; below the deployed cache's 9984 entries, so nothing is evicted.
 NAMES = 5000
@@ -157,9 +155,15 @@ def measure(names: int = NAMES, rounds: int = ROUNDS, stages: bool = True) -> di
         "hit_plugins": _best_and_median(plugin_hit_us),
         "miss_stages_us": stage_us,
         "python": sys.version.split()[0],
-        "build": nodecache_build(),
+        "build": _build(),
         "tree": str(Path(sys.modules["nodecache"].__file__ or "").parents[1]),
     }
+
+
+def _build() -> str:
+    # Imported late: the servers' modules import nodecache, and --tree must come first.
+    from .servers import nodecache_build
+    return nodecache_build()
 
 
 def _hits(handler: Any, qs: list[bytes], answers: list[bytes], clock: Callable[[], int]) -> float:

@@ -21,6 +21,9 @@ without it and per-iteration costs (one write for many queries) weigh a
 little less: compare the two servers counted the same way, never with
 figures taken without the profiler.
 
+Functions of compiled modules (setup.py) make no Python calls and are not
+counted: to count every call of nodecache's code, run it with NODECACHE_PURE=1.
+
 Run it as ``python -m nodebench.misscalls`` with ``bench`` on ``PYTHONPATH``
 (as root: knotd); nothing leaves 127.0.0.0/8.
 """

@@ -204,7 +204,7 @@ def table(results: dict[str, list[dict[str, float]]], names: int) -> str:
         if theirs and ours:
             cpu = [r["cpu_us_per_miss"] / f["cpu_us_per_miss"] for r, f in zip(ours, theirs) if f["cpu_us_per_miss"] > 0]
             rate = [r["misses_per_s"] / f["misses_per_s"] for r, f in zip(ours, theirs)]
-            lines.append(f"\nnodecache / {ref}, run by run: CPU per miss {cell(cpu, '{:.2f}x') if cpu else '-'}, "
+            lines.append(f"\nnodecache / {ref.replace('-', ' ')}, run by run: CPU per miss {cell(cpu, '{:.2f}x') if cpu else '-'}, "
                          f"misses/s {cell(rate, '{:.2f}x')}")
     return "\n".join(lines)
 

@@ -210,21 +210,24 @@ def test_missrate_on_loopback_measures_every_cache() -> None:
     assert cp.returncode == 0, cp.stderr[-2000:]
     first, _, rest = cp.stdout.partition("\n\n")
     rows = [line.split("|")[1:-1] for line in first.splitlines() if line.startswith("| ")]
-    assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "node-cache", "unbound", "miss-floor"]
+    assert [cells[0].strip() for cells in rows] == ["cache", "nodecache", "nodecache-pure", "node-cache",
+                                                    "unbound", "miss-floor"]
     # each cache's memory cgroup after the burst: working set, anon, file, kernel, sock (slab on v2)
     cgroup = [line.split("|")[1:-1] for line in rest.splitlines() if line.startswith("| ")]
     assert [cells[0].strip() for cells in cgroup] == (
-        ["nodecache", "node-cache", "unbound", "miss-floor"] if _memory_controller() else []), rest
+        ["nodecache", "nodecache-pure", "node-cache", "unbound", "miss-floor"] if _memory_controller() else []), rest
     for cells in cgroup:
         working_set, anon = float(cells[1]), float(cells[2])
         assert 1 < working_set < 500 and 0 < anon <= working_set + 0.1, cells
     for cells in rows[1:]:  # misses/s, CPU, latency, PSS, RSS; CPU counts 10 ms ticks, so it may read 0
         values = [float(c.strip().replace(",", "")) for c in cells[1:]]
         assert len(values) == 5 and values[1] >= 0 and all(v > 0 for v in values[:1] + values[2:]), cells
+    assert re.search(r"^nodecache / nodecache pure, run by run: CPU per miss (-|[\d.]+x), misses/s [\d.]+x$",
+                     cp.stdout, re.M), cp.stdout
     assert re.search(r"^nodecache / miss floor, run by run: CPU per miss (-|[\d.]+x), misses/s [\d.]+x$",
                      cp.stdout, re.M), cp.stdout
     answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
-    assert len(answered) == 4 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
+    assert len(answered) == 5 and min(answered) >= 1900, cp.stderr  # UDP may drop a few under load
 
 
 @pytest.mark.timeout(180)
@@ -241,7 +244,7 @@ def test_hitrate_on_loopback_measures_every_server() -> None:
     tables = [[line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| ")]
               for block in cp.stdout.split("\n\n")]
     rows, per_answer = tables[0], tables[2]
-    servers = ["server", "nodecache", "node-cache", "unbound", "floor", "floor-thread"]
+    servers = ["server", "nodecache", "nodecache-pure", "node-cache", "unbound", "floor", "floor-thread"]
     assert [cells[0].strip() for cells in rows] == servers
     assert [cells[0].strip() for cells in per_answer] == servers
     for cells in per_answer[1:]:  # schedstat CPU, user, system, wake-ups, preempted, run-queue wait
@@ -253,4 +256,4 @@ def test_hitrate_on_loopback_measures_every_server() -> None:
         # Every server sleeps between paced queries, and wakes about once per answer at most.
         assert 0 < float(cells[5].split("-")[0]) < 3, cells
     answered = [int(n) for n in re.findall(r"'answered': (\d+)", cp.stderr)]
-    assert len(answered) == 5 and min(answered) >= 19_000, cp.stderr  # UDP may drop a few under load
+    assert len(answered) == 6 and min(answered) >= 19_000, cp.stderr  # UDP may drop a few under load

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from nodecache import build
 from tests.kit import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -37,7 +38,12 @@ def test_misscalls_counts_the_agent_and_the_floor() -> None:
     assert ours["answered"] == floor["answered"] == NAMES
     # the floor: datagram_received per query, a flush and a read per loop iteration
     assert 1.0 <= floor["python_calls"] < 2.0, floor  # type: ignore[operator]
-    assert ours["python_calls"] > 10 * floor["python_calls"], ours  # type: ignore[operator]
     top = [func for _, func in ours["top"]]  # type: ignore[attr-defined]
-    assert any(func.startswith("handler.py:") and func.endswith("(handle)") for func in top), top
+    if "nodecache.core.handler" in build.extensions() and not build.pure_requested():
+        # cProfile sees interpreted functions only: the listener's, not the compiled core's
+        assert ours["python_calls"] > floor["python_calls"], ours  # type: ignore[operator]
+        assert not any(func.startswith("handler.py:") for func in top), top
+    else:
+        assert ours["python_calls"] > 10 * floor["python_calls"], ours  # type: ignore[operator]
+        assert any(func.startswith("handler.py:") and func.endswith("(handle)") for func in top), top
     assert ours["cpu_us"] > 0 and floor["cpu_us"] > 0  # type: ignore[operator]
