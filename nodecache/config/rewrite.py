@@ -8,10 +8,12 @@ from nodecache.config.args import Args
 from nodecache.config.context import BlockContext
 from nodecache.config.lexer import Token
 from nodecache.config.parser import Directive
-from nodecache.core.stages.rewrite import MATCH_TYPES, AnswerRule, NameRule, Rule, TtlRule, TypeRule
+from nodecache.core.stages.rewrite import (MATCH_TYPES, AnswerRule, NameRule, RcodeRule, Rule,
+                                           TtlRule, TypeRule)
 
-_RULES = ("name", "type", "class", "ttl")
-_UNSUPPORTED = ("edns0", "cname", "rcode")
+_RULES = ("name", "type", "class", "ttl", "rcode")
+_UNSUPPORTED = ("edns0", "cname")
+_MAX_RCODE = 23  # what CoreDNS's rcode rule takes as a number
 _MAX_TTL = 2147483647  # s, RFC 2181 section 8
 
 
@@ -24,7 +26,8 @@ def parse_rewrite(line: Directive, ctx: BlockContext) -> tuple[Rule, ...]:
             tokens.extend((option.name, *option.args))
     words = _Words(line, tokens)
     mode = "stop"
-    first = words.take("a rule (name, type, class or ttl, after an optional continue or stop)")
+    first = words.take("a rule (name, type, class, ttl or rcode, after an optional continue"
+                       " or stop)")
     if first.text.lower() in ("continue", "stop"):
         mode = first.text.lower()
         first = words.take(f"a rule ({', '.join(_RULES)})")
@@ -32,7 +35,7 @@ def parse_rewrite(line: Directive, ctx: BlockContext) -> tuple[Rule, ...]:
     if kind in _UNSUPPORTED:
         raise first.error(f"rewrite: the {kind} rule is not supported")
     if kind == "answer":
-        raise first.error("rewrite: expected a rule (name, type, class, ttl), found 'answer'"
+        raise first.error("rewrite: expected a rule (name, type, class, ttl, rcode), found 'answer'"
                           " (response rewrites must begin with a name rule)")
     if kind not in _RULES:
         raise first.error(f"rewrite: expected a rule ({', '.join(_RULES)}), found {first.text!r}")
@@ -45,6 +48,8 @@ def parse_rewrite(line: Directive, ctx: BlockContext) -> tuple[Rule, ...]:
         return (TypeRule(mode, "qtype" if kind == "type" else "qclass", source, target),)
     if kind == "ttl":
         return (_ttl_rule(mode, words),)
+    if kind == "rcode":
+        return (_rcode_rule(mode, words),)
     return (_name_rule(mode, words),)
 
 
@@ -109,6 +114,31 @@ def _ttl_rule(mode: str, words: _Words) -> TtlRule:
     pattern = _regex(name_tok) if match == "regex" else None
     source = name_tok.text if match == "regex" else _normal(name_tok.text)
     return TtlRule(mode, match, source, low, high, pattern)
+
+
+def _rcode_rule(mode: str, words: _Words) -> RcodeRule:
+    # rcode [MATCH] NAME FROM TO
+    match = "exact" if len(words) <= 3 else words.value(
+        f"a match type ({', '.join(MATCH_TYPES)})", str.lower, lambda m: m in MATCH_TYPES)
+    name_tok = words.take("a NAME")
+    what = f"an RCODE (a name such as NXDOMAIN, or 0 to {_MAX_RCODE})"
+    old = words.value(what, _rcode)
+    new = words.value(what, _rcode)
+    words.end()
+    pattern = _regex(name_tok) if match == "regex" else None
+    source = name_tok.text if match == "regex" else _normal(name_tok.text)
+    return RcodeRule(mode, match, source, old, new, pattern)
+
+
+def _rcode(text: str) -> int:
+    """CoreDNS's isValidRCode: a number up to 23, or a mnemonic in any case."""
+    if text.isdigit():
+        if int(text) > _MAX_RCODE:
+            raise ValueError(text)
+        return int(text)
+    if text.isalpha():
+        return values.rcode(text)
+    raise ValueError(text)
 
 
 def _ttl_range(text: str) -> tuple[int, int]:

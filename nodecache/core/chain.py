@@ -87,11 +87,19 @@ RecordRule = Callable[["dns.rrset.RRset"], "dns.rrset.RRset"]
 
 
 @dataclass(frozen=True, slots=True)
+class RcodeMap:
+    """A reply rule on the RCODE: ``old`` becomes ``new`` (rewrite's rcode rule)."""
+
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rewritten:
-    """The request rewritten; ``rules`` apply to the reply's records, last rule first."""
+    """The request rewritten; ``rules`` apply to the reply (records, RCODE), last rule first."""
 
     request: Request
-    rules: tuple[RecordRule, ...] = ()
+    rules: tuple[RecordRule | RcodeMap, ...] = ()
 
 
 Step = Answer | Failure | Rewritten | None
@@ -123,7 +131,7 @@ class Resolution:
     plugin: str = ""
     #: Look these names up and append their answers before caching (see :class:`Answer`).
     targets: tuple[str, ...] = ()
-    rules: list[RecordRule] = field(default_factory=list)
+    rules: list[RecordRule | RcodeMap] = field(default_factory=list)
 
     @property
     def rewritten(self) -> bool:
@@ -169,12 +177,23 @@ class Resolution:
     def revert_message(self, message: dns.message.Message) -> dns.message.Message:
         original = self.original
         message.question = [question_of(original)]
-        if self.rules:
-            for section in (message.answer, message.authority, message.additional):
-                for index, rrset in enumerate(section):
-                    for rule in reversed(self.rules):
-                        rrset = rule(rrset)
-                    section[index] = rrset
+        if not self.rules:
+            return message
+        records = [rule for rule in reversed(self.rules) if not isinstance(rule, RcodeMap)]
+        rcodes = [rule for rule in reversed(self.rules) if isinstance(rule, RcodeMap)]
+        count = 0 if message.opt is None else 1
+        for section in (message.answer, message.authority, message.additional):
+            for index, rrset in enumerate(section):
+                count += len(rrset)
+                for record in records:
+                    rrset = record(rrset)
+                section[index] = rrset
+        # CoreDNS runs the rcode rules once per record (OPT included): with none, never.
+        import dns.rcode  # noqa: PLC0415
+        for _ in range(count if rcodes else 0):
+            for rcode in rcodes:
+                if message.rcode() == rcode.old:
+                    message.set_rcode(dns.rcode.Rcode.make(rcode.new))
         return message
 
 

@@ -245,6 +245,21 @@ TEMPLATE_QUESTIONS = [
     """template IN A example.org {
     answer "{{ .Name }} 60 IN A not-an-address"
   }""",
+    # Names without the final dot are under the root (miekg/dns's NewRR).
+    """template IN MX example.org {
+    answer "{{ .Name }} 60 IN MX 10 mail.example.org"
+    additional "mail.example.org 60 IN A 192.0.2.5"
+    authority "example.org 60 IN NS ns1"
+  }""",
+    # rewrite rcode on template answers: only one with records is rewritten.
+    """template IN MX example.org {
+    rcode NXDOMAIN
+    authority "example.org. 60 IN SOA ns.example.org. hostmaster.example.org. 1 7200 3600 86400 60"
+  }
+  template IN TXT example.org {
+    rcode NXDOMAIN
+  }
+  rewrite rcode suffix .example.org NXDOMAIN NOERROR""",
 ])
 async def test_template(templates: str, tmp_path: Path) -> None:
     await run(one_block(templates), TEMPLATE_QUESTIONS, tmp_path)
@@ -286,6 +301,15 @@ REWRITE_QUESTIONS = [
     "rewrite ttl regex ^v4[.] 400-",
     "rewrite continue ttl exact www.example.org -7\n  rewrite name front.example.org www.example.org",
     "rewrite stop {\n    name regex (.*)[.]corp[.]$ {1}.example.net\n    answer auto\n  }",
+    "rewrite rcode nomatch.example.org NXDOMAIN SERVFAIL",
+    "rewrite rcode suffix .example.org NOERROR 5",
+    "rewrite rcode regex ^(front|nomatch)[.] nxdomain refused",
+    # The rcode rules run once per record of the reply (OPT included), the last
+    # rule first: NXDOMAIN with an SOA and an OPT ends as SERVFAIL, not REFUSED.
+    "rewrite continue rcode suffix .org. NXDOMAIN REFUSED\n"
+    "  rewrite rcode substring example REFUSED SERVFAIL",
+    "rewrite continue name front.example.org nomatch.example.org\n"
+    "  rewrite rcode prefix nomatch NXDOMAIN NOERROR",
 ])
 async def test_rewrite(rules: str, tmp_path: Path) -> None:
     await run(one_block(rules), REWRITE_QUESTIONS, tmp_path)

@@ -7,6 +7,7 @@ Syntax (each ``rewrite`` line is one rule; the rules run in the order written)::
     rewrite [continue|stop] type FROM TO
     rewrite [continue|stop] class FROM TO
     rewrite [continue|stop] ttl [exact|prefix|suffix|substring|regex] NAME TTL|[MIN]-[MAX]
+    rewrite [continue|stop] rcode [exact|prefix|suffix|substring|regex] NAME FROM TO
     rewrite [continue|stop] { RULE... }     # the rule's words spread over lines
 
 Behaviour (CoreDNS 1.13):
@@ -23,6 +24,11 @@ Behaviour (CoreDNS 1.13):
   records (CNAME, SRV, MX, NS, DNAME, NAPTR, SOA MNAME, PTR); ``answer
   name`` and ``answer value`` do it by regular expression; ``ttl`` clamps
   TTLs. These run on every record, the last rule's first.
+- ``rcode`` changes the reply's RCODE FROM to TO (a mnemonic or 0 to 23)
+  for the names it matches. Like CoreDNS it runs once per record of the
+  reply (the OPT record counts): a reply without records keeps its RCODE.
+  An RCODE a plugin returns without writing a reply (forward's SERVFAIL
+  when no upstream answers) is not rewritten.
 - A rewritten name that is not a valid domain name: SERVFAIL.
 
 Metrics: none (CoreDNS's rewrite has none).
@@ -38,7 +44,7 @@ import dns.name
 import dns.rdatatype
 import dns.rrset
 
-from nodecache.core.chain import Failure, RecordRule, Request, Rewritten, Step
+from nodecache.core.chain import Failure, RcodeMap, RecordRule, Request, Rewritten, Step
 from nodecache.core.wire import SERVFAIL
 
 #: A text name -> the name a rule turns it into (itself when the rule does not apply).
@@ -95,7 +101,18 @@ class TtlRule:
     pattern: re.Pattern[str] | None = None
 
 
-Rule = NameRule | TypeRule | TtlRule
+@dataclass(frozen=True)
+class RcodeRule:
+    mode: str
+    match: str
+    source: str
+    #: The reply's RCODE this rule turns into ``new``.
+    old: int
+    new: int
+    pattern: re.Pattern[str] | None = None
+
+
+Rule = NameRule | TypeRule | TtlRule | RcodeRule
 
 
 def expand(replacement: str, groups: tuple[str, ...]) -> str:
@@ -192,9 +209,13 @@ def _name_matches(match: str, source: str, pattern: re.Pattern[str] | None, name
     return pattern.search(name) is not None
 
 
-def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule, ...]] | None:
+def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule | RcodeMap, ...]] | None:
     """The request after ``rule`` and the reply rules it adds; None when it does not match."""
     name = request.name
+    if isinstance(rule, RcodeRule):
+        if not _name_matches(rule.match, rule.source, rule.pattern, name):
+            return None
+        return request, (RcodeMap(rule.old, rule.new),)
     if isinstance(rule, TypeRule):
         if getattr(request, rule.field) != rule.source:
             return None
@@ -219,7 +240,7 @@ def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule,
         new = name[:len(name) - len(rule.source)] + rule.target
     else:
         new = name.replace(rule.source, rule.target)
-    rules: list[RecordRule] = []
+    rules: list[RecordRule | RcodeMap] = []
     if rule.match == "exact" or (rule.auto and rule.match != "suffix"):
         rules.append(_remap(new, name))
     elif rule.auto:
@@ -242,7 +263,7 @@ class RewriteStage:
 
     def serve(self, request: Request) -> Step:
         current = request
-        replies: list[RecordRule] = []
+        replies: list[RecordRule | RcodeMap] = []
         matched = False
         for rule in self.rules:
             result = apply_rule(rule, current)

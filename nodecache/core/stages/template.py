@@ -13,7 +13,8 @@ Syntax::
 
 Several ``template`` lines in one block are tried in order. An RR is a
 zone-file line (``NAME [TTL] [CLASS] TYPE RDATA``; TTL 3600 and class IN
-when left out; names absolute) with placeholders of Go's text/template:
+when left out; a name without the final dot is under the root, as in
+miekg/dns's ``NewRR``) with placeholders of Go's text/template:
 ``{{ .Name }}``, ``{{ .Zone }}``, ``{{ .Class }}``, ``{{ .Type }}``,
 ``{{ .Regex }}``, ``{{ .Remote }}``, ``{{ .Group.NAME }}``,
 ``{{ index .Match N }}``, ``{{ index .Group "NAME" }}`` and
@@ -202,7 +203,7 @@ class _Compiled:
 
 
 def parse_record(text: str) -> dns.rrset.RRset:
-    """A zone-file line as miekg/dns's ``NewRR`` reads it. Raises ``ValueError``."""
+    """A zone-file line as miekg/dns's ``NewRR`` reads it (origin ``.``). Raises ``ValueError``."""
     words = text.split(None, 1)
     if len(words) < 2:
         raise ValueError(f"not a resource record: {text!r}")
@@ -220,12 +221,10 @@ def parse_record(text: str) -> dns.rrset.RRset:
             break
         rest = tail
     try:
-        name = dns.name.from_text(owner, origin=None)
+        # NewRR reads the line with the root as $ORIGIN: "foo" is "foo."
+        name = dns.name.from_text(owner, origin=dns.name.root)
         rdtype = dns.rdatatype.from_text(head)
-        rdata = dns.rdata.from_text(rdclass, rdtype, tail, origin=None, relativize=False)
-        if not name.is_absolute():
-            raise ValueError(f"owner name {owner!r} is not absolute")
-        rdata.to_wire(origin=None)  # relative names in RDATA fail here, as in NewRR
+        rdata = dns.rdata.from_text(rdclass, rdtype, tail, origin=dns.name.root, relativize=False)
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"not a resource record: {text!r} ({exc})") from None
     rrset = dns.rrset.RRset(name, rdclass, rdtype)
