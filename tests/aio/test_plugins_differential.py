@@ -260,9 +260,43 @@ TEMPLATE_QUESTIONS = [
     rcode NXDOMAIN
   }
   rewrite rcode suffix .example.org NXDOMAIN NOERROR""",
+    # ederror's OPT counts as a record for rewrite rcode: the empty NXDOMAIN is rewritten.
+    """template IN TXT example.org {
+    rcode NXDOMAIN
+    ederror 15 "blocked"
+  }
+  rewrite rcode suffix .example.org NXDOMAIN NOERROR""",
 ])
 async def test_template(templates: str, tmp_path: Path) -> None:
     await run(one_block(templates), TEMPLATE_QUESTIONS, tmp_path)
+
+
+async def test_template_ederror(tmp_path: Path) -> None:
+    """node-cache's cache drops the answer's OPT, EDE included: the client gets
+    the server's OPT (its own size and DO) or none, from the cache or not."""
+    corefile = one_block("""template IN A example.org {
+    match ^blocked[.]
+    answer "{{ .Name }} 60 IN A 0.0.0.0"
+    ederror 15 "blocked by policy"
+    fallthrough
+  }
+  template IN TXT example.org {
+    rcode NXDOMAIN
+    ederror 18
+  }""")
+    async with Zone(ZONE, SOA) as up:
+        async with Pair(corefile.replace("UPSTREAM", up.spec), tmp_path) as pair:
+            for name, rdtype, query in [("blocked.example.org.", "A", {}),
+                                        ("blocked.example.org.", "A", {"dnssec": True}),
+                                        ("x.example.org.", "TXT", {"edns": None}),
+                                        ("x.example.org.", "TXT", {"payload": 4096}),
+                                        ("www.example.org.", "A", {})]:
+                for _ in range(2):
+                    await pair.check(name, rdtype, times=1, **query)
+                    ours, theirs = await pair.both(name, rdtype, **query)
+                    assert ours is not None and theirs is not None
+                    assert ([o.to_wire() for o in ours.options]
+                            == [o.to_wire() for o in theirs.options]), (name, rdtype, query)
 
 
 # -- rewrite ----------------------------------------------------------------

@@ -71,10 +71,16 @@ CASES: list[tuple[str, str]] = [
      "Corefile:3:5: template: expected an RCODE (NOERROR, NXDOMAIN, SERVFAIL, REFUSED...) after 'rcode', found end of line"),
     ('.:53 {\n  template IN A {\n    rcode NOERROR NXDOMAIN\n  }\n}',
      "Corefile:3:19: template: expected end of line after 'rcode NOERROR', found 'NXDOMAIN'"),
-    ('.:53 {\n  template IN A {\n    ederror 15\n  }\n}',
-     "Corefile:3:5: template: option 'ederror' is not supported (extended DNS errors in template answers are not implemented)"),
+    ('.:53 {\n  template IN A {\n    ederror\n  }\n}',
+     "Corefile:3:5: template: expected an extended DNS error code (0 to 65535) after 'ederror', found end of line"),
+    ('.:53 {\n  template IN A {\n    ederror x\n  }\n}',
+     "Corefile:3:13: template: expected an extended DNS error code (0 to 65535) after 'ederror', found 'x'"),
+    ('.:53 {\n  template IN A {\n    ederror 70000\n  }\n}',
+     "Corefile:3:13: template: expected an extended DNS error code (0 to 65535) after 'ederror', found '70000'"),
+    ('.:53 {\n  template IN A {\n    ederror 15 a b\n  }\n}',
+     "Corefile:3:18: template: expected end of line after 'ederror 15 a', found 'b'"),
     ('.:53 {\n  template IN A {\n    bogus\n  }\n}',
-     "Corefile:3:5: template: expected an option (match, answer, additional, authority, rcode, fallthrough, upstream), found 'bogus'"),
+     "Corefile:3:5: template: expected an option (match, answer, additional, authority, rcode, ederror, fallthrough, upstream), found 'bogus'"),
     ('.:53 {\n  template IN A {\n    fallthrough a..b\n  }\n}',
      "Corefile:3:17: template: expected a zone after 'fallthrough', found 'a..b'"),
     ('.:53 {\n  rewrite\n}',
@@ -169,6 +175,8 @@ def test_error(text: str, expected: str) -> None:
     # Several template and rewrite lines in one block are allowed (and kept in order).
     ".:53 {\n  template IN A a.example {\n    rcode NXDOMAIN\n  }\n  template IN AAAA . {\n    rcode NOERROR\n  }\n}",
     ".:53 {\n  rewrite continue name a.example b.example\n  rewrite name b.example c.example\n}",
+    # ederror with and without EXTRA-TEXT; given twice, the last counts (as in CoreDNS).
+    '.:53 {\n  template IN A {\n    ederror 15\n  }\n  template IN TXT {\n    ederror 18 "blocked"\n    ederror 17\n  }\n}',
     # CoreDNS's block form of a rule.
     ".:53 {\n  rewrite stop {\n    name regex (.*)[.]corp[.]$ {1}.example\n    answer auto\n  }\n}",
     # Inline hosts entries mixed with options, fallthrough last.

@@ -191,6 +191,25 @@ def test_template(question: Request, rcode: int | None, expected: list[str] | Fa
         assert step == expected
 
 
+@pytest.mark.parametrize("ederror, option", [
+    ((15, ""), "000f"),                          # RFC 8914 section 4.16: Blocked
+    ((18, "not here"), "00126e6f742068657265"),  # INFO-CODE, then EXTRA-TEXT (UTF-8)
+    ((40000, ""), "9c40"),                       # a code RFC 8914 does not name is kept
+])
+def test_template_ederror(ederror: tuple[int, str], option: str) -> None:
+    stage = TemplateStage([Template(1, A, (".",), rcode=3, ederror=ederror)])
+    step = stage.serve(req("a.example."))
+    assert isinstance(step, Answer) and step.message.rcode() == 3
+    # CoreDNS's SetEdns0(4096, true): size 4096, DO set.
+    assert (step.message.edns, step.message.payload, step.message.ednsflags) == (0, 4096, 0x8000)
+    assert [(o.otype, o.to_wire().hex()) for o in step.message.options] == [(15, option)]
+
+
+def test_template_without_ederror_has_no_opt() -> None:
+    step = TemplateStage([Template(1, A, (".",), rcode=3)]).serve(req("a.example."))
+    assert isinstance(step, Answer) and step.message.opt is None
+
+
 def test_template_counts_matches_and_render_failures() -> None:
     stage = TemplateStage([Template(1, A, (".",), answer=("{{ .Name }} 60 IN A {{ .Type }}",))])
     assert stage.serve(req("a.example.")) == Failure(2)

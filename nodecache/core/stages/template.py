@@ -8,6 +8,7 @@ Syntax::
         additional RR...
         authority RR...
         rcode RCODE
+        ederror CODE [TEXT]
         fallthrough [ZONE...]
     }
 
@@ -35,9 +36,16 @@ Behaviour (CoreDNS 1.13):
   otherwise the client gets SERVFAIL. Templates that do not fit are skipped;
   when none answered, the question is handed on.
 
+- ``ederror`` adds an OPT record to the answer (size 4096, DO set, as
+  CoreDNS's ``SetEdns0(4096, true)``) with an Extended DNS Error option
+  (RFC 8914: INFO-CODE CODE, EXTRA-TEXT TEXT). Like every OPT a plugin
+  writes, it is not what the client gets: the reply carries the server's OPT
+  for the client, as node-cache's cache does (it drops the answer's OPT
+  before storing and replying). It counts as a record for ``rewrite rcode``.
+
 For an A or AAAA question, the target of every CNAME answered is looked up
 through the whole server (cache, chain, forward) and its records appended,
-before the reply is cached. Not supported: ``ederror``.
+before the reply is cached.
 
 Metrics: :attr:`TemplateStage.matches` and :attr:`TemplateStage.failures`
 count what CoreDNS's ``coredns_template_matches_total`` and
@@ -49,7 +57,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import dns.edns
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rdata
 import dns.rdataclass
@@ -61,6 +71,7 @@ from nodecache.core import wire
 from nodecache.core.wire import SERVFAIL
 
 DEFAULT_TTL = 3600  # s, what miekg/dns gives a record line without one
+_EDE_PAYLOAD = 4096  # bytes, the OPT size CoreDNS's template gives an ederror answer
 
 #: The placeholders :func:`compile_text` accepts, for error messages.
 SUPPORTED = ("{{ .Name }}", "{{ .Zone }}", "{{ .Class }}", "{{ .Type }}", "{{ .Regex }}",
@@ -184,6 +195,8 @@ class Template:
     authority: tuple[str, ...] = ()
     rcode: int = 0
     fallthrough: tuple[str, ...] | None = None
+    #: ``ederror CODE TEXT``: the RFC 8914 INFO-CODE and EXTRA-TEXT ("" for none).
+    ederror: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +302,10 @@ class TemplateStage:
                 self.failures += 1
                 return Failure(SERVFAIL)
             sections[section].append(rrset)
+        if template.ederror is not None:
+            code, text = template.ederror
+            message.use_edns(0, dns.flags.DO, _EDE_PAYLOAD,
+                             options=[dns.edns.EDEOption(dns.edns.EDECode.make(code), text or None)])
         targets: tuple[str, ...] = ()
         if request.qtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             # CoreDNS resolves each answered CNAME's target and appends its records.
