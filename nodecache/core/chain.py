@@ -60,6 +60,8 @@ class Request:
     family: int = 1
     #: The question section as the client sent it (QNAME, QTYPE, QCLASS), b"" unknown.
     question: bytes = b""
+    #: The client's EDNS options (its OPT RDATA), which forward passes on.
+    options: bytes = b""
 
     def renamed(self, name: str) -> Request:
         return replace(self, name=name.lower(), qname=name, question=b"")

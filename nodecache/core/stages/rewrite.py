@@ -8,6 +8,7 @@ Syntax (each ``rewrite`` line is one rule; the rules run in the order written)::
     rewrite [continue|stop] class FROM TO
     rewrite [continue|stop] ttl [exact|prefix|suffix|substring|regex] NAME TTL|[MIN]-[MAX]
     rewrite [continue|stop] rcode [exact|prefix|suffix|substring|regex] NAME FROM TO
+    rewrite [continue|stop] edns0 local|nsid|subnet ...   # see nodecache.core.stages.edns0
     rewrite [continue|stop] { RULE... }     # the rule's words spread over lines
 
 Behaviour (CoreDNS 1.13):
@@ -45,6 +46,7 @@ import dns.rdatatype
 import dns.rrset
 
 from nodecache.core.chain import Failure, RcodeMap, RecordRule, Request, Rewritten, Step
+from nodecache.core.stages.edns0 import Edns0Rule, apply_edns0
 from nodecache.core.wire import SERVFAIL
 
 #: A text name -> the name a rule turns it into (itself when the rule does not apply).
@@ -112,7 +114,7 @@ class RcodeRule:
     pattern: re.Pattern[str] | None = None
 
 
-Rule = NameRule | TypeRule | TtlRule | RcodeRule
+Rule = NameRule | TypeRule | TtlRule | RcodeRule | Edns0Rule
 
 
 def expand(replacement: str, groups: tuple[str, ...]) -> str:
@@ -212,6 +214,9 @@ def _name_matches(match: str, source: str, pattern: re.Pattern[str] | None, name
 def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule | RcodeMap, ...]] | None:
     """The request after ``rule`` and the reply rules it adds; None when it does not match."""
     name = request.name
+    if isinstance(rule, Edns0Rule):
+        changed = apply_edns0(rule, request)
+        return None if changed is None else (changed, ())
     if isinstance(rule, RcodeRule):
         if not _name_matches(rule.match, rule.source, rule.pattern, name):
             return None
