@@ -62,6 +62,8 @@ class Request:
     question: bytes = b""
     #: The client's EDNS options (its OPT RDATA), which forward passes on.
     options: bytes = b""
+    #: The query has an OPT record.
+    edns: bool = False
 
     def renamed(self, name: str) -> Request:
         return replace(self, name=name.lower(), qname=name, question=b"")
@@ -102,6 +104,8 @@ class Rewritten:
 
     request: Request
     rules: tuple[RecordRule | RcodeMap, ...] = ()
+    #: A stop rule applied: failures of the later stages become written replies.
+    writes_failures: bool = False
 
 
 Step = Answer | Failure | Rewritten | None
@@ -134,6 +138,8 @@ class Resolution:
     #: Look these names up and append their answers before caching (see :class:`Answer`).
     targets: tuple[str, ...] = ()
     rules: list[RecordRule | RcodeMap] = field(default_factory=list)
+    #: See :attr:`Rewritten.writes_failures`.
+    writes_failures: bool = False
 
     @property
     def rewritten(self) -> bool:
@@ -228,9 +234,14 @@ class Chain:
             if isinstance(step, Rewritten):
                 resolution.request = step.request
                 resolution.rules.extend(step.rules)
+                resolution.writes_failures = step.writes_failures
                 continue
             resolution.plugin = stage.name
             if isinstance(step, Failure):
+                if resolution.writes_failures and step.rcode in _UNWRITTEN:
+                    resolution.answer = resolution.render(_failure_reply(resolution.request,
+                                                                         step.rcode))
+                    return resolution
                 resolution.rcode = step.rcode
             elif step.targets:
                 # mapped back once the targets' records are in (they are the stage's)
@@ -255,6 +266,22 @@ def reply_to(request: Request, rcode: int = 0) -> dns.message.Message:
     message = dns.message.Message(id=0)
     message.flags = dns.flags.QR | dns.flags.AA | dns.flags.RD
     message.set_rcode(dns.rcode.Rcode.make(rcode))
+    return message
+
+
+#: The RCODEs a CoreDNS plugin returns without writing (``plugin.ClientWrite``):
+#: FORMERR, SERVFAIL, NOTIMP, REFUSED.
+_UNWRITTEN = frozenset((1, 2, 4, 5))
+
+
+def _failure_reply(request: Request, rcode: int) -> dns.message.Message:
+    """The reply CoreDNS's rewrite writes for a failure: miekg's ``SetRcode`` (no AA),
+    with an OPT when the query has one (``SizeAndDo``); the server sets its own OPT."""
+    message = reply_to(request, rcode)
+    import dns.flags  # noqa: PLC0415
+    message.flags &= ~dns.flags.AA
+    if request.edns:
+        message.use_edns(0)
     return message
 
 

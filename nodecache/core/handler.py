@@ -923,7 +923,7 @@ def _request(miss: Miss, addr: object) -> Request:
     qname = wire.name_text(miss.qname)
     return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
                    SLOT_PROTO[miss.slot & 3], 2 if miss.slot & 1 else 1,
-                   miss.query[12:miss.question_end], miss.options)
+                   miss.query[12:miss.question_end], miss.options, miss.edns is not None)
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:

@@ -271,6 +271,35 @@ async def test_template(templates: str, tmp_path: Path) -> None:
     await run(one_block(templates), TEMPLATE_QUESTIONS, tmp_path)
 
 
+@pytest.mark.parametrize("rewrite", [
+    "rewrite rcode suffix .example.org SERVFAIL NXDOMAIN",
+    "rewrite continue rcode suffix .example.org SERVFAIL NXDOMAIN",  # unwritten: kept
+    # (Not "REFUSED NOERROR": node-cache then writes twice, see docs/plugin-chain.md.)
+    "rewrite name exact other.example.org only.example.org",
+    "rewrite continue name exact other.example.org none.example.org\n"
+    "  rewrite edns0 nsid set",
+])
+async def test_rewrite_writes_template_failures(rewrite: str, tmp_path: Path) -> None:
+    """After a stop rule, rewrite writes the SERVFAIL or REFUSED a template returns:
+    an empty reply (with an OPT when the query has one), its RCODE mapped."""
+    corefile = one_block(f"""template IN MX example.org {{
+    match ^only[.]
+    answer "{{{{ .Name }}}} 60 IN MX 10 mail.example.org."
+  }}
+  template IN TXT example.org {{
+    rcode REFUSED
+  }}
+  {rewrite}""")
+    async with Zone(ZONE, SOA) as up:
+        async with Pair(corefile.replace("UPSTREAM", up.spec), tmp_path) as pair:
+            for name, rdtype, edns in [("other.example.org.", "MX", 0),
+                                       ("other.example.org.", "TXT", 0),
+                                       ("noedns.example.org.", "MX", None),
+                                       ("noedns.example.org.", "TXT", None),
+                                       ("only.example.org.", "MX", 0)]:
+                await pair.check(name, rdtype, edns=edns)
+
+
 async def test_template_ederror(tmp_path: Path) -> None:
     """node-cache's cache drops the answer's OPT, EDE included: the client gets
     the server's OPT (its own size and DO) or none, from the cache or not."""

@@ -307,6 +307,29 @@ def test_rewrite_rcode(rules: str, name: str, records: int, edns: bool, expected
     assert dns.rcode.to_text(back.rcode()) == expected
 
 
+@pytest.mark.parametrize("rules, edns, rcode", [
+    ("rewrite rcode a.example. SERVFAIL NXDOMAIN", True, "NXDOMAIN"),   # the OPT counts
+    ("rewrite rcode a.example. SERVFAIL NXDOMAIN", False, "SERVFAIL"),  # no record at all
+    ("rewrite ttl a.example. 5", True, "SERVFAIL"),
+])
+def test_rewrite_writes_the_failures_after_a_stop_rule(rules: str, edns: bool, rcode: str) -> None:
+    chain = Chain([RewriteStage(block(".:53 {\n " + rules + "\n}\n").rewrite),
+                   TemplateStage([Template(1, A, (".",), rcode=2)])])
+    resolution = chain.resolve(req("a.example.", edns=edns))
+    assert resolution.rcode is None and resolution.answer is not None
+    reply = dns.message.from_wire(resolution.answer)
+    assert dns.rcode.to_text(reply.rcode()) == rcode
+    assert not reply.flags & dns.flags.AA and not (reply.answer or reply.authority)
+
+
+def test_rewrite_continue_leaves_failures_unwritten() -> None:
+    rules = "rewrite continue rcode a.example. SERVFAIL NXDOMAIN"
+    chain = Chain([RewriteStage(block(".:53 {\n " + rules + "\n}\n").rewrite),
+                   TemplateStage([Template(1, A, (".",), rcode=2)])])
+    resolution = chain.resolve(req("a.example.", edns=True))
+    assert resolution.rcode == 2 and resolution.answer is None
+
+
 def test_rewrite_to_an_invalid_name_is_servfail() -> None:
     stage = RewriteStage(block(".:53 {\n rewrite name regex ^(.*)$ {1}{1}{1}{1}\n}\n").rewrite)
     assert stage.serve(req("a" * 60 + ".example.")) == Failure(2)

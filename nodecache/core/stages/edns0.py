@@ -117,7 +117,8 @@ def apply_edns0(rule: Edns0Rule, request: Request) -> Request | None:
 
 
 def _with(request: Request, options: list[Option]) -> Request:
-    return replace(request, options=join_options(options))
+    # CoreDNS adds an OPT to a query without one before it edits the options.
+    return replace(request, options=join_options(options), edns=True)
 
 
 def _value(rule: Edns0Rule, request: Request) -> bytes | None:

@@ -28,8 +28,11 @@ Behaviour (CoreDNS 1.13):
 - ``rcode`` changes the reply's RCODE FROM to TO (a mnemonic or 0 to 23)
   for the names it matches. Like CoreDNS it runs once per record of the
   reply (the OPT record counts): a reply without records keeps its RCODE.
-  An RCODE a plugin returns without writing a reply (forward's SERVFAIL
-  when no upstream answers) is not rewritten.
+- When a ``stop`` rule applied, a failure a later plugin returns without
+  writing a reply (template's SERVFAIL, REFUSED) is written by rewrite,
+  as in CoreDNS: an empty reply (with an OPT when the query has one), which
+  the rules map (``rcode``) and the cache stores like any answer. After
+  ``continue`` rules only, the failure stays unwritten.
 - A rewritten name that is not a valid domain name: SERVFAIL.
 
 Metrics: none (CoreDNS's rewrite has none).
@@ -280,7 +283,8 @@ class RewriteStage:
                 return Failure(SERVFAIL)
             replies.extend(more)
             if rule.mode == "stop":
-                break
+                # CoreDNS's rewrite then writes the failures the next plugins return.
+                return Rewritten(current, tuple(replies), writes_failures=True)
         if not matched:
             return None
         return Rewritten(current, tuple(replies))
