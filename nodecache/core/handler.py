@@ -596,7 +596,8 @@ class QueryHandler:
             request = resolution.request
             return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
                                     do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                    options=request.options)
+                                    options=request.options,
+                                    payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
         # The client's question as it sent it (RFC 1035 section 4.1.2), behind our header.
         return wire.query_from(miss.query[12:miss.question_end],
                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,

@@ -1,12 +1,16 @@
 """rewrite edns0: the options a rule leaves in the query (sans I/O)."""
 from __future__ import annotations
 
+import dns.edns
+import dns.message
 import pytest
 
 from nodecache.config import parse_text
+from nodecache.core import wire
 from nodecache.core.chain import Request, Rewritten
 from nodecache.core.stages.edns0 import join_options, split_options
 from nodecache.core.stages.rewrite import RewriteStage
+from tests.kit.coredriver import Driver, answer_a
 
 LOCAL = (0xFFEE, b"old")
 OTHER = (0xFFED, b"\x01")
@@ -85,3 +89,21 @@ def test_split_options_round_trip() -> None:
     data = join_options([OTHER, NSID, SUBNET])
     assert split_options(data) == [OTHER, NSID, SUBNET]
     assert split_options(data + b"\x00\x01") == [OTHER, NSID, SUBNET]  # a short tail
+
+
+@pytest.mark.parametrize("bufsize, payload", [("", wire.OUR_UDP_PAYLOAD), ("bufsize 1100", 1100)])
+def test_edns0_rule_in_the_upstream_query(bufsize: str, payload: int) -> None:
+    """The handler sends the rule's options with the block's size, the client's other
+    options kept; a second client asking is a hit (the options are not in the key)."""
+    driver = Driver(".:53 {\n cache 30\n " + bufsize + "\n rewrite edns0 local set 0xffee {client_ip}"
+                    "\n forward . 127.0.0.1\n}\n", answer_a())
+    query = dns.message.make_query("a.example.", "A", use_edns=0,
+                                   options=[dns.edns.GenericOption(0xFFED, b"\x01")])
+    reply = driver.ask(query, addr=("192.0.2.7", 5300))
+    assert reply is not None and reply.answer
+    (sent,) = driver.upstream_queries
+    assert sent.payload == payload
+    assert [(o.otype, o.to_wire()) for o in sent.options] == [(0xFFED, b"\x01"),
+                                                             (0xFFEE, bytes([192, 0, 2, 7]))]
+    assert driver.ask(query, addr=("192.0.2.8", 5300)) is not None
+    assert len(driver.upstream_queries) == 1
