@@ -37,9 +37,9 @@ def parse_template(line: Directive, ctx: BlockContext) -> tuple[Template, ...]:
     rcode = 0
     ederror: tuple[int, str] | None = None
     fallthrough: tuple[str, ...] | None = None
-    # ederror given twice: the last one counts, as in CoreDNS.
+    # rcode, ederror or fallthrough given twice: the last one counts, as in CoreDNS.
     for name, opt in options("template", line, (*_OPTIONS, "upstream"),
-                             repeatable=(*_REPEATABLE, "ederror")):
+                             repeatable=(*_REPEATABLE, "rcode", "ederror", "fallthrough")):
         if name == "upstream":
             list(opt.rest())  # deprecated; CoreDNS ignores it too
         elif name == "match":

@@ -260,6 +260,14 @@ TEMPLATE_QUESTIONS = [
     rcode NXDOMAIN
   }
   rewrite rcode suffix .example.org NXDOMAIN NOERROR""",
+    # rcode and fallthrough given twice: the last counts.
+    """template IN A example.org {
+    match ^www[.]
+    rcode NXDOMAIN
+    rcode REFUSED
+    fallthrough nothing.example.org
+    fallthrough
+  }""",
     # ederror's OPT counts as a record for rewrite rcode: the empty NXDOMAIN is rewritten.
     """template IN TXT example.org {
     rcode NXDOMAIN

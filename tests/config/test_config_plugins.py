@@ -197,7 +197,9 @@ def test_error(text: str, expected: str) -> None:
     # Several template and rewrite lines in one block are allowed (and kept in order).
     ".:53 {\n  template IN A a.example {\n    rcode NXDOMAIN\n  }\n  template IN AAAA . {\n    rcode NOERROR\n  }\n}",
     ".:53 {\n  rewrite continue name a.example b.example\n  rewrite name b.example c.example\n}",
-    # ederror with and without EXTRA-TEXT; given twice, the last counts (as in CoreDNS).
+    # ederror with and without EXTRA-TEXT; rcode, ederror, fallthrough given twice: the
+    # last counts (as in CoreDNS).
+    '.:53 {\n  template IN A {\n    rcode NXDOMAIN\n    rcode REFUSED\n    fallthrough a.example\n    fallthrough\n  }\n}',
     '.:53 {\n  template IN A {\n    ederror 15\n  }\n  template IN TXT {\n    ederror 18 "blocked"\n    ederror 17\n  }\n}',
     # edns0 forms node-cache takes: Go's base-0 codes, revert, metadata labels.
     ".:53 {\n  rewrite edns0 local set 0755 abc revert\n  rewrite edns0 local set 0xFFEE {x/y}\n"
