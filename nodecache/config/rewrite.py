@@ -38,8 +38,7 @@ def parse_rewrite(line: Directive, ctx: BlockContext) -> tuple[Rule, ...]:
     if kind in _UNSUPPORTED:
         raise first.error(f"rewrite: the {kind} rule is not supported")
     if kind == "answer":
-        raise first.error("rewrite: expected a rule (name, type, class, ttl, rcode, edns0), found"
-                          " 'answer'"
+        raise first.error(f"rewrite: expected a rule ({', '.join(_RULES)}), found 'answer'"
                           " (response rewrites must begin with a name rule)")
     if kind not in _RULES:
         raise first.error(f"rewrite: expected a rule ({', '.join(_RULES)}), found {first.text!r}")

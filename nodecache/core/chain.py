@@ -187,6 +187,7 @@ class Resolution:
         message.question = [question_of(original)]
         if not self.rules:
             return message
+        import dns.rcode  # noqa: PLC0415
         records = [rule for rule in reversed(self.rules) if not isinstance(rule, RcodeMap)]
         rcodes = [rule for rule in reversed(self.rules) if isinstance(rule, RcodeMap)]
         count = 0 if message.opt is None else 1
@@ -197,7 +198,6 @@ class Resolution:
                     rrset = record(rrset)
                 section[index] = rrset
         # CoreDNS runs the rcode rules once per record (OPT included): with none, never.
-        import dns.rcode  # noqa: PLC0415
         for _ in range(count if rcodes else 0):
             for rcode in rcodes:
                 if message.rcode() == rcode.old:
@@ -277,8 +277,8 @@ _UNWRITTEN = frozenset((1, 2, 4, 5))
 def _failure_reply(request: Request, rcode: int) -> dns.message.Message:
     """The reply CoreDNS's rewrite writes for a failure: miekg's ``SetRcode`` (no AA),
     with an OPT when the query has one (``SizeAndDo``); the server sets its own OPT."""
-    message = reply_to(request, rcode)
     import dns.flags  # noqa: PLC0415
+    message = reply_to(request, rcode)
     message.flags &= ~dns.flags.AA
     if request.edns:
         message.use_edns(0)
