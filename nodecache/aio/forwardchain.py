@@ -6,10 +6,7 @@ the forward's ``next`` list.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from nodecache.aio.forwarder import Forwarder
-from nodecache.aio.resolver import Done
+from nodecache.aio.forwarder import Forwarder, Query
 from nodecache.config.settings import ServerBlock
 from nodecache.core import forwards
 from nodecache.core.stats import ForwardStats
@@ -17,18 +14,34 @@ from nodecache.core.upstream import question_key
 from nodecache.errors import ClientProtocolError, UpstreamError
 
 
-class _ChainQuery:
-    """One query and the forwarder it is with now."""
+class _ChainQuery(Query):
+    """One query through the chain: the member forwarder's record for it, handed on
+    to the next member when an answer's rcode says so; its end is ``outer``'s."""
 
-    __slots__ = ("request", "tcp", "done", "question", "index", "query")
+    __slots__ = ("chain", "outer", "tcp", "member")
 
-    def __init__(self, request: bytes, tcp: bool, done: Done, question: bytes) -> None:
-        self.request = request
+    def __init__(self, chain: ForwardChain, outer: Query, tcp: bool) -> None:
+        Query.__init__(self)
+        self.chain = chain
+        self.outer = outer
         self.tcp = tcp
-        self.done: Done | None = done
-        self.question = question
-        self.index = 0
-        self.query: Any = None
+        #: The index of the member forwarding it now.
+        self.member = 0
+
+    def done(self, answer: bytes | None, error: Exception | None) -> None:
+        chain = self.chain
+        if answer is not None:
+            after = forwards.hand_on(chain.routes, self.member, self.question[:-4], answer[3] & 0x0F)
+            if after == forwards.NONE_TAKES:
+                answer, error = None, UpstreamError("no next forward takes this name")
+            elif after is not None:
+                try:
+                    chain.send(self, after)
+                    return
+                except Exception as exc:  # max_concurrent, closed
+                    answer, error = None, exc
+        chain.inner.pop(self.outer, None)
+        self.outer.done(answer, error)
 
 
 class ForwardChain:
@@ -37,6 +50,8 @@ class ForwardChain:
     def __init__(self, members: list[Forwarder]) -> None:
         self.members = members
         self.routes = forwards.routes_of([m.settings for m in members])
+        #: The caller's record -> the chain's record for it, while in flight (to cancel it).
+        self.inner: dict[Query, _ChainQuery] = {}
 
     @property
     def stats(self) -> ForwardStats:
@@ -50,8 +65,10 @@ class ForwardChain:
         for member in self.members:
             await member.close()
 
-    def submit(self, request: bytes, *, tcp: bool, done: Done,
-               question: bytes | None = None) -> _ChainQuery:
+    def submit(self, q: Query, request: bytes, *, tcp: bool,
+               question: bytes | None = None) -> None:
+        """Forward ``request`` through the first member that takes its name; ``q.done``
+        gets the answer."""
         if question is None:
             question = question_key(request)
             if question is None:
@@ -59,38 +76,24 @@ class ForwardChain:
         index = forwards.first_taker(self.routes, question[:-4])
         if index is None:  # the handler checked; a reload may have raced it
             raise UpstreamError("no forward takes this name")
-        q = _ChainQuery(request, tcp, done, question)
-        self._send(q, index)
-        return q
+        cq = _ChainQuery(self, q, tcp)
+        cq.request, cq.question = request, question
+        self.inner[q] = cq  # before the send: a try may fail, and the query end, within it
+        try:
+            self.send(cq, index)
+        except Exception:  # refused at once: done is not called
+            del self.inner[q]
+            raise
 
-    def _send(self, q: _ChainQuery, index: int) -> None:
-        q.index = index
+    def send(self, q: _ChainQuery, index: int) -> None:
+        """Hand ``q`` to member ``index``."""
+        q.member = index
+        self.members[index].submit(q, q.request, tcp=q.tcp, question=q.question)
 
-        def answered(answer: bytes | None, error: Exception | None) -> None:
-            done = q.done
-            if done is None:
-                return
-            if answer is not None:
-                after = forwards.hand_on(self.routes, index, q.question[:-4], answer[3] & 0x0F)
-                if after == forwards.NONE_TAKES:
-                    answer, error = None, UpstreamError("no next forward takes this name")
-                elif after is not None:
-                    try:
-                        self._send(q, after)
-                    except Exception as exc:  # max_concurrent, closed
-                        q.done = None
-                        done(None, exc)
-                    return
-            q.done = None
-            done(answer, error)
-
-        q.query = self.members[index].submit(q.request, tcp=q.tcp, done=answered,
-                                             question=q.question)
-
-    def cancel(self, q: _ChainQuery) -> None:
-        if q.done is not None:
-            q.done = None
-            self.members[q.index].cancel(q.query)
+    def cancel(self, q: Query) -> None:
+        cq = self.inner.pop(q, None)
+        if cq is not None:
+            self.members[cq.member].cancel(cq)
 
 
 def forwarder_for(block: ServerBlock, zone: str) -> Forwarder | ForwardChain:

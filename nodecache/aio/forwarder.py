@@ -5,11 +5,13 @@ connection lifecycle, pool), ``nodecache.core.plan`` (which upstream next,
 when to give up) and ``nodecache.core.policy`` (order, health); this module
 only moves bytes and arms timers:
 
-* a query is a :class:`_Query` record driven by callbacks: its first try
+* a query is a :class:`Query` record driven by callbacks: its first try
   (``core.plan.first_try``; the full ``ForwardPlan`` only once a try fails),
-  the answer or failure handed to the ``done`` callback. No task, coroutine
-  or future per query; ``query()`` is an awaitable wrapper for callers that
-  want one.
+  the answer or failure handed to its ``done`` method. The caller's own
+  record is a subclass (the resolver's, with the clients waiting on it), so
+  a miss is one object from the client's datagram to its reply. No task,
+  coroutine or future per query; ``query()`` is an awaitable wrapper for
+  callers that want one.
 * try timeouts: every try of a ``forward`` block has the same timeout, so
   deadlines come in the order tries start. They queue in one deque behind
   one timer, re-armed at the earliest; an answered try leaves it lazily (no
@@ -35,7 +37,7 @@ import random
 import socket
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from nodecache.aio.dot import client_context
@@ -230,9 +232,8 @@ class _UpstreamState:
         answered = False
         for ev in events:
             if type(ev) is AnswerReceived:
-                q: _Query = ev.token  # type: ignore[assignment]
-                done = q.done
-                if q.conn is not conn or done is None or q.timer is not None or q.late \
+                q: Query = ev.token  # type: ignore[assignment]
+                if q.conn is not conn or not q.live or q.timer is not None or q.late \
                         or q.plan is not None:  # a late answer, a retry, failover: the long way
                     fwd._tcp_answered(q, ev.wire, conn)
                     continue
@@ -249,8 +250,8 @@ class _UpstreamState:
                 answered = True
                 fwd._in_flight -= 1
                 fwd._live.discard(q)
-                q.done = None
-                done(answer, None)
+                q.live = False
+                q.done(answer, None)
             else:
                 self._terminated(conn, ev)  # type: ignore[arg-type]
         if answered:
@@ -341,28 +342,28 @@ class _UpstreamState:
         self.pool.connections.clear()
 
 
-#: Called once per query: (answer with the upstream's ID, None) or (None, error).
-Done = Callable[[bytes | None, Exception | None], None]
+class Query:
+    """One query being forwarded: what it sends, its plan, and its current try.
 
+    :meth:`Forwarder.submit` fills it in; a subclass's :meth:`done` gets the
+    answer or the error, once, unless the query was cancelled.
+    """
 
-class _Query:
-    """One query being forwarded: what it sends, its plan, and its current try."""
-
-    __slots__ = ("request", "question", "order", "start", "plan", "done", "use_tcp", "up",
+    __slots__ = ("request", "question", "order", "start", "plan", "live", "use_tcp", "up",
                  "index", "conn", "qid", "timer", "expires", "sock", "sent", "late")
 
-    def __init__(self, request: bytes, question: bytes, order: Sequence[int], start: float,
-                 done: Done, use_tcp: bool) -> None:
-        self.request = request
+    def __init__(self) -> None:
+        self.request = b""
         #: The question key answers must match (RFC 5452 section 9.1).
-        self.question = question
+        self.question = b""
         #: The policy's order of the upstreams for this query, and when it arrived (loop time).
-        self.order = order
-        self.start = start
+        self.order: Sequence[int] = ()
+        self.start = 0.0
         #: Built once a try fails (the first try needs none, core.plan rule 7).
         self.plan: _plan.ForwardPlan | None = None
-        self.done: Done | None = done
-        self.use_tcp = use_tcp
+        #: Submitted and neither answered, failed nor cancelled: ``done`` is still due.
+        self.live = False
+        self.use_tcp = False
         #: The upstream of the current try, and its index in the plan.
         self.up: _UpstreamState = None  # type: ignore[assignment]
         self.index = 0
@@ -382,6 +383,23 @@ class _Query:
         #: (upstream, UDP socket or TCP connection, ID).
         #: None until a try times out (most queries never need the list).
         self.late: list[tuple[_UpstreamState, socket.socket | UpstreamConnection, int]] | None = None
+
+    def done(self, answer: bytes | None, error: Exception | None) -> None:
+        """The query's end: (the answer, with the upstream's ID, None) or (None, the error)."""
+        raise NotImplementedError
+
+
+class _Waiting(Query):
+    """A query whose end resolves a future (:meth:`Forwarder.query`)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        Query.__init__(self)
+        self.future = future
+
+    def done(self, answer: bytes | None, error: Exception | None) -> None:
+        _resolve(self.future, answer, error)
 
 
 class Forwarder:
@@ -412,11 +430,11 @@ class Forwarder:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._udp_waiters: set[asyncio.Future[Any]] = set()
         #: Queries being forwarded (to fail them at close).
-        self._live: set[_Query] = set()
+        self._live: set[Query] = set()
         self._in_flight = 0
         #: (deadline, query) of the tries in flight, earliest first, and the
         #: one timer armed at the first one.
-        self._expiry: deque[tuple[float, _Query]] = deque()
+        self._expiry: deque[tuple[float, Query]] = deque()
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._plain_first = _plan.plain_first_try(settings.budget, self._failover)
         self._first_timeout = min(settings.try_timeout, settings.budget)
@@ -498,11 +516,8 @@ class Forwarder:
         """
         self._ensure_loop()
         fut: asyncio.Future[bytes] = self._loop.create_future()
-
-        def done(answer: bytes | None, error: Exception | None) -> None:
-            _resolve(fut, answer, error)
-
-        q = self.submit(request, tcp=tcp, done=done)
+        q = _Waiting(fut)
+        self.submit(q, request, tcp=tcp)
         try:
             answer = await fut
         except asyncio.CancelledError:
@@ -510,9 +525,10 @@ class Forwarder:
             raise
         return request[:2] + answer[2:]
 
-    def submit(self, request: bytes, *, tcp: bool, done: Done,
-               question: bytes | None = None) -> _Query:
-        """Start forwarding ``request``; ``done`` gets the answer (upstream's ID) or the error.
+    def submit(self, q: Query, request: bytes, *, tcp: bool,
+               question: bytes | None = None) -> None:
+        """Start forwarding ``request`` as ``q`` (a new record, or one whose last
+        query has ended); ``q.done`` gets the answer (upstream's ID) or the error.
 
         ``question`` is the request's question key when the caller has it
         (``core.upstream.question_key``). Raises at once (``done`` is then
@@ -535,40 +551,47 @@ class Forwarder:
         now = self._loop.time()
         # every policy orders a single upstream alike
         order = self._policy.order(len(self._upstreams)) if self._order is None else self._order
-        q = _Query(request, question, order, now, done, s.force_tcp or (not s.prefer_udp and tcp))
+        q.request, q.question, q.order, q.start = request, question, order, now
+        q.plan = q.late = None
+        q.use_tcp = s.force_tcp or (not s.prefer_udp and tcp)
+        q.live = True
         self._in_flight += 1
         self._live.add(q)
         index = _plan.first_try(order, self._healths, s.max_fails) if self._plain_first else -1
         if index < 0:
-            self._plan_of(q)
+            q.plan = self._new_plan(q)
             self._step(q)
         else:
             q.index = index
-            q.up = self._upstreams[index]
-            self._try(q, now + self._first_timeout)
-        return q
+            up = q.up = self._upstreams[index]
+            if q.use_tcp or up.tls is not None:
+                self._try_tcp(q, now + self._first_timeout, now)
+            else:
+                self._try_udp(q, now + self._first_timeout)
 
-    def _plan_of(self, q: _Query) -> _plan.ForwardPlan:
-        """``q``'s plan, built on first need (after a plain first try, resumed after it)."""
+    def _plan_of(self, q: Query) -> _plan.ForwardPlan:
+        """``q``'s plan, built on first need: after a plain first try, resumed after it."""
         plan = q.plan
         if plan is None:
-            s = self.settings
-            plan = q.plan = _plan.ForwardPlan(
-                q.order, self._healths, max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
-                try_timeout=s.try_timeout, start=q.start, budget=s.budget, rng=self._rng,
-                max_connect_attempts=s.max_connect_attempts, failover=self._failover)
-            if q.up is not None:
-                plan.took_first()
+            plan = q.plan = self._new_plan(q)
+            plan.took_first()
         return plan
 
-    def cancel(self, q: _Query) -> None:
+    def _new_plan(self, q: Query) -> _plan.ForwardPlan:
+        s = self.settings
+        return _plan.ForwardPlan(
+            q.order, self._healths, max_fails=s.max_fails, failfast=s.failfast_all_unhealthy,
+            try_timeout=s.try_timeout, start=q.start, budget=s.budget, rng=self._rng,
+            max_connect_attempts=s.max_connect_attempts, failover=self._failover)
+
+    def cancel(self, q: Query) -> None:
         """Stop forwarding ``q``; its ``done`` is not called."""
-        if q.done is not None:
-            q.done = None
+        if q.live:
+            q.live = False
             self._stop_try(q)
             self._finish(q, None, None)
 
-    def _step(self, q: _Query) -> None:
+    def _step(self, q: Query) -> None:
         """Run the plan's next step for ``q``."""
         q.timer = None
         if self._closed:
@@ -590,13 +613,13 @@ class Forwarder:
         else:
             self._finish(q, None, UpstreamError(step.reason))  # type: ignore[union-attr]
 
-    def _try(self, q: _Query, deadline: float) -> None:
+    def _try(self, q: Query, deadline: float) -> None:
         if q.use_tcp or q.up.tls is not None:
-            self._try_tcp(q, deadline)
+            self._try_tcp(q, deadline, self._loop.time())
         else:
             self._try_udp(q, deadline)
 
-    def _expire_at(self, q: _Query, deadline: float) -> None:
+    def _expire_at(self, q: Query, deadline: float) -> None:
         """Time the current try of ``q`` out at ``deadline``."""
         queue = self._expiry
         if queue and deadline < queue[-1][0]:  # cut short by the budget's end
@@ -622,9 +645,9 @@ class Forwarder:
             if q.expires == at:  # still that try's deadline: not answered, not failed
                 self._timed_out(q)
 
-    def _try_failed(self, q: _Query, failure: Failure, detail: str) -> None:
+    def _try_failed(self, q: Query, failure: Failure, detail: str) -> None:
         """The current try of ``q`` ended without an answer: record it, take the next step."""
-        if q.done is None:
+        if not q.live:
             return
         self._stop_try(q)
         rule = self._plan_of(q).failed(q.index, failure, f"{q.up.name}: {detail}")
@@ -632,7 +655,7 @@ class Forwarder:
             self._start_health_check(q.up)
         self._step(q)
 
-    def _stop_try(self, q: _Query) -> None:
+    def _stop_try(self, q: Query) -> None:
         """Release what the current try holds: its timer, socket, connection slot."""
         if q.expires:
             q.expires = 0.0
@@ -658,7 +681,7 @@ class Forwarder:
         while queue and queue[0][1].expires != queue[0][0]:
             queue.popleft()
 
-    def _release_late(self, q: _Query, answered: object = None) -> None:
+    def _release_late(self, q: Query, answered: object = None) -> None:
         """Stop listening for the earlier tries' answers (``answered`` already gave one)."""
         now = self._loop.time()
         for up, where, qid in q.late or ():
@@ -673,21 +696,21 @@ class Forwarder:
                 where.close()
         q.late = None
 
-    def _finish(self, q: _Query, answer: bytes | None, error: Exception | None) -> None:
+    def _finish(self, q: Query, answer: bytes | None, error: Exception | None) -> None:
         if q.late:
             self._release_late(q)
         self._in_flight -= 1
         self._live.discard(q)
-        done, q.done = q.done, None
-        if done is not None:
-            done(answer, error)
+        if q.live:
+            q.live = False
+            q.done(answer, error)
 
     def _answered(self, up: _UpstreamState, answer: bytes, sent: float) -> None:
         self.stats.answered(up.index, answer[3] & 0x0F, self._loop.time() - sent)
 
     # -- UDP -----------------------------------------------------------------------------
 
-    def _try_udp(self, q: _Query, deadline: float) -> None:
+    def _try_udp(self, q: Query, deadline: float) -> None:
         up = q.up
         sock = socket.socket(up.family, socket.SOCK_DGRAM)
         try:
@@ -705,9 +728,9 @@ class Forwarder:
         loop.add_reader(sock.fileno(), self._udp_readable, q, sock, qid)
         self._expire_at(q, deadline)
 
-    def _udp_readable(self, q: _Query, sock: socket.socket, qid: int) -> None:
+    def _udp_readable(self, q: Query, sock: socket.socket, qid: int) -> None:
         data = _read_answer(sock, qid, q.question)
-        if data is None or q.done is None:
+        if data is None or not q.live:
             return
         current = sock is q.sock
         if isinstance(data, OSError):  # ICMP port unreachable and the like
@@ -723,11 +746,12 @@ class Forwarder:
             # TC=1: ask again over TCP (RFC 7766 section 5)
             q.up = up
             s = self.settings
-            self._try_tcp(q, min(self._loop.time() + s.try_timeout, q.start + s.budget))
+            now = self._loop.time()
+            self._try_tcp(q, min(now + s.try_timeout, q.start + s.budget), now)
         else:
             self._deliver(q, data)
 
-    def _timed_out(self, q: _Query) -> None:
+    def _timed_out(self, q: Query) -> None:
         """The current try timed out: its answer is still taken while the next try runs
         (an upstream answering in just over the try timeout is not lost)."""
         q.timer = None
@@ -775,10 +799,8 @@ class Forwarder:
 
     # -- TCP -------------------------------------------------------------------------------
 
-    def _try_tcp(self, q: _Query, deadline: float) -> None:
+    def _try_tcp(self, q: Query, deadline: float, now: float) -> None:
         up = q.up
-        loop = self._loop
-        now = loop.time()
         choice = up.pool.choose(now)
         if choice is None:  # every connection full: not the upstream's fault
             self._try_failed(q, Failure.BUSY, "")
@@ -803,8 +825,8 @@ class Forwarder:
         stats.requests[up.name] += 1
         self._expire_at(q, deadline)
 
-    def _tcp_answered(self, q: _Query, answer: bytes, conn: UpstreamConnection) -> None:
-        if q.done is None:
+    def _tcp_answered(self, q: Query, answer: bytes, conn: UpstreamConnection) -> None:
+        if not q.live:
             return
         up = q.up
         if conn is q.conn:
@@ -817,7 +839,7 @@ class Forwarder:
         self._answered(up, answer, q.sent)
         self._deliver(q, answer)
 
-    def _deliver(self, q: _Query, answer: bytes) -> None:
+    def _deliver(self, q: Query, answer: bytes) -> None:
         """An answer for ``q``: the client's, unless ``failover`` tries the next upstream."""
         if q.plan is not None and q.plan.fails_over(answer):
             self._step(q)
