@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from nodecache.hostnet.commands import setup as setup_command
 from nodecache.hostnet.commands import teardown as teardown_command
 from nodecache.hostnet.firewall import FIREWALLS
 from nodecache.hostnet.flags import normalize_nodecache_argv
-from nodecache.hostnet.ifaddrs import interface_addresses
 
 log = logging.getLogger("nodecache")
 
@@ -32,23 +32,6 @@ log = logging.getLogger("nodecache")
 DEFAULT_BASECOREFILE = "/etc/coredns/Corefile.base"
 #: node-cache's default kube-dns ConfigMap mount.
 DEFAULT_KUBEDNSCM = "/etc/kube-dns"
-#: In template mode, re-render this often, s (node-cache polls its ConfigMaps every 10 s).
-TEMPLATE_WATCH_INTERVAL = 2.0
-
-
-def _event_loop_policy() -> None:
-    """uvloop where installed: its datagram path is several times faster (bench/)."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        log.info("uvloop not installed; using the standard asyncio loop")
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _split_ips(value: str) -> list[str]:
@@ -139,8 +122,6 @@ def cli() -> None:
               help="With host networking, serve from a child process; if it dies without "
                    "teardown (SIGKILL, OOM) remove the rules at once and restart it "
                    "(docs/upgrades.md).")
-@click.option("--worker", is_flag=True, default=False, hidden=True,
-              help="Serve as the supervised child of 'nodecache run' (set by the supervisor).")
 @click.pass_obj
 def run_command(run_args: list[str] | None, conf: str, basecorefile: str | None,
                 kubednscm: str | None, upstreamsvc: str, localip: str, domain: str | None,
@@ -150,89 +131,70 @@ def run_command(run_args: list[str] | None, conf: str, basecorefile: str | None,
                 metrics_listen_address: str | None, prometheus_listen_address: str | None,
                 reloadwithsignal: bool, log_level: str, dry_run: bool, quiet: bool = False,
                 cache_snapshot: str | None = None, serving_lock: str | None = None,
-                supervise: bool = True, worker: bool = False) -> None:
+                supervise: bool = True) -> None:
     """Serve DNS from the cache (node-cache compatible flags)."""
     from nodecache import config as corefile  # noqa: PLC0415
-    from nodecache.configsource import FileSource, TemplateSource  # noqa: PLC0415
+    from nodecache import serve as serving  # noqa: PLC0415
     from nodecache.core.stats import AgentStats  # noqa: PLC0415
 
-    _setup_logging(log_level)
-    stats = AgentStats()
+    serving.setup_logging(log_level)
     local_ips = _split_ips(localip)
     if basecorefile is None and os.path.exists(DEFAULT_BASECOREFILE):
         basecorefile = DEFAULT_BASECOREFILE
     if kubednscm is None and os.path.isdir(DEFAULT_KUBEDNSCM):
         kubednscm = DEFAULT_KUBEDNSCM
-    if basecorefile:
-        if not local_ips:
-            raise click.BadParameter("template mode (--basecorefile) needs --localip",
-                                     param_hint="--localip")
-        # As node-cache: every -localip is bound; __PILLAR__DNS__SERVER__ becomes "".
-        source: Callable[[], Config] = TemplateSource(
-            basecorefile=basecorefile, conf=conf, local_ips=local_ips, dns_server_ips=[],
-            upstreamsvc=upstreamsvc, kubednscm=kubednscm, resolv_conf=resolv_conf, domain=domain,
-            dns_port=dns_port, stats=stats)
-    else:
-        source = FileSource(conf, default_port=dns_port)
+    if basecorefile and not local_ips:
+        raise click.BadParameter("template mode (--basecorefile) needs --localip",
+                                 param_hint="--localip")
+    options = serving.ServeOptions(
+        conf=conf, basecorefile=basecorefile, kubednscm=kubednscm, upstreamsvc=upstreamsvc,
+        local_ips=local_ips, domain=domain, resolv_conf=resolv_conf,
+        setupinterface=setupinterface, setupiptables=setupiptables, interfacename=interfacename,
+        firewall=firewall, syncinterval=syncinterval, skipteardown=skipteardown,
+        health_port=health_port or 0, pidfile=pidfile, dns_port=dns_port,
+        metrics_listen_address=metrics_listen_address or prometheus_listen_address,
+        log_level=log_level, cache_snapshot=cache_snapshot, serving_lock=serving_lock)
+    stats = AgentStats()
+    source = serving.config_source(options, stats)
     try:
         config = source()
-        port = _health_port(config, health_port)
+        options = replace(options, health_port=_health_port(config, health_port))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or conf}: {exc.strerror}") from None
-    hostnet = None
-    if local_ips and (setupinterface or setupiptables):
-        from nodecache.hostnet import HostNetwork  # noqa: PLC0415
-        try:
-            hostnet = HostNetwork(local_ips=local_ips, interface=interfacename, dns_port=dns_port,
-                                  health_port=port, firewall=firewall,
-                                  setup_interface=setupinterface, setup_rules=setupiptables,
-                                  stats=stats, link_in_child=True)
-        except NodecacheError as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        hostnet = serving.host_network(options, stats)
+    except NodecacheError as exc:
+        raise click.ClickException(str(exc)) from None
     if dry_run:
         click.echo(corefile.describe(config))
         click.echo(f"host networking: {'off' if hostnet is None else ', '.join(local_ips)}")
         return
-    from nodecache import supervisor  # noqa: PLC0415
-    channel = supervisor.WorkerChannel.from_env() if worker else None
-    if hostnet is not None and supervise and not worker and run_args is not None:
-        supervisor.become_supervisor(run_args)  # does not return
-    from nodecache.aio.agent import DEFAULT_SERVING_LOCK, Agent  # noqa: PLC0415
     if serving_lock is None and hostnet is not None:
-        serving_lock = os.path.join(os.path.dirname(os.path.abspath(pidfile)), "serving.lock") \
-            if pidfile else DEFAULT_SERVING_LOCK
-    if channel is not None and hostnet is not None:
-        channel.send_rules(local_ips=hostnet.local_ips, dns_port=dns_port, health_port=port,
-                           firewall=firewall, lock_wait=hostnet.lock_wait,
-                           setup_rules=hostnet.setup_rules, serving_lock=serving_lock)
-
-    async def serve() -> None:
-        agent = Agent(source, hostnet=hostnet, stats=stats, syncinterval=syncinterval,
-                      skipteardown=skipteardown, pidfile=pidfile,
-                      extra_metrics_address=metrics_listen_address or prometheus_listen_address,
-                      watch_interval=TEMPLATE_WATCH_INTERVAL if basecorefile else None,
-                      cache_snapshot=cache_snapshot, serving_lock=serving_lock,
-                      interfaces=interface_addresses)
-        if channel is None:
-            await agent.run()
-            return
-        running = asyncio.ensure_future(agent.run())
-        while not agent.ready and not running.done():  # tell the supervisor once serving
-            await asyncio.wait({running}, timeout=0.02)
-        if agent.ready and hostnet is not None:
-            channel.send_ready(hostnet.firewall.name if hostnet.setup_rules else "")
-        await running
-
-    _run_async(serve)
+        from nodecache.aio.agent import DEFAULT_SERVING_LOCK  # noqa: PLC0415
+        options = replace(options, serving_lock=os.path.join(
+            os.path.dirname(os.path.abspath(pidfile)), "serving.lock")
+            if pidfile else DEFAULT_SERVING_LOCK)
+    if run_args is None:  # called in this process (click's test runner): serve here
+        try:
+            serving.serve(options)
+        except NodecacheError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+    # Serve from a process that imports only what serving needs (nodecache/serve.py):
+    # with host networking through the supervisor, which starts it as its worker.
+    from nodecache import supervisor  # noqa: PLC0415
+    if hostnet is not None and supervise:
+        supervisor.become_supervisor(serving.argv(options, worker=True))
+    serving.become_server(options)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``main`` on the fastest loop available; agent errors become one-line CLI errors."""
-    _event_loop_policy()
+    from nodecache.serve import run_async  # noqa: PLC0415
     try:
-        asyncio.run(main())
+        run_async(main)
     except NodecacheError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -279,11 +241,12 @@ def demo(port: int, upstream_port: int, log_level: str) -> None:
     """
     from nodecache.aio.agent import Agent  # noqa: PLC0415
     from nodecache.configsource import TextSource  # noqa: PLC0415
+    from nodecache.serve import setup_logging  # noqa: PLC0415
     from nodecache.k8s.template import render_corefile  # noqa: PLC0415
     from nodecache.sample.authority import SampleAuthority  # noqa: PLC0415
     from nodecache.sample.zones import build_zones  # noqa: PLC0415
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     upstream = f"127.0.0.1:{upstream_port}"
     text = render_corefile(_template_path().read_text(encoding="utf-8"), local_ips=["127.0.0.1"],
                            dns_server_ips=[], cluster_dns="127.0.0.1",

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from nodecache import config as corefile
 from nodecache.config.settings import Config
 from nodecache.core.stats import AgentStats
 from nodecache.errors import ConfigError
-from nodecache.k8s import kubedns, resolvconf, template
+
+if TYPE_CHECKING:
+    from nodecache.k8s import kubedns
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class TemplateSource:
         self._last: tuple[str, Config] | None = None
 
     def _kubedns_config(self) -> kubedns.KubeDNSConfig | None:
+        from nodecache.k8s import kubedns  # noqa: PLC0415 - template mode only
         if not self.kubednscm or not os.path.isdir(self.kubednscm):
             return None
         try:
@@ -88,6 +92,7 @@ class TemplateSource:
         return parsed
 
     def render(self) -> str:
+        from nodecache.k8s import resolvconf, template  # noqa: PLC0415 - template mode only
         with open(self.basecorefile, encoding="utf-8") as f:
             base = f.read()
         text = base
@@ -101,6 +106,7 @@ class TemplateSource:
             kubedns=self._kubedns_config(), dns_port=self.dns_port)
 
     def __call__(self) -> Config:
+        from nodecache.k8s import kubedns, template  # noqa: PLC0415 - template mode only
         try:
             text = self.render()
         except kubedns.KubeDNSConfigError:

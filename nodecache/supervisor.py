@@ -8,12 +8,12 @@ Here the rules fail open instead:
 
 * ``nodecache run`` validates its arguments and configuration, then replaces
   itself (``execv``, same PID, so it stays the container's PID 1) with this
-  module: a parent that imports only the standard library basics (no asyncio,
-  no click, no configuration code) and starts the serving *worker*,
-  ``python -m nodecache run ... --worker``;
+  module, run without ``site`` (``python -I -S``): a parent that imports only
+  ``os``, ``select``, ``time`` and the signal and lock calls (no asyncio, no
+  click, no configuration code, not even ``json``, ``re`` or ``enum``), and
+  starts the serving *worker*, ``python -m nodecache.serve ... --worker``;
 * the worker tells the parent, over a pipe, which rules it is about to
-  install (JSON lines: ``{"rules": {...}}``) and when it is serving
-  (``{"ready": ...}``);
+  install and when it is serving (:class:`WorkerChannel`, one line each);
 * if the worker dies by a signal or with a non-zero exit, the parent at once
   removes those rules (only the rules: the link and the local IPs stay, so a
   new worker can bind them) and starts a new worker after a backoff; the new
@@ -36,15 +36,22 @@ container is OOM-killed), kubelet restarts the container and the new worker's
 """
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
 import sys
 import time
-from collections.abc import Sequence
 
 from nodecache.aio.servinglock import ServingLock
+
+#: ``typing.TYPE_CHECKING`` without importing ``typing`` (about 300 kB); mypy takes it as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Sequence
+else:
+    # The C module under ``signal``: the same calls and constants without ``signal.Signals``,
+    # whose ``enum`` (with ``re``, which ``json`` needs) is about 1 MB of the parent's memory.
+    import _signal as signal
 
 
 class _Log:
@@ -101,6 +108,10 @@ REMOVE_TIMEOUT = 30.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 #: Longest line accepted from the worker, bytes.
 MAX_LINE = 65536
+#: Signal names by number, for the log (``signal.Signals`` without ``enum``).
+SIGNAL_NAMES = {getattr(signal, name): name for name in dir(signal)
+                if name.startswith("SIG") and not name.startswith("SIG_") and name not in
+                ("SIGCLD", "SIGIOT", "SIGPOLL", "SIGRTMIN", "SIGRTMAX")}
 
 
 def exit_status(status: int) -> int:
@@ -113,11 +124,7 @@ def exit_status(status: int) -> int:
 def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by {name}"
+        return f"killed by {SIGNAL_NAMES.get(sig, sig)}"
     return f"exited {exit_status(status)}"
 
 
@@ -125,6 +132,14 @@ def describe(status: int) -> str:
 
 class WorkerChannel:
     """The worker's end of the pipe: what to remove if it dies, and when it serves.
+
+    Lines of ASCII, a word and its value, so the parent needs no JSON decoder:
+
+    * ``rules JSON``: the rules the worker is about to install, as the rule-removal
+      helper takes them (the parent only passes the text on);
+    * ``lock HEX``: the serving lock's path (its UTF-8 bytes in hex: any path fits a line);
+    * ``ready NAME``: the worker serves; NAME is the firewall backend ``auto`` resolved
+      to, ``-`` without rules.
 
     :param fd: the write end of the pipe (:data:`WORKER_FD` in a supervised worker).
     """
@@ -148,8 +163,8 @@ class WorkerChannel:
         _die_with_parent(int(parent) if parent else None)
         return cls(fd)
 
-    def _send(self, message: dict[str, object]) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    def _send(self, word: str, value: str) -> None:
+        data = f"{word} {value}\n".encode()
         try:
             os.write(self.fd, data)  # far below PIPE_BUF: one atomic write
         except OSError as exc:
@@ -159,22 +174,22 @@ class WorkerChannel:
                    firewall: str, lock_wait: int, setup_rules: bool,
                    serving_lock: str | None = None) -> None:
         """Say which rules this worker installs (sent before it installs any)."""
-        self._send({"rules": {"local_ips": list(local_ips), "dns_port": dns_port,
-                              "health_port": health_port, "firewall": firewall,
-                              "lock_wait": lock_wait, "setup_rules": setup_rules,
-                              "serving_lock": serving_lock}})
+        import json  # noqa: PLC0415 - the worker's side only
+        if serving_lock:
+            self._send("lock", serving_lock.encode().hex())
+        if setup_rules:
+            self._send("rules", json.dumps({"local_ips": list(local_ips), "dns_port": dns_port,
+                                            "health_port": health_port, "firewall": firewall,
+                                            "lock_wait": lock_wait}, separators=(",", ":")))
 
     def send_ready(self, firewall: str) -> None:
         """Say the worker is serving, and which firewall backend ``auto`` resolved to."""
-        self._send({"ready": {"firewall": firewall}})
+        self._send("ready", firewall or "-")
 
 
-def _another_agent_serves(path: object) -> bool:
-    """Whether some other agent holds the serving lock (the dead worker's went with it).
-
-    :param path: the lock's path as the worker sent it (JSON: anything; no lock unless a string).
-    """
-    if not isinstance(path, str) or not path:
+def _another_agent_serves(path: str | None) -> bool:
+    """Whether some other agent holds the serving lock (the dead worker's went with it)."""
+    if not path:
         return False
     lock = ServingLock(path)
     try:
@@ -215,8 +230,12 @@ class Supervisor:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backoff_reset = backoff_reset
-        #: What the current (or last) worker said it installs.
-        self.rules: dict[str, object] | None = None
+        #: What the current (or last) worker said it installs (the helper's JSON), or None.
+        self.rules: str | None = None
+        #: The firewall backend the worker's ``auto`` resolved to, once it serves.
+        self.firewall: str | None = None
+        #: The serving lock the worker holds, or None.
+        self.serving_lock: str | None = None
         #: Workers started so far.
         self.starts = 0
         self.stopping = False
@@ -248,10 +267,10 @@ class Supervisor:
         for sig in pending:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
-                    log.info("%s: stopping the worker", signal.Signals(sig).name)
+                    log.info("%s: stopping the worker", SIGNAL_NAMES[sig])
                 self.stopping = True
             elif not self._ready:
-                log.info("%s: the worker is not serving yet; ignored", signal.Signals(sig).name)
+                log.info("%s: the worker is not serving yet; ignored", SIGNAL_NAMES[sig])
                 continue
             if self._worker is not None:
                 try:
@@ -296,18 +315,20 @@ class Supervisor:
                 buf.clear()
 
     def _on_message(self, line: bytes) -> None:
+        word, _, value = line.decode("ascii", "replace").partition(" ")
         try:
-            message = json.loads(line)
+            if word == "rules":
+                self.rules = value
+            elif word == "lock":
+                self.serving_lock = bytes.fromhex(value).decode()
+            elif word == "ready":
+                self._ready = True
+                self.firewall = None if value == "-" else value
+                log.info("worker %s is serving", self._worker)
+            else:
+                raise ValueError(word)
         except ValueError:
             log.warning("unreadable message from the worker: %r", line[:80])
-            return
-        if "rules" in message:
-            self.rules = dict(message["rules"])
-        if "ready" in message:
-            self._ready = True
-            if self.rules is not None and message["ready"].get("firewall"):
-                self.rules["firewall"] = message["ready"]["firewall"]
-            log.info("worker %s is serving", self._worker)
 
     def _wait_worker(self, pid: int, r: int) -> tuple[int, float | None]:
         """Wait for the worker to end; return its status and when it became ready."""
@@ -349,15 +370,15 @@ class Supervisor:
 
     def remove_rules(self) -> bool:
         """Remove what the worker said it installs (in a helper process); True if done."""
-        rules = self.rules
-        if rules is None or not rules.get("setup_rules", True):
+        if self.rules is None:
             return True
-        if _another_agent_serves(rules.get("serving_lock")):
+        if _another_agent_serves(self.serving_lock):
             # During a rollout the new pod's agent serves behind the same rules.
             log.info("another agent serves on this node: the rules stay")
             return True
         started = time.monotonic()
-        argv = [sys.executable, "-m", "nodecache.supervisor", "--remove-rules", json.dumps(rules)]
+        argv = [sys.executable, "-m", "nodecache.supervisor", "--remove-rules", self.rules,
+                *(["--firewall", self.firewall] if self.firewall else [])]
         pid = os.posix_spawn(sys.executable, argv, dict(os.environ),
                              setsigdef=(signal.SIGHUP, *FORWARDED))
         pidfd = os.pidfd_open(pid)
@@ -410,21 +431,30 @@ class Supervisor:
             delay = min(delay * 2, self.backoff_max)
 
 
-def worker_argv(args: Sequence[str]) -> list[str]:
-    """The worker's command line for ``nodecache`` arguments ``args``."""
-    return [sys.executable, "-m", "nodecache", *args, "--worker"]
+#: How the parent starts: the package's directory first on the path, as ``site`` is off.
+_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+         "from nodecache.supervisor import main; sys.exit(main(sys.argv[1:]))")
 
 
-def become_supervisor(args: Sequence[str]) -> None:
-    """Replace this process (same PID) with the supervisor of ``nodecache args``."""
+def become_supervisor(worker_argv: Sequence[str]) -> None:
+    """Replace this process (same PID) with the supervisor of the worker ``worker_argv``.
+
+    The parent runs isolated and without ``site`` (``-I -S``; ``-B``: nothing written next
+    to the package): the venv's ``.pth`` hooks and what they import (about 2 MB) are not
+    needed to import this module and the standard library's basics. The worker gets the
+    environment as it is.
+    """
+    import nodecache  # noqa: PLC0415
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nodecache.__file__)))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "nodecache.supervisor", *args])
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", _BOOT, root, *worker_argv])
 
 
-def _remove_rules_main(text: str) -> int:
+def _remove_rules_main(text: str, firewall: str | None) -> int:
     """The helper: remove exactly the described rules from the named backend (or every
-    backend present, for ``auto``)."""
+    backend present, for ``auto``); ``firewall``, when given, names the backend instead."""
+    import json  # noqa: PLC0415
     from nodecache.errors import HostNetworkError  # noqa: PLC0415
     from nodecache.hostnet.firewall import all_backends, choose_firewall  # noqa: PLC0415
     from nodecache.hostnet.rules import notrack_rules, parse_local_ips  # noqa: PLC0415
@@ -432,7 +462,7 @@ def _remove_rules_main(text: str) -> int:
     rules = notrack_rules(parse_local_ips(desc["local_ips"]), desc["dns_port"],
                           desc["health_port"])
     lock_wait = int(desc.get("lock_wait", 5))
-    name = desc.get("firewall", "auto")
+    name = firewall or desc.get("firewall", "auto")
     families = {r.family for r in rules}
     backends = all_backends(lock_wait) if name == "auto" else \
         [choose_firewall(name, families, lock_wait)]
@@ -450,11 +480,12 @@ def _remove_rules_main(text: str) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    if argv[:1] == ["--remove-rules"] and len(argv) == 2:
+    """``--remove-rules JSON [--firewall NAME]`` (the helper), or the worker's command line."""
+    if argv[:1] == ["--remove-rules"] and len(argv) in (2, 4) and argv[2:3] in ([], ["--firewall"]):
         import logging  # noqa: PLC0415 - the firewall code logs through it
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
-        return _remove_rules_main(argv[1])
-    return Supervisor(worker_argv(argv)).run()
+        return _remove_rules_main(argv[1], argv[3] if len(argv) == 4 else None)
+    return Supervisor(argv).run()
 
 
 if __name__ == "__main__":

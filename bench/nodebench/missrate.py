@@ -37,7 +37,8 @@ from pathlib import Path
 from .host import BenchError, Cleanup, Daemon, log, start_daemon
 from .measure import dnsperf
 from .memory import MemoryCgroup, measure as measure_memory
-from .servers import SERVER_CPU, _env, dig_ok, knot_config, node_cache_binary, python, unbound_conf
+from .servers import (REPO, SERVER_CPU, _env, byte_compile, dig_ok, knot_config, node_cache_binary, python,
+                      unbound_conf)
 
 KNOT = ("127.0.0.30", 5300)
 ADDRS = {"nodecache": ("127.0.0.31", 5301), "node-cache": ("127.0.0.32", 5302),
@@ -81,6 +82,7 @@ def cache_argv(name: str, d: Path, a: argparse.Namespace) -> tuple[list[str], di
         src = a.before if name == "nodecache-before" else a.nodecache_src
         if src:
             env["PYTHONPATH"] = f"{Path(src).resolve()}{os.pathsep}{env['PYTHONPATH']}"
+        byte_compile(Path(src).resolve() if src else REPO)
         # -P: the source tree first in PYTHONPATH, not the current directory's, is the one run.
         return [python(), "-P", "-m", "nodecache", "run", "--conf", str(d / "Corefile"),
                 "--localip", "", "--log-level", "warning"], env

@@ -75,7 +75,7 @@ DEFAULT_SERVING_LOCK = "/run/nodecache/serving.lock"
 
 
 class HostNet(Protocol):
-    """The node's interface and firewall rules (``nodecache.hostnet.HostNetwork``).
+    """The node's interface and firewall rules (``nodecache.hostnet.host.HostNetwork``).
 
     Each call blocks (netlink, iptables): the agent runs them in a thread.
     """

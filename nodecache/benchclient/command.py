@@ -171,8 +171,8 @@ def bench_client(**o: Any) -> None:
         discover_rate=o["discover_rate"],
         phases=phases, seed=o["seed"],
     )
-    from nodecache.cli import _event_loop_policy  # noqa: PLC0415
-    _event_loop_policy()
+    from nodecache.serve import event_loop_policy  # noqa: PLC0415
+    event_loop_policy()
     reuse = None
     if previous:  # the same names as the run it is compared with
         ps = previous[0]["sample"]

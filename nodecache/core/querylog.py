@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from nodecache.config.settings import LogSettings
 from nodecache.core import wire
 from nodecache.core.wire import class_name, name_text, rcode_name, type_name
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 #: CoreDNS ``replacer`` prints this for a placeholder without a value.
 EMPTY_VALUE = "-"
@@ -111,6 +113,7 @@ def format_rcode(rcode: int | None) -> str:
 
 def _shortest_fixed(value: float) -> str:
     # Go's FormatFloat(v, 'f', -1, 64): the shortest digits that round-trip, no exponent.
+    from decimal import Decimal  # noqa: PLC0415 - only where a block logs (about 0.5 MB)
     text = format(Decimal(repr(value)), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

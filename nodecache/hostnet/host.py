@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from typing import TypeVar
 from nodecache.core.stats import AgentStats
 from nodecache.errors import HostNetworkError
 from nodecache.hostnet.firewall import (FIREWALLS, Firewall, XtablesLockBusy, all_backends,
-                                        choose_firewall)
+                                        choose_firewall, which)
 from nodecache.hostnet.link import LinkManager
 from nodecache.hostnet.linkctl import ChildLink
 from nodecache.hostnet.rules import Rule, notrack_rules, parse_local_ips
@@ -126,13 +125,13 @@ class HostNetwork:
         if not self.setup_rules:
             return
         if self.firewall_name == "auto" and not any(
-                shutil.which(p) for p in ("iptables-nft-restore", "iptables-legacy-restore",
+                which(p) for p in ("iptables-nft-restore", "iptables-legacy-restore",
                                           "ip6tables-nft-restore", "ip6tables-legacy-restore",
                                           "nft")):
             raise HostNetworkError("no iptables or nft program found in PATH "
                                    "(needed for --setupiptables)")
         fw = self.firewall
-        missing = [b for b in fw.binaries(self.families) if shutil.which(b) is None]
+        missing = [b for b in fw.binaries(self.families) if which(b) is None]
         if missing:
             raise HostNetworkError(
                 f"{missing[0]} not found in PATH (needed for the {fw.name} firewall backend)")

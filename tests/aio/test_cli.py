@@ -132,11 +132,13 @@ def test_bare_flags_mean_run() -> None:
         assert command_argv(unchanged) == unchanged
 
 
-def test_the_supervisor_gets_the_normalised_arguments(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # With host networking, `run` checks everything, then hands its own arguments
-    # (Go-style flags normalised) to the supervisor it becomes; nothing is touched before.
+def test_the_supervisor_gets_the_checked_options(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # With host networking, `run` checks everything, then hands the worker's command
+    # line (the serving module and the options as checked) to the supervisor it becomes;
+    # nothing is touched before.
     from nodecache import cli, supervisor
+    from nodecache.serve import ServeOptions
     conf = tmp_path / "Corefile"
     conf.write_text(".:53 {\n    health 169.254.20.10:8080\n    forward . 127.0.0.1\n}\n")
     handed: list[list[str]] = []
@@ -149,5 +151,9 @@ def test_the_supervisor_gets_the_normalised_arguments(tmp_path: Path,
     argv = ["-localip", "169.254.20.10", "-conf", str(conf), "-setupiptables=false"]
     with pytest.raises(SystemExit):
         cli.main(argv)
-    assert handed == [["run", "--localip", "169.254.20.10", "--conf", str(conf),
-                       "--no-setupiptables"]]
+    [worker] = handed
+    assert worker[:3] == [sys.executable, "-m", "nodecache.serve"] and worker[4:] == ["--worker"]
+    options = ServeOptions.from_json(worker[3])
+    assert (options.local_ips, options.conf, options.setupinterface, options.setupiptables,
+            options.health_port) == (["169.254.20.10"], str(conf), True, False, 8080)
+    assert options.serving_lock == "/run/nodecache/serving.lock"

@@ -28,6 +28,7 @@ from tests.kit.corefiles import corefile
 from tests.kit.dnsmasq import dnsmasq
 from tests.kit.fakeupstream import FakeUpstream
 from tests.kit.queries import make_query, plain_query
+from tests.kit.servekit import serving_argv
 from tests.kit.refnodecache import free_port
 
 RECORDS = {f"n{i}.example. A": f"192.0.2.{i}" for i in range(1, 21)}
@@ -191,8 +192,9 @@ print(sent, round(time.monotonic() - start, 2), flush=True)
 
 #: The agent with shedding off (no client address is ever over its share): the
 #: reference a flood is measured against.
+#: (The serving process itself: ``nodecache run`` would exec it, and the change would be lost.)
 UNSHED = ("import sys; import nodecache.aio.resolver as r; r.OVERLOAD_SHARE = 1 << 30; "
-          "from nodecache.cli import main; sys.argv[0] = 'nodecache'; main()")
+          "from nodecache.serve import main; sys.exit(main(sys.argv[1:]))")
 
 
 @contextlib.contextmanager
@@ -202,9 +204,10 @@ def agent_process(tmp: Path, upstream_port: int, extra: str = "",
     (tmp / "Corefile").write_text(f".:{port} {{\n    bind 127.0.0.1\n    cache 30\n"
                                   f"    forward . 127.0.0.1:{upstream_port}\n{extra}}}\n")
     log = open(tmp / "agent.log", "ab")
-    proc = subprocess.Popen([sys.executable, *(["-m", "nodecache"] if shed else ["-c", UNSHED]),
-                             "run", "--conf", str(tmp / "Corefile"), "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    run = ["--conf", str(tmp / "Corefile"), "--log-level", "warning"]
+    argv = [sys.executable, "-m", "nodecache", "run", *run] if shed else \
+        [sys.executable, "-c", UNSHED, *serving_argv(*run)[3:]]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
         deadline = time.monotonic() + 15

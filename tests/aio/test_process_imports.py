@@ -25,15 +25,17 @@ import pytest
 
 from tests.aio.test_lifecycle import free_port
 from tests.kit.fakeupstream import FakeUpstream
+from tests.kit.servekit import serving_argv
 
 pytestmark = pytest.mark.timeout(60)
 
-#: The worker's whole life, modules written at exit (atexit runs after a SIGTERM shutdown).
+#: The serving process's whole life, modules written at exit (atexit runs after a SIGTERM
+#: shutdown): ``python -m nodecache.serve``, which ``nodecache run`` becomes.
 WORKER = """
 import atexit, json, sys
 atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
-from nodecache.cli import main
-main(sys.argv[2:])
+from nodecache.serve import main
+sys.exit(main(sys.argv[2:]))
 """
 
 COREFILE = """.:{port} {{
@@ -98,9 +100,9 @@ async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path
         conf = tmp_path / "Corefile"
         conf.write_text(COREFILE.format(upstream=up.port, **ports))
         dump = tmp_path / "modules.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(dump), "run", "--conf", str(conf),
-             "--localip", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        argv = serving_argv("--conf", str(conf), "--localip", "")
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(dump), *argv[3:]],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 20
             while (await asyncio.to_thread(_get, ports["ready"], "/ready"))[0] != 200:
@@ -130,3 +132,37 @@ async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path
     modules = json.loads(dump.read_text())
     assert "nodecache.aio.agent" in modules
     assert under(modules, ("dns", "prometheus_client")) == [], out
+    # Nor the command line (click), the one-shot commands or, without host networking,
+    # the host-network code: each is part of the container's working set for good.
+    assert under(modules, ("click", "nodecache.cli", "nodecache.benchclient",
+                           "nodecache.hostnet.host", "nodecache.hostnet.commands")) == [], out
+
+
+@pytest.mark.asyncio
+async def test_run_becomes_the_serving_module_in_the_same_process(tmp_path: Path) -> None:
+    # `nodecache run` checks, then execs `python -m nodecache.serve` (same PID: the
+    # container's PID 1 stays the agent, and SIGTERM reaches it).
+    async with FakeUpstream(records={"a.example. A": "192.0.2.1"}) as up:
+        ports = {k: free_port() for k in ("port", "metrics", "health", "ready")}
+        conf = tmp_path / "Corefile"
+        conf.write_text(COREFILE.format(upstream=up.port, **ports))
+        proc = subprocess.Popen([sys.executable, "-m", "nodecache", "run", "--conf", str(conf),
+                                 "--localip", ""], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while (await asyncio.to_thread(_get, ports["ready"], "/ready"))[0] != 200:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "agent not ready in 20 s"
+                await asyncio.sleep(0.1)
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            reply = await _ask(ports["port"], "a.example.", "A")
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    assert cmdline[1:3] == [b"-m", b"nodecache.serve"], cmdline
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer, reply
+    assert proc.returncode == 0, out

@@ -21,7 +21,7 @@ import pytest
 
 from nodecache.core.stats import AgentStats
 from nodecache.errors import HostNetworkError
-from nodecache.hostnet import HostNetwork
+from nodecache.hostnet.host import HostNetwork
 from nodecache.hostnet.rules import notrack_rules
 from tests.kit import netns
 from tests.kit.netns import dns_entries, dummy_supported, precreate_link, rule_texts
@@ -272,7 +272,7 @@ def test_auto_follows_kubelet_hint(topo: netns.NodePod) -> None:
 def test_auto_without_net_raw_on_a_legacy_node_names_the_capability(topo: netns.NodePod) -> None:
     """Unreadable legacy tables are an error, not a silent guess of nft."""
     netns.run(topo.node, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
-    code = ("from nodecache.core.stats import AgentStats; from nodecache.hostnet import HostNetwork; "
+    code = ("from nodecache.core.stats import AgentStats; from nodecache.hostnet.host import HostNetwork; "
             f"print(HostNetwork(local_ips=['{V4}'], health_port={HEALTH}, "
             "stats=AgentStats()).firewall.name)")
     res = netns.run(topo.node, "setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw",

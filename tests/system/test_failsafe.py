@@ -336,13 +336,17 @@ def test_a_worker_that_fails_at_start_is_not_restarted(tmp_path: Path) -> None:
 
 def test_supervisor_holds_no_agent_libraries() -> None:
     """The parent imports only the basics: no DNS, metrics, netlink, asyncio or logging code."""
-    code = ("import sys, nodecache.supervisor as s; s.log.info('worker %d %s', 7, 'is serving'); "
-            "print(' '.join(sorted(sys.modules)))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=netns.python_env(), check=True)
+    # Started as `nodecache run` starts it (supervisor.become_supervisor): no site, isolated.
+    import nodecache
+    root = str(Path(nodecache.__file__).resolve().parent.parent)
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import nodecache.supervisor as s; "
+            "s.log.info('worker %d %s', 7, 'is serving'); print(' '.join(sorted(sys.modules)))")
+    res = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, root], capture_output=True,
+                         text=True, timeout=60, env=netns.python_env(), check=True)
     modules = set(res.stdout.split())
     for heavy in ("asyncio", "logging", "typing", "dns", "prometheus_client", "pyroute2", "click",
-                  "uvloop", "nodecache.config", "nodecache.core", "nodecache.hostnet"):
+                  "uvloop", "nodecache.config", "nodecache.core", "nodecache.hostnet",
+                  "site", "json", "re", "enum", "signal", "collections"):
         assert heavy not in modules, f"the supervisor imports {heavy}"
     # Its lines look like the worker's (logging.basicConfig with the agent's format).
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO nodecache.supervisor: "
