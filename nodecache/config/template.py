@@ -10,10 +10,7 @@ from nodecache.config.lexer import Token
 from nodecache.config.parser import Directive
 from nodecache.core.stages.template import Placeholder, Template, compile_text
 
-_OPTIONS = ("match", "answer", "additional", "authority", "rcode", "fallthrough")
-_UNSUPPORTED = {
-    "ederror": "extended DNS errors in template answers are not implemented",
-}
+_OPTIONS = ("match", "answer", "additional", "authority", "rcode", "ederror", "fallthrough")
 _REPEATABLE = ("match", "answer", "additional", "authority")
 
 
@@ -24,6 +21,7 @@ def parse_template(line: Directive, ctx: BlockContext) -> tuple[Template, ...]:
     #     additional RR...
     #     authority RR...
     #     rcode RCODE
+    #     ederror CODE [TEXT]
     #     fallthrough [ZONE...]
     # }
     # Several template lines may be in one block; each gives one Template.
@@ -37,9 +35,11 @@ def parse_template(line: Directive, ctx: BlockContext) -> tuple[Template, ...]:
     regexes: list[re.Pattern[str]] = []
     placeholders: list[tuple[Placeholder, Token]] = []
     rcode = 0
+    ederror: tuple[int, str] | None = None
     fallthrough: tuple[str, ...] | None = None
-    for name, opt in options("template", line, (*_OPTIONS, "upstream"), unsupported=_UNSUPPORTED,
-                             repeatable=_REPEATABLE):
+    # rcode, ederror or fallthrough given twice: the last one counts, as in CoreDNS.
+    for name, opt in options("template", line, (*_OPTIONS, "upstream"),
+                             repeatable=(*_REPEATABLE, "rcode", "ederror", "fallthrough")):
         if name == "upstream":
             list(opt.rest())  # deprecated; CoreDNS ignores it too
         elif name == "match":
@@ -65,6 +65,14 @@ def parse_template(line: Directive, ctx: BlockContext) -> tuple[Template, ...]:
         elif name == "rcode":
             rcode = opt.value("an RCODE (NOERROR, NXDOMAIN, SERVFAIL, REFUSED...)", values.rcode)
             opt.end()
+        elif name == "ederror":
+            # RFC 8914 section 2: INFO-CODE is 16 bits; EXTRA-TEXT is free UTF-8 text.
+            code = opt.integer("an extended DNS error code (0 to 65535)", 0, 0xFFFF)
+            text = opt.peek()
+            if text is not None:
+                opt.take("an EXTRA-TEXT")
+            opt.end()
+            ederror = (code, "" if text is None else text.text)
         else:
             found_zones: list[str] = []
             while len(opt):
@@ -81,5 +89,6 @@ def parse_template(line: Directive, ctx: BlockContext) -> tuple[Template, ...]:
                                 " (it would render as text in the answer)")
     return (Template(qclass, qtype, tuple(dict.fromkeys(zones)) or ctx.zones,
                      tuple(lists["match"]) or (".*",), tuple(lists["answer"]),
-                     tuple(lists["additional"]), tuple(lists["authority"]), rcode, fallthrough),)
+                     tuple(lists["additional"]), tuple(lists["authority"]), rcode, fallthrough,
+                     ederror),)
 

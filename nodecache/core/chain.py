@@ -60,6 +60,10 @@ class Request:
     family: int = 1
     #: The question section as the client sent it (QNAME, QTYPE, QCLASS), b"" unknown.
     question: bytes = b""
+    #: The client's EDNS options (its OPT RDATA), which forward passes on.
+    options: bytes = b""
+    #: The query has an OPT record.
+    edns: bool = False
 
     def renamed(self, name: str) -> Request:
         return replace(self, name=name.lower(), qname=name, question=b"")
@@ -87,11 +91,21 @@ RecordRule = Callable[["dns.rrset.RRset"], "dns.rrset.RRset"]
 
 
 @dataclass(frozen=True, slots=True)
+class RcodeMap:
+    """A reply rule on the RCODE: ``old`` becomes ``new`` (rewrite's rcode rule)."""
+
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rewritten:
-    """The request rewritten; ``rules`` apply to the reply's records, last rule first."""
+    """The request rewritten; ``rules`` apply to the reply (records, RCODE), last rule first."""
 
     request: Request
-    rules: tuple[RecordRule, ...] = ()
+    rules: tuple[RecordRule | RcodeMap, ...] = ()
+    #: A stop rule applied: failures of the later stages become written replies.
+    writes_failures: bool = False
 
 
 Step = Answer | Failure | Rewritten | None
@@ -123,7 +137,9 @@ class Resolution:
     plugin: str = ""
     #: Look these names up and append their answers before caching (see :class:`Answer`).
     targets: tuple[str, ...] = ()
-    rules: list[RecordRule] = field(default_factory=list)
+    rules: list[RecordRule | RcodeMap] = field(default_factory=list)
+    #: See :attr:`Rewritten.writes_failures`.
+    writes_failures: bool = False
 
     @property
     def rewritten(self) -> bool:
@@ -169,12 +185,23 @@ class Resolution:
     def revert_message(self, message: dns.message.Message) -> dns.message.Message:
         original = self.original
         message.question = [question_of(original)]
-        if self.rules:
-            for section in (message.answer, message.authority, message.additional):
-                for index, rrset in enumerate(section):
-                    for rule in reversed(self.rules):
-                        rrset = rule(rrset)
-                    section[index] = rrset
+        if not self.rules:
+            return message
+        import dns.rcode  # noqa: PLC0415
+        records = [rule for rule in reversed(self.rules) if not isinstance(rule, RcodeMap)]
+        rcodes = [rule for rule in reversed(self.rules) if isinstance(rule, RcodeMap)]
+        count = 0 if message.opt is None else 1
+        for section in (message.answer, message.authority, message.additional):
+            for index, rrset in enumerate(section):
+                count += len(rrset)
+                for record in records:
+                    rrset = record(rrset)
+                section[index] = rrset
+        # CoreDNS runs the rcode rules once per record (OPT included): with none, never.
+        for _ in range(count if rcodes else 0):
+            for rcode in rcodes:
+                if message.rcode() == rcode.old:
+                    message.set_rcode(dns.rcode.Rcode.make(rcode.new))
         return message
 
 
@@ -207,9 +234,14 @@ class Chain:
             if isinstance(step, Rewritten):
                 resolution.request = step.request
                 resolution.rules.extend(step.rules)
+                resolution.writes_failures = step.writes_failures
                 continue
             resolution.plugin = stage.name
             if isinstance(step, Failure):
+                if resolution.writes_failures and step.rcode in _UNWRITTEN:
+                    resolution.answer = resolution.render(_failure_reply(resolution.request,
+                                                                         step.rcode))
+                    return resolution
                 resolution.rcode = step.rcode
             elif step.targets:
                 # mapped back once the targets' records are in (they are the stage's)
@@ -234,6 +266,22 @@ def reply_to(request: Request, rcode: int = 0) -> dns.message.Message:
     message = dns.message.Message(id=0)
     message.flags = dns.flags.QR | dns.flags.AA | dns.flags.RD
     message.set_rcode(dns.rcode.Rcode.make(rcode))
+    return message
+
+
+#: The RCODEs a CoreDNS plugin returns without writing (``plugin.ClientWrite``):
+#: FORMERR, SERVFAIL, NOTIMP, REFUSED.
+_UNWRITTEN = frozenset((1, 2, 4, 5))
+
+
+def _failure_reply(request: Request, rcode: int) -> dns.message.Message:
+    """The reply CoreDNS's rewrite writes for a failure: miekg's ``SetRcode`` (no AA),
+    with an OPT when the query has one (``SizeAndDo``); the server sets its own OPT."""
+    import dns.flags  # noqa: PLC0415
+    message = reply_to(request, rcode)
+    message.flags &= ~dns.flags.AA
+    if request.edns:
+        message.use_edns(0)
     return message
 
 

@@ -596,7 +596,8 @@ class QueryHandler:
             request = resolution.request
             return wire.build_query(zone_wire(request.name), request.qtype, request.qclass,
                                     do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
-                                    options=miss.options)
+                                    options=request.options,
+                                    payload=miss.zone.block.bufsize or wire.OUR_UDP_PAYLOAD)
         # The client's question as it sent it (RFC 1035 section 4.1.2), behind our header.
         return wire.query_from(miss.query[12:miss.question_end],
                                do=bool(miss.edns and miss.edns[2]), cd=miss.cd,
@@ -923,7 +924,7 @@ def _request(miss: Miss, addr: object) -> Request:
     qname = wire.name_text(miss.qname)
     return Request(qname.lower(), miss.qtype, miss.qclass, qname, remote, port,
                    SLOT_PROTO[miss.slot & 3], 2 if miss.slot & 1 else 1,
-                   miss.query[12:miss.question_end])
+                   miss.query[12:miss.question_end], miss.options, miss.edns is not None)
 
 
 def _background(miss: Miss, origin: Entry) -> Miss:

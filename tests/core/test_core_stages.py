@@ -143,14 +143,17 @@ def test_template_unsupported_placeholder(text: str) -> None:
     ("a.example. A 1.2.3.4", "a.example. 3600 IN A 1.2.3.4"),
     ("a.example. IN 5 TXT \"x y\"", 'a.example. 5 IN TXT "x y"'),
     ("a.example. 60 IN CNAME b.example.", "a.example. 60 IN CNAME b.example."),
+    # Relative names are under the root, in the owner and in RDATA (as node-cache answers).
+    ("version.bind 0 CH TXT x", 'version.bind. 0 CH TXT "x"'),
+    ("relative 60 IN CNAME target", "relative. 60 IN CNAME target."),
+    ("foo IN MX 10 mail", "foo. 3600 IN MX 10 mail."),
 ])
 def test_template_record_lines(text: str, expected: str) -> None:
     assert parse_record(text).to_text() == expected
 
 
 @pytest.mark.parametrize("text", [
-    "a.example. 60 IN A not-an-address", "relative 60 IN A 1.2.3.4",
-    "a.example. 60 IN CNAME relative", "a.example.", "a.example. 60 IN BOGUS x",
+    "a.example. 60 IN A not-an-address", "a.example.", "a.example. 60 IN BOGUS x",
 ])
 def test_template_bad_record_lines(text: str) -> None:
     with pytest.raises(ValueError):
@@ -186,6 +189,25 @@ def test_template(question: Request, rcode: int | None, expected: list[str] | Fa
         assert isinstance(step, Answer) and step.message.rcode() == rcode
     else:
         assert step == expected
+
+
+@pytest.mark.parametrize("ederror, option", [
+    ((15, ""), "000f"),                          # RFC 8914 section 4.16: Blocked
+    ((18, "not here"), "00126e6f742068657265"),  # INFO-CODE, then EXTRA-TEXT (UTF-8)
+    ((40000, ""), "9c40"),                       # a code RFC 8914 does not name is kept
+])
+def test_template_ederror(ederror: tuple[int, str], option: str) -> None:
+    stage = TemplateStage([Template(1, A, (".",), rcode=3, ederror=ederror)])
+    step = stage.serve(req("a.example."))
+    assert isinstance(step, Answer) and step.message.rcode() == 3
+    # CoreDNS's SetEdns0(4096, true): size 4096, DO set.
+    assert (step.message.edns, step.message.payload, step.message.ednsflags) == (0, 4096, 0x8000)
+    assert [(o.otype, o.to_wire().hex()) for o in step.message.options] == [(15, option)]
+
+
+def test_template_without_ederror_has_no_opt() -> None:
+    step = TemplateStage([Template(1, A, (".",), rcode=3)]).serve(req("a.example."))
+    assert isinstance(step, Answer) and step.message.opt is None
 
 
 def test_template_counts_matches_and_render_failures() -> None:
@@ -255,6 +277,57 @@ def _reverted(rules: str, name: str, answer: list[str]) -> list[str]:
 ])
 def test_rewrite_reply(rules: str, name: str, answer: list[str], expected: list[str]) -> None:
     assert _reverted(rules, name, answer) == expected
+
+
+@pytest.mark.parametrize("rules, name, records, edns, expected", [
+    ("rewrite rcode a.example. NXDOMAIN SERVFAIL", "a.example.", 1, False, "SERVFAIL"),
+    ("rewrite rcode a.example. NXDOMAIN SERVFAIL", "b.example.", 1, False, "NXDOMAIN"),
+    # Once per record: with no record (and no OPT) the RCODE stays; the OPT counts.
+    ("rewrite rcode a.example. NXDOMAIN SERVFAIL", "a.example.", 0, False, "NXDOMAIN"),
+    ("rewrite rcode a.example. NXDOMAIN SERVFAIL", "a.example.", 0, True, "SERVFAIL"),
+    ("rewrite rcode suffix .example. 3 0", "a.example.", 1, False, "NOERROR"),
+    ("rewrite rcode regex ^a[.] nxdomain refused", "a.example.", 1, False, "REFUSED"),
+    # The last rule first, for each record: one record REFUSED, two SERVFAIL.
+    ("rewrite continue rcode a.example. NXDOMAIN REFUSED\n rewrite rcode a.example. REFUSED"
+     " SERVFAIL", "a.example.", 1, False, "REFUSED"),
+    ("rewrite continue rcode a.example. NXDOMAIN REFUSED\n rewrite rcode a.example. REFUSED"
+     " SERVFAIL", "a.example.", 2, False, "SERVFAIL"),
+    # stop (the default) ends the rules at the first that matches.
+    ("rewrite rcode a.example. NXDOMAIN REFUSED\n rewrite rcode a.example. REFUSED"
+     " SERVFAIL", "a.example.", 2, False, "REFUSED"),
+])
+def test_rewrite_rcode(rules: str, name: str, records: int, edns: bool, expected: str) -> None:
+    chain = Chain([RewriteStage(block(".:53 {\n " + rules + "\n}\n").rewrite)])
+    resolution = chain.resolve(req(name))
+    reply = dns.message.make_response(dns.message.make_query(name, "A", use_edns=edns))
+    reply.set_rcode(dns.rcode.NXDOMAIN)
+    reply.authority = [dns.rrset.from_text("example.", 60, "IN", "NS", f"ns{n}.example.")
+                       for n in range(records)]
+    back = dns.message.from_wire(resolution.revert(reply.to_wire()))
+    assert dns.rcode.to_text(back.rcode()) == expected
+
+
+@pytest.mark.parametrize("rules, edns, rcode", [
+    ("rewrite rcode a.example. SERVFAIL NXDOMAIN", True, "NXDOMAIN"),   # the OPT counts
+    ("rewrite rcode a.example. SERVFAIL NXDOMAIN", False, "SERVFAIL"),  # no record at all
+    ("rewrite ttl a.example. 5", True, "SERVFAIL"),
+])
+def test_rewrite_writes_the_failures_after_a_stop_rule(rules: str, edns: bool, rcode: str) -> None:
+    chain = Chain([RewriteStage(block(".:53 {\n " + rules + "\n}\n").rewrite),
+                   TemplateStage([Template(1, A, (".",), rcode=2)])])
+    resolution = chain.resolve(req("a.example.", edns=edns))
+    assert resolution.rcode is None and resolution.answer is not None
+    reply = dns.message.from_wire(resolution.answer)
+    assert dns.rcode.to_text(reply.rcode()) == rcode
+    assert not reply.flags & dns.flags.AA and not (reply.answer or reply.authority)
+
+
+def test_rewrite_continue_leaves_failures_unwritten() -> None:
+    rules = "rewrite continue rcode a.example. SERVFAIL NXDOMAIN"
+    chain = Chain([RewriteStage(block(".:53 {\n " + rules + "\n}\n").rewrite),
+                   TemplateStage([Template(1, A, (".",), rcode=2)])])
+    resolution = chain.resolve(req("a.example.", edns=True))
+    assert resolution.rcode == 2 and resolution.answer is None
 
 
 def test_rewrite_to_an_invalid_name_is_servfail() -> None:

@@ -7,6 +7,8 @@ Syntax (each ``rewrite`` line is one rule; the rules run in the order written)::
     rewrite [continue|stop] type FROM TO
     rewrite [continue|stop] class FROM TO
     rewrite [continue|stop] ttl [exact|prefix|suffix|substring|regex] NAME TTL|[MIN]-[MAX]
+    rewrite [continue|stop] rcode [exact|prefix|suffix|substring|regex] NAME FROM TO
+    rewrite [continue|stop] edns0 local|nsid|subnet ...   # see nodecache.core.stages.edns0
     rewrite [continue|stop] { RULE... }     # the rule's words spread over lines
 
 Behaviour (CoreDNS 1.13):
@@ -23,6 +25,14 @@ Behaviour (CoreDNS 1.13):
   records (CNAME, SRV, MX, NS, DNAME, NAPTR, SOA MNAME, PTR); ``answer
   name`` and ``answer value`` do it by regular expression; ``ttl`` clamps
   TTLs. These run on every record, the last rule's first.
+- ``rcode`` changes the reply's RCODE FROM to TO (a mnemonic or 0 to 23)
+  for the names it matches. Like CoreDNS it runs once per record of the
+  reply (the OPT record counts): a reply without records keeps its RCODE.
+- When a ``stop`` rule applied, a failure a later plugin returns without
+  writing a reply (template's SERVFAIL, REFUSED) is written by rewrite,
+  as in CoreDNS: an empty reply (with an OPT when the query has one), which
+  the rules map (``rcode``) and the cache stores like any answer. After
+  ``continue`` rules only, the failure stays unwritten.
 - A rewritten name that is not a valid domain name: SERVFAIL.
 
 Metrics: none (CoreDNS's rewrite has none).
@@ -38,7 +48,8 @@ import dns.name
 import dns.rdatatype
 import dns.rrset
 
-from nodecache.core.chain import Failure, RecordRule, Request, Rewritten, Step
+from nodecache.core.chain import Failure, RcodeMap, RecordRule, Request, Rewritten, Step
+from nodecache.core.stages.edns0 import Edns0Rule, apply_edns0
 from nodecache.core.wire import SERVFAIL
 
 #: A text name -> the name a rule turns it into (itself when the rule does not apply).
@@ -95,7 +106,18 @@ class TtlRule:
     pattern: re.Pattern[str] | None = None
 
 
-Rule = NameRule | TypeRule | TtlRule
+@dataclass(frozen=True)
+class RcodeRule:
+    mode: str
+    match: str
+    source: str
+    #: The reply's RCODE this rule turns into ``new``.
+    old: int
+    new: int
+    pattern: re.Pattern[str] | None = None
+
+
+Rule = NameRule | TypeRule | TtlRule | RcodeRule | Edns0Rule
 
 
 def expand(replacement: str, groups: tuple[str, ...]) -> str:
@@ -192,9 +214,16 @@ def _name_matches(match: str, source: str, pattern: re.Pattern[str] | None, name
     return pattern.search(name) is not None
 
 
-def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule, ...]] | None:
+def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule | RcodeMap, ...]] | None:
     """The request after ``rule`` and the reply rules it adds; None when it does not match."""
     name = request.name
+    if isinstance(rule, Edns0Rule):
+        changed = apply_edns0(rule, request)
+        return None if changed is None else (changed, ())
+    if isinstance(rule, RcodeRule):
+        if not _name_matches(rule.match, rule.source, rule.pattern, name):
+            return None
+        return request, (RcodeMap(rule.old, rule.new),)
     if isinstance(rule, TypeRule):
         if getattr(request, rule.field) != rule.source:
             return None
@@ -219,7 +248,7 @@ def apply_rule(rule: Rule, request: Request) -> tuple[Request, tuple[RecordRule,
         new = name[:len(name) - len(rule.source)] + rule.target
     else:
         new = name.replace(rule.source, rule.target)
-    rules: list[RecordRule] = []
+    rules: list[RecordRule | RcodeMap] = []
     if rule.match == "exact" or (rule.auto and rule.match != "suffix"):
         rules.append(_remap(new, name))
     elif rule.auto:
@@ -242,7 +271,7 @@ class RewriteStage:
 
     def serve(self, request: Request) -> Step:
         current = request
-        replies: list[RecordRule] = []
+        replies: list[RecordRule | RcodeMap] = []
         matched = False
         for rule in self.rules:
             result = apply_rule(rule, current)
@@ -254,7 +283,8 @@ class RewriteStage:
                 return Failure(SERVFAIL)
             replies.extend(more)
             if rule.mode == "stop":
-                break
+                # CoreDNS's rewrite then writes the failures the next plugins return.
+                return Rewritten(current, tuple(replies), writes_failures=True)
         if not matched:
             return None
         return Rewritten(current, tuple(replies))

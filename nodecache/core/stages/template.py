@@ -8,12 +8,14 @@ Syntax::
         additional RR...
         authority RR...
         rcode RCODE
+        ederror CODE [TEXT]
         fallthrough [ZONE...]
     }
 
 Several ``template`` lines in one block are tried in order. An RR is a
 zone-file line (``NAME [TTL] [CLASS] TYPE RDATA``; TTL 3600 and class IN
-when left out; names absolute) with placeholders of Go's text/template:
+when left out; a name without the final dot is under the root, as in
+miekg/dns's ``NewRR``) with placeholders of Go's text/template:
 ``{{ .Name }}``, ``{{ .Zone }}``, ``{{ .Class }}``, ``{{ .Type }}``,
 ``{{ .Regex }}``, ``{{ .Remote }}``, ``{{ .Group.NAME }}``,
 ``{{ index .Match N }}``, ``{{ index .Group "NAME" }}`` and
@@ -34,9 +36,16 @@ Behaviour (CoreDNS 1.13):
   otherwise the client gets SERVFAIL. Templates that do not fit are skipped;
   when none answered, the question is handed on.
 
+- ``ederror`` adds an OPT record to the answer (size 4096, DO set, as
+  CoreDNS's ``SetEdns0(4096, true)``) with an Extended DNS Error option
+  (RFC 8914: INFO-CODE CODE, EXTRA-TEXT TEXT). Like every OPT a plugin
+  writes, it is not what the client gets: the reply carries the server's OPT
+  for the client, as node-cache's cache does (it drops the answer's OPT
+  before storing and replying). It counts as a record for ``rewrite rcode``.
+
 For an A or AAAA question, the target of every CNAME answered is looked up
 through the whole server (cache, chain, forward) and its records appended,
-before the reply is cached. Not supported: ``ederror``.
+before the reply is cached.
 
 Metrics: :attr:`TemplateStage.matches` and :attr:`TemplateStage.failures`
 count what CoreDNS's ``coredns_template_matches_total`` and
@@ -48,7 +57,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import dns.edns
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rdata
 import dns.rdataclass
@@ -60,6 +71,7 @@ from nodecache.core import wire
 from nodecache.core.wire import SERVFAIL
 
 DEFAULT_TTL = 3600  # s, what miekg/dns gives a record line without one
+_EDE_PAYLOAD = 4096  # bytes, the OPT size CoreDNS's template gives an ederror answer
 
 #: The placeholders :func:`compile_text` accepts, for error messages.
 SUPPORTED = ("{{ .Name }}", "{{ .Zone }}", "{{ .Class }}", "{{ .Type }}", "{{ .Regex }}",
@@ -183,6 +195,8 @@ class Template:
     authority: tuple[str, ...] = ()
     rcode: int = 0
     fallthrough: tuple[str, ...] | None = None
+    #: ``ederror CODE TEXT``: the RFC 8914 INFO-CODE and EXTRA-TEXT ("" for none).
+    ederror: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ class _Compiled:
 
 
 def parse_record(text: str) -> dns.rrset.RRset:
-    """A zone-file line as miekg/dns's ``NewRR`` reads it. Raises ``ValueError``."""
+    """A zone-file line as miekg/dns's ``NewRR`` reads it (origin ``.``). Raises ``ValueError``."""
     words = text.split(None, 1)
     if len(words) < 2:
         raise ValueError(f"not a resource record: {text!r}")
@@ -220,12 +234,10 @@ def parse_record(text: str) -> dns.rrset.RRset:
             break
         rest = tail
     try:
-        name = dns.name.from_text(owner, origin=None)
+        # NewRR reads the line with the root as $ORIGIN: "foo" is "foo."
+        name = dns.name.from_text(owner, origin=dns.name.root)
         rdtype = dns.rdatatype.from_text(head)
-        rdata = dns.rdata.from_text(rdclass, rdtype, tail, origin=None, relativize=False)
-        if not name.is_absolute():
-            raise ValueError(f"owner name {owner!r} is not absolute")
-        rdata.to_wire(origin=None)  # relative names in RDATA fail here, as in NewRR
+        rdata = dns.rdata.from_text(rdclass, rdtype, tail, origin=dns.name.root, relativize=False)
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"not a resource record: {text!r} ({exc})") from None
     rrset = dns.rrset.RRset(name, rdclass, rdtype)
@@ -290,6 +302,10 @@ class TemplateStage:
                 self.failures += 1
                 return Failure(SERVFAIL)
             sections[section].append(rrset)
+        if template.ederror is not None:
+            code, text = template.ederror
+            message.use_edns(0, dns.flags.DO, _EDE_PAYLOAD,
+                             options=[dns.edns.EDEOption(dns.edns.EDECode.make(code), text or None)])
         targets: tuple[str, ...] = ()
         if request.qtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             # CoreDNS resolves each answered CNAME's target and appends its records.
