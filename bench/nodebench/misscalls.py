@@ -35,18 +35,16 @@ import cProfile
 import gc
 import pstats
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
 
-from .host import BenchError, Cleanup
-from .missrate import ADDRS, KNOT, start_knot, write_names
+from .host import BenchError
+from .missrate import ADDRS, KNOT, each_beside_knot, write_names
 
 #: Outstanding queries, as ``bench/run --missrate`` sends them.
 OUTSTANDING = 100
@@ -143,21 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s for s in a.servers.split(",") if s]
     if set(servers) - set(STARTERS) or not 1 <= a.names <= 4800:
         ap.error(f"--servers: of {', '.join(STARTERS)}; --names: 1..4800")
-    missing = [t for t in ("knotd", "dnsperf", "dig") if shutil.which(t) is None]
-    if missing:
-        print(f"{ap.prog}: error: missing tools: {', '.join(missing)}", file=sys.stderr)
+    results = each_beside_knot(ap.prog, ["knotd", "dnsperf", "dig"], "ncb-misscalls-", servers,
+                               lambda s, work: uvloop.run(count(s, work, a.names, a.dump)))
+    if results is None:
         return 2
-    cleanup = Cleanup()
-    with tempfile.TemporaryDirectory(prefix="ncb-misscalls-") as tmp:
-        work = Path(tmp)
-        try:
-            start_knot(cleanup, work)
-            results = {s: uvloop.run(count(s, work, a.names, a.dump)) for s in servers}
-        except BenchError as exc:
-            print(f"{ap.prog}: error: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            cleanup.run()
     for name, r in results.items():
         print(f"{name}: {r['answered']} misses answered; per miss: {r['calls']:.1f} calls, "
               f"{r['python_calls']:.1f} of them to Python functions, {r['blocks']:.1f} memory blocks held; "

@@ -31,15 +31,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import uvloop
 
-from .host import BenchError, Cleanup
+from .host import BenchError
 from .misscalls import STARTERS, Address, _dnsperf
-from .missrate import ADDRS, KNOT, start_knot, write_names
+from .missrate import ADDRS, KNOT, each_beside_knot, write_names
 
 #: Functions whose calls count as an allocation.
 ALLOCATORS = ("PyObject_Malloc", "PyObject_Calloc")
@@ -180,25 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     if set(servers) - set(STARTERS) or not 1 <= a.names <= 9900 or not 0 <= a.callgrind <= 4900:
         ap.error(f"--servers: of {', '.join(STARTERS)}; --names: 1..9900; --callgrind: 0..4900")
     tools = ["knotd", "dnsperf", "dig"] + (["valgrind"] if a.callgrind else [])
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        print(f"{ap.prog}: error: missing tools: {', '.join(missing)}", file=sys.stderr)
+
+    def run(server: str, work: Path) -> dict[str, object]:
+        r = uvloop.run(measure(server, work, a.names))
+        if a.callgrind:
+            r.update(callgrind(server, work, a.callgrind, a.keep))
+        return r
+
+    results = each_beside_knot(ap.prog, tools, "ncb-misscost-", servers, run)
+    if results is None:
         return 2
-    cleanup = Cleanup()
-    results: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="ncb-misscost-") as tmp:
-        work = Path(tmp)
-        try:
-            start_knot(cleanup, work)
-            for s in servers:
-                results[s] = uvloop.run(measure(s, work, a.names))
-                if a.callgrind:
-                    results[s].update(callgrind(s, work, a.callgrind, a.keep))
-        except BenchError as exc:
-            print(f"{ap.prog}: error: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            cleanup.run()
     for name, r in results.items():
         gcs = "/".join(f"{c:.1f}" for c in r["gc_per_10k"])  # type: ignore[attr-defined]
         line = (f"{name}: {r['answered']} misses; per miss: {r['cpu_us']:.1f} us loop-thread CPU, "

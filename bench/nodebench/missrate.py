@@ -60,6 +60,27 @@ def corefile(host: str, port: int) -> str:
             f"    forward . {KNOT[0]}:{KNOT[1]} {{\n        force_tcp\n    }}\n}}\n")
 
 
+def each_beside_knot(prog: str, tools: list[str], prefix: str, servers: list[str],
+                     run: Callable[[str, Path], dict[str, object]]) -> dict[str, dict[str, object]] | None:
+    """``run(server, work)`` for each server, with knotd (:func:`start_knot`) in a scratch
+    directory ``work``; ``None`` after saying what was missing or what failed (exit 2)."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print(f"{prog}: error: missing tools: {', '.join(missing)}", file=sys.stderr)
+        return None
+    cleanup = Cleanup()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        try:
+            start_knot(cleanup, work)
+            return {s: run(s, work) for s in servers}
+        except BenchError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return None
+        finally:
+            cleanup.run()
+
+
 def start_knot(cleanup: Cleanup, work: Path, addr: tuple[str, int] = KNOT) -> Daemon:
     """knotd on *addr* serving a wildcard ``cluster.local``: every name has an A record (10.0.0.1)."""
     d = work / "knot"

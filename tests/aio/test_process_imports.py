@@ -92,6 +92,15 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
+async def _until_ready(proc: subprocess.Popen[str], port: int) -> None:
+    """Wait up to 20 s for the agent's /ready on ``port``; fail with its output if it exits."""
+    deadline = time.monotonic() + 20
+    while (await asyncio.to_thread(_get, port, "/ready"))[0] != 200:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "agent not ready in 20 s"
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.asyncio
 async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path) -> None:
     records = {"a.example. A": "192.0.2.1", "a.example. AAAA": "2001:db8::1"}
@@ -104,11 +113,7 @@ async def test_a_serving_worker_loads_no_dnspython_nor_prometheus(tmp_path: Path
         proc = subprocess.Popen([sys.executable, "-c", WORKER, str(dump), *argv[3:]],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 20
-            while (await asyncio.to_thread(_get, ports["ready"], "/ready"))[0] != 200:
-                assert proc.poll() is None, proc.communicate()[0]
-                assert time.monotonic() < deadline, "agent not ready in 20 s"
-                await asyncio.sleep(0.1)
+            await _until_ready(proc, ports["ready"])
             # A miss, a hit, NXDOMAIN, other types: answers, log lines, metric labels.
             for name, rdtype, rcode in (("a.example.", "A", dns.rcode.NOERROR),
                                         ("a.example.", "A", dns.rcode.NOERROR),
@@ -150,11 +155,7 @@ async def test_run_becomes_the_serving_module_in_the_same_process(tmp_path: Path
                                  "--localip", ""], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 20
-            while (await asyncio.to_thread(_get, ports["ready"], "/ready"))[0] != 200:
-                assert proc.poll() is None, proc.communicate()[0]
-                assert time.monotonic() < deadline, "agent not ready in 20 s"
-                await asyncio.sleep(0.1)
+            await _until_ready(proc, ports["ready"])
             cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
             reply = await _ask(ports["port"], "a.example.", "A")
             proc.send_signal(signal.SIGTERM)
